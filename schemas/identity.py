@@ -1,0 +1,75 @@
+"""Content identity: tagged hashes of canonical JSON.
+
+Canonical JSON (scheme ``h1``): ``json.dumps(obj, sort_keys=True, ensure_ascii=False,
+separators=(",", ":"))`` encoded as UTF-8; no timestamps or run ids go into hashed objects.
+An id is ``"h1:" + sha256(canonical)[:32]`` (128 bits): re-importing or re-generating the
+same content gives the same id, so inserts can be insert-or-ignore. The tag lets the scheme
+change later without silently colliding with old ids.
+
+This module lives in ``schemas`` (the bottom layer) so the trainer can verify exported rows
+without importing the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+SCHEME = "h1"
+
+
+def canonical_json(obj: Any) -> str:
+    """Serialise ``obj`` deterministically (sorted keys, no whitespace, UTF-8 kept)."""
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def content_id(obj: Any) -> str:
+    """Tagged content hash of ``obj``'s canonical JSON, e.g. ``h1:3f2a…``."""
+    digest = hashlib.sha256(canonical_json(obj).encode("utf-8")).hexdigest()
+    return f"{SCHEME}:{digest[:32]}"
+
+
+def prompt_id(text: str) -> str:
+    """Identity of a prompt: its exact text (attributes such as the gold answer are not identity)."""
+    return content_id({"prompt": text})
+
+
+def record_id(
+    *,
+    prompt_id: str,
+    kind: str,
+    round: int,
+    response: str | None,
+    feedback: str | None,
+    verdict: str | None,
+    refinement: str | None,
+    parent_record_id: str | None = None,
+) -> str:
+    """Identity of a record: its prompt, kind, round, the four texts and the edit parent."""
+    return content_id(
+        {
+            "prompt_id": prompt_id,
+            "kind": kind,
+            "round": round,
+            "response": response,
+            "feedback": feedback,
+            "verdict": verdict,
+            "refinement": refinement,
+            "parent_record_id": parent_record_id,
+        }
+    )
+
+
+def selection_hash(record_ids: list[str]) -> str:
+    """Content hash of a snapshot: the sorted list of its record ids (which are content hashes)."""
+    return content_id(sorted(record_ids))
+
+
+def file_sha256(path: str) -> str:
+    """Plain sha256 hex digest of a file's bytes (manifest integrity check)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

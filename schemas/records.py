@@ -1,0 +1,154 @@
+"""Record and manifest types.
+
+``RecordIn`` is the interchange format read by ``selfevo records import``; ``ExportRow`` is one
+row of ``selfevo snapshot export`` (the same names plus ids, provenance and ``messages``);
+``SnapshotManifest`` is ``manifest.json``. JSON Schema files generated from these models live in
+``schemas/jsonschema/`` (regenerate with ``python -m schemas``; a test fails when stale).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+Kind = Literal["meta", "self", "qa"]
+Verdict = Literal["correct", "incorrect"]
+
+#: Version of the export row / manifest layout. Bump on any incompatible change.
+EXPORT_SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+
+class PromptIn(_Strict):
+    """A prompt as imported: the question and, when labelled, its gold answer and rationale."""
+
+    text: str = Field(min_length=1, description="The question shown to the model.")
+    gold_answer: str | None = Field(None, description="Canonical final answer, e.g. '18'.")
+    gold_rationale: str | None = Field(None, description="Worked solution, kept for refinements.")
+    source: str | None = Field(None, description="Where the prompt came from, e.g. 'gsm8k'.")
+    split: str | None = Field(None, description="Dataset split, e.g. 'train' or 'test'.")
+    meta: dict[str, Any] | None = Field(None, description="Free-form extra fields.")
+
+    @field_validator("gold_answer", mode="before")
+    @classmethod
+    def _number_to_text(cls, v: Any) -> Any:
+        # Numeric gold answers (SVAMP's 27.0) are stored as text; integral floats lose ".0".
+        if isinstance(v, bool):
+            raise ValueError("gold_answer must be text or a number, not a boolean")
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        if isinstance(v, int | float):
+            return str(v)
+        return v
+
+
+class RecordIn(_Strict):
+    """A (p, r, f, r̂) record in the interchange format (``records import`` input)."""
+
+    prompt: str = Field(min_length=1, description="The prompt text p.")
+    response: str | None = Field(None, description="Initial response r (for qa: the answer).")
+    feedback: str | None = Field(None, description="Feedback f, ending with a verdict line.")
+    verdict: Verdict | None = Field(None, description="'correct', 'incorrect' or null (unknown).")
+    refinement: str | None = Field(None, description="Refined response r̂.")
+    kind: Kind = Field(description="meta (teacher feedback), self (own feedback) or qa.")
+    round: int = Field(0, ge=0, description="Self-evolution round; 0 for meta and qa data.")
+    gold_answer: str | None = Field(None, description="Gold answer of the prompt, if known.")
+    source: str | None = Field(None, description="Where the record came from.")
+    meta: dict[str, Any] | None = Field(None, description="Free-form extra fields.")
+
+    _number_to_text = field_validator("gold_answer", mode="before")(
+        PromptIn._number_to_text.__func__  # type: ignore[attr-defined]
+    )
+
+
+class Message(_Strict):
+    """One chat turn of an exported record (see ``schemas.conversation``)."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+    train: bool = Field(description="True for turns a trainer should put loss on.")
+
+
+class ExportRow(_Strict):
+    """One row of a snapshot export."""
+
+    record_id: str
+    prompt_id: str
+    kind: Kind
+    round: int
+    prompt: str
+    response: str | None
+    feedback: str | None
+    verdict: Verdict | None
+    refinement: str | None
+    gold_answer: str | None
+    source: str | None
+    parent_record_id: str | None
+    meta: str | None = Field(description="The record's meta object as canonical JSON text.")
+    run_id: str = Field(description="The run that created the record.")
+    responder: str | None = Field(description="Model spec that wrote the response.")
+    teacher: str | None = Field(description="Model spec that wrote feedback and refinement.")
+    response_call_id: str | None
+    feedback_call_id: str | None
+    refinement_call_id: str | None
+    templates: str | None = Field(description="Template hashes used, as canonical JSON text.")
+    messages: list[Message]
+
+
+class Run(_Strict):
+    """One command execution: the provenance every written row points to."""
+
+    run_id: str
+    command: str
+    config: dict[str, Any]
+    code_version: str
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: Literal["running", "ok", "failed", "interrupted", "killed"]
+    counts: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class Decision(_Strict):
+    """The outcome of one curation step for one record (kept or dropped: drops are data)."""
+
+    run_id: str
+    record_id: str
+    step: str
+    passed: bool
+    score: float | None = None
+    reason: str | None = None
+    detail: dict[str, Any] | None = None
+
+
+class ManifestFile(_Strict):
+    """A data file of an export with its size and sha256."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class SnapshotManifest(_Strict):
+    """``manifest.json`` of an export: what it is, how it was selected, how to verify it."""
+
+    schema_version: int = Field(description="EXPORT_SCHEMA_VERSION of the writer.")
+    conversation_version: str = Field(description="Layout of the messages column.")
+    name: str
+    snapshot_id: str
+    content_hash: str = Field(description="selection_hash of the exported record ids.")
+    parent: str | None
+    selection: dict[str, Any] = Field(description="The where clause, base snapshot and note.")
+    format: Literal["parquet", "jsonl", "hf"]
+    n: int
+    counts: dict[str, dict[str, int]] = Field(description="Row counts by kind, round, verdict.")
+    files: list[ManifestFile]
+    runs: list[str] = Field(description="Runs that created the exported records.")
+    code_version: str
+    created_at: datetime = Field(description="When the snapshot (not the export) was created.")

@@ -1,0 +1,3 @@
+from selfevo.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""Shared fixtures: a temp store per test and a CLI runner that shows errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+# Nothing may be fetched from a hub during tests.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    """Path of a fresh (not yet created) store file."""
+    return str(tmp_path / "test.duckdb")
+
+
+@pytest.fixture
+def cli():
+    """``cli(*args, exit_code=0)`` runs ``selfevo`` in-process and checks the exit code."""
+    from selfevo.cli import cli as root
+
+    def run(*args: str, exit_code: int | None = 0, input: str | None = None) -> Result:
+        result = CliRunner().invoke(root, list(args), catch_exceptions=False, input=input)
+        if exit_code is not None:
+            assert result.exit_code == exit_code, (
+                f"selfevo {' '.join(args)} exited {result.exit_code}, expected {exit_code}:\n"
+                f"{result.output}"
+            )
+        return result
+
+    return run
+
+
+def shared_data(*parts: str) -> Path:
+    """A benchmark file under ../shared/data; skips the test when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"benchmark data {path} not found")
+    return path
