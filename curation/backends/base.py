@@ -67,5 +67,5 @@ class Backend(ABC):
     ) -> list[ChatResult]:
         """Answer every request; call ``on_result(index, result)`` as each one finishes."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients, threads or model memory."""
