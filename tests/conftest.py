@@ -47,3 +47,19 @@ def shared_data(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"benchmark data {path} not found")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama model + BPE tokenizer with a ChatML-like chat template (offline)."""
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-chat"), with_chat_template=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir_plain(tmp_path_factory) -> Path:
+    """The same tiny model without a chat template (the trainer's plain fallback format)."""
+    from trainer.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-plain"), with_chat_template=False)
