@@ -21,3 +21,209 @@ def init_cmd(db: str) -> None:
     with Store.open(db, command="init") as store:
         applied = store.query("SELECT count(*) FROM _migrations")[0][0]
     click.echo(f"store {db} ready ({applied}/{len(MIGRATIONS)} migrations applied)")
+
+
+# -- prompts / records import ------------------------------------------------------------
+def _progress(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+@click.group("prompts")
+def prompts() -> None:
+    """Import prompts from files, or generate synthetic word problems.
+
+    \b
+    Example:
+      selfevo prompts import /data/gsm8k/train.jsonl --preset gsm8k
+      selfevo prompts generate --n 200 --seed 1
+    """
+
+
+@prompts.command("import")
+@click.argument("file", type=click.Path(exists=True, path_type=str))
+@click.option("--preset", type=click.Choice(["gsm8k", "svamp"]),
+              help="Read a benchmark's own format (see docs/store.md).")
+@click.option("--map", "map_spec", metavar="SRC=DST,...",
+              help="Rename source fields to text, gold_answer, gold_rationale, source, split, "
+                   "meta or meta.NAME.")
+@click.option("--source", help="Source label for every prompt (default: the row's, the preset "
+                                "or the file name).")
+@click.option("--split", help="Split for every prompt, e.g. train or test.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "csv", "parquet", "hf"]),
+              help="File format (default: from the name; a directory is a saved HF dataset).")
+@db_option
+def prompts_import(file: str, preset: str | None, map_spec: str | None, source: str | None,
+                   split: str | None, fmt: str | None, db: str) -> None:
+    """Import prompts from FILE (JSONL, JSON, CSV, Parquet or a saved HF dataset) atomically.
+
+    Re-importing the same rows adds nothing ("0 new").
+
+    \b
+    Example:
+      selfevo prompts import questions.csv --map question=text,answer=gold_answer --split train
+    """
+    from corpus.importers import import_prompts, parse_map
+
+    mapping = parse_map(map_spec)
+    with Store.open(db, command="prompts import") as store:
+        result = import_prompts(store, file, fmt=fmt, preset=preset, mapping=mapping,
+                                source=source, split=split, progress=_progress)
+    click.echo(result.summary("prompts"))
+
+
+@prompts.command("generate")
+@click.option("--n", "n", type=int, default=100, show_default=True, help="How many problems.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Generator seed.")
+@click.option("--split", help="Split label, e.g. train.")
+@db_option
+def prompts_generate(n: int, seed: int, split: str | None, db: str) -> None:
+    """Generate synthetic grade-school word problems (source 'generated') and import them.
+
+    \b
+    Example:
+      selfevo prompts generate --n 500 --seed 0 --split train
+    """
+    from corpus.importers import import_generated
+
+    with Store.open(db, command="prompts generate") as store:
+        result = import_generated(store, n, seed=seed, split=split)
+    click.echo(result.summary("prompts"))
+
+
+@click.group("records")
+def records() -> None:
+    """Import ready-made (p, r, f, r̂) records.
+
+    \b
+    Example:
+      selfevo records import meta_corpus.jsonl --source teacher-gpt4
+    """
+
+
+@records.command("import")
+@click.argument("file", type=click.Path(exists=True, path_type=str))
+@click.option("--map", "map_spec", metavar="SRC=DST,...",
+              help="Rename source fields to the interchange names (prompt, response, …).")
+@click.option("--source", help="Source label for every record and new prompt.")
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "parquet"]),
+              help="File format (default: from the name).")
+@db_option
+def records_import(file: str, map_spec: str | None, source: str | None, fmt: str | None,
+                   db: str) -> None:
+    """Import records in the interchange format (JSONL or Parquet), with their prompts.
+
+    Every row is validated first; the file lands whole or not at all.
+
+    \b
+    Example:
+      selfevo records import exports/meta-ok/data.parquet
+    """
+    from corpus.importers import RECORD_FIELDS, import_records, parse_map
+
+    mapping = parse_map(map_spec, RECORD_FIELDS)
+    with Store.open(db, command="records import") as store:
+        result = import_records(store, file, fmt=fmt, mapping=mapping, source=source,
+                                progress=_progress)
+    click.echo(result.summary("records"))
+
+
+# -- snapshot ----------------------------------------------------------------------------
+@click.group("snapshot")
+def snapshot() -> None:
+    """Create, list, diff and export immutable snapshots of records.
+
+    \b
+    Example:
+      selfevo snapshot create meta-ok --where "kind = 'meta' AND verdict = 'correct'"
+      selfevo snapshot export meta-ok --format parquet --out exports/meta-ok
+    """
+
+
+@snapshot.command("create")
+@click.argument("name")
+@click.option("--where", "where", required=True,
+              help="SQL condition over records_full (records + prompt, gold_answer, split …).")
+@click.option("--from", "base", metavar="SNAPSHOT", help="Select only within this snapshot.")
+@click.option("--note", help="Free text kept with the snapshot.")
+@db_option
+def snapshot_create(name: str, where: str, base: str | None, note: str | None, db: str) -> None:
+    """Freeze the records matching --where as snapshot NAME (immutable).
+
+    \b
+    Example:
+      selfevo snapshot create round1-kept --where "round = 1 AND record_id IN
+        (SELECT record_id FROM latest_decisions WHERE step = 'verdict' AND passed)"
+      selfevo snapshot create train-qa --from all --where "kind = 'qa' AND split = 'train'"
+    """
+    from corpus.snapshots import create_snapshot
+
+    with Store.open(db, command=f"snapshot create {name}") as store:
+        snap = create_snapshot(store, name, where, base=base, note=note)
+    click.echo(f"snapshot {snap.name}: {snap.n} records, {snap.content_hash}")
+
+
+@snapshot.command("list")
+@db_option
+def snapshot_list(db: str) -> None:
+    """List snapshots with their size, content hash and selection.
+
+    \b
+    Example:
+      selfevo snapshot list --db work.duckdb
+    """
+    from rich.console import Console
+    from rich.table import Table
+
+    from corpus.snapshots import list_snapshots
+
+    snaps = list_snapshots(Store.open_readonly(db))
+    table = Table("name", "n", "content hash", "from", "where", "created", "note")
+    for s in snaps:
+        table.add_row(s.name, str(s.n), s.content_hash, s.parent or "", s.selection["where"],
+                      f"{s.created_at:%Y-%m-%d %H:%M:%S}", s.note or "")
+    Console().print(table if snaps else "no snapshots yet; create one with 'selfevo snapshot create'")
+
+
+@snapshot.command("diff")
+@click.argument("a")
+@click.argument("b")
+@click.option("--show", type=int, default=0, show_default=True,
+              help="List up to N record ids added and removed.")
+@db_option
+def snapshot_diff(a: str, b: str, show: int, db: str) -> None:
+    """Compare snapshot A with B: records added (only in B), removed (only in A), common.
+
+    \b
+    Example:
+      selfevo snapshot diff round1 round2 --show 5
+    """
+    from corpus.snapshots import diff_snapshots
+
+    d = diff_snapshots(Store.open_readonly(db), a, b, show=show)
+    click.echo(f"{a} -> {b}: +{d.added} added, -{d.removed} removed, {d.common} common")
+    for label, ids in (("added", d.added_ids), ("removed", d.removed_ids)):
+        for rid in ids:
+            click.echo(f"  {label:7} {rid}")
+
+
+@snapshot.command("export")
+@click.argument("name")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "hf"]),
+              default="parquet", show_default=True, help="Data file format.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="New or empty directory (or a previous export of NAME, replaced).")
+@db_option
+def snapshot_export(name: str, fmt: str, out: str, db: str) -> None:
+    """Export snapshot NAME with manifest.json and a dataset card (byte-reproducible).
+
+    \b
+    Example:
+      selfevo snapshot export meta-ok --format parquet --out exports/meta-ok
+      selfevo train --data exports/meta-ok --base HuggingFaceTB/SmolLM2-135M-Instruct --out ckpt
+    """
+    from corpus.export import export_snapshot
+
+    m = export_snapshot(Store.open_readonly(db), name, fmt, out)
+    click.echo(f"exported {m.n} records of {m.name} ({m.content_hash}) to {out}")
+    for f in m.files:
+        click.echo(f"  {f.path}  {f.bytes} bytes  sha256 {f.sha256[:16]}…")

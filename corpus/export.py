@@ -1,0 +1,397 @@
+"""Exporting a snapshot: a self-describing, byte-reproducible training directory.
+
+Layout (the trainer reads only this; see docs/snapshots.md)::
+
+    DIR/manifest.json      schemas.records.SnapshotManifest (files with rows, bytes, sha256)
+    DIR/README.md          dataset card
+    DIR/records.parquet    --format parquet
+    DIR/records.jsonl      --format jsonl
+    DIR/hf/                --format hf (datasets.save_to_disk)
+
+Rows follow :class:`schemas.records.ExportRow`, ordered by ``record_id``. The whole row,
+including the ``messages`` column (built in SQL exactly like
+:func:`schemas.conversation.record_messages`), is produced by one DuckDB ``COPY`` so an export
+costs little more than copying the rows. Reproducibility comes from a fixed order, one writer
+thread, a fixed row-group size and compression, and metadata derived only from the snapshot
+(its creation time and the code version of the run that created it, never "now").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+
+import duckdb
+
+from corpus.errors import CorpusError
+from corpus.snapshots import Snapshot, get_snapshot
+from corpus.store import Store
+from schemas.conversation import CONVERSATION_VERSION, FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION
+from schemas.identity import file_sha256
+from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, ManifestFile, SnapshotManifest
+
+FORMATS = ("parquet", "jsonl", "hf")
+DATA_FILES = {"parquet": "records.parquet", "jsonl": "records.jsonl"}
+HF_DIR = "hf"
+MANIFEST = "manifest.json"
+CARD = "README.md"
+
+#: Parquet writer settings; part of the reproducibility contract (same settings, same bytes).
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
+#: One writer thread: row-group boundaries and file bytes do not depend on scheduling.
+EXPORT_THREADS = 1
+
+_MSG = "{{'role': '{role}', 'content': {content}, 'train': {train}}}"
+
+
+def _msg(role: str, content: str, train: str) -> str:
+    return _MSG.format(role=role, content=content, train=train)
+
+
+#: The export row: ExportRow's columns in order. ``messages`` mirrors record_messages():
+#: user p; then for qa the trained answer; for meta/self r (context), then the feedback
+#: instruction and f (trained), then the refine instruction and r̂ (trained), each only
+#: when that text exists.
+EXPORT_SELECT = f"""
+SELECT
+    r.record_id, r.prompt_id, r.kind, r.round, p.text AS prompt,
+    r.response, r.feedback, r.verdict, r.refinement,
+    p.gold_answer, coalesce(r.source, p.source) AS source, r.parent_record_id,
+    CAST(r.meta AS VARCHAR) AS meta, r.run_id, r.responder, r.teacher,
+    r.response_call_id, r.feedback_call_id, r.refinement_call_id,
+    CAST(r.templates AS VARCHAR) AS templates,
+    list_concat(
+        [{_msg('user', 'p.text', 'false')}],
+        CASE WHEN r.response IS NULL THEN []
+             ELSE [{_msg('assistant', 'r.response', "r.kind = 'qa'")}] END,
+        CASE WHEN r.kind = 'qa' OR r.feedback IS NULL THEN []
+             ELSE [{_msg('user', '$feedback_instruction', 'false')},
+                   {_msg('assistant', 'r.feedback', 'true')}] END,
+        CASE WHEN r.kind = 'qa' OR r.refinement IS NULL THEN []
+             ELSE [{_msg('user', '$refine_instruction', 'false')},
+                   {_msg('assistant', 'r.refinement', 'true')}] END
+    ) AS messages
+FROM snapshot_records s
+JOIN records r ON r.record_id = s.record_id
+JOIN prompts p ON p.prompt_id = r.prompt_id
+WHERE s.snapshot_id = $snapshot_id
+ORDER BY r.record_id
+"""
+
+
+def export_params(snapshot_id: str) -> dict[str, str]:
+    """Parameters of :data:`EXPORT_SELECT`."""
+    return {
+        "snapshot_id": snapshot_id,
+        "feedback_instruction": FEEDBACK_INSTRUCTION,
+        "refine_instruction": REFINE_INSTRUCTION,
+    }
+
+
+def _sql_path(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+@contextlib.contextmanager
+def _deterministic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+    order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
+    con.execute(f"SET threads = {EXPORT_THREADS}")
+    con.execute("SET preserve_insertion_order = true")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(threads)}")
+        con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
+
+
+def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str) -> None:
+    """Write the export rows of a snapshot to ``path`` (parquet or jsonl) with one COPY."""
+    options = PARQUET_OPTIONS if fmt == "parquet" else "FORMAT json"
+    with _deterministic(con):
+        con.execute(
+            f"COPY ({EXPORT_SELECT}) TO {_sql_path(path)} ({options})", export_params(snapshot_id)
+        )
+
+
+def _check_out(out: Path, snap: Snapshot) -> None:
+    """Refuse an output that exists and is not a previous export of this snapshot."""
+    if not out.exists():
+        if not out.parent.exists():
+            raise CorpusError(f"--out {out}: parent directory {out.parent} does not exist")
+        return
+    if not out.is_dir():
+        raise CorpusError(f"--out {out} is a file; give a directory")
+    if not any(out.iterdir()):
+        return
+    manifest = out / MANIFEST
+    previous = None
+    with contextlib.suppress(OSError, ValueError):
+        previous = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_id")
+    if previous != snap.snapshot_id:
+        raise CorpusError(
+            f"--out {out} is not empty and is not an export of snapshot '{snap.name}'; "
+            "choose a new or empty directory"
+        )
+
+
+def _remove_stale_partials(out: Path) -> None:
+    # A SIGKILLed export leaves '.NAME.partial-PID'; remove those whose process is gone.
+    for path in out.parent.glob(f".{out.name}.partial-*"):
+        try:
+            os.kill(int(path.name.rsplit("-", 1)[1]), 0)
+        except (ValueError, ProcessLookupError):
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+def _counts(con: duckdb.DuckDBPyConnection, snapshot_id: str) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for col in ("kind", "round", "verdict"):
+        rows = con.execute(
+            f"SELECT r.{col}, count(*) FROM snapshot_records s JOIN records r USING (record_id) "
+            f"WHERE s.snapshot_id = ? GROUP BY 1 ORDER BY 1 NULLS LAST", [snapshot_id],
+        ).fetchall()
+        counts[col] = {("null" if k is None else str(k)): n for k, n in rows}
+    return counts
+
+
+def _write_hf(tmp: Path, snap: Snapshot) -> None:
+    """Turn ``tmp/records.parquet`` into a ``datasets`` directory ``tmp/hf``."""
+    try:
+        import datasets
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CorpusError(
+            "--format hf needs the 'datasets' package: pip install 'selfevo[hf]'"
+        ) from None
+    parquet = tmp / DATA_FILES["parquet"]
+    table = pq.read_table(parquet)
+    # A fixed fingerprint (from the content hash) instead of a random one keeps state.json
+    # reproducible; nothing else in the saved directory depends on time or randomness.
+    fingerprint = snap.content_hash.split(":", 1)[1][:16]
+    ds = datasets.Dataset(table, fingerprint=fingerprint)
+    was_disabled = datasets.are_progress_bars_disabled()
+    datasets.disable_progress_bars()
+    try:
+        ds.save_to_disk(str(tmp / HF_DIR), num_shards=1)
+    finally:
+        if not was_disabled:
+            datasets.enable_progress_bars()
+    parquet.unlink()
+
+
+def _file_entries(tmp: Path, fmt: str, n: int) -> list[ManifestFile]:
+    if fmt == "hf":
+        paths = sorted(p for p in (tmp / HF_DIR).rglob("*") if p.is_file())
+    else:
+        paths = [tmp / DATA_FILES[fmt]]
+    entries = []
+    for p in paths:
+        rel = p.relative_to(tmp).as_posix()
+        rows = n if p.suffix in (".parquet", ".jsonl", ".arrow") else 0
+        entries.append(ManifestFile(path=rel, rows=rows, bytes=p.stat().st_size,
+                                    sha256=file_sha256(str(p))))
+    return entries
+
+
+def manifest_json(manifest: SnapshotManifest) -> str:
+    """The exact text of ``manifest.json`` (sorted keys, two-space indent, final newline)."""
+    return json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True,
+                      ensure_ascii=False) + "\n"
+
+
+def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str]) -> SnapshotManifest:
+    """Export snapshot ``name`` as ``fmt`` (parquet, jsonl or hf) into directory ``out``.
+
+    ``out`` must be new, empty, or a previous export of the same snapshot (which is
+    replaced). Everything is written into a hidden sibling directory first and renamed into
+    place, so a crash never leaves a half-written export at ``out``.
+    """
+    if fmt not in FORMATS:
+        raise CorpusError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    out = Path(out).absolute()
+    snap = get_snapshot(store, name)
+    _check_out(out, snap)
+    _remove_stale_partials(out)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        with store.connection() as con:
+            copy_rows(con, snap.snapshot_id, tmp / DATA_FILES["parquet" if fmt == "hf" else fmt],
+                      "parquet" if fmt == "hf" else fmt)
+            counts = _counts(con, snap.snapshot_id)
+            runs = [r[0] for r in con.execute(
+                "SELECT DISTINCT r.run_id FROM snapshot_records s JOIN records r "
+                "USING (record_id) WHERE s.snapshot_id = ? ORDER BY 1", [snap.snapshot_id],
+            ).fetchall()]
+            version = con.execute(
+                "SELECT code_version FROM runs WHERE run_id = ?", [snap.run_id]).fetchone()
+        if fmt == "hf":
+            _write_hf(tmp, snap)
+        manifest = SnapshotManifest(
+            schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
+            name=snap.name, snapshot_id=snap.snapshot_id, content_hash=snap.content_hash,
+            parent=snap.parent, selection=snap.selection, format=fmt, n=snap.n, counts=counts,
+            files=_file_entries(tmp, fmt, snap.n), runs=runs,
+            code_version=version[0] if version else "unknown",
+            created_at=snap.created_at.astimezone(UTC),
+        )
+        (tmp / MANIFEST).write_text(manifest_json(manifest), encoding="utf-8")
+        (tmp / CARD).write_text(dataset_card(manifest), encoding="utf-8")
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def read_manifest(directory: str | os.PathLike[str]) -> SnapshotManifest:
+    """Load and validate ``DIR/manifest.json``."""
+    path = Path(directory) / MANIFEST
+    try:
+        return SnapshotManifest.model_validate_json(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CorpusError(f"{path}: cannot read manifest ({exc.strerror})") from None
+    except ValueError as exc:
+        raise CorpusError(f"{path}: not a valid manifest: {str(exc).splitlines()[0]}") from None
+
+
+def verify_export(directory: str | os.PathLike[str]) -> SnapshotManifest:
+    """Check every file of an export against its manifest (size and sha256)."""
+    manifest = read_manifest(directory)
+    for f in manifest.files:
+        path = Path(directory) / f.path
+        if not path.is_file():
+            raise CorpusError(f"{path}: listed in the manifest but missing")
+        if path.stat().st_size != f.bytes or file_sha256(str(path)) != f.sha256:
+            raise CorpusError(f"{path}: does not match its manifest entry (size or sha256)")
+    return manifest
+
+
+_COLUMN_DOCS: dict[str, str] = {
+    "record_id": "Content id of the record (h1 hash of prompt id, kind, round, texts, parent).",
+    "prompt_id": "Content id of the prompt text.",
+    "kind": "meta (teacher feedback), self (own feedback) or qa.",
+    "round": "Self-evolution round; 0 for meta and qa data.",
+    "prompt": "The prompt text p.",
+    "response": "Initial response r (qa: the answer).",
+    "feedback": "Feedback f, ending with a verdict line.",
+    "verdict": "correct, incorrect or null.",
+    "refinement": "Refined response r̂.",
+    "gold_answer": "Gold answer of the prompt, if known.",
+    "source": "Where the record came from (else its prompt's source).",
+    "parent_record_id": "Record this one is an edited version of.",
+    "meta": "The record's meta object as canonical JSON text.",
+    "run_id": "The run that created the record.",
+    "responder": "Model spec that wrote the response.",
+    "teacher": "Model spec that wrote feedback and refinement.",
+    "response_call_id": "calls.call_id of the response.",
+    "feedback_call_id": "calls.call_id of the feedback.",
+    "refinement_call_id": "calls.call_id of the refinement.",
+    "templates": "Template hashes used, as canonical JSON text.",
+    "messages": "Chat turns {role, content, train} in the meta-skill layout (below).",
+}
+
+
+def dataset_card(m: SnapshotManifest) -> str:
+    """The ``README.md`` of an export: deterministic, from the manifest only."""
+    data = [f.path for f in m.files if f.rows]
+    fence = "```"
+    if m.format == "hf":
+        yaml_head = ""
+        load = (f'{fence}python\nfrom datasets import load_from_disk\n'
+                f'ds = load_from_disk("DIR/{HF_DIR}")\n{fence}')
+    else:
+        builder = "parquet" if m.format == "parquet" else "json"
+        yaml_head = (
+            f"---\npretty_name: selfevo snapshot {m.name}\nconfigs:\n- config_name: default\n"
+            f"  data_files:\n  - split: train\n    path: {data[0]}\n---\n\n"
+        )
+        load = (f'{fence}python\nfrom datasets import load_dataset\n'
+                f'ds = load_dataset("{builder}", data_files="DIR/{data[0]}", split="train")\n'
+                f'{fence}')
+    counts = "\n".join(
+        f"- {key}: " + ", ".join(f"{k} {v}" for k, v in vals.items())
+        for key, vals in m.counts.items()
+    )
+    columns = "\n".join(
+        f"| `{name}` | {_COLUMN_DOCS.get(name, '')} |" for name in ExportRow.model_fields
+    )
+    files = "\n".join(f"| `{f.path}` | {f.rows} | {f.bytes} | `{f.sha256}` |" for f in m.files)
+    selection = json.dumps(m.selection, sort_keys=True, ensure_ascii=False)
+    return f"""{yaml_head}# selfevo snapshot `{m.name}`
+
+Records for SELF (Self-Evolution with Language Feedback) training, exported by selfevo from an
+immutable snapshot of its store. Each row is a prompt p with a response r, language feedback
+f and a refinement r̂ (kind meta / self), or a prompt with its answer (kind qa).
+
+- records: {m.n}
+- format: {m.format} (export schema version {m.schema_version})
+- content hash: `{m.content_hash}` (hash of the sorted record ids; the same records always
+  give the same hash)
+- snapshot id: `{m.snapshot_id}`, created {m.created_at.isoformat()}
+- parent snapshot: {m.parent or "none"}
+- selection: `{selection}`
+- code version: {m.code_version}
+- runs that created the records: {", ".join(m.runs)}
+
+## Counts
+
+{counts}
+
+## Files
+
+| path | rows | bytes | sha256 |
+|---|---|---|---|
+{files}
+
+`manifest.json` lists the same files; check them before training.
+
+## Columns
+
+Rows are ordered by `record_id`.
+
+| column | meaning |
+|---|---|
+{columns}
+
+## The `messages` column ({m.conversation_version})
+
+Each message is `{{role, content, train}}`; `train` marks the turns to put loss on:
+
+    user:       p                       train=false
+    assistant:  r                       train=false  (qa records: the answer, train=true)
+    user:       feedback instruction    train=false
+    assistant:  f (ends "Verdict: …")   train=true
+    user:       refine instruction      train=false
+    assistant:  r̂                       train=true
+
+Turns whose text is missing are left out. The layout and instructions are defined in
+`schemas/conversation.py` of selfevo. With TRL, pass the `messages` column to `SFTTrainer`
+(assistant-only loss trains every assistant turn; use the `train` flags for exact masks); with
+axolotl, use `type: chat_template`, `field_messages: messages`,
+`message_field_training: train`.
+
+## Loading
+
+{load}
+"""

@@ -1,0 +1,254 @@
+"""Snapshots: named, immutable selections of records.
+
+A snapshot freezes the record ids matched by a SQL WHERE expression over the ``records_full``
+view (records joined to their prompt: ``prompt``, ``gold_answer``, ``split`` …; decisions are
+reachable through subqueries such as ``record_id IN (SELECT record_id FROM latest_decisions
+WHERE step = 'verdict' AND passed)``), optionally intersected with an earlier snapshot. The
+row in ``snapshots`` keeps the selection spec, the count and a content hash
+(:func:`schemas.identity.selection_hash` of the ids), so the same records always give the
+same hash whatever the name. Snapshots are never changed or deleted by selfevo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from corpus.errors import CorpusError
+from corpus.store import Store
+from schemas.identity import content_id, selection_hash
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One row of ``snapshots``."""
+
+    snapshot_id: str
+    name: str
+    parent: str | None
+    selection: dict[str, Any]
+    n: int
+    content_hash: str
+    note: str | None
+    run_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class SnapshotDiff:
+    """What changed from snapshot ``a`` to snapshot ``b`` (ids listed up to ``show``)."""
+
+    a: str
+    b: str
+    added: int
+    removed: int
+    common: int
+    added_ids: list[str] = field(default_factory=list)
+    removed_ids: list[str] = field(default_factory=list)
+
+
+def selection_query(where: str, base_snapshot_id: str | None = None) -> str:
+    """The SELECT that yields the record ids of a selection (``?`` = the base snapshot id).
+
+    The expression sits in an ``IN (…)`` subquery over ``records_full`` and ends with a
+    newline, so neither a trailing ``--`` comment nor a ``UNION`` inside ``where`` can add
+    ids that are not records.
+    """
+    sql = (
+        "SELECT record_id FROM records WHERE record_id IN ("
+        f"SELECT record_id FROM records_full WHERE ({where}\n))"
+    )
+    if base_snapshot_id is not None:
+        sql += " AND record_id IN (SELECT record_id FROM snapshot_records WHERE snapshot_id = ?)"
+    return sql
+
+
+def check_where(where: str) -> str:
+    """Validate that ``where`` is one SQL expression; returns it stripped.
+
+    Refuses empty text, several statements (``;``) and anything that does not parse as the
+    condition of a single SELECT, with a message that says what to write instead.
+    """
+    where = where.strip()
+    if not where:
+        raise CorpusError("--where is empty; give a SQL condition such as \"kind = 'meta'\"")
+    probe = f"SELECT 1 FROM records_full WHERE ({where}\n)"
+    try:
+        statements = duckdb.extract_statements(probe)
+    except duckdb.Error as exc:
+        if ";" in where:
+            raise CorpusError(
+                "--where must be a single SQL condition without ';' "
+                "(one expression, no second statement)"
+            ) from None
+        raise CorpusError(f"--where does not parse: {_first_line(exc)}") from None
+    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+        raise CorpusError(
+            "--where must be a single SQL condition (no ';', no second statement, no DDL/DML), "
+            "e.g. \"kind = 'meta' AND verdict = 'correct'\""
+        )
+    return where
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _row_to_snapshot(row: dict[str, Any]) -> Snapshot:
+    return Snapshot(
+        snapshot_id=row["snapshot_id"], name=row["name"], parent=row["parent"],
+        selection=json.loads(row["selection"]), n=row["n"], content_hash=row["content_hash"],
+        note=row["note"], run_id=row["run_id"], created_at=row["created_at"],
+    )
+
+
+_COLUMNS = "snapshot_id, name, parent, selection, n, content_hash, note, run_id, created_at"
+
+
+def find_snapshot(con: duckdb.DuckDBPyConnection, name: str) -> Snapshot | None:
+    """The snapshot called ``name``, or None."""
+    cur = con.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE name = ?", [name])
+    row = cur.fetchone()
+    if row is None:
+        return None
+    cols = [d[0] for d in cur.description]
+    return _row_to_snapshot(dict(zip(cols, row, strict=True)))
+
+
+def get_snapshot(store: Store, name: str) -> Snapshot:
+    """The snapshot called ``name``; a CorpusError naming the known ones if there is none."""
+    with store.connection() as con:
+        snap = find_snapshot(con, name)
+        if snap is None:
+            known = [r[0] for r in con.execute(
+                "SELECT name FROM snapshots ORDER BY created_at DESC LIMIT 5").fetchall()]
+    if snap is None:
+        hint = f" (recent: {', '.join(known)})" if known else " (the store has none yet)"
+        raise CorpusError(f"no snapshot named '{name}'{hint}; see 'selfevo snapshot list'")
+    return snap
+
+
+def list_snapshots(store: Store) -> list[Snapshot]:
+    """All snapshots, oldest first."""
+    rows = store.query_dicts(f"SELECT {_COLUMNS} FROM snapshots ORDER BY created_at, name")
+    return [_row_to_snapshot(r) for r in rows]
+
+
+def select_record_ids(
+    con: duckdb.DuckDBPyConnection, where: str, base: Snapshot | None = None
+) -> list[str]:
+    """Record ids matching ``where`` (and in ``base`` when given), sorted."""
+    sql = selection_query(where, base.snapshot_id if base else None)
+    try:
+        table = con.execute(sql, [base.snapshot_id] if base else []).fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise CorpusError(f"--where failed: {_first_line(exc)}") from None
+    return sorted(table.column("record_id").to_pylist())
+
+
+def create_snapshot(
+    store: Store,
+    name: str,
+    where: str,
+    *,
+    base: str | None = None,
+    note: str | None = None,
+) -> Snapshot:
+    """Freeze the records matching ``where`` (within snapshot ``base``) as snapshot ``name``.
+
+    Errors (as CorpusError, before anything is written): a name already taken, a bad or
+    multi-statement ``where``, an unknown base, an empty selection.
+    """
+    if not _NAME.match(name):
+        raise CorpusError(
+            f"snapshot name '{name}' is not allowed; use letters, digits, '.', '_' or '-' "
+            "(starting with a letter or digit)"
+        )
+    where = check_where(where)
+    with store.connection() as con:
+        existing = find_snapshot(con, name)
+        if existing is not None:
+            raise CorpusError(
+                f"snapshot '{name}' already exists ({existing.n} records, "
+                f"{existing.content_hash}); snapshots are immutable: choose another name"
+            )
+        base_snap = None
+        if base is not None:
+            base_snap = find_snapshot(con, base)
+            if base_snap is None:
+                raise CorpusError(f"--from: no snapshot named '{base}'; see 'selfevo snapshot list'")
+        ids = select_record_ids(con, where, base_snap)
+    if not ids:
+        within = f" within snapshot '{base}'" if base else ""
+        raise CorpusError(
+            f"no records match --where{within}; check the condition with "
+            f"selfevo sql \"SELECT count(*) FROM records_full WHERE {where}\""
+        )
+    content_hash = selection_hash(ids)
+    snapshot_id = content_id({"name": name, "content_hash": content_hash})
+    selection = {"where": where, "from": base, "note": note}
+    with store.run("snapshot create", {"name": name, **selection}) as run:
+        with store.transaction() as con:
+            con.execute(
+                "INSERT INTO snapshots (snapshot_id, name, parent, selection, n, content_hash,"
+                " note, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [snapshot_id, name, base, json.dumps(selection, sort_keys=True), len(ids),
+                 content_hash, note, run.run_id],
+            )
+            con.register("_snapshot_ids", pa.table({"record_id": pa.array(ids, pa.string())}))
+            try:
+                con.execute(
+                    "INSERT INTO snapshot_records (snapshot_id, record_id) "
+                    "SELECT ?, record_id FROM _snapshot_ids", [snapshot_id],
+                )
+            finally:
+                con.unregister("_snapshot_ids")
+        run.add("snapshot_records", len(ids))
+    return get_snapshot(store, name)
+
+
+def diff_snapshots(store: Store, a: str, b: str, show: int = 0) -> SnapshotDiff:
+    """Counts of records added (in ``b`` only), removed (in ``a`` only) and common."""
+    sa, sb = get_snapshot(store, a), get_snapshot(store, b)
+    sql = """
+        WITH a AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = $a),
+             b AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = $b)
+        SELECT (SELECT count(*) FROM b ANTI JOIN a USING (record_id)),
+               (SELECT count(*) FROM a ANTI JOIN b USING (record_id)),
+               (SELECT count(*) FROM a SEMI JOIN b USING (record_id))
+    """
+    ids_sql = """
+        SELECT record_id FROM snapshot_records WHERE snapshot_id = $x
+        EXCEPT SELECT record_id FROM snapshot_records WHERE snapshot_id = $y
+        ORDER BY record_id LIMIT $n
+    """
+    with store.connection() as con:
+        added, removed, common = con.execute(
+            sql, {"a": sa.snapshot_id, "b": sb.snapshot_id}).fetchone()
+        added_ids: list[str] = []
+        removed_ids: list[str] = []
+        if show > 0:
+            added_ids = [r[0] for r in con.execute(
+                ids_sql, {"x": sb.snapshot_id, "y": sa.snapshot_id, "n": show}).fetchall()]
+            removed_ids = [r[0] for r in con.execute(
+                ids_sql, {"x": sa.snapshot_id, "y": sb.snapshot_id, "n": show}).fetchall()]
+    return SnapshotDiff(a, b, added, removed, common, added_ids, removed_ids)
+
+
+def snapshot_record_ids(store: Store, name: str) -> list[str]:
+    """The record ids of a snapshot, sorted."""
+    snap = get_snapshot(store, name)
+    rows = store.query(
+        "SELECT record_id FROM snapshot_records WHERE snapshot_id = ? ORDER BY record_id",
+        [snap.snapshot_id],
+    )
+    return [r[0] for r in rows]
