@@ -1,0 +1,479 @@
+"""Importing prompts and (p, r, f, r̂) records from files into the store.
+
+Formats: JSONL (one object per line), JSON (an array of objects, e.g. SVAMP.json), CSV
+(header row), Parquet, and a directory saved by HF ``datasets`` (``save_to_disk``).
+
+An import is atomic. The whole file is read and validated first, with no store connection
+open; the first bad row stops it with a one-line error naming the file, the line (or row)
+and the field. Only then are all rows inserted in ONE write transaction under a ``runs``
+row, so a failure or a SIGKILL at any point leaves nothing from the file in the store (the
+run row is marked failed, or killed by the next writer). Ids are content hashes and inserts
+are insert-or-ignore, so importing the same file twice adds nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from corpus.errors import CorpusError
+from corpus.presets import Preset, get_preset
+from corpus.store import Store
+from schemas.identity import file_sha256
+from schemas.records import PromptIn, RecordIn
+
+PROMPT_FIELDS = tuple(PromptIn.model_fields)  # text, gold_answer, gold_rationale, source, split, meta
+RECORD_FIELDS = tuple(RecordIn.model_fields)
+# Columns of a snapshot export that are derived (ids, chat layout) or point at rows of
+# another store (call ids); `records import` of an export skips them.
+EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response_call_id",
+                       "feedback_call_id", "refinement_call_id", "created_at", "verdict_error"}
+# Provenance columns of an export that are kept when present.
+PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
+FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
+BATCH_ROWS = 50_000
+
+Progress = Callable[[str], None]
+
+
+class ImportInputError(CorpusError):
+    """A row of an import file is malformed; the message names file, line and field."""
+
+
+@dataclass
+class ImportResult:
+    """What an import read and wrote."""
+
+    path: str
+    run_id: str
+    rows: int  # rows read from the file
+    new_prompts: int = 0  # prompts rows that were not in the store yet
+    new_records: int = 0  # records rows that were not in the store yet
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self, what: str) -> str:
+        """One line for the CLI, e.g. ``12 prompts read, 0 new (run r…)``."""
+        if what == "records":
+            return (f"{self.rows} records read from {self.path}: {self.new_records} new records, "
+                    f"{self.new_prompts} new prompts (run {self.run_id})")
+        return f"{self.rows} prompts read from {self.path}: {self.new_prompts} new (run {self.run_id})"
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def detect_format(path: Path) -> str:
+    """The format of ``path`` from its name (a directory is a saved HF dataset)."""
+    if path.is_dir():
+        return "hf"
+    suffix = path.suffix.lower()
+    if suffix in {".jsonl", ".ndjson"}:
+        return "jsonl"
+    if suffix in {".json", ".csv", ".parquet"}:
+        return suffix[1:]
+    raise ImportInputError(
+        f"{path}: cannot tell the format from the name; pass --format "
+        f"({', '.join(FORMATS)})"
+    )
+
+
+def _utf8_error(path: Path, exc: UnicodeDecodeError, data: bytes, offset: int = 0) -> ImportInputError:
+    line = data[: exc.start].count(b"\n") + 1 + offset
+    col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return ImportInputError(
+        f"{path}: line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {col}); "
+        "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8"
+    )
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise _utf8_error(path, exc, raw, lineno - 1) from None
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ImportInputError(
+                    f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
+                ) from None
+            if not isinstance(obj, dict):
+                raise ImportInputError(
+                    f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
+            yield f"line {lineno}", obj
+
+
+def _decode_all(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _utf8_error(path, exc, data) from None
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        obj = json.loads(_decode_all(path))
+    except json.JSONDecodeError as exc:
+        raise ImportInputError(
+            f"{path}: line {exc.lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
+        ) from None
+    if isinstance(obj, dict):
+        obj = [obj]
+    if not isinstance(obj, list):
+        raise ImportInputError(f"{path}: expected a JSON array of objects")
+    for i, item in enumerate(obj, start=1):
+        if not isinstance(item, dict):
+            raise ImportInputError(
+                f"{path}: item {i}: expected a JSON object, got {type(item).__name__}"
+            )
+        yield f"item {i}", item
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    reader = csv.DictReader(io.StringIO(_decode_all(path), newline=""))
+    for row in reader:
+        if None in row:  # more cells than header columns
+            raise ImportInputError(
+                f"{path}: line {reader.line_num}: {len(row[None]) + len(reader.fieldnames or [])} "
+                f"cells but the header has {len(reader.fieldnames or [])} columns"
+            )
+        # An empty CSV cell means "no value", not the empty string.
+        yield f"line {reader.line_num}", {k: (v if v != "" else None) for k, v in row.items()}
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a non-Parquet file
+        raise ImportInputError(f"{path}: not a readable Parquet file ({exc})") from None
+    n = 0
+    for batch in pf.iter_batches(batch_size=10_000):
+        for row in batch.to_pylist():
+            n += 1
+            yield f"row {n}", row
+
+
+def _read_hf(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        import datasets
+    except ImportError:
+        raise ImportInputError(
+            "reading a saved HF dataset needs the datasets package: pip install 'selfevo[hf]'"
+        ) from None
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+        raise ImportInputError(
+            f"{path}: not a directory written by datasets' save_to_disk ({exc})"
+        ) from None
+    parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    for split, part in parts:
+        for i, row in enumerate(part, start=1):
+            # The split of a DatasetDict is a default for the row's `split` field.
+            if split is not None:
+                row = {"__split__": split, **row}
+            yield (f"split {split} row {i}" if split else f"row {i}"), row
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
+           "parquet": _read_parquet, "hf": _read_hf}
+
+
+def read_rows(path: str | Path, fmt: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(location, row)`` from a file; ``location`` is ``"line 3"``, ``"row 3"`` …
+
+    Raises ImportInputError (naming file and line) on unreadable input.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImportInputError(f"{path}: no such file or directory")
+    fmt = fmt or detect_format(path)
+    if fmt not in READERS:
+        raise ImportInputError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    yield from READERS[fmt](path)
+
+
+# -- field mapping and validation ----------------------------------------------------------------
+
+
+def parse_map(spec: str | None, targets: tuple[str, ...] = PROMPT_FIELDS) -> dict[str, str]:
+    """``"question=text,answer=gold_answer"`` → ``{"question": "text", …}``.
+
+    A target may also be ``meta.NAME`` (kept in the meta object under NAME).
+    """
+    mapping: dict[str, str] = {}
+    for part in (spec or "").split(","):
+        if not part.strip():
+            continue
+        src, sep, dst = part.partition("=")
+        src, dst = src.strip(), dst.strip()
+        if not sep or not src or not dst:
+            raise ImportInputError(f"--map: expected SOURCE=TARGET pairs, got {part!r}")
+        if dst not in targets and not dst.startswith("meta."):
+            raise ImportInputError(
+                f"--map: unknown target field {dst!r}; targets are {', '.join(targets)} "
+                "or meta.NAME"
+            )
+        mapping[src] = dst
+    return mapping
+
+
+def _apply_map(row: dict[str, Any], mapping: dict[str, str]) -> dict[str, Any]:
+    if not mapping:
+        return row
+    out: dict[str, Any] = {}
+    meta_extra: dict[str, Any] = {}
+    for k, v in row.items():
+        dst = mapping.get(k, k)
+        if dst.startswith("meta."):
+            meta_extra[dst[5:]] = v
+        else:
+            out[dst] = v
+    if meta_extra:
+        meta = out.get("meta")
+        out["meta"] = {**(meta if isinstance(meta, dict) else {}), **meta_extra}
+    return out
+
+
+def _json_object(value: Any) -> Any:
+    """Meta columns arrive as JSON text from CSV files and exports; parse them."""
+    if isinstance(value, str) and value.strip().startswith("{"):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _validation_error(path: Path, where: str, exc: ValidationError, row: dict[str, Any],
+                      required: str) -> ImportInputError:
+    err = exc.errors()[0]
+    fld = ".".join(str(x) for x in err["loc"]) or "?"
+    if err["type"] == "missing":
+        fields = ", ".join(sorted(k for k in row if not k.startswith("__"))) or "none"
+        hint = f" (the row has: {fields}; rename with --map SOURCE={fld})"
+        msg = "required field is missing" + hint
+    elif err["type"] == "extra_forbidden":
+        msg = f"unknown field; map it with --map {fld}=TARGET or drop the column"
+    else:
+        got = type(err.get("input")).__name__
+        msg = f"{err['msg']} (got {got})"
+    if fld == required and err["type"] != "missing":
+        msg = f"{err['msg']}"
+    return ImportInputError(f"{path}: {where}: field '{fld}': {msg}")
+
+
+def _prompt_fields(
+    path: Path, where: str, raw: dict[str, Any], *, preset: Preset | None,
+    mapping: dict[str, str], source: str | None, split: str | None,
+    default_source: str | None = None,
+) -> dict[str, Any]:
+    row = _apply_map(raw, mapping)
+    default_split = row.pop("__split__", None)
+    if preset is not None:
+        try:
+            fields = preset.to_prompt(row)
+        except KeyError as exc:
+            have = ", ".join(sorted(k for k in row if not k.startswith("__")))
+            raise ImportInputError(
+                f"{path}: {where}: field '{exc.args[0]}': required by --preset {preset.name} "
+                f"but missing (the row has: {have})"
+            ) from None
+        except (TypeError, ValueError) as exc:
+            fld = next((f for f in preset.fields if f"'{f}'" in str(exc)), preset.fields[-1])
+            raise ImportInputError(f"{path}: {where}: field '{fld}': {exc}") from None
+        default_split = default_split or preset.default_split(path)
+    else:
+        fields = {k: v for k, v in row.items() if k in PROMPT_FIELDS}
+        extra = {k: v for k, v in row.items() if k not in PROMPT_FIELDS}
+        fields["meta"] = _json_object(fields.get("meta"))
+        if extra:  # unmapped columns are kept, not lost
+            meta = fields.get("meta")
+            fields["meta"] = {**(meta if isinstance(meta, dict) else {}), **extra}
+    fields["source"] = source or fields.get("source") or default_source
+    fields["split"] = split or fields.get("split") or default_split
+    try:
+        return PromptIn(**fields).model_dump()
+    except ValidationError as exc:
+        raise _validation_error(path, where, exc, row, "text") from None
+
+
+def read_prompt_rows(
+    path: str | Path, *, fmt: str | None = None, preset: str | None = None,
+    mapping: dict[str, str] | None = None, source: str | None = None, split: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Validated prompt fields (``PromptIn`` as a dict) of each row of a file.
+
+    ``source``: ``--source``, else the row's ``source`` field, else the preset name, else the
+    file name; ``split``: ``--split``, else the row's, else the preset's default (GSM8K: the
+    file stem when it is train/test; SVAMP: test) or the split of a saved DatasetDict.
+    """
+    path = Path(path)
+    p = get_preset(preset) if preset else None
+    default_source = p.name if p else (path.stem if path.is_file() else path.name)
+    for where, raw in read_rows(path, fmt):
+        yield _prompt_fields(path, where, raw, preset=p, mapping=mapping or {},
+                             source=source, split=split, default_source=default_source)
+
+
+def read_preset_rows(path: Path, preset: Preset) -> Iterator[dict[str, Any]]:
+    """Prompt fields of a benchmark file read with ``preset``, plus the raw row as ``_raw``."""
+    for where, raw in read_rows(path):
+        fields = _prompt_fields(path, where, raw, preset=preset, mapping={}, source=None,
+                                split=None, default_source=preset.name)
+        fields["_raw"] = raw
+        yield fields
+
+
+def _record_fields(path: Path, where: str, raw: dict[str, Any],
+                   mapping: dict[str, str], source: str | None) -> dict[str, Any]:
+    row = _apply_map(raw, mapping)
+    row.pop("__split__", None)
+    passthrough = {k: row.pop(k) for k in list(row) if k in PASSTHROUGH_COLUMNS}
+    for k in EXPORT_ONLY_COLUMNS:
+        row.pop(k, None)
+    row["meta"] = _json_object(row.get("meta"))
+    if source:
+        row["source"] = source
+    try:
+        rec = RecordIn(**row).model_dump()
+    except ValidationError as exc:
+        raise _validation_error(path, where, exc, row, "prompt") from None
+    passthrough["templates"] = _json_object(passthrough.get("templates"))
+    rec.update({k: v for k, v in passthrough.items() if v is not None})
+    return rec
+
+
+# -- writing -------------------------------------------------------------------------------------
+
+
+def _require_rows(path: Path, n: int) -> None:
+    if n == 0:
+        raise ImportInputError(f"{path}: file is empty (no rows to import)")
+
+
+def _write(store: Store, run_id: str, prompts: list[dict[str, Any]],
+           records: list[dict[str, Any]]) -> tuple[int, int]:
+    from corpus.records import insert_prompts, insert_records
+
+    new_p = new_r = 0
+    # One transaction: the file lands whole or not at all (see the module docstring).
+    with store.transaction() as con:
+        for i in range(0, len(prompts), BATCH_ROWS):
+            new_p += insert_prompts(con, prompts[i:i + BATCH_ROWS], run_id)
+        for i in range(0, len(records), BATCH_ROWS):
+            new_r += insert_records(con, records[i:i + BATCH_ROWS], run_id)
+    return new_p, new_r
+
+
+def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
+    fmt = fmt or detect_format(path) if path.exists() else fmt
+    config: dict[str, Any] = {"path": str(path.resolve()), "format": fmt}
+    if path.is_file():
+        config["sha256"] = file_sha256(str(path))
+    return config
+
+
+def import_prompts(
+    store: Store, path: str | Path, *, fmt: str | None = None, preset: str | None = None,
+    mapping: dict[str, str] | None = None, source: str | None = None,
+    split: str | None = None, progress: Progress | None = None,
+) -> ImportResult:
+    """Import a prompt file atomically; returns counts (re-importing adds 0 new)."""
+    from corpus.records import make_prompt
+
+    path = Path(path)
+    if not path.exists():
+        raise ImportInputError(f"{path}: no such file or directory")
+    config = _file_config(path, fmt) | {"preset": preset, "map": mapping or {},
+                                        "source": source, "split": split}
+    with store.run("prompts import", config) as run:
+        rows = [make_prompt(**f) for f in read_prompt_rows(
+            path, fmt=fmt, preset=preset, mapping=mapping, source=source, split=split)]
+        _require_rows(path, len(rows))
+        if progress:
+            progress(f"validated {len(rows)} rows of {path}; writing to the store")
+        new_p, _ = _write(store, run.run_id, rows, [])
+        run.add("rows", len(rows))
+        run.add("prompts", new_p)
+    return ImportResult(str(path), run.run_id, len(rows), new_prompts=new_p, config=config)
+
+
+def import_generated(
+    store: Store, n: int, *, seed: int = 0, split: str | None = None,
+) -> ImportResult:
+    """Generate ``n`` synthetic word problems (source ``generated``) and import them."""
+    from corpus.records import make_prompt
+    from corpus.wordproblems import generate_problems
+
+    if n < 1:
+        raise CorpusError("--n must be at least 1")
+    config = {"n": n, "seed": seed, "split": split, "generator": "corpus.wordproblems"}
+    with store.run("prompts generate", config) as run:
+        rows = [make_prompt(p["text"], gold_answer=p["gold_answer"],
+                            gold_rationale=p["gold_rationale"], source="generated",
+                            split=split, meta=p["meta"])
+                for p in generate_problems(n, seed)]
+        new_p, _ = _write(store, run.run_id, rows, [])
+        run.add("rows", len(rows))
+        run.add("prompts", new_p)
+    return ImportResult(f"generated(n={n}, seed={seed})", run.run_id, len(rows),
+                        new_prompts=new_p, config=config)
+
+
+def import_records(
+    store: Store, path: str | Path, *, fmt: str | None = None,
+    mapping: dict[str, str] | None = None, source: str | None = None,
+    progress: Progress | None = None,
+) -> ImportResult:
+    """Import (p, r, f, r̂) records (``RecordIn`` rows) and their prompts, atomically."""
+    from corpus.records import make_prompt, make_record
+    from schemas.identity import prompt_id
+
+    path = Path(path)
+    if not path.exists():
+        raise ImportInputError(f"{path}: no such file or directory")
+    mapping = mapping or {}
+    config = _file_config(path, fmt) | {"map": mapping, "source": source}
+    with store.run("records import", config) as run:
+        prompts: dict[str, dict[str, Any]] = {}
+        records = []
+        default_source = source or path.stem
+        for where, raw in read_rows(path, fmt):
+            rec = _record_fields(path, where, raw, mapping, source)
+            pid = prompt_id(rec["prompt"])
+            src = rec.pop("source") or default_source
+            if pid not in prompts:
+                prompts[pid] = make_prompt(rec["prompt"], gold_answer=rec["gold_answer"],
+                                           source=src)
+            records.append(make_record(
+                prompt_id=pid, kind=rec["kind"], round=rec["round"],
+                response=rec["response"], feedback=rec["feedback"], verdict=rec["verdict"],
+                refinement=rec["refinement"], parent_record_id=rec.get("parent_record_id"),
+                responder=rec.get("responder"), teacher=rec.get("teacher"),
+                templates=rec.get("templates"), source=src, meta=rec["meta"],
+            ))
+        _require_rows(path, len(records))
+        if progress:
+            progress(f"validated {len(records)} rows of {path}; writing to the store")
+        new_p, new_r = _write(store, run.run_id, list(prompts.values()), records)
+        run.add("rows", len(records))
+        run.add("prompts", new_p)
+        run.add("records", new_r)
+    return ImportResult(str(path), run.run_id, len(records), new_prompts=new_p,
+                        new_records=new_r, config=config)
