@@ -189,7 +189,43 @@ def m002_views(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_views]
+def m003_decision_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Views and macros that turn decisions into selections (docs/curate.md has recipes)."""
+    con.execute(
+        """
+        -- Per run and record: did the record pass every step that run applied to it?
+        CREATE VIEW record_passed AS
+        SELECT run_id, record_id,
+               bool_and(passed) AS passed_all,          -- kept by this run
+               count(DISTINCT step) AS n_steps,          -- steps of the run that judged it
+               coalesce(list(DISTINCT step ORDER BY step) FILTER (WHERE NOT passed), [])
+                   AS failed_steps
+        FROM decisions GROUP BY run_id, record_id;
+        -- Per record: does its latest decision of every step pass (whatever run made it)?
+        CREATE VIEW record_latest_passed AS
+        SELECT record_id,
+               bool_and(passed) AS passed_all,
+               count(*) AS n_steps,
+               coalesce(list(step ORDER BY step) FILTER (WHERE NOT passed), []) AS failed_steps
+        FROM latest_decisions GROUP BY record_id;
+        -- The newest successful run of a command, e.g. latest_run('curate filter').
+        CREATE MACRO latest_run(cmd) AS (
+            SELECT max(run_id) FROM runs WHERE command = cmd AND status = 'ok');
+        -- True when run `run` judged the record and it passed every step of that run.
+        CREATE MACRO kept_by(rid, run) AS rid IN (
+            SELECT record_id FROM decisions WHERE run_id = run
+            GROUP BY record_id HAVING bool_and(passed));
+        -- True when the record's latest decision of every step it has passes.
+        CREATE MACRO kept_latest(rid) AS rid IN (
+            SELECT record_id FROM latest_decisions GROUP BY record_id HAVING bool_and(passed));
+        -- True when the record's latest decision of step `name` passes.
+        CREATE MACRO kept_step(rid, name) AS rid IN (
+            SELECT record_id FROM latest_decisions WHERE step = name AND passed);
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views]
 
 
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import click
+from rich.console import Console
+from rich.table import Table
+
+from corpus.options import db_option
+from corpus.store import Store
+from curation.selection import Selection, selection_options
 
 
 @click.group("templates")
@@ -23,3 +29,58 @@ def curate() -> None:
     Example:
       selfevo curate filter --step verdict --step length:field=refinement,max_chars=4000
     """
+
+
+@curate.command("filter")
+@click.option("--step", "steps", multiple=True, required=True, metavar="NAME[:k=v,...]",
+              help="A filter step; repeat for several (run in the order given).")
+@click.option("--chunk-size", default=50_000, show_default=True, help="Records per batch.")
+@selection_options
+@db_option
+def filter_cmd(steps: tuple[str, ...], chunk_size: int, selection: Selection, db: str) -> None:
+    """Run filter steps; every record gets one decision per step, kept or not.
+
+    Prints the funnel: per step how many records passed, how many it dropped first, and how
+    many remain. See 'selfevo curate steps' for the steps and their parameters.
+
+    \b
+    Example:
+      selfevo curate filter --kind self --round 1 --step verdict:null=drop \\
+          --step gold-match --step length:field=refinement,max_chars=4000
+    """
+    from corpus.funnel import funnel_table, run_funnel
+    from curation.curate import run_filters
+    from curation.filters import parse_step
+
+    parsed = [parse_step(s) for s in steps]
+    with Store.open(db, command="curate filter") as store:
+        result = run_filters(store, parsed, selection, chunk_size=chunk_size)
+        with store.connection() as con:
+            funnel = run_funnel(con, result.run_id)
+    Console().print(funnel_table(funnel))
+    click.echo(f"run {result.run_id}: kept {result.kept:,} of {result.selected:,} records")
+
+
+@curate.command("steps")
+def steps_cmd() -> None:
+    """List the filter steps with their parameters, types and defaults.
+
+    \b
+    Example:
+      selfevo curate steps
+    """
+    from curation.filters import param_specs, registry
+
+    console = Console()
+    for name, cls in registry().items():
+        table = Table(title=f"{name}: {cls.description}", title_justify="left",
+                      show_header=bool(param_specs(cls)))
+        for col in ("parameter", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for p in param_specs(cls):
+            choices = f" ({'|'.join(p['choices'])})" if p["choices"] else ""
+            default = p["default"] if len(repr(p["default"])) < 40 else "(see docs)"
+            table.add_row(p["name"], p["type"], str(default), p["help"] + choices)
+        console.print(table)
+    click.echo("Any step also takes as=LABEL (the decisions.step name; needed to use a step "
+               "twice).")
