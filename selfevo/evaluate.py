@@ -1,0 +1,386 @@
+"""Benchmark evaluation: direct and self-refined accuracy with 95% Wilson intervals.
+
+One ``eval run`` is a ``runs`` row; each mode it scores is one ``evals`` row (linked to the
+registered model when the spec names a checkpoint in ``models``) with one ``eval_items`` row
+per benchmark item: the question, gold answer, extracted prediction, the full output and, in
+``detail``, the feedback/refinement steps, the call ids and the self-consistency samples.
+
+Answers are extracted and compared by :mod:`curation.answers`, the same code the reference
+grader and the gold-match filter use. Direct and refine share the initial answer (the same
+call), so their difference is exactly what self-refinement changed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.identity import canonical_json, content_id
+from selfevo import SelfevoError
+from selfevo.refine import RefineResult, self_refine
+
+if TYPE_CHECKING:
+    from corpus.store import Store
+    from curation.backends.base import Backend
+
+MODES = ("direct", "refine")
+PRESETS = ("gsm8k", "svamp")
+
+
+@dataclass(frozen=True)
+class BenchItem:
+    """One benchmark question with its gold final answer."""
+
+    item_id: str
+    question: str
+    gold: str
+
+
+@dataclass
+class EvalSummary:
+    """The result of one mode of one evaluation (an ``evals`` row)."""
+
+    eval_id: str
+    model: str
+    benchmark: str
+    mode: str
+    n: int
+    correct: int
+    accuracy: float
+    ci_low: float
+    ci_high: float
+    model_id: str | None = None
+    items: list[dict[str, Any]] = field(default_factory=list)
+
+
+def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sane at 0, n and small n)."""
+    if n <= 0:
+        return 0.0, 0.0
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# -- benchmarks -----------------------------------------------------------------------------
+def load_items(
+    bench: str,
+    *,
+    path: str | None = None,
+    limit: int | None = None,
+    store: Store | None = None,
+    where: str | None = None,
+) -> tuple[str, list[BenchItem]]:
+    """(benchmark name, items) for ``gsm8k``, ``svamp``, ``store`` or a file path.
+
+    ``gsm8k``/``svamp`` read ``path`` (default: the shared test files when present) through
+    the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
+    anything else is a JSONL/JSON file read with the gsm8k preset's field names
+    (``question``/``answer``).
+    """
+    if bench == "store":
+        if store is None:
+            raise SelfevoError("--bench store needs a store (--db)")
+        return f"store:{where or 'all'}", _store_items(store, where, limit)
+    if bench in PRESETS:
+        file = path or _default_bench_path(bench)
+        name = bench
+    else:
+        file, name = path or bench, Path(path or bench).name
+    if not Path(file).exists():
+        raise SelfevoError(
+            f"benchmark file {file} not found; pass --path FILE (e.g. gsm8k test.jsonl)"
+        )
+    items = _file_items(file, bench if bench in PRESETS else None)
+    return name, items[:limit] if limit else items
+
+
+def _default_bench_path(bench: str) -> str:
+    base = Path(os.environ.get("SELFEVO_DATA", Path(__file__).resolve().parents[2] / "shared"
+                               / "data"))
+    return str(base / "gsm8k" / "test.jsonl" if bench == "gsm8k" else base / "svamp" /
+               "SVAMP.json")
+
+
+def _file_items(file: str, preset: str | None) -> list[BenchItem]:
+    """Items of a benchmark file: a preset's reader, or question/text + answer/gold_answer."""
+    from corpus.errors import CorpusError
+    from corpus.importers import read_prompt_rows
+    from corpus.presets import load_benchmark_items
+
+    try:
+        if preset:
+            rows = load_benchmark_items(file, preset)
+        else:
+            rows = []
+            mapping = {"question": "text", "answer": "gold_answer"}
+            for i, f in enumerate(read_prompt_rows(file, mapping=mapping)):
+                meta = f.get("meta") if isinstance(f.get("meta"), dict) else {}
+                f["item_id"] = str(meta.get("id") or meta.get("item_id") or
+                                   f"{Path(file).stem}-{i}")
+                rows.append(f)
+    except CorpusError as exc:
+        raise SelfevoError(str(exc)) from None
+    out = []
+    for i, row in enumerate(rows):
+        if row.get("gold_answer") is None:
+            raise SelfevoError(f"{file}: item {i + 1} has no gold answer (field 'answer')")
+        out.append(BenchItem(str(row["item_id"]), row["text"], str(row["gold_answer"])))
+    return out
+
+
+def _store_items(store: Store, where: str | None, limit: int | None) -> list[BenchItem]:
+    sql = (
+        "SELECT prompt_id, text, gold_answer FROM prompts WHERE gold_answer IS NOT NULL"
+        + (f" AND ({where})" if where else "") + " ORDER BY prompt_id"
+        + (f" LIMIT {int(limit)}" if limit else "")
+    )
+    try:
+        rows = store.query(sql)
+    except Exception as exc:  # a user's WHERE clause: say which one failed
+        raise SelfevoError(f"--where {where!r} failed: {str(exc).splitlines()[0]}") from None
+    if not rows:
+        raise SelfevoError(f"no labelled prompts match --where {where!r}")
+    return [BenchItem(pid, text, gold) for pid, text, gold in rows]
+
+
+# -- model linkage --------------------------------------------------------------------------
+def registered_model_id(store: Store, spec: str) -> str | None:
+    """``models.model_id`` of the checkpoint an ``hf:PATH[+ADAPTER]`` spec loads, if any."""
+    if not spec.startswith("hf:"):
+        return None
+    base, _, adapter = spec[3:].partition("+")
+    rows = store.query("SELECT model_id, path FROM models ORDER BY created_at DESC")
+    for c in (adapter, base):  # the adapter is the checkpoint when there is one
+        for model_id, path in rows:
+            if c and _same_path(path, c):
+                return model_id
+    return None
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.realpath(a) == os.path.realpath(b)
+    except OSError:
+        return a == b
+
+
+# -- scoring ------------------------------------------------------------------------------
+def majority_vote(predictions: Sequence[str | None]) -> str | None:
+    """The most frequent answer (equivalence by ``answers_match``); ties go to the first seen."""
+    from curation.answers import answers_match
+
+    groups: list[list[str]] = []
+    for p in predictions:
+        if p is None:
+            continue
+        for g in groups:
+            if answers_match(p, g[0]):
+                g.append(p)
+                break
+        else:
+            groups.append([p])
+    if not groups:
+        return None
+    return max(groups, key=len)[0]  # max keeps the first of equal lengths
+
+
+def _score(gold: str, outputs: list[str | None]) -> tuple[str | None, bool, list[str | None]]:
+    from curation.answers import answers_match, extract_answer
+
+    preds = [extract_answer(o) if o else None for o in outputs]
+    pred = preds[0] if len(preds) == 1 else majority_vote(preds)
+    return pred, bool(pred is not None and answers_match(pred, gold)), preds
+
+
+def score_results(
+    items: Sequence[BenchItem], results: Sequence[RefineResult], samples: int, mode: str
+) -> list[dict[str, Any]]:
+    """``eval_items`` rows of one mode from ``samples`` refine results per item (item-major)."""
+    rows = []
+    for k, item in enumerate(items):
+        group = list(results[k * samples:(k + 1) * samples])
+        outputs = [r.answer if mode == "direct" else r.final for r in group]
+        pred, ok, preds = _score(item.gold, outputs)
+        detail: dict[str, Any] = {"answer_call_ids": [r.answer_call_id for r in group]}
+        if mode == "refine":
+            detail["steps"] = [[_step(s) for s in r.steps] for r in group]
+            detail["stopped"] = [r.stopped for r in group]
+        if samples > 1:
+            detail["samples"] = preds
+        errors = [r.error for r in group if r.error]
+        if errors:
+            detail["errors"] = errors
+        rows.append({
+            "item_id": item.item_id, "question": item.question, "gold": item.gold,
+            "prediction": pred, "response": outputs[0], "correct": ok, "detail": detail,
+        })
+    return rows
+
+
+def _step(s: Any) -> dict[str, Any]:
+    return {"feedback": s.feedback, "verdict": s.verdict, "refinement": s.refinement,
+            "feedback_call_id": s.feedback_call_id,
+            "refinement_call_id": s.refinement_call_id}
+
+
+# -- the evaluation -----------------------------------------------------------------------
+def evaluate(
+    store: Store,
+    backend: Backend,
+    items: Sequence[BenchItem],
+    *,
+    benchmark: str,
+    modes: Sequence[str] = ("direct",),
+    steps: int = 1,
+    stop_on_correct: bool = False,
+    self_consistency: int = 1,
+    params: dict[str, Any] | None = None,
+    model_id: str | None = None,
+    parent_run_id: str | None = None,
+) -> list[EvalSummary]:
+    """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
+
+    Self-consistency (``self_consistency`` = K > 1) samples K answers per item (temperature
+    0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
+    is refined and the refined answers vote.
+    """
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise SelfevoError(f"unknown mode {bad}; use direct, refine or both")
+    if not items:
+        raise SelfevoError("the benchmark has no items")
+    k = max(1, self_consistency)
+    p = dict(params or {})
+    if k > 1:
+        p.setdefault("temperature", 0.7)
+    model_id = model_id or registered_model_id(store, backend.spec)
+    config = {
+        "model": backend.spec, "benchmark": benchmark, "modes": list(modes), "steps": steps,
+        "stop_on_correct": stop_on_correct, "self_consistency": k, "params": p,
+        "n_items": len(items), "model_id": model_id,
+    }
+    with store.run("eval run", config, parent_run_id=parent_run_id) as run:
+        questions = [it.question for it in items for _ in range(k)]
+        indices = [j for _ in items for j in range(k)]
+        results = self_refine(
+            backend, questions, steps=steps if "refine" in modes else 0,
+            stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
+            store=store, run_id=run.run_id,
+        )
+        summaries = []
+        for mode in modes:
+            rows = score_results(items, results, k, mode)
+            correct = sum(r["correct"] for r in rows)
+            lo, hi = wilson_interval(correct, len(rows))
+            eval_id = content_id({"run_id": run.run_id, "mode": mode, "benchmark": benchmark,
+                                  "model": backend.spec})
+            summaries.append(EvalSummary(
+                eval_id=eval_id, model=backend.spec, benchmark=benchmark, mode=mode,
+                n=len(rows), correct=correct, accuracy=correct / len(rows), ci_low=lo,
+                ci_high=hi, model_id=model_id, items=rows,
+            ))
+        _write(store, summaries, config, run.run_id)
+        run.add("evals", len(summaries))
+        run.add("eval_items", sum(s.n for s in summaries))
+    return summaries
+
+
+def _write(store: Store, summaries: list[EvalSummary], config: dict[str, Any], run_id: str
+           ) -> None:
+    with store.transaction() as con:
+        for s in summaries:
+            con.execute(
+                "INSERT INTO evals (eval_id, model, model_id, benchmark, mode, n, correct,"
+                " accuracy, ci_low, ci_high, config, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                [s.eval_id, s.model, s.model_id, s.benchmark, s.mode, s.n, s.correct,
+                 s.accuracy, s.ci_low, s.ci_high, canonical_json(config), run_id],
+            )
+            con.executemany(
+                "INSERT INTO eval_items (eval_id, item_id, question, gold, prediction, response,"
+                " correct, detail) VALUES (?,?,?,?,?,?,?,?)",
+                [[s.eval_id, r["item_id"], r["question"], r["gold"], r["prediction"],
+                  r["response"], r["correct"], canonical_json(r["detail"])] for r in s.items],
+            )
+
+
+# -- comparison ---------------------------------------------------------------------------
+def compare_evals(store: Store, benchmark: str | None = None) -> list[dict[str, Any]]:
+    """One row per (model, benchmark, eval run): direct and refine accuracy with intervals.
+
+    Rows carry the model's registered id and training snapshot hash when it is a checkpoint,
+    oldest first, so rounds of an evolve run read top to bottom.
+    """
+    sql = """
+        SELECT e.run_id, e.model, e.model_id, m.snapshot_hash, e.benchmark, e.mode, e.n,
+               e.correct, e.accuracy, e.ci_low, e.ci_high, e.created_at
+        FROM evals e LEFT JOIN models m USING (model_id)
+        {where} ORDER BY e.created_at, e.run_id, e.mode
+    """.format(where="WHERE e.benchmark = ?" if benchmark else "")
+    rows = store.query_dicts(sql, [benchmark] if benchmark else [])
+    out: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["run_id"], r["model"], r["benchmark"])
+        row = out.setdefault(key, {
+            "run_id": r["run_id"], "model": r["model"], "model_id": r["model_id"],
+            "snapshot_hash": r["snapshot_hash"], "benchmark": r["benchmark"], "n": r["n"],
+            "created_at": r["created_at"], "direct": None, "refine": None,
+        })
+        row[r["mode"]] = {"accuracy": r["accuracy"], "ci_low": r["ci_low"],
+                          "ci_high": r["ci_high"], "correct": r["correct"], "n": r["n"]}
+    return list(out.values())
+
+
+def format_accuracy(cell: dict[str, Any] | None) -> str:
+    """``41.2% [35.0, 47.6]`` (accuracy and 95% interval in percent), or ``-``."""
+    if not cell:
+        return "-"
+    return (f"{100 * cell['accuracy']:.1f}% [{100 * (cell['ci_low'] or 0):.1f}, "
+            f"{100 * (cell['ci_high'] or 0):.1f}]")
+
+
+def print_summaries(summaries: Sequence[EvalSummary]) -> None:
+    """A rich table of one evaluation's modes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="evaluation")
+    for col in ("model", "benchmark", "mode", "correct / n", "accuracy [95% CI]", "eval_id"):
+        table.add_column(col)
+    for s in summaries:
+        table.add_row(s.model, s.benchmark, s.mode, f"{s.correct} / {s.n}",
+                      format_accuracy(vars(s)), s.eval_id)
+    Console().print(table)
+
+
+def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
+    """A rich table of :func:`compare_evals` rows (or a hint when there are none)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not rows:
+        console.print("no evaluations yet; run 'selfevo eval run --model SPEC --bench gsm8k'")
+        return
+    table = Table(title="evaluations (accuracy, 95% Wilson interval)")
+    for col in ("run", "model", "model_id", "snapshot", "benchmark"):
+        table.add_column(col, overflow="fold")
+    for col in ("n", "direct", "refine", "Δ refine"):  # the numbers never wrap
+        table.add_column(col, no_wrap=True, justify="right")
+    for r in rows:
+        d, f = r["direct"], r["refine"]
+        delta = f"{100 * (f['accuracy'] - d['accuracy']):+.1f} pts" if d and f else "-"
+        table.add_row(r["run_id"], r["model"], _short_id(r["model_id"]),
+                      _short_id(r["snapshot_hash"]), r["benchmark"], str(r["n"]),
+                      format_accuracy(d), format_accuracy(f), delta)
+    console.print(table)
+
+
+def _short_id(value: str | None) -> str:
+    return "-" if not value else value[:11]

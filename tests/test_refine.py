@@ -1,0 +1,136 @@
+"""Inference-time self-refinement: the request layout, stopping, multi-step and failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pytest
+
+from curation.backends.base import Backend, ChatRequest, ChatResult
+from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
+from selfevo.refine import chat_messages, self_refine
+
+
+class ScriptedModel(Backend):
+    """A deterministic test double of a MODEL: ``script(stage, request) -> text | None``.
+
+    ``stage`` is read off the request layout: 1 message = answer, 3 = feedback, 5 = refinement.
+    None plays a failed generation. Every request received is kept for assertions.
+    """
+
+    def __init__(self, script: Callable[[str, ChatRequest], str | None], spec: str = "test:model"):
+        self.script = script
+        self.spec = spec
+        self.requests: list[ChatRequest] = []
+
+    def generate(self, requests: Sequence[ChatRequest], on_result=None) -> list[ChatResult]:
+        out = []
+        for i, req in enumerate(requests):
+            self.requests.append(req)
+            stage = {1: "answer", 3: "feedback", 5: "refinement"}[len(req.messages)]
+            text = self.script(stage, req)
+            res = (ChatResult(ok=True, text=text, finish_reason="stop", prompt_tokens=10,
+                              completion_tokens=5) if text is not None
+                   else ChatResult(ok=False, error_kind="server", error="scripted failure"))
+            if on_result:
+                on_result(i, res)
+            out.append(res)
+        return out
+
+
+def test_requests_are_prefixes_of_the_training_layout():
+    msgs = record_messages(kind="self", prompt="Q?", response="R", feedback="F",
+                           refinement="R2")
+    plain = [{"role": m["role"], "content": m["content"]} for m in msgs]
+    assert chat_messages("Q?") == plain[:1]
+    assert chat_messages("Q?", "R") == plain[:3]
+    assert chat_messages("Q?", "R")[-1]["content"] == FEEDBACK_INSTRUCTION
+    assert chat_messages("Q?", "R", "F") == plain[:5]
+    assert chat_messages("Q?", "R", "F")[-1]["content"] == REFINE_INSTRUCTION
+
+
+def test_stop_on_correct_skips_the_refinement():
+    def script(stage, req):
+        return {"answer": "2 + 2 = 4. The answer is 4.",
+                "feedback": "All steps are right.\nVerdict: correct",
+                "refinement": "should never be asked"}[stage]
+
+    model = ScriptedModel(script)
+    [res] = self_refine(model, ["What is 2 + 2?"], steps=3, stop_on_correct=True)
+    assert res.stopped == "correct"
+    assert [len(r.messages) for r in model.requests] == [1, 3]  # answer, feedback; no refine
+    assert res.final == res.answer == "2 + 2 = 4. The answer is 4."
+    assert res.steps[0].verdict == "correct" and res.steps[0].refinement is None
+
+
+def test_without_stop_every_step_refines_and_feeds_the_next():
+    calls: list[str] = []
+
+    def script(stage, req):
+        calls.append(stage)
+        if stage == "answer":
+            return "The answer is 5."
+        if stage == "feedback":
+            # the answer under review is the assistant turn; step 2 reviews refinement 1
+            return f"Reviewed: {req.messages[1]['content']}\nVerdict: incorrect"
+        return f"Refined #{calls.count('refinement')}. The answer is 6."
+
+    model = ScriptedModel(script)
+    [res] = self_refine(model, ["Q"], steps=2)
+    assert calls == ["answer", "feedback", "refinement", "feedback", "refinement"]
+    assert res.stopped == "steps" and len(res.steps) == 2
+    assert res.steps[1].feedback.startswith("Reviewed: Refined #1.")
+    assert res.final == "Refined #2. The answer is 6."
+    assert all(s.verdict == "incorrect" for s in res.steps)
+
+
+def test_correct_verdict_without_stop_flag_still_refines():
+    model = ScriptedModel(lambda stage, req: {"answer": "A", "feedback": "fine\nVerdict: correct",
+                                              "refinement": "B"}[stage])
+    [res] = self_refine(model, ["Q"], steps=1, stop_on_correct=False)
+    assert res.final == "B" and res.steps[0].verdict == "correct"
+
+
+def test_batches_questions_and_stops_each_on_its_own_verdict():
+    def script(stage, req):
+        q = req.messages[0]["content"]
+        if stage == "answer":
+            return f"answer to {q}"
+        if stage == "feedback":
+            return "Verdict: correct" if q == "easy" else "wrong.\nVerdict: incorrect"
+        return f"refined {q}"
+
+    model = ScriptedModel(script)
+    results = self_refine(model, ["easy", "hard"], steps=1, stop_on_correct=True)
+    assert [r.stopped for r in results] == ["correct", "steps"]
+    assert [r.final for r in results] == ["answer to easy", "refined hard"]
+    assert sum(len(r.messages) == 5 for r in model.requests) == 1
+
+
+def test_unparseable_verdict_and_failed_call_are_recorded_not_raised():
+    def script(stage, req):
+        q = req.messages[0]["content"]
+        if stage == "answer":
+            return None if q == "broken" else "The answer is 1."
+        return "I am not sure." if stage == "feedback" else "The answer is 2."
+
+    model = ScriptedModel(script)
+    ok, broken = self_refine(model, ["fine", "broken"], steps=1, stop_on_correct=True)
+    assert broken.stopped == "failed" and broken.error == "scripted failure"
+    assert broken.final is None and broken.steps == []
+    assert ok.steps[0].verdict is None and ok.steps[0].verdict_error
+    assert ok.final == "The answer is 2."  # no 'correct' verdict: it refines
+
+
+def test_sample_indices_and_params_reach_the_requests():
+    model = ScriptedModel(lambda stage, req: "x")
+    self_refine(model, ["Q", "Q"], steps=0, sample_indices=[0, 1],
+                params={"temperature": 0.7})
+    assert [r.sample_index for r in model.requests] == [0, 1]
+    assert all(r.params["temperature"] == 0.7 and r.params["max_tokens"] == 512
+               for r in model.requests)
+
+
+def test_negative_steps_rejected():
+    with pytest.raises(ValueError):
+        self_refine(ScriptedModel(lambda s, r: "x"), ["Q"], steps=-1)
