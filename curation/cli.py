@@ -21,6 +21,46 @@ def templates() -> None:
     """
 
 
+@templates.command("list")
+@click.option("--set", "template_set", default="default", show_default=True,
+              help="Template set: a built-in name or a folder of NAME.j2 files.")
+def templates_list(template_set: str) -> None:
+    """List the templates of a set with their content hashes and variables.
+
+    \b
+    Example:
+      selfevo templates list --set default
+    """
+    from curation.templates import list_templates
+
+    table = Table()
+    table.add_column("name", no_wrap=True)
+    table.add_column("set")
+    table.add_column("hash", no_wrap=True, min_width=35)  # ids are copied, never truncated
+    table.add_column("variables")
+    for t in list_templates(template_set):
+        table.add_row(t.name, t.template_set, t.hash, ", ".join(t.variables))
+    Console().print(table)
+
+
+@templates.command("show")
+@click.argument("name")
+@click.option("--set", "template_set", default="default", show_default=True,
+              help="Template set: a built-in name or a folder of NAME.j2 files.")
+def templates_show(name: str, template_set: str) -> None:
+    """Print a template's file, path and hash.
+
+    \b
+    Example:
+      selfevo templates show feedback
+    """
+    from curation.templates import get_template
+
+    t = get_template(name, template_set)
+    click.echo(f"# {t.name} (set {t.template_set})  {t.hash}\n# {t.path}")
+    click.echo(t.text, nl=not t.text.endswith("\n"))
+
+
 @click.group("curate")
 def curate() -> None:
     """Filter, deduplicate and decontaminate records; every decision is a row.
