@@ -260,8 +260,8 @@ def _json_object(value: Any) -> Any:
     return value
 
 
-def _validation_error(path: Path, where: str, exc: ValidationError, row: dict[str, Any],
-                      required: str) -> ImportInputError:
+def _validation_error(path: Path, where: str, exc: ValidationError,
+                      row: dict[str, Any]) -> ImportInputError:
     err = exc.errors()[0]
     fld = ".".join(str(x) for x in err["loc"]) or "?"
     if err["type"] == "missing":
@@ -273,8 +273,6 @@ def _validation_error(path: Path, where: str, exc: ValidationError, row: dict[st
     else:
         got = type(err.get("input")).__name__
         msg = f"{err['msg']} (got {got})"
-    if fld == required and err["type"] != "missing":
-        msg = f"{err['msg']}"
     return ImportInputError(f"{path}: {where}: field '{fld}': {msg}")
 
 
@@ -310,7 +308,7 @@ def _prompt_fields(
     try:
         return PromptIn(**fields).model_dump()
     except ValidationError as exc:
-        raise _validation_error(path, where, exc, row, "text") from None
+        raise _validation_error(path, where, exc, row) from None
 
 
 def read_prompt_rows(
@@ -353,7 +351,7 @@ def _record_fields(path: Path, where: str, raw: dict[str, Any],
     try:
         rec = RecordIn(**row).model_dump()
     except ValidationError as exc:
-        raise _validation_error(path, where, exc, row, "prompt") from None
+        raise _validation_error(path, where, exc, row) from None
     passthrough["templates"] = _json_object(passthrough.get("templates"))
     rec.update({k: v for k, v in passthrough.items() if v is not None})
     return rec
