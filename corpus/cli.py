@@ -177,10 +177,15 @@ def snapshot_list(db: str) -> None:
     from corpus.snapshots import list_snapshots
 
     snaps = list_snapshots(Store.open_readonly(db))
-    table = Table("name", "n", "content hash", "from", "where", "created", "note")
+    table = Table()
+    for col in ("name", "n", "content hash", "created"):
+        table.add_column(col, no_wrap=True)
+    for col, width in (("from", 6), ("where", 24), ("note", 6)):
+        table.add_column(col, overflow="fold", min_width=width)
     for s in snaps:
-        table.add_row(s.name, str(s.n), s.content_hash, s.parent or "", s.selection["where"],
-                      f"{s.created_at:%Y-%m-%d %H:%M:%S}", s.note or "")
+        # 64 bits of the hash are plenty to tell snapshots apart on screen.
+        table.add_row(s.name, str(s.n), s.content_hash[:19], f"{s.created_at:%Y-%m-%d %H:%M}",
+                      s.parent or "", s.selection["where"], s.note or "")
     Console().print(table if snaps else "no snapshots yet; create one with 'selfevo snapshot create'")
 
 

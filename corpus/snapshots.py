@@ -149,7 +149,7 @@ def select_record_ids(
     """Record ids matching ``where`` (and in ``base`` when given), sorted."""
     sql = selection_query(where, base.snapshot_id if base else None)
     try:
-        table = con.execute(sql, [base.snapshot_id] if base else []).fetch_arrow_table()
+        table = con.execute(sql, [base.snapshot_id] if base else []).to_arrow_table()
     except duckdb.Error as exc:
         raise CorpusError(f"--where failed: {_first_line(exc)}") from None
     return sorted(table.column("record_id").to_pylist())

@@ -1,0 +1,179 @@
+"""Snapshot export: the directory contract, messages, reproducibility, refusal, atomicity."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from test_snapshots import build_store
+
+from corpus import CorpusError, Store
+from corpus import export as export_mod
+from corpus.export import export_snapshot, verify_export
+from corpus.snapshots import create_snapshot
+from schemas.conversation import CONVERSATION_VERSION, record_messages
+from schemas.identity import canonical_json, file_sha256
+from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, SnapshotManifest
+
+
+def _store_with_snapshot(db: str, where: str = "true") -> dict[str, object]:
+    fx = build_store(db)
+    with Store.open(db) as store:
+        create_snapshot(store, "all", where, note="fixture")
+    return fx
+
+
+def _expected_messages(row: dict) -> list[dict]:
+    return record_messages(kind=row["kind"], prompt=row["prompt"], response=row["response"],
+                           feedback=row["feedback"], refinement=row["refinement"])
+
+
+def _tree_bytes(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file()}
+
+
+def test_parquet_rows_follow_export_row_and_conversation(db, cli, tmp_path):
+    fx = _store_with_snapshot(db)
+    out = tmp_path / "exp"
+    result = cli("snapshot", "export", "all", "--format", "parquet", "--out", str(out),
+                 "--db", db)
+    assert "exported 6 records of all" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json",
+                                                     "records.parquet"]
+    table = pq.read_table(out / "records.parquet")
+    assert table.column_names == list(ExportRow.model_fields)
+    rows = table.to_pylist()
+    assert [r["record_id"] for r in rows] == sorted(fx["ids"])
+    for row in rows:
+        ExportRow.model_validate(row)
+        assert row["messages"] == _expected_messages(row)
+    meta_row = next(r for r in rows if r["meta"])
+    assert meta_row["meta"] == canonical_json({"z": 1, "a": "é"})
+    assert meta_row["templates"] == canonical_json({"feedback": "h1:aa"})
+    assert meta_row["gold_answer"] == "7" and meta_row["source"] == "generated"
+    # the meta record with all four texts trains exactly feedback and refinement
+    assert [m["train"] for m in meta_row["messages"]] == [False, False, False, True, False, True]
+
+
+def test_manifest_lists_files_counts_and_provenance(db, tmp_path):
+    _store_with_snapshot(db)
+    out = tmp_path / "exp"
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", "parquet", out)
+        snap = store.query_dicts("SELECT * FROM snapshots")[0]
+        record_runs = {r[0] for r in store.query("SELECT run_id FROM records")}
+    m = SnapshotManifest.model_validate_json((out / "manifest.json").read_text())
+    assert m.schema_version == EXPORT_SCHEMA_VERSION
+    assert m.conversation_version == CONVERSATION_VERSION
+    assert (m.name, m.snapshot_id, m.content_hash, m.n) == (
+        "all", snap["snapshot_id"], snap["content_hash"], 6)
+    assert m.selection == {"where": "true", "from": None, "note": "fixture"}
+    assert m.counts["kind"] == {"meta": 2, "qa": 2, "self": 2}
+    assert m.counts["verdict"] == {"correct": 2, "incorrect": 1, "null": 3}
+    assert set(m.runs) == record_runs
+    [f] = m.files
+    assert (f.path, f.rows) == ("records.parquet", 6)
+    assert f.bytes == (out / f.path).stat().st_size and f.sha256 == file_sha256(str(out / f.path))
+    assert verify_export(out) == m
+    card = (out / "README.md").read_text()
+    assert m.content_hash in card and "load_dataset" in card and "messages" in card
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_same_snapshot_exported_twice_gives_identical_bytes(db, tmp_path, fmt):
+    _store_with_snapshot(db)
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", fmt, tmp_path / "one")
+        export_snapshot(store, "all", fmt, tmp_path / "two")
+        first = _tree_bytes(tmp_path / "one")
+        export_snapshot(store, "all", fmt, tmp_path / "one")  # replaces its own export
+    assert first == _tree_bytes(tmp_path / "two") == _tree_bytes(tmp_path / "one")
+    assert len(first) >= 3
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_datasets_loads_the_parquet_export(db, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    _store_with_snapshot(db)
+    out = tmp_path / "exp"
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", "parquet", out)
+    ds = datasets.load_dataset("parquet", data_files=str(out / "records.parquet"),
+                               split="train", cache_dir=str(tmp_path / "cache"))
+    assert ds.num_rows == 6 and ds.column_names == list(ExportRow.model_fields)
+    for row in ds:
+        assert row["messages"] == _expected_messages(row)
+
+
+def test_jsonl_and_hf_exports_carry_the_same_rows(db, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    _store_with_snapshot(db)
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", "parquet", tmp_path / "pq")
+        export_snapshot(store, "all", "jsonl", tmp_path / "js")
+        m = export_snapshot(store, "all", "hf", tmp_path / "hf")
+    expected = pq.read_table(tmp_path / "pq" / "records.parquet").to_pylist()
+    lines = (tmp_path / "js" / "records.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == expected
+    ds = datasets.load_from_disk(str(tmp_path / "hf" / "hf"))
+    assert ds.to_list() == expected
+    assert {f.path for f in m.files} >= {"hf/data-00000-of-00001.arrow", "hf/state.json"}
+    verify_export(tmp_path / "hf")
+
+
+def test_refuses_a_foreign_non_empty_directory(db, cli, tmp_path):
+    _store_with_snapshot(db)
+    with Store.open(db) as store:
+        create_snapshot(store, "qa", "kind = 'qa'")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    result = cli("snapshot", "export", "all", "--out", str(busy), "--db", db, exit_code=1)
+    assert "is not empty and is not an export of snapshot 'all'" in result.output
+    assert _tree_bytes(busy) == {"notes.txt": b"mine"}
+    cli("snapshot", "export", "qa", "--out", str(tmp_path / "qa"), "--db", db)
+    before = _tree_bytes(tmp_path / "qa")
+    cli("snapshot", "export", "all", "--out", str(tmp_path / "qa"), "--db", db, exit_code=1)
+    assert _tree_bytes(tmp_path / "qa") == before
+    # an existing empty directory is fine
+    (tmp_path / "empty").mkdir()
+    cli("snapshot", "export", "all", "--out", str(tmp_path / "empty"), "--db", db)
+    result = cli("snapshot", "export", "nope", "--out", str(tmp_path / "x"), "--db", db,
+                 exit_code=1)
+    assert "no snapshot named 'nope'" in result.output
+
+
+def test_a_crash_mid_export_leaves_nothing_half_written(db, tmp_path, monkeypatch):
+    _store_with_snapshot(db)
+    out = tmp_path / "exp"
+
+    def crash(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_mod, "dataset_card", crash)
+    with Store.open_readonly(db) as store, pytest.raises(KeyboardInterrupt):
+        export_snapshot(store, "all", "parquet", out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["test.duckdb", "test.duckdb.lock"]
+    # a partial directory left by a killed process is cleaned up by the next export
+    stale = tmp_path / ".exp.partial-999999999"
+    stale.mkdir()
+    monkeypatch.undo()
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", "parquet", out)
+    assert not stale.exists() and (out / "manifest.json").exists()
+
+
+def test_verify_detects_a_changed_file(db, tmp_path):
+    _store_with_snapshot(db)
+    out = tmp_path / "exp"
+    with Store.open_readonly(db) as store:
+        export_snapshot(store, "all", "jsonl", out)
+    with open(out / "records.jsonl", "ab") as f:
+        f.write(b"\n")
+    with pytest.raises(CorpusError, match="does not match its manifest"):
+        verify_export(out)
+    assert os.path.exists(out / "README.md")
