@@ -1,0 +1,68 @@
+"""``python -m trainer`` / ``torchrun --nproc_per_node N -m trainer``: train from the shell.
+
+Every :class:`~trainer.config.TrainConfig` field is a flag (``max_len`` -> ``--max-len``,
+booleans as ``--pack/--no-pack``). ``--show-masks N`` prints N examples with their trained
+spans and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import typing
+
+from trainer.config import TrainConfig
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """An argparse parser with one flag per config field (defaults from the dataclass)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="SFT on a selfevo export (LoRA or full).",
+        epilog="Example: python -m trainer --data export/ --base ./model --out runs/a --max-steps 100",
+    )
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        hint = hints[f.name]
+        if hint is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif f.name == "kinds":
+            parser.add_argument(flag, type=lambda s: [k for k in s.split(",") if k], default=default)
+        elif f.name == "betas":
+            parser.add_argument(flag, type=lambda s: tuple(float(x) for x in s.split(",")),
+                                default=default)
+        else:
+            parser.add_argument(flag, type=type(default), default=default)
+    parser.add_argument("--show-masks", type=int, default=0, metavar="N",
+                        help="print N examples with trained spans highlighted, then exit")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, then train (or show masks). Errors print one line and exit 1."""
+    from trainer.errors import TrainerError
+
+    args = vars(build_parser().parse_args(argv))
+    show = args.pop("show_masks")
+    cfg = TrainConfig(**args)
+    try:
+        if show:
+            from trainer.show_masks import show_masks
+
+            show_masks(cfg, show)
+            return 0
+        from trainer.train import train
+
+        result = train(cfg)
+    except TrainerError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    print(f"saved {result.final_dir} (snapshot {result.snapshot_hash}, {result.steps} steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
