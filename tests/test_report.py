@@ -1,0 +1,218 @@
+"""The HTML audit report: sections and values from fixture rows, escaping, empty store, browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from corpus.decisions import insert_decisions
+from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.store import Store
+from selfevo.report import SECTIONS, write_report
+
+EVIL = "<script>alert('x')</script>"
+
+
+def build_fixture_store(db: str) -> dict[str, str]:
+    """A store with prompts, records, decisions, calls, a model and evals; returns ids."""
+    prompts = [
+        make_prompt("Ann has 2 apples and gets 3 more. How many?", gold_answer="5",
+                    source="generated", split="train"),
+        make_prompt("Bo has 10 pens and loses 4. How many?", gold_answer="6",
+                    source="generated", split="train"),
+        make_prompt(f"Evil {EVIL} question: 1 + 1?", gold_answer="2", source="gsm8k",
+                    split="train"),
+        make_prompt("Held out: 3 + 3?", gold_answer="6", source="generated", split="test"),
+    ]
+    p = [x["prompt_id"] for x in prompts]
+    recs = [
+        # reference teacher: verdict agrees with gold on both
+        make_record(prompt_id=p[0], kind="meta", response="The answer is 5.",
+                    feedback="Right.\nVerdict: correct", verdict="correct",
+                    refinement="2 + 3 = 5. The answer is 5.", teacher="reference",
+                    source="generated"),
+        make_record(prompt_id=p[1], kind="meta", response="The answer is 7.",
+                    feedback="Wrong.\nVerdict: incorrect", verdict="incorrect",
+                    refinement="10 - 4 = 6. The answer is 6.", teacher="reference",
+                    source="generated"),
+        # LLM teacher: says correct on the wrong answer (disagrees with gold and reference)
+        make_record(prompt_id=p[1], kind="meta", response="The answer is 7.",
+                    feedback="Looks fine.\nVerdict: correct", verdict="correct",
+                    refinement="The answer is 7.", teacher="openai:gpt-x", source="generated"),
+        make_record(prompt_id=p[2], kind="meta", response=f"The answer is 2. {EVIL}",
+                    feedback="Fine.\nVerdict: correct", verdict="correct",
+                    refinement="The answer is 2.", teacher="openai:gpt-x", source="gsm8k"),
+        make_record(prompt_id=p[0], kind="self", round=1, response="It is 5",
+                    feedback="x" * 300 + "\nVerdict: correct", verdict="correct",
+                    refinement="The answer is 5.", teacher="hf:tiny", source="generated"),
+        make_record(prompt_id=p[3], kind="qa", response="The answer is 6."),
+    ]
+    r = [x["record_id"] for x in recs]
+    with Store.open(db) as store:
+        with store.run("import", {}) as run:
+            with store.transaction() as con:
+                insert_prompts(con, prompts, run.run_id)
+                insert_records(con, recs, run.run_id)
+        with store.run("curate filter", {"steps": [{"step": "verdict"}, {"step": "length"}]}
+                       ) as run:
+            with store.transaction() as con:
+                insert_decisions(con, [{"record_id": x, "passed": x not in (r[1], r[4])}
+                                       for x in r[:5]], run_id=run.run_id, step="verdict")
+                insert_decisions(con, [{"record_id": x, "passed": x != r[0],
+                                        "reason": f"too long {EVIL}"} for x in r[:5]],
+                                 run_id=run.run_id, step="length")
+        with store.run("curate dedup", {}) as run:
+            with store.transaction() as con:
+                insert_decisions(con, [
+                    {"record_id": r[0], "passed": True, "detail": {"cluster_id": 0,
+                                                                   "cluster_size": 3}},
+                    {"record_id": r[1], "passed": False, "detail": {"cluster_id": 0,
+                                                                    "cluster_size": 3}},
+                    {"record_id": r[2], "passed": False, "detail": {"cluster_id": 0,
+                                                                    "cluster_size": 3}},
+                    {"record_id": r[3], "passed": True, "detail": {"cluster_id": 3,
+                                                                   "cluster_size": 1}},
+                ], run_id=run.run_id, step="dedup-exact")
+        with store.run("curate decontam", {}) as run:
+            with store.transaction() as con:
+                insert_decisions(con, [
+                    {"record_id": r[3], "passed": False, "reason": "13-gram overlap",
+                     "detail": {"benchmark": "gsm8k-test", "ngram": "janet s ducks lay"}},
+                    {"record_id": r[0], "passed": True, "detail": {"benchmark": "gsm8k-test"}},
+                ], run_id=run.run_id, step="decontam")
+        with store.transaction() as con:
+            con.execute(
+                "INSERT INTO models (model_id, base, path, adapter, snapshot_hash, run_id) "
+                "VALUES ('h1:m1', 'tiny', '/ckpt/r1', true, 'h1:snaphash', 'r0')")
+            for i, (model, status, pt, ct, cost) in enumerate([
+                ("openai:gpt-x", "ok", 1000, 250, 0.0125), ("openai:gpt-x", "ok", 800, 200,
+                                                           0.01),
+                ("openai:gpt-x", "failed", None, None, None), ("hf:tiny", "ok", 50, 20, None),
+            ]):
+                con.execute(
+                    "INSERT INTO calls (call_id, model, messages, params, status, prompt_tokens,"
+                    " completion_tokens, cost, latency, run_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    [f"c{i}", model, "[]", "{}", status, pt, ct, cost, 0.5, "r0"])
+            for eval_id, model, model_id, mode, n, k, lo, hi in [
+                ("e1", "hf:tiny", None, "direct", 20, 5, 0.112, 0.469),
+                ("e2", "hf:tiny", None, "refine", 20, 6, 0.145, 0.519),
+                ("e3", "hf:tiny+/ckpt/r1", "h1:m1", "direct", 20, 9, 0.258, 0.658),
+                ("e4", "hf:tiny+/ckpt/r1", "h1:m1", "refine", 20, 11, 0.342, 0.742),
+            ]:
+                con.execute(
+                    "INSERT INTO evals (eval_id, model, model_id, benchmark, mode, n, correct,"
+                    " accuracy, ci_low, ci_high, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    [eval_id, model, model_id, "gsm8k", mode, n, k, k / n, lo, hi,
+                     "run-" + model[-2:]])
+    return {"r0": r[0], "r3": r[3]}
+
+
+def section(html_text: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', html_text, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def test_report_sections_and_values(db, tmp_path):
+    ids = build_fixture_store(db)
+    out = write_report(db, tmp_path / "r" / "report.html")
+    text = out.read_text()
+    assert text.startswith("<!DOCTYPE html>")
+    for sid, heading in SECTIONS:
+        assert heading in section(text, sid)
+    corpus = section(text, "corpus")
+    assert 'data-count="records">6<' in corpus and 'data-count="prompts">4<' in corpus
+    assert "round 1" in corpus and "generated / test" in corpus
+    funnel = section(text, "funnel")
+    # 5 records selected; verdict drops 2 (r1, r4), length drops r0 -> 2 remain
+    assert "curate filter" in funnel and "selected" in funnel and "after length" in funnel
+    assert re.search(r"<td>verdict</td><td class=\"num\">5</td><td class=\"num\">3</td>"
+                     r"<td class=\"num\">2</td><td class=\"num\">3</td>", funnel)
+    assert re.search(r"<td>length</td><td class=\"num\">5</td><td class=\"num\">4</td>"
+                     r"<td class=\"num\">1</td><td class=\"num\">2</td>", funnel)
+    agree = section(text, "agreement")
+    assert "<td>reference</td><td>meta</td><td class=\"num\">2</td><td>100.0%</td>" in agree
+    assert "<td>openai:gpt-x</td><td>meta</td><td class=\"num\">2</td><td>50.0%</td>" in agree
+    assert "LLM teacher vs reference" in agree and "<td>0.0%</td>" in agree
+    dedup = section(text, "dedup")
+    assert "dedup-exact" in dedup and "size 3" in dedup and "size 1" in dedup
+    decontam = section(text, "decontam")
+    assert "gsm8k-test" in decontam and ids["r3"] in decontam and "13-gram overlap" in decontam
+    acc = section(text, "accuracy")
+    assert "25.0% [11.2, 46.9]" in acc and "55.0% [34.2, 74.2]" in acc
+    assert "h1:snaphash" in acc and "<svg" in acc
+    cost = section(text, "cost")
+    assert "openai:gpt-x" in cost and "1,800" in cost and "0.0225" in cost
+    lengths = section(text, "lengths")
+    assert "feedback" in lengths and "n=5" in lengths and "<svg" in lengths
+
+
+def test_report_escapes_store_text_and_is_self_contained(db, tmp_path):
+    build_fixture_store(db)
+    text = write_report(db, tmp_path / "report.html").read_text()
+    assert EVIL not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert text.count("<script>") == 1  # only the page's own check
+    # nothing fetched: no external src/href, no stylesheet links, no imports
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
+    assert "<link" not in text and "@import" not in text
+
+
+def test_empty_store_report(db, tmp_path, cli):
+    with Store.open(db):
+        pass
+    out = tmp_path / "empty.html"
+    res = cli("report", "--out", str(out), "--db", db)
+    assert "wrote" in res.output
+    text = out.read_text()
+    for sid in ("funnel", "dedup", "decontam", "accuracy", "cost"):
+        assert 'class="empty"' in section(text, sid), sid
+    assert "could not build" not in text
+    assert "No responses yet." in section(text, "lengths")
+
+
+def test_report_on_missing_store_is_a_user_error(tmp_path, cli):
+    res = cli("report", "--out", str(tmp_path / "x.html"), "--db", str(tmp_path / "nope.duckdb"),
+              exit_code=1)
+    assert "no store" in res.output
+
+
+def test_report_help_has_example(cli):
+    assert "Example:" in cli("report", "--help").output
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
+                    "(apt-get install -y chromium) — the headless browser check needs it")
+def test_report_renders_in_headless_chromium(db, tmp_path):
+    build_fixture_store(db)
+    report = write_report(db, tmp_path / "report.html")
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
+             "--enable-logging=stderr", "--v=0"]
+    url = report.resolve().as_uri()
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console_errors = [ln for ln in dom.stderr.splitlines()
+                      if "CONSOLE" in ln and ("ERROR" in ln or "error" in ln)]
+    assert not console_errors, console_errors
+    assert 'data-check="ok"' in dom.stdout, "the page's own check did not pass"
+    assert "check ok" in dom.stdout
+    shot = tmp_path / "shot.png"
+    res = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 10_000
+    keep = os.environ.get("SELFEVO_TEST_ARTIFACTS")  # e.g. CI uploads this folder
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, Path(keep) / "report-screenshot.png")
