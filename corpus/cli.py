@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from corpus.migrations import MIGRATIONS
@@ -125,6 +127,85 @@ def records_import(file: str, map_spec: str | None, source: str | None, fmt: str
         result = import_records(store, file, fmt=fmt, mapping=mapping, source=source,
                                 progress=_progress)
     click.echo(result.summary("records"))
+
+
+# -- audit: sql / stats / show -----------------------------------------------------------
+@click.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+              show_default=True, help="Output format.")
+@db_option
+def sql(query: str, fmt: str, db: str) -> None:
+    """Run a read-only SQL QUERY (one SELECT) against the store; writes are refused.
+
+    Works while another selfevo process is running a job.
+
+    \b
+    Example:
+      selfevo sql "SELECT step, reason, count(*) FROM decisions WHERE NOT passed GROUP BY ALL"
+      selfevo sql "SELECT * FROM prompts LIMIT 5" --format json
+    """
+    from corpus.audit import check_read_only, format_rows, rich_table, run_query
+
+    check_read_only(query)  # before the store is even opened
+    columns, rows = run_query(Store.open_readonly(db), query)
+    if fmt == "table":
+        from rich.console import Console
+
+        Console().print(rich_table(columns, rows))
+        click.echo(f"{len(rows)} row{'s' if len(rows) != 1 else ''}", err=True)
+    else:
+        click.echo(format_rows(columns, rows, fmt), nl=fmt == "json")
+
+
+@click.command("stats")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="Output format.")
+@db_option
+def stats(fmt: str, db: str) -> None:
+    """Counts by kind, round, source and verdict, and the latest runs.
+
+    \b
+    Example:
+      selfevo stats --db work.duckdb
+    """
+    from corpus.audit import collect_stats, format_rows, rich_table
+
+    sections = collect_stats(Store.open_readonly(db))
+    if fmt == "json":
+        click.echo("{" + ",".join(
+            f"{json.dumps(s.title)}:{format_rows(s.columns, s.rows, 'json')}" for s in sections
+        ) + "}")
+        return
+    from rich.console import Console
+
+    console = Console()
+    for s in sections:
+        console.print(rich_table(s.columns, s.rows, s.title))
+
+
+@click.command("show")
+@click.argument("record_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the details as JSON.")
+@db_option
+def show(record_id: str, as_json: bool, db: str) -> None:
+    """Show one record (RECORD_ID or a unique prefix) with its prompt, calls and decisions.
+
+    \b
+    Example:
+      selfevo show h1:3f2a9c
+    """
+    from corpus.audit import record_details, render_details
+
+    details = record_details(Store.open_readonly(db), record_id)
+    if as_json:
+        click.echo(json.dumps(details, default=str, ensure_ascii=False, indent=1))
+        return
+    from rich.console import Console
+
+    console = Console()
+    for part in render_details(details):
+        console.print(part)
 
 
 # -- snapshot ----------------------------------------------------------------------------

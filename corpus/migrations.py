@@ -225,7 +225,28 @@ def m003_decision_views(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views]
+def m004_audit_views(con: duckdb.DuckDBPyConnection) -> None:
+    """Views for auditing: every decision with the command that made it; runs with durations."""
+    con.execute(
+        """
+        -- Every decision of every record, oldest first within a record, with its run's
+        -- command: "why was record X dropped?" is
+        -- SELECT * FROM decision_log WHERE record_id = 'h1:…' ORDER BY created_at.
+        CREATE VIEW decision_log AS
+        SELECT d.record_id, d.created_at, d.step, d.passed, d.score, d.reason, d.detail,
+               d.params, d.run_id, r.command, r.status AS run_status
+        FROM decisions d LEFT JOIN runs r USING (run_id);
+        -- Runs with their duration in seconds (NULL while running) and what they wrote.
+        CREATE VIEW run_summary AS
+        SELECT run_id, command, status, started_at, finished_at,
+               epoch(finished_at - started_at) AS seconds, counts, error, code_version,
+               parent_run_id, pid
+        FROM runs;
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views, m004_audit_views]
 
 
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
