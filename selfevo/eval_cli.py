@@ -34,11 +34,15 @@ def eval_group() -> None:
               help="Sample K answers (temperature 0.7) and take the majority answer.")
 @click.option("--max-tokens", default=512, show_default=True, help="New tokens per call.")
 @click.option("--temperature", type=float, help="Sampling temperature (default 0, or 0.7 with K>1).")
+@click.option("--template-set", default="default", show_default=True,
+              help="Template set of the answer/self-feedback/self-refinement requests.")
+@click.option("--plain-answer", is_flag=True, help="Ask the bare question (no response template).")
 @click.option("--model-id", help="models.model_id this spec serves (e.g. a vLLM-served checkpoint).")
 @db_option
 def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: int | None,
             mode: str, steps: int, stop_on_correct: bool, self_consistency: int,
-            max_tokens: int, temperature: float | None, model_id: str | None, db: str) -> None:
+            max_tokens: int, temperature: float | None, template_set: str, plain_answer: bool,
+            model_id: str | None, db: str) -> None:
     """Score MODEL on a benchmark; writes evals (one per mode) and eval_items rows.
 
     \b
@@ -48,7 +52,7 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     """
     from corpus.store import Store
     from selfevo.evaluate import evaluate, load_items, print_summaries
-    from selfevo.refine import load_model
+    from selfevo.refine import RefinePrompts, load_model
 
     params: dict[str, object] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -61,7 +65,8 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
             summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
                                  steps=steps, stop_on_correct=stop_on_correct,
                                  self_consistency=self_consistency, params=params,
-                                 model_id=model_id)
+                                 model_id=model_id,
+                                 prompts=RefinePrompts(template_set, plain_answer))
         finally:
             backend.close()
     print_summaries(summaries)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
-from selfevo.refine import RefineResult, self_refine
+from selfevo.refine import RefinePrompts, RefineResult, self_refine
 
 if TYPE_CHECKING:
     from corpus.store import Store
@@ -243,13 +243,14 @@ def evaluate(
     self_consistency: int = 1,
     params: dict[str, Any] | None = None,
     model_id: str | None = None,
+    prompts: RefinePrompts | None = None,
     parent_run_id: str | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
 
     Self-consistency (``self_consistency`` = K > 1) samples K answers per item (temperature
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
-    is refined and the refined answers vote.
+    is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -261,10 +262,12 @@ def evaluate(
     if k > 1:
         p.setdefault("temperature", 0.7)
     model_id = model_id or registered_model_id(store, backend.spec)
+    prompts = prompts or RefinePrompts()
     config = {
         "model": backend.spec, "benchmark": benchmark, "modes": list(modes), "steps": steps,
         "stop_on_correct": stop_on_correct, "self_consistency": k, "params": p,
-        "n_items": len(items), "model_id": model_id,
+        "n_items": len(items), "model_id": model_id, "template_set": prompts.template_set,
+        "plain_answer": prompts.plain_answer, "templates": prompts.hashes(),
     }
     with store.run("eval run", config, parent_run_id=parent_run_id) as run:
         questions = [it.question for it in items for _ in range(k)]
@@ -272,7 +275,7 @@ def evaluate(
         results = self_refine(
             backend, questions, steps=steps if "refine" in modes else 0,
             stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
-            store=store, run_id=run.run_id,
+            prompts=prompts, store=store, run_id=run.run_id,
         )
         summaries = []
         for mode in modes:

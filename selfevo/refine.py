@@ -62,17 +62,61 @@ class RefineResult:
         return asdict(self)
 
 
-# generate(requests, purpose) -> results; the ledger-backed or plain backend call.
-Generate = Callable[[list[ChatRequest], str], list[tuple[ChatResult, str | None]]]
+# generate(requests, purpose, template hash) -> [(result, call_id)]: ledger-backed or plain.
+Generate = Callable[[list[ChatRequest], str, str | None], list[tuple[ChatResult, str | None]]]
+
+
+@dataclass(frozen=True)
+class RefinePrompts:
+    """How each stage's request is built, from a template set (``curation/templates``).
+
+    ``response`` asks for the answer (default set: a system line asking for "The answer is
+    N", which answer extraction relies on); ``self_feedback`` and ``self_refinement`` render
+    the meta-skill turns of :mod:`schemas.conversation` verbatim, so the student is asked
+    exactly what it was trained on. ``plain_answer`` asks the bare question instead (the
+    layout's own first turn), e.g. for a student trained on ``p → r̂``.
+    """
+
+    template_set: str = "default"
+    plain_answer: bool = False
+
+    def _template(self, name: str) -> Any:
+        from curation.templates import get_template
+
+        return get_template(name, self.template_set)
+
+    def answer(self, question: str) -> list[dict[str, str]]:
+        """The answer request."""
+        if self.plain_answer:
+            return [{"role": "user", "content": question}]
+        return self._template("response").render(question=question)
+
+    def feedback(self, question: str, response: str) -> list[dict[str, str]]:
+        """The self-feedback request: p, r, then the feedback instruction."""
+        return self._template("self_feedback").render(question=question, response=response)
+
+    def refinement(self, question: str, response: str, feedback: str) -> list[dict[str, str]]:
+        """The self-refinement request: p, r, instruction, f, then the refine instruction."""
+        return self._template("self_refinement").render(
+            question=question, response=response, feedback=feedback)
+
+    def hashes(self) -> dict[str, str | None]:
+        """Template hash per stage (stored with calls and in eval configs)."""
+        return {
+            "answer": None if self.plain_answer else self._template("response").hash,
+            "self_feedback": self._template("self_feedback").hash,
+            "self_refinement": self._template("self_refinement").hash,
+        }
 
 
 def chat_messages(
     question: str, response: str | None = None, feedback: str | None = None
 ) -> list[dict[str, str]]:
-    """The request of one stage in the meta-skill layout (``train`` flags dropped).
+    """The meta-skill layout's request of one stage, straight from :mod:`schemas.conversation`.
 
-    ``chat_messages(p)`` asks for the answer; ``chat_messages(p, r)`` for self-feedback (the
-    layout's feedback instruction follows r); ``chat_messages(p, r, f)`` for the refinement.
+    ``chat_messages(p)`` is the bare question; ``chat_messages(p, r)`` asks for self-feedback;
+    ``chat_messages(p, r, f)`` for the refinement. The templates must render exactly these
+    (tested), so this is the reference the default template set is checked against.
     """
     if response is None:
         return [{"role": "user", "content": question}]
@@ -97,11 +141,12 @@ def ledger_generate(
     """
     ledger = _ledger(store, run_id, backend)
 
-    def generate(requests: list[ChatRequest], purpose: str) -> list[tuple[ChatResult, str | None]]:
+    def generate(requests: list[ChatRequest], purpose: str, template: str | None
+                 ) -> list[tuple[ChatResult, str | None]]:
         if not requests:
             return []
         if ledger is not None:
-            return ledger(requests, purpose)
+            return ledger(requests, purpose, template)
         return [(r, None) for r in backend.generate(requests)]
 
     return generate
@@ -134,6 +179,7 @@ def self_refine(
     params: dict[str, Any] | None = None,
     sample_indices: Sequence[int] | None = None,
     answers: Sequence[str | None] | None = None,
+    prompts: RefinePrompts | None = None,
     store: Store | None = None,
     run_id: str | None = None,
     generate: Generate | None = None,
@@ -143,12 +189,15 @@ def self_refine(
     ``answers`` skips step 0 where given (e.g. to refine existing responses). ``params`` are
     the generation parameters of every request (default greedy, 512 new tokens);
     ``sample_indices`` distinguishes samples of the same question (self-consistency).
-    Calls go to the store's ledger when ``store`` and ``run_id`` are given.
+    ``prompts`` picks the template set (default: ``default``). Calls go to the store's
+    ledger when ``store`` and ``run_id`` are given.
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
     gen = generate or ledger_generate(backend, store, run_id)
     p = _params(params)
+    tp = prompts or RefinePrompts()
+    hashes = tp.hashes()
     idx = list(sample_indices) if sample_indices is not None else [0] * len(questions)
     results = [RefineResult(question=q, answer=None, sample_index=i) for q, i in zip(
         questions, idx, strict=True)]
@@ -158,8 +207,8 @@ def self_refine(
     if answers is not None:
         for i, a in enumerate(answers):
             results[i].answer = a
-    out = gen([ChatRequest(chat_messages(results[i].question), p, results[i].sample_index)
-               for i in todo], "answer")
+    out = gen([ChatRequest(tp.answer(results[i].question), p, results[i].sample_index)
+               for i in todo], "answer", hashes["answer"])
     for i, (res, call_id) in zip(todo, out, strict=True):
         results[i].answer_call_id = call_id
         if res.ok and res.text is not None:
@@ -174,8 +223,9 @@ def self_refine(
         active = [i for i in current if results[i].stopped == "steps"]
         if not active:
             break
-        fb = gen([ChatRequest(chat_messages(results[i].question, current[i]), p,
-                              results[i].sample_index) for i in active], "self-feedback")
+        fb = gen([ChatRequest(tp.feedback(results[i].question, current[i]), p,
+                              results[i].sample_index) for i in active], "self-feedback",
+                 hashes["self_feedback"])
         to_refine = []
         for i, (res, call_id) in zip(active, fb, strict=True):
             step = RefineStep(feedback=None, verdict=None, feedback_call_id=call_id)
@@ -190,9 +240,10 @@ def self_refine(
                 results[i].stopped = "correct"
                 continue
             to_refine.append(i)
-        rf = gen([ChatRequest(chat_messages(results[i].question, current[i],
+        rf = gen([ChatRequest(tp.refinement(results[i].question, current[i],
                                             results[i].steps[-1].feedback), p,
-                              results[i].sample_index) for i in to_refine], "self-refinement")
+                              results[i].sample_index) for i in to_refine], "self-refinement",
+                 hashes["self_refinement"])
         for i, (res, call_id) in zip(to_refine, rf, strict=True):
             step = results[i].steps[-1]
             step.refinement_call_id = call_id
@@ -220,22 +271,24 @@ def refine_and_store(
     steps: int = 1,
     stop_on_correct: bool = False,
     params: dict[str, Any] | None = None,
+    prompts: RefinePrompts | None = None,
     db: str | None = None,
 ) -> list[RefineResult]:
     """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger."""
+    prompts = prompts or RefinePrompts()
+    kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
+                              "params": params, "prompts": prompts}
     backend = load_model(model)
     try:
         if db is None:
-            return self_refine(backend, questions, steps=steps,
-                               stop_on_correct=stop_on_correct, params=params)
+            return self_refine(backend, questions, **kwargs)
         from corpus.store import Store
 
         config = {"model": model, "steps": steps, "stop_on_correct": stop_on_correct,
-                  "params": _params(params), "n_questions": len(questions)}
+                  "params": _params(params), "n_questions": len(questions),
+                  "template_set": prompts.template_set, "templates": prompts.hashes()}
         with Store.open(db, command="refine") as store, store.run("refine", config) as run:
-            results = self_refine(backend, questions, steps=steps,
-                                  stop_on_correct=stop_on_correct, params=params,
-                                  store=store, run_id=run.run_id)
+            results = self_refine(backend, questions, store=store, run_id=run.run_id, **kwargs)
             run.add("questions", len(results))
             return results
     finally:
@@ -250,14 +303,21 @@ def render_results(results: Sequence[RefineResult]) -> None:
     console = Console()
     for r in results:
         console.rule(f"[bold]{_short(r.question)}")
-        console.print(Panel(r.answer or f"[red]{r.error}", title="answer", expand=True))
+        console.print(Panel(_text(r.answer, r.error), title="answer"))
         for k, s in enumerate(r.steps, 1):
             colour = {"correct": "green", "incorrect": "yellow"}.get(s.verdict or "", "red")
-            console.print(Panel(s.feedback or f"[red]{s.error}",
+            console.print(Panel(_text(s.feedback, s.error),
                                 title=f"feedback {k} — verdict [{colour}]{s.verdict}[/]"))
             if s.refinement is not None:
-                console.print(Panel(s.refinement, title=f"refined answer {k}"))
+                console.print(Panel(_text(s.refinement, None), title=f"refined answer {k}"))
         console.print(f"[bold]stopped:[/] {r.stopped}")
+
+
+def _text(text: str | None, error: str | None) -> Any:
+    """Model output as literal text (never parsed as rich markup); the error when missing."""
+    from rich.text import Text
+
+    return Text(text) if text is not None else Text(f"failed: {error}", style="red")
 
 
 def _short(text: str, n: int = 70) -> str:
@@ -280,6 +340,7 @@ def _verdict(feedback: str) -> tuple[str | None, str | None]:
 
 
 __all__ = [
-    "CONVERSATION_VERSION", "RefineResult", "RefineStep", "chat_messages", "ledger_generate",
+    "CONVERSATION_VERSION", "RefinePrompts", "RefineResult", "RefineStep", "chat_messages",
+    "ledger_generate",
     "self_refine",
 ]

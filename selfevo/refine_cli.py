@@ -44,12 +44,16 @@ def read_questions(question: str | None, input_file: str | None) -> list[str]:
               help="Stop once the self-feedback's verdict is 'correct'.")
 @click.option("--max-tokens", default=512, show_default=True, help="New tokens per call.")
 @click.option("--temperature", default=0.0, show_default=True)
+@click.option("--template-set", default="default", show_default=True,
+              help="Template set for the response/self_feedback/self_refinement requests.")
+@click.option("--plain-answer", is_flag=True,
+              help="Ask the bare question for the answer (no response template).")
 @click.option("--db", default=None, type=click.Path(dir_okay=False), envvar="SELFEVO_DB",
               help="Store the calls in this store's ledger (default: nothing is stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines.")
 def refine(question: str | None, model: str, input_file: str | None, steps: int,
-           stop_on_correct: bool, max_tokens: int, temperature: float, db: str | None,
-           as_json: bool) -> None:
+           stop_on_correct: bool, max_tokens: int, temperature: float, template_set: str,
+           plain_answer: bool, db: str | None, as_json: bool) -> None:
     """Answer QUESTION, criticise the answer and refine it, in the meta-skill layout.
 
     \b
@@ -57,12 +61,13 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
       selfevo refine --model hf:smollm2-135m --steps 2 --stop-on-correct \\
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
-    from selfevo.refine import refine_and_store, render_results
+    from selfevo.refine import RefinePrompts, refine_and_store, render_results
 
     questions = read_questions(question, input_file)
     results = refine_and_store(
         model, questions, steps=steps, stop_on_correct=stop_on_correct,
         params={"max_tokens": max_tokens, "temperature": temperature}, db=db,
+        prompts=RefinePrompts(template_set, plain_answer),
     )
     if as_json:
         for r in results:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import pytest
 
 from corpus.records import insert_prompts, make_prompt
 from corpus.store import Store
 from curation.backends.base import Backend, ChatRequest, ChatResult
+from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION
 from selfevo import SelfevoError
 from selfevo.evaluate import (
     BenchItem,
@@ -20,6 +20,18 @@ from selfevo.evaluate import (
     majority_vote,
     wilson_interval,
 )
+
+
+def stage_of(req: ChatRequest) -> str:
+    """Which stage a request asks for, read off its last instruction."""
+    last = req.messages[-1]["content"]
+    return {FEEDBACK_INSTRUCTION: "feedback", REFINE_INSTRUCTION: "refinement"}.get(last, "answer")
+
+
+def question_of(req: ChatRequest) -> str:
+    """The question: the first user turn (after the response template's system line)."""
+    return next(m["content"] for m in req.messages if m["role"] == "user")
+
 
 # item id -> (question, gold, initial answer, self-feedback verdict, refined answer)
 FIXTURE = {
@@ -49,7 +61,7 @@ class ScriptedModel(Backend):
         out = []
         for i, req in enumerate(requests):
             self.requests.append(req)
-            stage = {1: "answer", 3: "feedback", 5: "refinement"}[len(req.messages)]
+            stage = stage_of(req)
             text = self.script(stage, req)
             res = ChatResult(ok=text is not None, text=text, error=None if text else "boom")
             if on_result:
@@ -59,7 +71,7 @@ class ScriptedModel(Backend):
 
 
 def fixture_script(stage: str, req: ChatRequest) -> str:
-    q = req.messages[0]["content"]
+    q = question_of(req)
     _, _, answer, verdict, refined = next(v for v in FIXTURE.values() if v[0] == q)
     if stage == "answer":
         return answer
@@ -121,7 +133,8 @@ def test_stop_on_correct_keeps_accepted_answers(store):
     [refine] = evaluate(store, model, items(), benchmark="fixture", modes=["refine"],
                         stop_on_correct=True)
     assert refine.correct == 4
-    assert sum(len(r.messages) == 5 for r in model.requests) == 2  # only q2 and q4 refined
+    refined = [question_of(r) for r in model.requests if stage_of(r) == "refinement"]
+    assert refined == [FIXTURE["q2"][0], FIXTURE["q4"][0]]  # only the 'incorrect' ones
 
 
 def test_self_consistency_majority_vote(store):
@@ -223,7 +236,3 @@ def test_compare_cli_on_empty_and_filled_store(cli, db):
 def test_help_has_examples(cli):
     for args in (["eval", "--help"], ["eval", "run", "--help"], ["eval", "compare", "--help"]):
         assert "Example:" in cli(*args).output
-
-
-def _unused(_: Path) -> None:  # keeps Path import used by type hints above
-    return None

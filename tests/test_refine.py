@@ -8,7 +8,18 @@ import pytest
 
 from curation.backends.base import Backend, ChatRequest, ChatResult
 from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
-from selfevo.refine import chat_messages, self_refine
+from selfevo.refine import RefinePrompts, chat_messages, self_refine
+
+
+def stage_of(req: ChatRequest) -> str:
+    """Which stage a request asks for, read off its last instruction."""
+    last = req.messages[-1]["content"]
+    return {FEEDBACK_INSTRUCTION: "feedback", REFINE_INSTRUCTION: "refinement"}.get(last, "answer")
+
+
+def question_of(req: ChatRequest) -> str:
+    """The question: the first user turn (after the response template's system line)."""
+    return next(m["content"] for m in req.messages if m["role"] == "user")
 
 
 class ScriptedModel(Backend):
@@ -27,7 +38,7 @@ class ScriptedModel(Backend):
         out = []
         for i, req in enumerate(requests):
             self.requests.append(req)
-            stage = {1: "answer", 3: "feedback", 5: "refinement"}[len(req.messages)]
+            stage = stage_of(req)
             text = self.script(stage, req)
             res = (ChatResult(ok=True, text=text, finish_reason="stop", prompt_tokens=10,
                               completion_tokens=5) if text is not None
@@ -49,6 +60,18 @@ def test_requests_are_prefixes_of_the_training_layout():
     assert chat_messages("Q?", "R", "F")[-1]["content"] == REFINE_INSTRUCTION
 
 
+def test_default_templates_render_the_training_layout():
+    tp = RefinePrompts()
+    assert tp.feedback("Q?", "R") == chat_messages("Q?", "R")
+    assert tp.refinement("Q?", "R", "F") == chat_messages("Q?", "R", "F")
+    answer = tp.answer("Q?")
+    assert answer[-1] == {"role": "user", "content": "Q?"} and answer[0]["role"] == "system"
+    assert RefinePrompts(plain_answer=True).answer("Q?") == chat_messages("Q?")
+    hashes = tp.hashes()
+    assert all(h and h.startswith("h1:") for h in hashes.values())
+    assert RefinePrompts(plain_answer=True).hashes()["answer"] is None
+
+
 def test_stop_on_correct_skips_the_refinement():
     def script(stage, req):
         return {"answer": "2 + 2 = 4. The answer is 4.",
@@ -58,7 +81,7 @@ def test_stop_on_correct_skips_the_refinement():
     model = ScriptedModel(script)
     [res] = self_refine(model, ["What is 2 + 2?"], steps=3, stop_on_correct=True)
     assert res.stopped == "correct"
-    assert [len(r.messages) for r in model.requests] == [1, 3]  # answer, feedback; no refine
+    assert [stage_of(r) for r in model.requests] == ["answer", "feedback"]  # no refinement
     assert res.final == res.answer == "2 + 2 = 4. The answer is 4."
     assert res.steps[0].verdict == "correct" and res.steps[0].refinement is None
 
@@ -93,7 +116,7 @@ def test_correct_verdict_without_stop_flag_still_refines():
 
 def test_batches_questions_and_stops_each_on_its_own_verdict():
     def script(stage, req):
-        q = req.messages[0]["content"]
+        q = question_of(req)
         if stage == "answer":
             return f"answer to {q}"
         if stage == "feedback":
@@ -104,12 +127,12 @@ def test_batches_questions_and_stops_each_on_its_own_verdict():
     results = self_refine(model, ["easy", "hard"], steps=1, stop_on_correct=True)
     assert [r.stopped for r in results] == ["correct", "steps"]
     assert [r.final for r in results] == ["answer to easy", "refined hard"]
-    assert sum(len(r.messages) == 5 for r in model.requests) == 1
+    assert sum(stage_of(r) == "refinement" for r in model.requests) == 1
 
 
 def test_unparseable_verdict_and_failed_call_are_recorded_not_raised():
     def script(stage, req):
-        q = req.messages[0]["content"]
+        q = question_of(req)
         if stage == "answer":
             return None if q == "broken" else "The answer is 1."
         return "I am not sure." if stage == "feedback" else "The answer is 2."
