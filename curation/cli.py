@@ -124,3 +124,61 @@ def steps_cmd() -> None:
         console.print(table)
     click.echo("Any step also takes as=LABEL (the decisions.step name; needed to use a step "
                "twice).")
+
+
+@curate.command("dedup")
+@click.option("--exact", is_flag=True, help="Exact duplicates of the normalised text.")
+@click.option("--near", is_flag=True, help="Near duplicates: MinHash LSH + true Jaccard.")
+@click.option("--semantic", is_flag=True, help="Embedding cosine (offline MiniLM; slow).")
+@click.option("--field", "field_", type=click.Choice(["prompt", "response", "refinement",
+              "feedback"]), default="prompt", show_default=True, help="Text to compare.")
+@click.option("--threshold", type=float, default=0.7, show_default=True,
+              help="Near: Jaccard of word n-gram sets.")
+@click.option("--num-perm", type=int, default=128, show_default=True,
+              help="Near: MinHash permutations.")
+@click.option("--bands", type=int, default=None,
+              help="Near: LSH bands (default: chosen from --threshold).")
+@click.option("--ngram", type=int, default=3, show_default=True, help="Near: words per shingle.")
+@click.option("--semantic-threshold", type=float, default=0.9, show_default=True,
+              help="Semantic: cosine similarity.")
+@click.option("--keep", type=click.Choice(["first", "verdict-then-shortest", "shortest",
+              "longest"]), default="first", show_default=True,
+              help="Which member of a cluster is kept (ties: record id).")
+@selection_options
+@db_option
+def dedup_cmd(exact: bool, near: bool, semantic: bool, field_: str, threshold: float,
+              num_perm: int, bands: int | None, ngram: int, semantic_threshold: float,
+              keep: str, selection: Selection, db: str) -> None:
+    """Cluster duplicate records and keep one per cluster; one decision per record per step.
+
+    Steps run in the order exact, near, semantic (default: --exact --near), each over every
+    selected record, writing decisions 'dedup-exact', 'dedup-near', 'dedup-semantic' whose
+    detail holds the cluster id, keeper id, cluster size and similarity to the keeper.
+
+    \b
+    Example:
+      selfevo curate dedup --exact --near --field prompt --threshold 0.7 \\
+          --keep verdict-then-shortest --kind self --round 1
+    """
+    from corpus.funnel import funnel_table, run_funnel
+    from curation.dedup import DedupConfig, dedup_records
+
+    methods = tuple(m for m, on in (("exact", exact), ("near", near), ("semantic", semantic))
+                    if on) or ("exact", "near")
+    config = DedupConfig(methods=methods, field=field_, keep=keep, threshold=threshold,
+                         num_perm=num_perm, bands=bands, ngram=ngram,
+                         semantic_threshold=semantic_threshold)
+    config.validate()
+    console = Console(stderr=True)
+    with Store.open(db, command="curate dedup") as store:
+        result = dedup_records(store, config, selection,
+                               progress=lambda s: console.log(f"running {s} …"))
+        with store.connection() as con:
+            funnel = run_funnel(con, result.run_id)
+    Console().print(funnel_table(funnel))
+    for out in result.steps:
+        extra = ", ".join(f"{k}={v}" for k, v in out.params.items()
+                          if k in ("bands", "rows", "threshold"))
+        click.echo(f"{out.step}: {out.clusters.n_clusters:,} clusters"
+                   + (f" ({extra})" if extra else ""))
+    click.echo(f"run {result.run_id}: kept {result.kept:,} of {result.selected:,} records")
