@@ -322,10 +322,17 @@ def section_dedup(store: Store) -> str:
         out.append(empty("The dedup decisions carry no cluster ids."))
         return "".join(out)
     by_step: dict[str, list[tuple[str, float]]] = {}
+    singletons: dict[str, int] = {}
     for step, size, n in clusters:
-        by_step.setdefault(step, []).append((f"size {size}", float(n)))
-    for step, bars in by_step.items():
-        out.append(f"<h3>{esc(step)}: clusters by size</h3>" + svg_hbars(bars, unit=" clusters"))
+        if size <= 1:  # a record alone in its cluster: not a duplicate group
+            singletons[step] = singletons.get(step, 0) + n
+        else:
+            by_step.setdefault(step, []).append((f"size {size}", float(n)))
+    for step in sorted(set(by_step) | set(singletons)):
+        out.append(f"<h3>{esc(step)}: duplicate clusters by size <small>"
+                   f"({singletons.get(step, 0):,} singletons)</small></h3>")
+        out.append(svg_hbars(by_step[step], unit=" clusters") if step in by_step
+                   else empty("No duplicate clusters."))
     return "".join(out)
 
 

@@ -140,7 +140,7 @@ def test_report_sections_and_values(db, tmp_path):
     assert "<td>openai:gpt-x</td><td>meta</td><td class=\"num\">2</td><td>50.0%</td>" in agree
     assert "LLM teacher vs reference" in agree and "<td>0.0%</td>" in agree
     dedup = section(text, "dedup")
-    assert "dedup-exact" in dedup and "size 3" in dedup and "size 1" in dedup
+    assert "dedup-exact" in dedup and "size 3" in dedup and "(1 singletons)" in dedup
     decontam = section(text, "decontam")
     assert "gsm8k-test" in decontam and ids["r3"] in decontam and "13-gram overlap" in decontam
     acc = section(text, "accuracy")
