@@ -236,3 +236,68 @@ def test_compare_cli_on_empty_and_filled_store(cli, db):
 def test_help_has_examples(cli):
     for args in (["eval", "--help"], ["eval", "run", "--help"], ["eval", "compare", "--help"]):
         assert "Example:" in cli(*args).output
+
+
+# -- the CLI against a real local OpenAI-compatible server ------------------------------------
+def _needs_backends() -> None:
+    import curation.backends as backends
+
+    if not hasattr(backends, "load_backend"):
+        pytest.skip("curation.backends.load_backend is not available in this tree yet")
+
+
+def fixture_server():
+    """A local OpenAI-compatible server answering FIXTURE's scripted predictions."""
+    from openai_server import Behaviour, OpenAIServer
+
+    def handler(body, n):
+        req = ChatRequest(messages=body["messages"], sample_index=0)
+        return Behaviour(content=fixture_script(stage_of(req), req))
+
+    return OpenAIServer(handler=handler)
+
+
+def test_eval_run_cli_hand_count_and_cache(cli, db, tmp_path, monkeypatch):
+    _needs_backends()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    f = tmp_path / "fixture.jsonl"
+    f.write_text("\n".join(json.dumps({"question": q, "answer": g})
+                           for q, g, *_ in FIXTURE.values()) + "\n")
+    with fixture_server() as srv:
+        args = ["eval", "run", "--model", f"openai:test-model@{srv.base_url}", "--bench",
+                str(f), "--mode", "both", "--db", db]
+        out = cli(*args).output
+        assert "3 / 6" in out and "4 / 6" in out
+        first = len(srv.chat_requests())
+        assert first == 18  # 6 answers, 6 feedbacks, 6 refinements
+        cli(*args)
+        resent = len(srv.chat_requests()) - first
+    with Store.open_readonly(db) as s:
+        rows = s.query("SELECT mode, n, correct FROM evals ORDER BY run_id, mode")
+        assert rows == [("direct", 6, 3), ("refine", 6, 4)] * 2
+        calls = s.query("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM calls")[0]
+        items = s.query("SELECT count(*) FROM eval_items")[0][0]
+    assert items == 24
+    if calls[0]:  # the call ledger is wired: every request stored once, a rerun sends nothing
+        assert calls == (18, 18) and resent == 0
+
+
+def test_eval_run_cli_on_store_prompts(cli, db, monkeypatch):
+    _needs_backends()
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    with Store.open(db) as s, s.transaction() as con:
+        insert_prompts(con, [make_prompt(v[0], gold_answer=v[1], split="test")
+                             for v in FIXTURE.values()]
+                       + [make_prompt("not held out", gold_answer="1", split="train")], "r0")
+    with fixture_server() as srv:
+        cli("eval", "run", "--model", f"openai:test-model@{srv.base_url}", "--bench", "store",
+            "--where", "split = 'test'", "--limit", "6", "--db", db)
+    with Store.open_readonly(db) as s:
+        assert s.query("SELECT benchmark, n, correct FROM evals") == [
+            ("store:split = 'test'", 6, 3)]
+
+
+def test_eval_run_cli_user_errors(cli, db, tmp_path):
+    res = cli("eval", "run", "--model", "openai:x", "--bench", str(tmp_path / "none.jsonl"),
+              "--db", db, exit_code=1)
+    assert "not found" in res.output and "Traceback" not in res.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -157,3 +158,42 @@ def test_sample_indices_and_params_reach_the_requests():
 def test_negative_steps_rejected():
     with pytest.raises(ValueError):
         self_refine(ScriptedModel(lambda s, r: "x"), ["Q"], steps=-1)
+
+
+def test_refine_cli_shows_answer_feedback_and_refinement(cli, db, monkeypatch, tmp_path):
+    import curation.backends as backends
+
+    if not hasattr(backends, "load_backend"):
+        pytest.skip("curation.backends.load_backend is not available in this tree yet")
+    from openai_server import Behaviour, OpenAIServer
+
+    def handler(body, n):
+        req = ChatRequest(messages=body["messages"])
+        return Behaviour(content={"answer": "3 + 4 = 8. The answer is 8.",
+                                  "feedback": "3 + 4 is 7, not 8.\nVerdict: incorrect",
+                                  "refinement": "3 + 4 = 7. The answer is 7."}[stage_of(req)])
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
+    with OpenAIServer(handler=handler) as srv:
+        out = cli("refine", "--model", f"openai:test-model@{srv.base_url}", "--db", db,
+                  "--steps", "1", "Tom has 3 apples and buys 4. How many?").output
+        assert len(srv.chat_requests()) == 3
+        questions = tmp_path / "q.jsonl"
+        questions.write_text('{"question": "Q one"}\nQ two\n')
+        js = cli("refine", "--model", f"openai:test-model@{srv.base_url}", "--input",
+                 str(questions), "--json").output
+    assert "The answer is 8." in out and "Verdict: incorrect" in out
+    assert "The answer is 7." in out and "incorrect" in out
+    lines = [json.loads(x) for x in js.splitlines() if x.strip()]
+    assert [x["question"] for x in lines] == ["Q one", "Q two"]
+    assert lines[0]["final"] == "3 + 4 = 7. The answer is 7."
+    from corpus.store import Store
+
+    with Store.open_readonly(db) as s:
+        assert s.query("SELECT command, status FROM runs") == [("refine", "ok")]
+
+
+def test_refine_cli_needs_one_question_source(cli):
+    res = cli("refine", "--model", "openai:x", exit_code=1)
+    assert "QUESTION" in res.output
+    assert "Example:" in cli("refine", "--help").output
