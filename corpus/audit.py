@@ -222,7 +222,7 @@ def record_details(store: Store, ident: str) -> dict[str, Any]:
         decisions = store.query_dicts(
             "SELECT d.created_at, d.run_id, r.command, d.step, d.passed, d.score, d.reason, "
             "d.detail FROM decisions d LEFT JOIN runs r USING (run_id) "
-            "WHERE d.record_id = ? ORDER BY d.created_at, d.step", [rid])
+            "WHERE d.record_id = ? ORDER BY d.created_at, d.rowid", [rid])
         snapshots = [r[0] for r in store.query(
             "SELECT s.name FROM snapshot_records sr JOIN snapshots s USING (snapshot_id) "
             "WHERE sr.record_id = ? ORDER BY s.created_at", [rid])]
@@ -251,11 +251,21 @@ def render_details(details: dict[str, Any]) -> list[Any]:
             out.append(Panel(Text(text), title=title, title_align="left"))
     if rec.get("verdict_error"):
         out.append(Text(f"verdict_error: {rec['verdict_error']}", style="yellow"))
-    for key, title in [("calls", "Calls"), ("decisions", "Decisions")]:
-        rows = details[key]
-        if rows:
-            out.append(rich_table(list(rows[0]), [tuple(r.values()) for r in rows], title))
-        else:
-            out.append(Text(f"{title}: none", style="dim"))
+    # One line per call and per decision: readable at any terminal width.
+    calls = [f"  {c['call_id']}  {c['purpose']}  {c['model']}  {c['status']}  tokens "
+             f"{c['prompt_tokens']}+{c['completion_tokens']}  cost {c['cost']}  "
+             f"latency {c['latency']}  attempts {c['n_attempts']}"
+             + (f"  error: {c['error']}" if c["error"] else "") for c in details["calls"]]
+    out.append(Text("Calls:" + ("\n" + "\n".join(calls) if calls else " none")))
+    lines = []
+    for d in details["decisions"]:
+        mark = "kept   " if d["passed"] else "DROPPED"
+        line = f"  {mark} {d['step']}: {d['reason'] or ''}"
+        if d["score"] is not None:
+            line += f"  score={d['score']:g}"
+        if d["detail"]:
+            line += f"  detail={d['detail']}"
+        lines.append(line + f"  ({d['command']}, run {d['run_id']}, {d['created_at']})")
+    out.append(Text("Decisions:" + ("\n" + "\n".join(lines) if lines else " none")))
     out.append(Text("Snapshots: " + (", ".join(details["snapshots"]) or "none"), style="dim"))
     return out
