@@ -244,6 +244,7 @@ def evaluate(
     params: dict[str, Any] | None = None,
     model_id: str | None = None,
     prompts: RefinePrompts | None = None,
+    round: int | None = None,
     parent_run_id: str | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
@@ -251,6 +252,8 @@ def evaluate(
     Self-consistency (``self_consistency`` = K > 1) samples K answers per item (temperature
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
+    ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
+    in the run/evals config so comparisons and the report can order rounds.
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -267,7 +270,7 @@ def evaluate(
         "model": backend.spec, "benchmark": benchmark, "modes": list(modes), "steps": steps,
         "stop_on_correct": stop_on_correct, "self_consistency": k, "params": p,
         "n_items": len(items), "model_id": model_id, "template_set": prompts.template_set,
-        "plain_answer": prompts.plain_answer, "templates": prompts.hashes(),
+        "plain_answer": prompts.plain_answer, "templates": prompts.hashes(), "round": round,
     }
     with store.run("eval run", config, parent_run_id=parent_run_id) as run:
         questions = [it.question for it in items for _ in range(k)]
@@ -322,7 +325,8 @@ def compare_evals(store: Store, benchmark: str | None = None) -> list[dict[str, 
     """
     sql = """
         SELECT e.run_id, e.model, e.model_id, m.snapshot_hash, e.benchmark, e.mode, e.n,
-               e.correct, e.accuracy, e.ci_low, e.ci_high, e.created_at
+               e.correct, e.accuracy, e.ci_low, e.ci_high, e.created_at,
+               TRY_CAST(json_extract_string(e.config, '$.round') AS INTEGER) AS round
         FROM evals e LEFT JOIN models m USING (model_id)
         {where} ORDER BY e.created_at, e.run_id, e.mode
     """.format(where="WHERE e.benchmark = ?" if benchmark else "")
@@ -333,6 +337,7 @@ def compare_evals(store: Store, benchmark: str | None = None) -> list[dict[str, 
         row = out.setdefault(key, {
             "run_id": r["run_id"], "model": r["model"], "model_id": r["model_id"],
             "snapshot_hash": r["snapshot_hash"], "benchmark": r["benchmark"], "n": r["n"],
+            "round": r["round"],
             "created_at": r["created_at"], "direct": None, "refine": None,
         })
         row[r["mode"]] = {"accuracy": r["accuracy"], "ci_low": r["ci_low"],
@@ -372,14 +377,15 @@ def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
         console.print("no evaluations yet; run 'selfevo eval run --model SPEC --bench gsm8k'")
         return
     table = Table(title="evaluations (accuracy, 95% Wilson interval)")
-    for col in ("run", "model", "model_id", "snapshot", "benchmark"):
+    for col in ("run", "round", "model", "model_id", "snapshot", "benchmark"):
         table.add_column(col, overflow="fold")
     for col in ("n", "direct", "refine", "Δ refine"):  # the numbers never wrap
         table.add_column(col, no_wrap=True, justify="right")
     for r in rows:
         d, f = r["direct"], r["refine"]
         delta = f"{100 * (f['accuracy'] - d['accuracy']):+.1f} pts" if d and f else "-"
-        table.add_row(r["run_id"], r["model"], _short_id(r["model_id"]),
+        table.add_row(r["run_id"], "-" if r["round"] is None else str(r["round"]), r["model"],
+                      _short_id(r["model_id"]),
                       _short_id(r["snapshot_hash"]), r["benchmark"], str(r["n"]),
                       format_accuracy(d), format_accuracy(f), delta)
     console.print(table)

@@ -370,12 +370,14 @@ def section_accuracy(store: Store) -> str:
     benches = sorted({r["benchmark"] for r in rows})
     for bench in benches:
         group = [r for r in rows if r["benchmark"] == bench]
-        labels = [f"{_model_label(r)} · {r['run_id'][-6:]}" for r in group]
+        labels = [(f"round {r['round']} · " if r["round"] is not None else "")
+                  + f"{_model_label(r)} · {r['run_id'][-6:]}" for r in group]
         out.append(f"<h3>{esc(bench)}</h3>" + svg_accuracy(
             [(lab, r["direct"], r["refine"]) for lab, r in zip(labels, group, strict=True)]))
         out.append(table(
-            ["model", "model_id", "snapshot", "eval run", "n", "direct", "refine"],
-            [(r["model"], r["model_id"] or "-", r["snapshot_hash"] or "-", r["run_id"], r["n"],
+            ["round", "model", "model_id", "snapshot", "eval run", "n", "direct", "refine"],
+            [("-" if r["round"] is None else r["round"], r["model"], r["model_id"] or "-",
+              r["snapshot_hash"] or "-", r["run_id"], r["n"],
               format_accuracy(r["direct"]), format_accuracy(r["refine"])) for r in group],
             cls="acc"))
     return "".join(out)

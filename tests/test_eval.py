@@ -174,12 +174,14 @@ def test_links_registered_model_and_compare(store, tmp_path):
     base = ScriptedModel(fixture_script, spec="hf:tiny")
     tuned = ScriptedModel(fixture_script, spec=f"hf:tiny+{adapter}")
     evaluate(store, base, items(), benchmark="fixture", modes=["direct"])
-    [s] = evaluate(store, tuned, items(), benchmark="fixture", modes=["direct", "refine"])[:1]
+    [s] = evaluate(store, tuned, items(), benchmark="fixture", modes=["direct", "refine"],
+                   round=1)[:1]
     assert s.model_id == "h1:model"
     rows = compare_evals(store, "fixture")
     assert [r["model"] for r in rows] == ["hf:tiny", f"hf:tiny+{adapter}"]
     assert rows[0]["model_id"] is None and rows[0]["refine"] is None
     assert rows[1]["snapshot_hash"] == "h1:snap"
+    assert (rows[0]["round"], rows[1]["round"]) == (None, 1)
     assert rows[1]["direct"]["accuracy"] == 0.5
     assert rows[1]["refine"]["correct"] == 4
     assert compare_evals(store, "other") == []

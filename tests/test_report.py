@@ -106,9 +106,9 @@ def build_fixture_store(db: str) -> dict[str, str]:
             ]:
                 con.execute(
                     "INSERT INTO evals (eval_id, model, model_id, benchmark, mode, n, correct,"
-                    " accuracy, ci_low, ci_high, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    " accuracy, ci_low, ci_high, config, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     [eval_id, model, model_id, "gsm8k", mode, n, k, k / n, lo, hi,
-                     "run-" + model[-2:]])
+                     '{"round": 1}' if model_id else "{}", "run-" + model[-2:]])
     return {"r0": r[0], "r3": r[3]}
 
 
@@ -145,7 +145,7 @@ def test_report_sections_and_values(db, tmp_path):
     assert "gsm8k-test" in decontam and ids["r3"] in decontam and "13-gram overlap" in decontam
     acc = section(text, "accuracy")
     assert "25.0% [11.2, 46.9]" in acc and "55.0% [34.2, 74.2]" in acc
-    assert "h1:snaphash" in acc and "<svg" in acc
+    assert "h1:snaphash" in acc and "<svg" in acc and "round 1 · " in acc
     cost = section(text, "cost")
     assert "openai:gpt-x" in cost and "1,800" in cost and "0.0225" in cost
     lengths = section(text, "lengths")
