@@ -99,7 +99,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if not raw.strip():
                 continue
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8").rstrip("\r\n")  # error columns stay on this line
             except UnicodeDecodeError as exc:
                 raise _utf8_error(path, exc, raw, lineno - 1) from None
             try:
