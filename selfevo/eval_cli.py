@@ -52,7 +52,7 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     """
     from corpus.store import Store
     from selfevo.evaluate import evaluate, load_items, print_summaries
-    from selfevo.refine import RefinePrompts, load_model
+    from selfevo.refine import RefinePrompts, load_model, rich_progress
 
     params: dict[str, object] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -62,11 +62,12 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
         name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
         backend = load_model(model)
         try:
-            summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
-                                 steps=steps, stop_on_correct=stop_on_correct,
-                                 self_consistency=self_consistency, params=params,
-                                 model_id=model_id,
-                                 prompts=RefinePrompts(template_set, plain_answer))
+            with rich_progress() as progress:
+                summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
+                                     steps=steps, stop_on_correct=stop_on_correct,
+                                     self_consistency=self_consistency, params=params,
+                                     model_id=model_id, progress=progress,
+                                     prompts=RefinePrompts(template_set, plain_answer))
         finally:
             backend.close()
     print_summaries(summaries)

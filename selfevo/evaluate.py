@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
-from selfevo.refine import RefinePrompts, RefineResult, self_refine
+from selfevo.refine import Progress, RefinePrompts, RefineResult, self_refine
 
 if TYPE_CHECKING:
     from corpus.store import Store
@@ -246,6 +246,7 @@ def evaluate(
     prompts: RefinePrompts | None = None,
     round: int | None = None,
     parent_run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
 
@@ -278,7 +279,7 @@ def evaluate(
         results = self_refine(
             backend, questions, steps=steps if "refine" in modes else 0,
             stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
-            prompts=prompts, store=store, run_id=run.run_id,
+            prompts=prompts, store=store, run_id=run.run_id, progress=progress,
         )
         summaries = []
         for mode in modes:

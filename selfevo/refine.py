@@ -18,7 +18,8 @@ call ledger when a store is given, so a rerun sends nothing already answered.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,13 +132,18 @@ def chat_messages(
     return [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
 
 
+# progress(stage, advance, total): called with advance=0 when a stage starts, 1 per result.
+Progress = Callable[[str, int, int], None]
+
+
 def ledger_generate(
-    backend: Backend, store: Store | None = None, run_id: str | None = None
+    backend: Backend, store: Store | None = None, run_id: str | None = None,
+    progress: Progress | None = None,
 ) -> Generate:
     """A ``Generate`` that writes every call to the store's ledger when ``store`` is given.
 
     Without a store (or when the ledger is unavailable) requests go straight to the backend
-    and call ids are None.
+    and call ids are None. ``progress`` hears about every finished request.
     """
     ledger = _ledger(store, run_id, backend)
 
@@ -145,23 +151,46 @@ def ledger_generate(
                  ) -> list[tuple[ChatResult, str | None]]:
         if not requests:
             return []
+        total = len(requests)
+        if progress:
+            progress(purpose, 0, total)
+
+        def on_result(_i: int, _res: ChatResult) -> None:
+            if progress:
+                progress(purpose, 1, total)
+
         if ledger is not None:
-            return ledger(requests, purpose, template)
-        return [(r, None) for r in backend.generate(requests)]
+            return ledger(requests, purpose, template, on_result)
+        return [(r, None) for r in backend.generate(requests, on_result)]
 
     return generate
 
 
 def _ledger(store: Store | None, run_id: str | None, backend: Backend) -> Any:
-    """The ledger call of curation.ledger bound to this store/run, or None without a store."""
+    """``ledger(requests, purpose, template, on_result)`` through curation's call ledger.
+
+    Each stage's batch runs under its own short-lived :class:`curation.ledger.Ledger`, so its
+    writer thread has committed every call before the next stage (or an eval's result rows)
+    opens the store. None without a store: calls go straight to the backend.
+    """
     if store is None or run_id is None:
         return None
-    try:
-        from curation import ledger
-    except ImportError:  # the ledger module is not in this tree yet: calls go unrecorded
-        return None
-    bind = getattr(ledger, "bind_for_refine", None)
-    return bind(store, run_id, backend) if bind else None
+    from curation.ledger import Call, Ledger
+
+    def run(requests: list[ChatRequest], purpose: str, template: str | None,
+            on_result: Callable[[int, ChatResult], None]) -> list[tuple[ChatResult, str | None]]:
+        def on_outcome(i: int, _o: Any) -> None:
+            on_result(i, None)  # type: ignore[arg-type]  # progress only counts
+
+        with Ledger(store, run_id) as ledger:
+            outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
+                                       on_outcome)
+        return [(ChatResult(ok=o.ok, text=o.text, finish_reason=o.finish_reason,
+                            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
+                            cost=o.cost, error_kind=o.error_kind, error=o.error), o.call_id)
+                for o in outcomes]
+
+    return run
 
 
 def _params(params: dict[str, Any] | None) -> dict[str, Any]:
@@ -182,6 +211,7 @@ def self_refine(
     prompts: RefinePrompts | None = None,
     store: Store | None = None,
     run_id: str | None = None,
+    progress: Progress | None = None,
     generate: Generate | None = None,
 ) -> list[RefineResult]:
     """Answer each question, then ``steps`` rounds of self-feedback and self-refinement.
@@ -190,11 +220,12 @@ def self_refine(
     the generation parameters of every request (default greedy, 512 new tokens);
     ``sample_indices`` distinguishes samples of the same question (self-consistency).
     ``prompts`` picks the template set (default: ``default``). Calls go to the store's
-    ledger when ``store`` and ``run_id`` are given.
+    ledger when ``store`` and ``run_id`` are given; ``progress(stage, advance, total)`` hears
+    about each finished request (see :func:`rich_progress`).
     """
     if steps < 0:
         raise ValueError("steps must be >= 0")
-    gen = generate or ledger_generate(backend, store, run_id)
+    gen = generate or ledger_generate(backend, store, run_id, progress)
     p = _params(params)
     tp = prompts or RefinePrompts()
     hashes = tp.hashes()
@@ -257,6 +288,33 @@ def self_refine(
     return results
 
 
+@contextlib.contextmanager
+def rich_progress(enabled: bool = True) -> Iterator[Progress | None]:
+    """A rich progress display with one bar per stage (answer, self-feedback, …)."""
+    if not enabled:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bars
+
+    # stderr: stdout stays clean for results (``--json``)
+    bars = Bars(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), console=Console(stderr=True))
+    tasks: dict[str, Any] = {}
+
+    def progress(stage: str, advance: int, total: int) -> None:
+        if stage not in tasks or advance == 0:
+            if stage in tasks:  # a later step of the same stage: a fresh bar
+                bars.update(tasks[stage], visible=False)
+            tasks[stage] = bars.add_task(stage, total=total)
+        if advance:
+            bars.advance(tasks[stage], advance)
+
+    with bars:
+        yield progress
+
+
 def load_model(spec: str) -> Backend:
     """The backend of a model spec (``hf:…``, ``openai:…``), via curation's loader."""
     from curation.backends import load_backend
@@ -273,11 +331,12 @@ def refine_and_store(
     params: dict[str, Any] | None = None,
     prompts: RefinePrompts | None = None,
     db: str | None = None,
+    progress: Progress | None = None,
 ) -> list[RefineResult]:
     """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger."""
     prompts = prompts or RefinePrompts()
     kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
-                              "params": params, "prompts": prompts}
+                              "params": params, "prompts": prompts, "progress": progress}
     backend = load_model(model)
     try:
         if db is None:

@@ -61,14 +61,15 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
       selfevo refine --model hf:smollm2-135m --steps 2 --stop-on-correct \\
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
-    from selfevo.refine import RefinePrompts, refine_and_store, render_results
+    from selfevo.refine import RefinePrompts, refine_and_store, render_results, rich_progress
 
     questions = read_questions(question, input_file)
-    results = refine_and_store(
-        model, questions, steps=steps, stop_on_correct=stop_on_correct,
-        params={"max_tokens": max_tokens, "temperature": temperature}, db=db,
-        prompts=RefinePrompts(template_set, plain_answer),
-    )
+    with rich_progress(len(questions) > 1) as progress:
+        results = refine_and_store(
+            model, questions, steps=steps, stop_on_correct=stop_on_correct,
+            params={"max_tokens": max_tokens, "temperature": temperature}, db=db,
+            prompts=RefinePrompts(template_set, plain_answer), progress=progress,
+        )
     if as_json:
         for r in results:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))

@@ -275,13 +275,18 @@ def test_eval_run_cli_hand_count_and_cache(cli, db, tmp_path, monkeypatch):
         cli(*args)
         resent = len(srv.chat_requests()) - first
     with Store.open_readonly(db) as s:
+        purposes = dict(s.query("SELECT purpose, count(*) FROM calls GROUP BY 1"))
+        assert purposes == {"answer": 6, "self-feedback": 6, "self-refinement": 6}
+        linked = s.query("SELECT count(*) FROM eval_items i, calls c WHERE c.call_id ="
+                         " json_extract_string(i.detail, '$.answer_call_ids[0]')")[0][0]
+        assert linked == 24  # every item names the call that answered it
         rows = s.query("SELECT mode, n, correct FROM evals ORDER BY run_id, mode")
         assert rows == [("direct", 6, 3), ("refine", 6, 4)] * 2
         calls = s.query("SELECT count(*), count(*) FILTER (WHERE status = 'ok') FROM calls")[0]
         items = s.query("SELECT count(*) FROM eval_items")[0][0]
     assert items == 24
-    if calls[0]:  # the call ledger is wired: every request stored once, a rerun sends nothing
-        assert calls == (18, 18) and resent == 0
+    # the call ledger: every request stored once, a rerun answers from it and sends nothing
+    assert calls == (18, 18) and resent == 0
 
 
 def test_eval_run_cli_on_store_prompts(cli, db, monkeypatch):

@@ -181,7 +181,7 @@ def test_refine_cli_shows_answer_feedback_and_refinement(cli, db, monkeypatch, t
         questions = tmp_path / "q.jsonl"
         questions.write_text('{"question": "Q one"}\nQ two\n')
         js = cli("refine", "--model", f"openai:test-model@{srv.base_url}", "--input",
-                 str(questions), "--json").output
+                 str(questions), "--json").stdout  # the progress bars go to stderr
     assert "The answer is 8." in out and "Verdict: incorrect" in out
     assert "The answer is 7." in out and "incorrect" in out
     lines = [json.loads(x) for x in js.splitlines() if x.strip()]
@@ -197,3 +197,14 @@ def test_refine_cli_needs_one_question_source(cli):
     res = cli("refine", "--model", "openai:x", exit_code=1)
     assert "QUESTION" in res.output
     assert "Example:" in cli("refine", "--help").output
+
+
+def test_progress_hears_every_request_per_stage():
+    events: list[tuple[str, int, int]] = []
+    model = ScriptedModel(lambda stage, req: {"answer": "A", "feedback": "Verdict: incorrect",
+                                              "refinement": "B"}[stage])
+    self_refine(model, ["Q1", "Q2"], steps=2, progress=lambda *e: events.append(e))
+    starts = [(s, t) for s, a, t in events if a == 0]
+    assert starts == [("answer", 2), ("self-feedback", 2), ("self-refinement", 2),
+                      ("self-feedback", 2), ("self-refinement", 2)]
+    assert sum(a for _, a, _ in events) == 10 == len(model.requests)
