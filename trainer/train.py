@@ -14,6 +14,7 @@ process with ``grad_accum * W`` would, which is why their losses match.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -264,6 +265,40 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def backward_window(
+    model: Any, batches: list[dict[str, Any]], dist: Dist, autocast_dtype: Any = None
+) -> tuple[float, int]:
+    """Forward + backward over one accumulation window; returns (mean loss, trained tokens).
+
+    The loss is normalised by the trained-token weight of the WHOLE window on ALL ranks, so
+    the accumulated gradient equals that of one big batch holding the same rows, however the
+    tokens are split into micro-batches or ranks (a per-micro-batch mean would over-weight
+    tokens of short micro-batches).
+    """
+    import torch
+
+    device = next(p for p in model.parameters()).device
+    weight = torch.tensor([float(sum(b["weights"].sum() for b in batches))], device=device)
+    count = torch.tensor([float(sum((b["targets"] != -100).sum() for b in batches))], device=device)
+    all_reduce_sum(weight, dist)
+    all_reduce_sum(count, dist)
+    denom = max(weight.item(), 1e-12)
+    loss_sum = torch.zeros(1, device=device)
+    for k, batch in enumerate(batches):
+        batch = {key: v.to(device) for key, v in batch.items()}
+        sync = k == len(batches) - 1
+        ctx = model.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
+        with ctx, torch.autocast(
+            device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+        ):
+            s = weighted_loss_sum(model, batch)
+        # DDP averages gradients over ranks; multiplying by world makes that a sum.
+        (s * (dist.world / denom)).backward()
+        loss_sum += s.detach()
+    all_reduce_sum(loss_sum, dist)
+    return loss_sum.item() / denom, int(count.item())
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -364,29 +399,7 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         t0 = time.perf_counter()
         window = step_window(rows, cfg, dist, step)
         batches = [collate(mb, pad_id) for mb in window]
-        # Normalise by the trained-token weight of the WHOLE window on ALL ranks, so the
-        # gradient equals one big batch's, however the tokens are split into micro-batches.
-        weight = torch.tensor([float(sum(b["weights"].sum() for b in batches))], device=dist.device)
-        n_trained = torch.tensor(
-            [float(sum((b["targets"] != -100).sum() for b in batches))], device=dist.device
-        )
-        all_reduce_sum(weight, dist)
-        all_reduce_sum(n_trained, dist)
-        denom = weight.item()
-        loss_sum = torch.zeros(1, device=dist.device)
-        for k, batch in enumerate(batches):
-            batch = {key: v.to(dist.device) for key, v in batch.items()}
-            sync = k == len(batches) - 1
-            ctx = model.no_sync() if (dist.world > 1 and not sync) else _null()
-            with ctx, torch.autocast(
-                "cuda" if cuda else "cpu", dtype=autocast_dtype or torch.bfloat16,
-                enabled=autocast_dtype is not None,
-            ):
-                s = weighted_loss_sum(model, batch)
-            # DDP averages gradients over ranks; multiplying by world makes that a sum.
-            (s * (dist.world / denom)).backward()
-            loss_sum += s.detach()
-        all_reduce_sum(loss_sum, dist)
+        loss, n_trained = backward_window(model, batches, dist, autocast_dtype)
         if cfg.max_grad_norm > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
         else:
@@ -400,12 +413,11 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         if cuda:
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        loss = loss_sum.item() / denom
         losses.append(loss)
-        tokens_seen += int(n_trained.item())
+        tokens_seen += n_trained
         last = {
             "step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
-            "trained_tokens": int(n_trained.item()), "trained_tokens_per_s": n_trained.item() / dt,
+            "trained_tokens": n_trained, "trained_tokens_per_s": n_trained / dt,
             "tokens_seen": tokens_seen, "epoch": (step + 1) * rows_per_step / len(rows),
             "step_time_s": dt,
         }
@@ -461,14 +473,6 @@ def _save_step(out: Path, step: int, model: Any, tokenizer: Any, meta_base: dict
         }
         meta = {**meta_base, "step": step, "metrics": metrics}
         save_checkpoint(out / "checkpoints" / f"step-{step:06d}", model, tokenizer, meta, state)
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _progress(enabled: bool, total: int, done: int) -> Any:

@@ -1,0 +1,147 @@
+"""End-to-end training on the tiny model: learning, resume, LoRA/full, merge, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.config import TrainConfig
+from trainer.synthetic import synthetic_records, write_export
+from trainer.train import train
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory) -> Path:
+    """A small verified export of meta, self and qa records."""
+    out = tmp_path_factory.mktemp("export")
+    return write_export(out / "exp", synthetic_records(24, seed=1, kinds=("meta", "qa", "self")))
+
+
+def _cfg(export_dir, base, out, **kw) -> TrainConfig:
+    defaults = dict(lr=3e-3, pack_len=512, max_steps=6, epochs=10, progress=False,
+                    warmup_ratio=0.0)
+    return TrainConfig(data=str(export_dir), base=str(base), out=str(out), **{**defaults, **kw})
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_decreases_on_small_overfit_set(tmp_path, tiny_model_dir):
+    exp = write_export(tmp_path / "exp", synthetic_records(3, seed=5))
+    res = train(_cfg(exp, tiny_model_dir, tmp_path / "o", full=True, lr=1e-2, max_steps=25, epochs=50,
+                     schedule="constant"), log=lambda *_: None)
+    assert res.losses[-1] < 0.6 * res.losses[0], res.losses
+    meta = json.loads((res.final_dir / "selfevo_train.json").read_text())
+    assert meta["snapshot_hash"] == res.snapshot_hash
+    assert meta["base_model"] == str(tiny_model_dir) and meta["format"] == "full"
+    assert meta["config"]["lr"] == 1e-2 and meta["code_version"]
+    rows = _metrics(tmp_path / "o")
+    assert [r["step"] for r in rows] == list(range(1, 26))
+    assert {"loss", "lr", "grad_norm", "trained_tokens_per_s"} <= set(rows[0])
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(res.final_dir).config.model_type == "llama"
+
+
+def test_lora_changes_only_adapters_and_merges(tmp_path, tiny_model_dir, export_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    res = train(_cfg(export_dir, tiny_model_dir, tmp_path / "o", merge=True),
+                log=lambda *_: None)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    peft_model = PeftModel.from_pretrained(base, res.final_dir)
+    sd = peft_model.state_dict()
+    lora_b = [v for k, v in sd.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it trained
+    for k, v in sd.items():
+        if "lora_" not in k:
+            name = k.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(v, before[name]), k
+    # Merged weights reproduce the adapter model's outputs.
+    merged = AutoModelForCausalLM.from_pretrained(res.merged_dir)
+    ids = torch.tensor([[1, 5, 9, 12, 30]])
+    peft_model.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, peft_model(ids).logits, atol=1e-4)
+
+
+def test_resume_reproduces_the_loss_curve(tmp_path, tiny_model_dir, export_dir):
+    full_run = tmp_path / "a"
+    kw = dict(max_steps=6, save_every=3, lora_dropout=0.1, grad_accum=2, warmup_ratio=0.2)
+    res_a = train(_cfg(export_dir, tiny_model_dir, full_run, **kw), log=lambda *_: None)
+    # Simulate a crash after step 3: only that checkpoint and its metrics survive.
+    crashed = tmp_path / "b"
+    (crashed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(full_run / "checkpoints" / "step-000003", crashed / "checkpoints" / "step-000003")
+    lines = (full_run / "metrics.jsonl").read_text().splitlines()
+    (crashed / "metrics.jsonl").write_text("\n".join(lines) + "\n")  # extra lines are dropped
+    res_b = train(_cfg(export_dir, tiny_model_dir, crashed, resume=True, **kw), log=lambda *_: None)
+    assert len(res_b.losses) == 3
+    assert res_b.losses == pytest.approx(res_a.losses[3:], rel=1e-5)
+    assert [m["loss"] for m in _metrics(crashed)] == pytest.approx(res_a.losses, rel=1e-5)
+    assert [m["lr"] for m in _metrics(crashed)] == pytest.approx([m["lr"] for m in _metrics(full_run)])
+
+
+def test_plain_format_without_packing_trains(tmp_path, tiny_model_dir_plain, export_dir):
+    res = train(_cfg(export_dir, tiny_model_dir_plain, tmp_path / "o", pack=False, batch_size=3,
+                     max_steps=3, direct_weight=0.5, gradient_checkpointing=True),
+                log=lambda *_: None)
+    meta = json.loads((res.final_dir / "selfevo_train.json").read_text())
+    assert meta["sequence_format"] == "plain" and len(res.losses) == 3
+
+
+def test_ddp_two_cpu_processes_match_single_process(tmp_path, tiny_model_dir, export_dir):
+    args = ["--data", str(export_dir), "--base", str(tiny_model_dir), "--lr", "3e-3",
+            "--pack-len", "512", "--max-steps", "3", "--epochs", "5", "--no-progress", "--lora-dropout", "0",
+            "--warmup-ratio", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    single = subprocess.run(
+        [sys.executable, "-m", "trainer", *args, "--grad-accum", "2", "--out", str(tmp_path / "s")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29531", "-m", "trainer", *args, "--out", str(tmp_path / "d")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    s, d = _metrics(tmp_path / "s"), _metrics(tmp_path / "d")
+    assert [m["trained_tokens"] for m in d] == [m["trained_tokens"] for m in s]
+    assert [m["loss"] for m in d] == pytest.approx([m["loss"] for m in s], rel=1e-4)
+    meta = json.loads((tmp_path / "d" / "final" / "selfevo_train.json").read_text())
+    assert meta["world_size"] == 2
+
+
+def test_cli_trains_registers_and_shows_masks(cli, db, tmp_path, tiny_model_dir, export_dir):
+    out = tmp_path / "run"
+    r = cli("train", "--data", str(export_dir), "--base", str(tiny_model_dir), "--out", str(out),
+            "--max-steps", "2", "--lora-r", "4", "--set", "progress=false", "--db", db)
+    assert "registered model h1:" in r.output
+    from corpus.store import Store
+
+    with Store.open_readonly(db) as store:
+        rows = store.query_dicts("SELECT base, path, adapter, snapshot_hash, config, metrics FROM models")
+    assert len(rows) == 1 and rows[0]["adapter"] is True
+    assert rows[0]["path"] == str((out / "final").resolve())
+    assert rows[0]["snapshot_hash"] == json.loads((export_dir / "manifest.json").read_text())["content_hash"]
+    assert json.loads(rows[0]["config"])["lora_r"] == 4
+    assert json.loads(rows[0]["metrics"])["step"] == 2
+    shown = cli("train", "--data", str(export_dir), "--base", str(tiny_model_dir), "--out",
+                str(out), "--show-masks", "1")
+    assert "format: chat-template" in shown.output and "Verdict:" in shown.output
+    bad = cli("train", "--data", str(tmp_path), "--base", str(tiny_model_dir), "--out", str(out),
+              exit_code=1)
+    assert "manifest.json not found" in bad.output
