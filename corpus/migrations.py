@@ -246,7 +246,22 @@ def m004_audit_views(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views, m004_audit_views]
+def m005_evolve_prompts(con: duckdb.DuckDBPyConnection) -> None:
+    """Which prompts each self-evolution round used (``selfevo evolve``)."""
+    con.execute(
+        """
+        CREATE TABLE evolve_prompts (
+            evolve    VARCHAR NOT NULL,  -- the evolve name (runs.config.name of 'evolve')
+            round     INTEGER NOT NULL,  -- 1-based self-evolution round
+            prompt_id VARCHAR NOT NULL,  -- a prompt the round's student answered
+            run_id    VARCHAR NOT NULL,  -- the 'evolve generate' stage run that chose it
+            PRIMARY KEY (evolve, round, prompt_id)
+        );
+        """
+    )
+
+
+MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts]
 
 
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
