@@ -1,0 +1,63 @@
+"""Model backends, chosen by a model spec string.
+
+* ``openai:MODEL[@BASE_URL[,BASE_URL…]]`` — any OpenAI-compatible endpoint
+  (:mod:`curation.backends.openai_backend`, see docs/collect.md);
+* ``hf:PATH_OR_NAME[+ADAPTER]`` — in-process transformers (:mod:`curation.backends.hf`);
+* ``reference`` — not a chat model but a grader with an answer key
+  (:class:`curation.reference.ReferenceTeacher`); :func:`is_reference` tells it apart.
+
+Backend modules are imported only when their spec is used, so listing specs or parsing them
+never imports torch or openai.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from curation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from curation.errors import CurationError
+
+__all__ = [
+    "AttemptInfo",
+    "Backend",
+    "ChatRequest",
+    "ChatResult",
+    "OnResult",
+    "is_reference",
+    "load_backend",
+]
+
+REFERENCE_SPEC = "reference"
+
+
+def is_reference(spec: str) -> bool:
+    """Whether ``spec`` names the reference grader rather than a model."""
+    return spec.strip() == REFERENCE_SPEC
+
+
+def load_backend(spec: str, **options: Any) -> Backend:
+    """The backend for a model spec; ``options`` are that backend's options.
+
+    ``openai:`` takes :class:`~curation.backends.openai_backend.OpenAIOptions` fields (or
+    ``options=OpenAIOptions(...)``); ``hf:`` takes :class:`~curation.backends.hf.HFOptions`
+    fields.
+    """
+    spec = spec.strip()
+    if spec.startswith("openai:"):
+        from curation.backends.openai_backend import OpenAIBackend, OpenAIOptions
+
+        opts = options.pop("options", None) or OpenAIOptions(**options)
+        return OpenAIBackend.from_spec(spec, opts)
+    if spec.startswith("hf:"):
+        from curation.backends.hf import HFBackend
+
+        return HFBackend.from_spec(spec, **options)
+    if is_reference(spec):
+        raise CurationError(
+            "'reference' is a grader, not a chat model: it can be a --teacher, "
+            "not a --responder or a student (use openai:MODEL or hf:PATH)"
+        )
+    raise CurationError(
+        f"unknown model spec {spec!r}: use openai:MODEL[@BASE_URL], hf:PATH_OR_NAME[+ADAPTER] "
+        "or reference"
+    )

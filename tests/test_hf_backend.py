@@ -1,0 +1,211 @@
+"""The in-process transformers backend on a tiny offline model (and SmolLM2 when slow)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from curation.backends import ChatRequest, is_reference, load_backend
+from curation.backends.hf import HFBackend, parse_spec
+from curation.errors import CurationError
+from schemas.conversation import record_messages
+
+
+def ask(text: str, **params) -> ChatRequest:
+    return ChatRequest([{"role": "user", "content": text}], {"max_tokens": 6, **params})
+
+
+QUESTIONS = [f"How many apples {'and books ' * k}does she have?" for k in (3, 0, 5, 1, 4, 2, 0)]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path) -> HFBackend:
+    b = load_backend(f"hf:{tiny_model_dir}", batch_size=3, device="cpu")
+    assert isinstance(b, HFBackend)
+    return b
+
+
+def test_spec_parsing_and_dispatch(tiny_model_dir: Path) -> None:
+    assert parse_spec("hf:org/model+/tmp/adapter") == ("org/model", "/tmp/adapter")
+    assert parse_spec("hf:./ckpt") == ("./ckpt", None)
+    for bad in ("hf:", "gpt-4", "hf"):
+        with pytest.raises(CurationError):
+            load_backend(bad)
+    assert is_reference("reference")
+    with pytest.raises(CurationError, match="grader"):
+        load_backend("reference")
+    b = load_backend(f"hf:{tiny_model_dir}")
+    assert b.spec == f"hf:{tiny_model_dir}" and b.endpoint.startswith("weights:")
+
+
+def test_batched_greedy_equals_one_by_one_and_keeps_order(backend: HFBackend) -> None:
+    requests = [ask(q) for q in QUESTIONS]
+    seen: list[int] = []
+    batched = backend.generate(requests, on_result=lambda i, r: seen.append(i))
+    single = [backend.generate([r])[0] for r in requests]
+    assert [r.text for r in batched] == [r.text for r in single]
+    assert all(r.ok and r.text for r in batched)
+    # on_result once per request; micro-batches go shortest prompt first.
+    assert sorted(seen) == list(range(len(requests)))
+    lengths = [len(backend.prompt_ids(requests[i].messages)) for i in seen]
+    assert lengths == sorted(lengths)
+    # Usage: prompt tokens are the unpadded prompt, completion tokens the generated ones.
+    for req, res in zip(requests, batched, strict=True):
+        assert res.prompt_tokens == len(backend.prompt_ids(req.messages))
+        assert res.completion_tokens == 6 and res.finish_reason == "length"
+        assert res.attempts and res.attempts[0].status == "ok"
+
+
+def test_results_come_per_micro_batch(backend: HFBackend) -> None:
+    """on_result is called as each micro-batch finishes, before generate returns."""
+    stamps: list[float] = []
+    started = time.perf_counter()
+    backend.generate([ask(q) for q in QUESTIONS], on_result=lambda i, r: stamps.append(time.perf_counter()))
+    finished = time.perf_counter()
+    # 7 requests, batch_size 3 → 3 micro-batches → 3 distinct groups of timestamps.
+    groups = sorted({round(s - started, 4) for s in stamps})
+    assert len(groups) == 3 and stamps[-1] <= finished
+
+
+def test_sampling_is_seeded_and_sample_index_varies(backend: HFBackend) -> None:
+    def sample(seed: int, index: int) -> str:
+        req = ChatRequest(
+            [{"role": "user", "content": "How many books?"}],
+            {"max_tokens": 12, "temperature": 1.0, "top_p": 1.0, "seed": seed},
+            sample_index=index,
+        )
+        return backend.generate([req])[0].text
+
+    assert sample(1, 0) == sample(1, 0)
+    assert len({sample(1, i) for i in range(4)}) > 1
+    greedy = backend.generate([ask("How many books?", max_tokens=12)])[0].text
+    assert greedy == backend.generate([ask("How many books?", max_tokens=12)])[0].text
+
+
+def test_stop_strings_and_eos(backend: HFBackend, tiny_model_dir: Path, tmp_path: Path) -> None:
+    full = backend.generate([ask("How many apples?", max_tokens=10)])[0].text
+    stop = full[3:5]
+    cut = backend.generate([ask("How many apples?", max_tokens=10, stop=[stop])])[0]
+    assert cut.finish_reason == "stop" and cut.text == full[: full.find(stop)]
+
+    # A model whose head always prefers the end-of-turn token stops at once.
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with torch.no_grad():  # constant hidden state (all ones) and a head that maps it to eos
+        model.model.embed_tokens.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.norm.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[tok.eos_token_id] = 1.0
+    eager = tmp_path / "eager-stop"
+    model.save_pretrained(eager)
+    tok.save_pretrained(eager)
+    res = load_backend(f"hf:{eager}").generate([ask("How many apples?")])[0]
+    assert (res.text, res.finish_reason, res.completion_tokens) == ("", "stop", 1)
+
+
+def test_prompt_ids_match_the_trainer(backend: HFBackend, tiny_model_dir: Path) -> None:
+    """Self-feedback prompts are tokenised exactly as the trainer tokenises that context."""
+    from transformers import AutoTokenizer
+
+    from curation.templates import get_template
+    from trainer.sequences import SequenceBuilder
+
+    question, response, feedback = "How many apples?\n", "3 + 4 = 7. The answer is 7.", "Fine.\nVerdict: correct"
+    messages = get_template("self_refinement").render(
+        question=question, response=response, feedback=feedback
+    )
+    trained = record_messages(kind="self", prompt=question, response=response,
+                              feedback=feedback, refinement="The answer is 7.")
+    builder = SequenceBuilder(AutoTokenizer.from_pretrained(tiny_model_dir))
+    pieces = builder.pieces(trained)
+    context = [t for ids, _ in pieces[:-1] for t in ids]  # everything before r̂'s tokens
+    assert backend.prompt_ids(messages) == context
+
+
+def test_plain_format_without_chat_template(tiny_model_dir_plain: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from trainer.sequences import SequenceBuilder
+
+    b = load_backend(f"hf:{tiny_model_dir_plain}")
+    msgs = [{"role": "user", "content": "How many apples?"}]
+    res = b.generate([ChatRequest(msgs, {"max_tokens": 4})])[0]
+    assert res.ok and res.completion_tokens == 4
+    trained = [{"role": "user", "content": "How many apples?", "train": False},
+               {"role": "assistant", "content": "7", "train": True}]
+    pieces = SequenceBuilder(AutoTokenizer.from_pretrained(tiny_model_dir_plain),
+                             use_chat_template=False).pieces(trained)
+    assert b.prompt_ids(msgs) == [t for ids, _ in pieces[:-1] for t in ids]
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tiny_model_dir: Path, tmp_path_factory) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj"],
+                        init_lora_weights=False)  # random B: the adapter changes outputs
+    peft_model = get_peft_model(model, config)
+    out = tmp_path_factory.mktemp("adapter")
+    peft_model.save_pretrained(out)
+    return out
+
+
+def test_adapter_loading(backend: HFBackend, tiny_model_dir: Path, adapter_dir: Path) -> None:
+    requests = [ask(q, max_tokens=8) for q in QUESTIONS[:3]]
+    base = [r.text for r in backend.generate(requests)]
+    with_adapter = load_backend(f"hf:{tiny_model_dir}+{adapter_dir}")
+    tuned = [r.text for r in with_adapter.generate(requests)]
+    assert tuned != base
+    assert with_adapter.endpoint != backend.endpoint  # adapter weights are part of call_id
+    # The adapter folder alone loads its recorded base model underneath; unmerged gives the same.
+    alone = load_backend(f"hf:{adapter_dir}", merge_adapter=False)
+    assert alone.base_path == str(tiny_model_dir)
+    assert [r.text for r in alone.generate(requests)] == tuned
+    with pytest.raises(CurationError, match="adapter_config.json"):
+        load_backend(f"hf:{tiny_model_dir}+{tiny_model_dir}")
+
+
+def test_endpoint_changes_with_weights(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    assert load_backend(f"hf:{copy}").endpoint == load_backend(f"hf:{tiny_model_dir}").endpoint
+    weights = next(copy.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert load_backend(f"hf:{copy}").endpoint != load_backend(f"hf:{tiny_model_dir}").endpoint
+
+
+@pytest.mark.slow
+def test_smollm2_conversion_cached_reload_and_generation(tmp_path: Path, monkeypatch) -> None:
+    """hf:smollm2-135m: convert the shipped GGUF once, reload from the cache quickly, answer."""
+    from curation.backends import smollm2
+
+    monkeypatch.setenv("SELFEVO_CACHE", str(tmp_path))
+    started = time.perf_counter()
+    b = load_backend("hf:smollm2-135m", device="cpu")
+    b.load()
+    first = time.perf_counter() - started
+    assert smollm2.is_converted() and smollm2.model_dir().parent.parent == tmp_path
+    started = time.perf_counter()
+    again = load_backend("hf:smollm2-135m", device="cpu")
+    again.load()
+    reload = time.perf_counter() - started
+    print(f"smollm2: convert+load {first:.1f}s, cached load {reload:.2f}s")
+    assert reload < first / 3
+    res = again.generate([ask("What is 2 + 3? Answer with a number.", max_tokens=20)])[0]
+    assert res.ok and res.finish_reason == "stop" and "5" in res.text
