@@ -355,41 +355,66 @@ def format_accuracy(cell: dict[str, Any] | None) -> str:
 
 
 def print_summaries(summaries: Sequence[EvalSummary]) -> None:
-    """A rich table of one evaluation's modes."""
+    """A rich table of one evaluation's modes (fits 80 columns)."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="evaluation")
-    for col in ("model", "benchmark", "mode", "correct / n", "accuracy [95% CI]", "eval_id"):
-        table.add_column(col)
+    console = Console()
+    if summaries:
+        console.print(f"[bold]{summaries[0].model}[/] on {summaries[0].benchmark}",
+                      markup=True, highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, title_justify="left")
+    table.add_column("mode")
+    table.add_column("correct / n", justify="right", no_wrap=True)
+    table.add_column("accuracy [95% CI]", justify="right", no_wrap=True)
+    table.add_column("eval_id", overflow="fold")
     for s in summaries:
-        table.add_row(s.model, s.benchmark, s.mode, f"{s.correct} / {s.n}",
-                      format_accuracy(vars(s)), s.eval_id)
-    Console().print(table)
+        table.add_row(s.mode, f"{s.correct} / {s.n}", format_accuracy(vars(s)), s.eval_id)
+    console.print(table)
 
 
 def print_comparison(rows: Sequence[dict[str, Any]]) -> None:
-    """A rich table of :func:`compare_evals` rows (or a hint when there are none)."""
+    """A rich table of :func:`compare_evals` rows (or a hint when there are none).
+
+    The model cell carries the registered id and training snapshot on a second line so the
+    table stays readable at 80 columns.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = Console()
     if not rows:
         console.print("no evaluations yet; run 'selfevo eval run --model SPEC --bench gsm8k'")
         return
-    table = Table(title="evaluations (accuracy, 95% Wilson interval)")
-    for col in ("run", "round", "model", "model_id", "snapshot", "benchmark"):
-        table.add_column(col, overflow="fold")
-    for col in ("n", "direct", "refine", "Δ refine"):  # the numbers never wrap
-        table.add_column(col, no_wrap=True, justify="right")
+    table = Table(title="accuracy with 95% Wilson interval, oldest first", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+    table.add_column("round", justify="right", no_wrap=True)
+    table.add_column("model / checkpoint", overflow="fold", ratio=1)
+    table.add_column("bench", overflow="fold", max_width=14)
+    table.add_column("n", justify="right", no_wrap=True)
+    for col in ("direct", "refine"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("Δ", justify="right", no_wrap=True)
     for r in rows:
         d, f = r["direct"], r["refine"]
-        delta = f"{100 * (f['accuracy'] - d['accuracy']):+.1f} pts" if d and f else "-"
-        table.add_row(r["run_id"], "-" if r["round"] is None else str(r["round"]), r["model"],
-                      _short_id(r["model_id"]),
-                      _short_id(r["snapshot_hash"]), r["benchmark"], str(r["n"]),
-                      format_accuracy(d), format_accuracy(f), delta)
+        delta = f"{100 * (f['accuracy'] - d['accuracy']):+.1f}" if d and f else "-"
+        model = Text(r["model"])
+        if r["model_id"]:
+            model.append(f"\n{_short_id(r['model_id'])} snap {_short_id(r['snapshot_hash'])}",
+                         style="dim")
+        table.add_row("-" if r["round"] is None else str(r["round"]), model, r["benchmark"],
+                      str(r["n"]), _two_lines(d), _two_lines(f), delta)
     console.print(table)
+
+
+def _two_lines(cell: dict[str, Any] | None) -> str:
+    if not cell:
+        return "-"
+    return (f"{100 * cell['accuracy']:.1f}%\n[{100 * (cell['ci_low'] or 0):.1f}, "
+            f"{100 * (cell['ci_high'] or 0):.1f}]")
 
 
 def _short_id(value: str | None) -> str:

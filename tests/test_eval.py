@@ -232,7 +232,7 @@ def test_compare_cli_on_empty_and_filled_store(cli, db):
         evaluate(s, ScriptedModel(fixture_script), items(), benchmark="fixture",
                  modes=["direct", "refine"])
     out = cli("eval", "compare", "--db", db, "--bench", "fixture").output
-    assert "50.0%" in out and "66.7%" in out and "+16.7 pts" in out
+    assert "50.0%" in out and "66.7%" in out and "+16.7" in out and "[30.0, 90.3]" in out
 
 
 def test_help_has_examples(cli):
