@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 from pydantic import ValidationError
 
 from corpus.errors import CorpusError
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
-from schemas.identity import file_sha256
+from schemas.identity import canonical_json, file_sha256
 from schemas.records import PromptIn, RecordIn
 
 PROMPT_FIELDS = tuple(PromptIn.model_fields)  # text, gold_answer, gold_rationale, source, split, meta
@@ -38,7 +39,7 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-BATCH_ROWS = 50_000
+BATCH_ROWS = 10_000  # rows per staged Arrow table and per INSERT
 
 Progress = Callable[[str], None]
 
@@ -365,17 +366,50 @@ def _require_rows(path: Path, n: int) -> None:
         raise ImportInputError(f"{path}: file is empty (no rows to import)")
 
 
-def _write(store: Store, run_id: str, prompts: list[dict[str, Any]],
-           records: list[dict[str, Any]]) -> tuple[int, int]:
+class _Staged:
+    """Validated rows held compactly (Arrow, JSON columns as text) until the write.
+
+    A million records as Python dicts would take gigabytes; packed every BATCH_ROWS rows
+    they take about what their text does, and come back as dict batches for the insert.
+    """
+
+    def __init__(self) -> None:
+        self.tables: list[pa.Table] = []
+        self.pending: list[dict[str, Any]] = []
+        self.n = 0
+
+    def append(self, row: dict[str, Any]) -> None:
+        for c in ("meta", "templates"):
+            if row.get(c) is not None and not isinstance(row[c], str):
+                row[c] = canonical_json(row[c])
+        self.pending.append(row)
+        self.n += 1
+        if len(self.pending) >= BATCH_ROWS:
+            self._pack()
+
+    def _pack(self) -> None:
+        if self.pending:
+            cols = list(self.pending[0])
+            self.tables.append(pa.table({c: [r[c] for r in self.pending] for c in cols}))
+            self.pending = []
+
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """The rows again, as lists of dicts of at most BATCH_ROWS rows."""
+        self._pack()
+        for table in self.tables:
+            yield table.to_pylist()
+
+
+def _write(store: Store, run_id: str, prompts: _Staged, records: _Staged) -> tuple[int, int]:
     from corpus.records import insert_prompts, insert_records
 
     new_p = new_r = 0
     # One transaction: the file lands whole or not at all (see the module docstring).
     with store.transaction() as con:
-        for i in range(0, len(prompts), BATCH_ROWS):
-            new_p += insert_prompts(con, prompts[i:i + BATCH_ROWS], run_id)
-        for i in range(0, len(records), BATCH_ROWS):
-            new_r += insert_records(con, records[i:i + BATCH_ROWS], run_id)
+        for batch in prompts.batches():
+            new_p += insert_prompts(con, batch, run_id)
+        for batch in records.batches():
+            new_r += insert_records(con, batch, run_id)
     return new_p, new_r
 
 
@@ -401,15 +435,17 @@ def import_prompts(
     config = _file_config(path, fmt) | {"preset": preset, "map": mapping or {},
                                         "source": source, "split": split}
     with store.run("prompts import", config) as run:
-        rows = [make_prompt(**f) for f in read_prompt_rows(
-            path, fmt=fmt, preset=preset, mapping=mapping, source=source, split=split)]
-        _require_rows(path, len(rows))
+        rows = _Staged()
+        for f in read_prompt_rows(path, fmt=fmt, preset=preset, mapping=mapping,
+                                  source=source, split=split):
+            rows.append(make_prompt(**f))
+        _require_rows(path, rows.n)
         if progress:
-            progress(f"validated {len(rows)} rows of {path}; writing to the store")
-        new_p, _ = _write(store, run.run_id, rows, [])
-        run.add("rows", len(rows))
+            progress(f"validated {rows.n} rows of {path}; writing to the store")
+        new_p, _ = _write(store, run.run_id, rows, _Staged())
+        run.add("rows", rows.n)
         run.add("prompts", new_p)
-    return ImportResult(str(path), run.run_id, len(rows), new_prompts=new_p, config=config)
+    return ImportResult(str(path), run.run_id, rows.n, new_prompts=new_p, config=config)
 
 
 def import_generated(
@@ -423,14 +459,15 @@ def import_generated(
         raise CorpusError("--n must be at least 1")
     config = {"n": n, "seed": seed, "split": split, "generator": "corpus.wordproblems"}
     with store.run("prompts generate", config) as run:
-        rows = [make_prompt(p["text"], gold_answer=p["gold_answer"],
-                            gold_rationale=p["gold_rationale"], source="generated",
-                            split=split, meta=p["meta"])
-                for p in generate_problems(n, seed)]
-        new_p, _ = _write(store, run.run_id, rows, [])
-        run.add("rows", len(rows))
+        rows = _Staged()
+        for p in generate_problems(n, seed):
+            rows.append(make_prompt(p["text"], gold_answer=p["gold_answer"],
+                                    gold_rationale=p["gold_rationale"], source="generated",
+                                    split=split, meta=p["meta"]))
+        new_p, _ = _write(store, run.run_id, rows, _Staged())
+        run.add("rows", rows.n)
         run.add("prompts", new_p)
-    return ImportResult(f"generated(n={n}, seed={seed})", run.run_id, len(rows),
+    return ImportResult(f"generated(n={n}, seed={seed})", run.run_id, rows.n,
                         new_prompts=new_p, config=config)
 
 
@@ -441,7 +478,6 @@ def import_records(
 ) -> ImportResult:
     """Import (p, r, f, r̂) records (``RecordIn`` rows) and their prompts, atomically."""
     from corpus.records import make_prompt, make_record
-    from schemas.identity import prompt_id
 
     path = Path(path)
     if not path.exists():
@@ -449,16 +485,17 @@ def import_records(
     mapping = mapping or {}
     config = _file_config(path, fmt) | {"map": mapping, "source": source}
     with store.run("records import", config) as run:
-        prompts: dict[str, dict[str, Any]] = {}
-        records = []
+        prompts, records = _Staged(), _Staged()
+        pids: dict[str, str] = {}  # prompt text -> id: hash each distinct prompt once
         default_source = source or path.stem
         for where, raw in read_rows(path, fmt):
             rec = _record_fields(path, where, raw, mapping, source)
-            pid = prompt_id(rec["prompt"])
             src = rec.pop("source") or default_source
-            if pid not in prompts:
-                prompts[pid] = make_prompt(rec["prompt"], gold_answer=rec["gold_answer"],
-                                           source=src)
+            pid = pids.get(rec["prompt"])
+            if pid is None:
+                prompt = make_prompt(rec["prompt"], gold_answer=rec["gold_answer"], source=src)
+                pid = pids[rec["prompt"]] = prompt["prompt_id"]
+                prompts.append(prompt)
             records.append(make_record(
                 prompt_id=pid, kind=rec["kind"], round=rec["round"],
                 response=rec["response"], feedback=rec["feedback"], verdict=rec["verdict"],
@@ -466,12 +503,13 @@ def import_records(
                 responder=rec.get("responder"), teacher=rec.get("teacher"),
                 templates=rec.get("templates"), source=src, meta=rec["meta"],
             ))
-        _require_rows(path, len(records))
+        del pids
+        _require_rows(path, records.n)
         if progress:
-            progress(f"validated {len(records)} rows of {path}; writing to the store")
-        new_p, new_r = _write(store, run.run_id, list(prompts.values()), records)
-        run.add("rows", len(records))
+            progress(f"validated {records.n} rows of {path}; writing to the store")
+        new_p, new_r = _write(store, run.run_id, prompts, records)
+        run.add("rows", records.n)
         run.add("prompts", new_p)
         run.add("records", new_r)
-    return ImportResult(str(path), run.run_id, len(records), new_prompts=new_p,
+    return ImportResult(str(path), run.run_id, records.n, new_prompts=new_p,
                         new_records=new_r, config=config)
