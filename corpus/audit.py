@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,8 +30,27 @@ class ReadOnlyViolation(CorpusError):
     """A statement given to ``selfevo sql`` is not a read query."""
 
 
+# PRAGMAs that only report. Others are refused before parsing: DuckDB's parser expands some
+# PRAGMAs (import_database reads files) while it parses.
+READ_PRAGMAS = {"table_info", "show_tables", "show_tables_expanded", "database_list",
+                "database_size", "storage_info", "version", "functions", "collations",
+                "platform", "metadata_info", "user_agent", "show", "show_databases"}
+_PRAGMA = re.compile(r"^\s*PRAGMA\s+(\w+)", re.I)
+_EXPLAIN = re.compile(r"^\s*EXPLAIN\s+(ANALY[SZ]E\s+)?", re.I)
+
+
+def _refuse(kind: str) -> ReadOnlyViolation:
+    return ReadOnlyViolation(
+        f"selfevo sql is read-only: {kind} statements are refused; only SELECT queries "
+        "(and EXPLAIN, SHOW, DESCRIBE) run here. Writes go through selfevo commands."
+    )
+
+
 def check_read_only(sql: str) -> None:
     """Refuse (ReadOnlyViolation) anything but one SELECT / EXPLAIN statement, before running it."""
+    pragma = _PRAGMA.match(sql)
+    if pragma and pragma.group(1).lower() not in READ_PRAGMAS:
+        raise _refuse(f"PRAGMA {pragma.group(1)}")
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
@@ -43,10 +63,9 @@ def check_read_only(sql: str) -> None:
         )
     kind = statements[0].type.name
     if kind not in READ_STATEMENTS:
-        raise ReadOnlyViolation(
-            f"selfevo sql is read-only: {kind} statements are refused; only SELECT queries "
-            "(and EXPLAIN, SHOW, DESCRIBE) run here. Writes go through selfevo commands."
-        )
+        raise _refuse(kind)
+    if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs its statement: check that one too
+        check_read_only(_EXPLAIN.sub("", statements[0].query, count=1))
 
 
 def run_query(store: Store, sql: str, params: Sequence[Any] | None = None,

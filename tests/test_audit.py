@@ -87,6 +87,13 @@ def test_sql_views_answer_why_a_record_was_dropped(cli, db, filled):
     "CHECKPOINT",
     "EXPORT DATABASE '{tmp}/dump'",
     "SELECT 1; DROP TABLE records",
+    "EXPLAIN ANALYZE DELETE FROM records",
+    "explain UPDATE records SET round = 9",
+    "PRAGMA force_checkpoint",
+    "PRAGMA import_database('{tmp}')",
+    "VACUUM",
+    "DETACH other",
+    "BEGIN TRANSACTION",
 ])
 def test_sql_refuses_anything_but_reads_before_running_it(cli, db, filled, tmp_path, statement):
     statement = statement.format(tmp=tmp_path)
