@@ -287,3 +287,20 @@ def test_sigkill_mid_import_leaves_store_openable_and_empty(db, tmp_path):
     with Store.open(db) as store:
         assert store.query("SELECT count(*) FROM prompts") == [(0,)]
         assert store.query("SELECT command, status FROM runs") == [("prompts import", "killed")]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_an_export_imports_back_with_the_same_record_ids(db, tmp_path, fmt):
+    from corpus.export import export_snapshot
+    from corpus.snapshots import create_snapshot
+
+    with Store.open(db) as store:
+        import_records(store, write_jsonl(tmp_path / "meta.jsonl", RECORDS))
+        create_snapshot(store, "all", "true")
+        export_snapshot(store, "all", fmt, tmp_path / "out")
+    other = str(tmp_path / "other.duckdb")
+    with Store.open(other) as store:
+        res = import_records(store, tmp_path / "out" / f"records.{fmt}")
+    assert (res.rows, res.new_records, res.new_prompts) == (3, 3, 2)
+    ids = "SELECT record_id, prompt_id, verdict, meta FROM records ORDER BY record_id"
+    assert Store.open_readonly(other).query(ids) == Store.open_readonly(db).query(ids)
