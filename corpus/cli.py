@@ -42,7 +42,10 @@ def prompts() -> None:
 
 
 @prompts.command("import")
-@click.argument("file", type=click.Path(exists=True, path_type=str))
+@click.argument("file", required=False, type=click.Path(exists=True, path_type=str))
+@click.option("--hf", "hf_name", metavar="NAME[:CONFIG]",
+              help="Load with datasets.load_dataset instead of FILE (a Hub id or a local "
+                   "folder of data files); --split picks the split.")
 @click.option("--preset", type=click.Choice(["gsm8k", "svamp"]),
               help="Read a benchmark's own format (see docs/store.md).")
 @click.option("--map", "map_spec", metavar="SRC=DST,...",
@@ -54,8 +57,9 @@ def prompts() -> None:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "json", "csv", "parquet", "hf"]),
               help="File format (default: from the name; a directory is a saved HF dataset).")
 @db_option
-def prompts_import(file: str, preset: str | None, map_spec: str | None, source: str | None,
-                   split: str | None, fmt: str | None, db: str) -> None:
+def prompts_import(file: str | None, hf_name: str | None, preset: str | None,
+                   map_spec: str | None, source: str | None, split: str | None,
+                   fmt: str | None, db: str) -> None:
     """Import prompts from FILE (JSONL, JSON, CSV, Parquet or a saved HF dataset) atomically.
 
     Re-importing the same rows adds nothing ("0 new").
@@ -63,13 +67,20 @@ def prompts_import(file: str, preset: str | None, map_spec: str | None, source: 
     \b
     Example:
       selfevo prompts import questions.csv --map question=text,answer=gold_answer --split train
+      selfevo prompts import --hf openai/gsm8k:main --split test --preset gsm8k
     """
-    from corpus.importers import import_prompts, parse_map
+    from corpus.importers import import_hub_prompts, import_prompts, parse_map
 
+    if (file is None) == (hf_name is None):
+        raise click.UsageError("give FILE or --hf NAME (exactly one)")
     mapping = parse_map(map_spec)
     with Store.open(db, command="prompts import") as store:
-        result = import_prompts(store, file, fmt=fmt, preset=preset, mapping=mapping,
-                                source=source, split=split, progress=_progress)
+        if hf_name:
+            result = import_hub_prompts(store, hf_name, preset=preset, mapping=mapping,
+                                        source=source, split=split, progress=_progress)
+        else:
+            result = import_prompts(store, file, fmt=fmt, preset=preset, mapping=mapping,
+                                    source=source, split=split, progress=_progress)
     click.echo(result.summary("prompts"))
 
 

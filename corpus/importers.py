@@ -169,19 +169,18 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"row {n}", row
 
 
-def _read_hf(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _datasets_module() -> Any:
     try:
         import datasets
     except ImportError:
         raise ImportInputError(
-            "reading a saved HF dataset needs the datasets package: pip install 'selfevo[hf]'"
+            "reading HF datasets needs the datasets package: pip install 'selfevo[hf]'"
         ) from None
-    try:
-        ds = datasets.load_from_disk(str(path))
-    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
-        raise ImportInputError(
-            f"{path}: not a directory written by datasets' save_to_disk ({exc})"
-        ) from None
+    return datasets
+
+
+def _dataset_rows(ds: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    datasets = _datasets_module()
     parts = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
     for split, part in parts:
         for i, row in enumerate(part, start=1):
@@ -189,6 +188,37 @@ def _read_hf(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             if split is not None:
                 row = {"__split__": split, **row}
             yield (f"split {split} row {i}" if split else f"row {i}"), row
+
+
+def _read_hf(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    datasets = _datasets_module()
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+        raise ImportInputError(
+            f"{path}: not a directory written by datasets' save_to_disk ({exc})"
+        ) from None
+    yield from _dataset_rows(ds)
+
+
+def read_hub_rows(name: str, split: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of ``datasets.load_dataset(NAME[:CONFIG], split=split)`` (all splits when None).
+
+    NAME is a Hub id (``openai/gsm8k:main``) or a local folder of data files.
+    """
+    datasets = _datasets_module()
+    repo, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split=split)
+    except Exception as exc:  # network, unknown name or config, missing split …
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImportInputError(
+            f"hf:{name}: cannot load the dataset ({first}); check the name, add :CONFIG if it "
+            "has several, and that HF_HUB_OFFLINE is not set when it must be downloaded"
+        ) from None
+    if split is not None:  # the split asked for is also the label
+        ds = datasets.DatasetDict({split: ds})
+    yield from _dataset_rows(ds)
 
 
 READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
@@ -315,17 +345,19 @@ def _prompt_fields(
 def read_prompt_rows(
     path: str | Path, *, fmt: str | None = None, preset: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None, split: str | None = None,
+    rows: Iterator[tuple[str, dict[str, Any]]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Validated prompt fields (``PromptIn`` as a dict) of each row of a file.
 
     ``source``: ``--source``, else the row's ``source`` field, else the preset name, else the
     file name; ``split``: ``--split``, else the row's, else the preset's default (GSM8K: the
     file stem when it is train/test; SVAMP: test) or the split of a saved DatasetDict.
+    ``rows`` replaces reading ``path`` (which then only names the input in errors).
     """
     path = Path(path)
     p = get_preset(preset) if preset else None
     default_source = p.name if p else (path.stem if path.is_file() else path.name)
-    for where, raw in read_rows(path, fmt):
+    for where, raw in rows if rows is not None else read_rows(path, fmt):
         yield _prompt_fields(path, where, raw, preset=p, mapping=mapping or {},
                              source=source, split=split, default_source=default_source)
 
@@ -446,6 +478,32 @@ def import_prompts(
         run.add("rows", rows.n)
         run.add("prompts", new_p)
     return ImportResult(str(path), run.run_id, rows.n, new_prompts=new_p, config=config)
+
+
+def import_hub_prompts(
+    store: Store, name: str, *, preset: str | None = None,
+    mapping: dict[str, str] | None = None, source: str | None = None,
+    split: str | None = None, progress: Progress | None = None,
+) -> ImportResult:
+    """Import prompts from ``datasets.load_dataset(NAME[:CONFIG])`` atomically (``--hf``)."""
+    from corpus.records import make_prompt
+
+    config = {"hf": name, "preset": preset, "map": mapping or {}, "source": source,
+              "split": split}
+    label = Path(f"hf:{name}")
+    with store.run("prompts import", config) as run:
+        rows = _Staged()
+        for f in read_prompt_rows(label, preset=preset, mapping=mapping,
+                                  source=source, split=split,
+                                  rows=read_hub_rows(name, split)):
+            rows.append(make_prompt(**f))
+        _require_rows(label, rows.n)
+        if progress:
+            progress(f"validated {rows.n} rows of hf:{name}; writing to the store")
+        new_p, _ = _write(store, run.run_id, rows, _Staged())
+        run.add("rows", rows.n)
+        run.add("prompts", new_p)
+    return ImportResult(f"hf:{name}", run.run_id, rows.n, new_prompts=new_p, config=config)
 
 
 def import_generated(

@@ -304,3 +304,22 @@ def test_an_export_imports_back_with_the_same_record_ids(db, tmp_path, fmt):
     assert (res.rows, res.new_records, res.new_prompts) == (3, 3, 2)
     ids = "SELECT record_id, prompt_id, verdict, meta FROM records ORDER BY record_id"
     assert Store.open_readonly(other).query(ids) == Store.open_readonly(db).query(ids)
+
+
+def test_hf_load_dataset_from_a_local_folder(cli, db, tmp_path):
+    pytest.importorskip("datasets")
+    folder = tmp_path / "hubish"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", GSM8K_ROWS)
+    write_jsonl(folder / "test.jsonl", GSM8K_ROWS[:1])
+    cli("prompts", "import", "--hf", str(folder), "--preset", "gsm8k", "--db", db)
+    rows = Store.open_readonly(db).query(
+        "SELECT split, gold_answer, source FROM prompts ORDER BY split, gold_answer")
+    # Same text in both splits is one prompt (identity is the text); it keeps its first split.
+    assert sorted(r[1] for r in rows) == ["1080", "20"] and rows[0][2] == "gsm8k"
+    out = cli("prompts", "import", "--hf", str(folder), "--split", "test", "--preset", "gsm8k",
+              "--db", db).output
+    assert "1 prompts read" in out and "0 new" in out
+    assert "exactly one" in cli("prompts", "import", "--db", db, exit_code=2).output
+    assert "cannot load" in cli("prompts", "import", "--hf", str(tmp_path / "none"), "--db", db,
+                                exit_code=1).output
