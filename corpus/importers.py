@@ -39,6 +39,7 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
+PROGRESS_EVERY = 100_000
 BATCH_ROWS = 10_000  # rows per staged Arrow table and per INSERT
 
 Progress = Callable[[str], None]
@@ -410,12 +411,15 @@ class _Staged:
         self.pending: list[dict[str, Any]] = []
         self.n = 0
 
-    def append(self, row: dict[str, Any]) -> None:
+    def append(self, row: dict[str, Any], progress: Progress | None = None) -> None:
+        """Stage one row; every PROGRESS_EVERY rows tell ``progress`` how far reading got."""
         for c in ("meta", "templates"):
             if row.get(c) is not None and not isinstance(row[c], str):
                 row[c] = canonical_json(row[c])
         self.pending.append(row)
         self.n += 1
+        if progress and self.n % PROGRESS_EVERY == 0:
+            progress(f"read and validated {self.n:,} rows …")
         if len(self.pending) >= BATCH_ROWS:
             self._pack()
 
@@ -470,7 +474,7 @@ def import_prompts(
         rows = _Staged()
         for f in read_prompt_rows(path, fmt=fmt, preset=preset, mapping=mapping,
                                   source=source, split=split):
-            rows.append(make_prompt(**f))
+            rows.append(make_prompt(**f), progress)
         _require_rows(path, rows.n)
         if progress:
             progress(f"validated {rows.n} rows of {path}; writing to the store")
@@ -496,7 +500,7 @@ def import_hub_prompts(
         for f in read_prompt_rows(label, preset=preset, mapping=mapping,
                                   source=source, split=split,
                                   rows=read_hub_rows(name, split)):
-            rows.append(make_prompt(**f))
+            rows.append(make_prompt(**f), progress)
         _require_rows(label, rows.n)
         if progress:
             progress(f"validated {rows.n} rows of hf:{name}; writing to the store")
@@ -560,7 +564,7 @@ def import_records(
                 refinement=rec["refinement"], parent_record_id=rec.get("parent_record_id"),
                 responder=rec.get("responder"), teacher=rec.get("teacher"),
                 templates=rec.get("templates"), source=src, meta=rec["meta"],
-            ))
+            ), progress)
         del pids
         _require_rows(path, records.n)
         if progress:
