@@ -326,3 +326,16 @@ def test_hf_load_dataset_from_a_local_folder(cli, db, tmp_path):
     assert "exactly one" in cli("prompts", "import", "--db", db, exit_code=2).output
     assert "cannot load" in cli("prompts", "import", "--hf", str(tmp_path / "none"), "--db", db,
                                 exit_code=1).output
+
+
+@pytest.mark.parametrize("row, parts", [
+    ({"question": "Q?", "answer": "no final line"}, ["line 2", "field 'answer'", "####"]),
+    ({"question": "Q?"}, ["line 2", "field 'answer'", "--preset gsm8k", "missing"]),
+    ({"question": 7, "answer": "#### 7"}, ["line 2", "field 'question'", "int"]),
+])
+def test_preset_errors_name_the_benchmark_field(cli, db, tmp_path, row, parts):
+    f = write_jsonl(tmp_path / "train.jsonl", [GSM8K_ROWS[0], row])
+    out = cli("prompts", "import", str(f), "--preset", "gsm8k", "--db", db, exit_code=1).output
+    for part in parts:
+        assert part in out, out
+    assert count(db, "prompts") == 0
