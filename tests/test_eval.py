@@ -308,3 +308,26 @@ def test_eval_run_cli_user_errors(cli, db, tmp_path):
     res = cli("eval", "run", "--model", "openai:x", "--bench", str(tmp_path / "none.jsonl"),
               "--db", db, exit_code=1)
     assert "not found" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_eval_run_with_a_tiny_hf_model_links_the_checkpoint(cli, db, tiny_model_dir, tmp_path):
+    """A real in-process model end to end: rows written, accuracy = count of correct items."""
+    f = tmp_path / "three.jsonl"
+    f.write_text("\n".join(json.dumps({"question": q, "answer": g})
+                           for q, g, *_ in list(FIXTURE.values())[:3]) + "\n")
+    with Store.open(db) as s, s.transaction() as con:
+        con.execute("INSERT INTO models (model_id, base, path, adapter, snapshot_hash, run_id)"
+                    " VALUES ('h1:tiny', 'tiny', ?, false, 'h1:snap', 'r0')",
+                    [str(tiny_model_dir)])
+    cli("eval", "run", "--model", f"hf:{tiny_model_dir}", "--bench", str(f), "--mode", "both",
+        "--max-tokens", "8", "--db", db)
+    with Store.open_readonly(db) as s:
+        evals = s.query_dicts("SELECT * FROM evals ORDER BY mode")
+        assert [e["mode"] for e in evals] == ["direct", "refine"]
+        assert all(e["model_id"] == "h1:tiny" and e["n"] == 3 for e in evals)
+        for e in evals:
+            k = s.query("SELECT count(*) FILTER (WHERE correct) FROM eval_items WHERE eval_id = ?",
+                        [e["eval_id"]])[0][0]
+            assert e["correct"] == k and e["accuracy"] == k / 3
+        assert s.query("SELECT count(*) FROM calls WHERE status = 'ok'")[0][0] == 9

@@ -208,3 +208,21 @@ def test_progress_hears_every_request_per_stage():
     assert starts == [("answer", 2), ("self-feedback", 2), ("self-refinement", 2),
                       ("self-feedback", 2), ("self-refinement", 2)]
     assert sum(a for _, a, _ in events) == 10 == len(model.requests)
+
+
+@pytest.mark.slow
+def test_refine_with_smollm2(cli, db):
+    """The real SmolLM2-135M-Instruct answers, criticises and refines one question."""
+    from curation.backends import smollm2
+
+    try:
+        smollm2.gguf_path()
+    except Exception as exc:  # noqa: BLE001 - any reason the weights are missing
+        pytest.skip(f"SmolLM2 weights unavailable: {exc}")
+    out = cli("refine", "--model", "hf:smollm2-135m", "--max-tokens", "64", "--db", db,
+              "Tom has 3 apples and buys 4 more. How many apples does he have?").output
+    assert "answer" in out and "feedback 1" in out and "stopped:" in out
+    from corpus.store import Store
+
+    with Store.open_readonly(db) as s:
+        assert s.query("SELECT count(*) FROM calls WHERE status = 'ok'")[0][0] >= 2
