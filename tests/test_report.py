@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -216,3 +217,29 @@ def test_report_renders_in_headless_chromium(db, tmp_path):
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report-screenshot.png")
+
+
+def test_report_from_the_real_curation_commands(cli, db, tmp_path):
+    """Decisions written by the actual filter and dedup commands land in the right sections."""
+    rows = []
+    for i in range(6):
+        q = "Sam has 4 pens and buys 3 more. How many pens?" if i < 3 else f"What is {i} + 1?"
+        rows.append({"prompt": q, "response": f"The answer is {7 if i < 3 else i + 1}.",
+                     "feedback": "Fine.\nVerdict: " + ("incorrect" if i == 4 else "correct"),
+                     "verdict": "incorrect" if i == 4 else "correct",
+                     "refinement": f"Refined {i}. The answer is {7 if i < 3 else i + 1}.",
+                     "kind": "meta", "gold_answer": "7" if i < 3 else str(i + 1)})
+    f = tmp_path / "records.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cli("records", "import", str(f), "--db", db)
+    cli("curate", "filter", "--step", "verdict", "--db", db)
+    cli("curate", "dedup", "--exact", "--db", db)
+    text = write_report(db, tmp_path / "report.html").read_text()
+    assert "could not build" not in text
+    funnel = section(text, "funnel")
+    assert "curate filter" in funnel and "curate dedup" in funnel
+    assert re.search(r"<td>verdict</td><td class=\"num\">6</td><td class=\"num\">5</td>", funnel)
+    dedup = section(text, "dedup")
+    assert "dedup-exact" in dedup and "size 3" in dedup and "(3 singletons)" in dedup
+    agree = section(text, "agreement")
+    assert "<td>meta</td><td class=\"num\">6</td>" in agree
