@@ -83,7 +83,7 @@ def iter_selected(
             table = con.execute(
                 f"SELECT {cols} FROM records_full WHERE {cond} AND record_id > ? "
                 f"ORDER BY record_id LIMIT {int(chunk_size)}", [*params, last]
-            ).fetch_arrow_table()
+            ).to_arrow_table()
         if table.num_rows == 0:
             return
         rows = table.to_pylist()

@@ -34,9 +34,11 @@ class FormatFilter(Filter):
         """Score is the number of problems found (0 passes)."""
         problems = []
         if self.require_verdict:
-            verdict = feedback_verdict(field_text(record, "feedback"))
+            from curation.verdicts import parse_verdict
+
+            verdict, why = parse_verdict(field_text(record, "feedback"))
             if verdict is None:
-                problems.append("feedback has no parseable verdict")
+                problems.append(f"feedback has no parseable verdict ({why})")
         if self.require_answer:
             from curation.answers import extract_answer
 
@@ -46,16 +48,3 @@ class FormatFilter(Filter):
             return Result(False, float(len(problems)), "; ".join(problems))
         return Result(True, 0.0, "well-formed")
 
-
-def feedback_verdict(feedback: str | None) -> str | None:
-    """The verdict parsed from a feedback text by ``curation.verdicts.parse_verdict``, or None."""
-    if not feedback or not feedback.strip():
-        return None
-    from curation.verdicts import parse_verdict
-
-    parsed = parse_verdict(feedback)
-    # parse_verdict returns the verdict or a (critique, verdict) pair; failures are None or
-    # raise the curation error for an unparseable feedback.
-    if isinstance(parsed, tuple):
-        parsed = parsed[-1]
-    return getattr(parsed, "verdict", parsed)
