@@ -243,3 +243,12 @@ def test_report_from_the_real_curation_commands(cli, db, tmp_path):
     assert "dedup-exact" in dedup and "size 3" in dedup and "(3 singletons)" in dedup
     agree = section(text, "agreement")
     assert "<td>meta</td><td class=\"num\">6</td>" in agree
+
+
+def test_agreement_is_sampled_above_the_limit(db, tmp_path, monkeypatch):
+    import selfevo.report as report
+
+    build_fixture_store(db)
+    monkeypatch.setattr(report, "AGREEMENT_LIMIT", 3)
+    text = write_report(db, tmp_path / "report.html").read_text()
+    assert "sample of 3 of 5 labelled records" in section(text, "agreement")
