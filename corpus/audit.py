@@ -263,6 +263,8 @@ def render_details(details: dict[str, Any]) -> list[Any]:
             + f"; responder={rec['responder']}; teacher={rec['teacher']}"
             + f"; templates={rec['templates']}; parent={rec['parent_record_id']}")
     out: list[Any] = [Text(head, style="bold"), Text(prov, style="dim")]
+    if rec.get("meta"):
+        out.append(Text(f"meta: {rec['meta']}", style="dim"))
     prompt_title = f"prompt {rec['prompt_id']}  gold={rec['gold_answer']}  split={rec['split']}"
     for title, text in [(prompt_title, rec["prompt"]), ("response r", rec["response"]),
                         ("feedback f", rec["feedback"]), ("refinement r̂", rec["refinement"])]:
