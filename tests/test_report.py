@@ -189,34 +189,65 @@ def test_report_help_has_example(cli):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
+    """Run headless Chromium offline with console logging on stderr."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    res = subprocess.run([*flags, *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def console_lines(stderr: str) -> list[str]:
+    """Console messages and uncaught errors of the page.
+
+    Headless Chromium logs every console message as ``INFO:CONSOLE`` whatever its level, and
+    the report logs nothing unless something is wrong, so any console line is a failure.
+    """
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln]
+
+
+skip_without_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is not installed (apt-get install -y chromium); the headless browser "
+           "check needs it")
+
+
 @pytest.mark.slow
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed "
-                    "(apt-get install -y chromium) — the headless browser check needs it")
+@skip_without_chromium
 def test_report_renders_in_headless_chromium(db, tmp_path):
     build_fixture_store(db)
     report = write_report(db, tmp_path / "report.html")
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}",
-             "--enable-logging=stderr", "--v=0"]
     url = report.resolve().as_uri()
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120)
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    console_errors = [ln for ln in dom.stderr.splitlines()
-                      if "CONSOLE" in ln and ("ERROR" in ln or "error" in ln)]
-    assert not console_errors, console_errors
+    dom = chromium("--dump-dom", url, profile=tmp_path / "profile")
+    assert not console_lines(dom.stderr), console_lines(dom.stderr)
     assert 'data-check="ok"' in dom.stdout, "the page's own check did not pass"
     assert "check ok" in dom.stdout
     shot = tmp_path / "shot.png"
-    res = subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1200,2000", url],
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
+    chromium(f"--screenshot={shot}", "--window-size=1200,2000", url,
+             profile=tmp_path / "profile")
     assert shot.exists() and shot.stat().st_size > 10_000
     keep = os.environ.get("SELFEVO_TEST_ARTIFACTS")  # e.g. CI uploads this folder
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(keep) / "report-screenshot.png")
+
+
+@pytest.mark.slow
+@skip_without_chromium
+def test_headless_check_catches_a_broken_page(db, tmp_path):
+    """The browser test can fail: a missing section and a NaN chart are reported."""
+    build_fixture_store(db)
+    report = write_report(db, tmp_path / "report.html")
+    broken = report.read_text().replace('<section id="dedup">', '<section id="gone">')
+    broken = broken.replace('<rect x="', '<rect x="NaN" data-x="', 1)
+    report.write_text(broken)
+    dom = chromium("--dump-dom", report.resolve().as_uri(), profile=tmp_path / "profile")
+    lines = console_lines(dom.stderr)
+    assert any("missing section dedup" in ln for ln in lines), dom.stderr[-2000:]
+    assert any("bad x in chart" in ln for ln in lines)
+    assert 'data-check="failed"' in dom.stdout
 
 
 def test_report_from_the_real_curation_commands(cli, db, tmp_path):
