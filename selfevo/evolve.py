@@ -1,0 +1,466 @@
+"""Self-evolution rounds (SELF §3.2): the student improves itself on unlabeled prompts.
+
+Round t (1..T), each stage a ``runs`` row ``evolve <stage>`` whose config names the evolve
+and the round, and whose parent is the ``evolve`` run:
+
+1. ``generate`` — the current student M_t answers the round's prompts, writes self-feedback
+   with a verdict and a self-refinement (the layout of :mod:`schemas.conversation`, through
+   the call ledger); records ``kind='self', round=t``. With ``generate_prompts`` it first
+   asks M_t for new questions in the style of seed prompts (their provenance: source
+   ``evolve:<name>``, meta with the seed prompt ids and the call id).
+2. ``filter`` — curation steps over the round's records (default ``verdict``: keep records
+   whose self-feedback judges the answer correct); a ``curate filter`` run, every decision a row.
+3. ``snapshot`` — ``evolve-<name>-r<t>``: the kept records plus the meta-skill snapshot
+   (replay) and, for ``restart``, every earlier round's kept records.
+4. ``export`` — the snapshot as Parquet under ``<out>/r<t>/data``.
+5. ``train`` — M_{t+1}: ``restart`` trains from the base on the snapshot; ``continual``
+   trains from M_t's merged weights; the checkpoint is registered in ``models``.
+6. ``eval`` — each ``--eval`` benchmark, direct and/or refine, linked to the model.
+
+Round 0 has only ``eval`` (the starting student). A stage that finished is never redone: a
+killed ``evolve`` re-run with the same options resumes at the first unfinished stage (the
+stage's outputs are kept in its run's ``counts``; generation resumes from the call cache).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.store import Run, Store
+from schemas.identity import canonical_json, content_id
+from selfevo import SelfevoError
+
+STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
+STRATEGIES = ("restart", "continual")
+#: Test hook: ``r1:filter`` makes the process SIGKILL itself right after that stage finishes,
+#: so the resume tests kill at an exact point between stages.
+KILL_ENV = "SELFEVO_FAULT_KILL_AFTER"
+
+
+@dataclass
+class EvolveConfig:
+    """Everything an evolve run depends on; its hash names the run when no name is given."""
+
+    student: str  # model spec of M_1, e.g. hf:BASE+ADAPTER (the meta-skill student)
+    base: str  # base model folder (or alias) that restart training starts from
+    prompts: str  # SQL condition over `prompts` choosing the unlabeled pool
+    rounds: int = 1  # self-evolution rounds T
+    meta: str | None = None  # meta-skill snapshot replayed in every round's training data
+    strategy: str = "restart"  # restart (from base, all rounds) | continual (from M_t)
+    filters: list[str] = field(default_factory=lambda: ["verdict"])  # curation step specs
+    samples: int = 1  # answers per prompt (temperature > 0 makes them differ)
+    prompts_per_round: int | None = None  # a fresh deterministic sample of the pool per round
+    generate_prompts: int = 0  # new questions M_t writes per round, in the seeds' style
+    evals: list[str] = field(default_factory=list)  # gsm8k:PATH | svamp:PATH | FILE | store:SQL
+    eval_modes: list[str] = field(default_factory=lambda: ["direct", "refine"])
+    eval_limit: int | None = None  # items per benchmark
+    gen: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0, "max_tokens": 256})
+    train: dict[str, Any] = field(default_factory=dict)  # trainer.config.TrainConfig overrides
+    out: str = "evolve-out"  # exports and checkpoints go under <out>/r<t>/
+    name: str | None = None  # evolve name (default: derived from the rest of the config)
+    seed: int = 0
+
+    def resolved_name(self) -> str:
+        """The given name, or ``e`` + 8 hex digits of the config's content hash."""
+        if self.name:
+            return self.name
+        d = dataclasses.asdict(self)
+        d.pop("name")
+        return "e" + content_id(d).split(":")[1][:8]
+
+    def check(self) -> None:
+        """Refuse impossible settings before anything runs."""
+        if self.rounds < 1:
+            raise SelfevoError("--rounds must be at least 1")
+        if self.strategy not in STRATEGIES:
+            raise SelfevoError(f"--strategy {self.strategy!r}: use restart or continual")
+        if self.samples < 1:
+            raise SelfevoError("--samples must be at least 1")
+        bad = [m for m in self.eval_modes if m not in ("direct", "refine")]
+        if bad:
+            raise SelfevoError(f"--eval-mode {bad}: use direct, refine or both")
+
+
+@dataclass
+class RoundResult:
+    """What one round produced (read back from the stage runs)."""
+
+    round: int
+    records: int = 0
+    kept: int = 0
+    snapshot: str | None = None
+    snapshot_n: int = 0
+    model_id: str | None = None
+    student: str | None = None
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+class Evolution:
+    """One evolve run over a store; :meth:`run` executes (or resumes) every round."""
+
+    def __init__(self, store: Store, config: EvolveConfig,
+                 log: Callable[[str], None] = print):
+        config.check()
+        self.store = store
+        self.config = config
+        self.name = config.resolved_name()
+        self.out = Path(config.out) / self.name
+        self.log = log
+        self._backends: dict[str, Any] = {}
+        self.run_id: str | None = None
+
+    # -- stage bookkeeping -----------------------------------------------------------------
+    def finished(self, stage: str, round: int) -> dict[str, Any] | None:
+        """The counts of the finished stage, or None when it has not finished."""
+        rows = self.store.query(
+            "SELECT counts FROM runs WHERE command = ? AND status = 'ok' "
+            "AND json_extract_string(config, '$.evolve') = ? "
+            "AND CAST(json_extract(config, '$.round') AS INTEGER) = ? "
+            "ORDER BY started_at DESC LIMIT 1",
+            [f"evolve {stage}", self.name, round],
+        )
+        if not rows:
+            return None
+        import json
+
+        return json.loads(rows[0][0] or "{}")
+
+    def stage(self, stage: str, round: int, fn: Callable[[Run], None],
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Run ``fn`` as stage ``stage`` of ``round`` unless it already finished."""
+        done = self.finished(stage, round)
+        if done is not None:
+            self.log(f"  round {round} {stage}: already done, skipped")
+            return done
+        config = {"evolve": self.name, "round": round, "stage": stage, **(extra or {})}
+        with self.store.run(f"evolve {stage}", config, parent_run_id=self.run_id) as run:
+            fn(run)
+        self.log(f"  round {round} {stage}: {canonical_json(run.counts)}")
+        if os.environ.get(KILL_ENV) == f"r{round}:{stage}":
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return run.counts
+
+    def backend(self, spec: str) -> Any:
+        """The model behind ``spec`` (loaded once per process)."""
+        if spec not in self._backends:
+            for old in self._backends.values():  # one model in memory at a time
+                old.close()
+            self._backends.clear()
+            from curation.backends import load_backend
+
+            self._backends[spec] = load_backend(spec)
+        return self._backends[spec]
+
+    def close(self) -> None:
+        """Release loaded models."""
+        for b in self._backends.values():
+            b.close()
+        self._backends.clear()
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> list[RoundResult]:
+        """Run round 0's evaluation, then every round's stages; returns per-round results."""
+        cfg = self.config
+        resolved = dataclasses.asdict(cfg) | {"name": self.name}
+        results = []
+        with self.store.run("evolve", resolved) as run:
+            self.run_id = run.run_id
+            try:
+                student = cfg.student
+                results.append(self.round_zero(student))
+                for t in range(1, cfg.rounds + 1):
+                    result = self.one_round(t, student)
+                    results.append(result)
+                    student = result.student or student
+                run.add("rounds", cfg.rounds)
+            finally:
+                self.close()
+        return results
+
+    def round_zero(self, student: str) -> RoundResult:
+        """Evaluate the starting student (the baseline of every later round)."""
+        result = RoundResult(round=0, student=student)
+        if self.config.evals:
+            counts = self.stage("eval", 0, lambda run: self.evaluate(run, student, 0, None),
+                                {"student": student})
+            result.evals = counts.get("evals", [])
+        return result
+
+    def one_round(self, t: int, student: str) -> RoundResult:
+        """Stages 1-6 of round ``t`` with student M_t = ``student``."""
+        cfg = self.config
+        res = RoundResult(round=t)
+        gen = self.stage("generate", t, lambda run: self.generate(run, t, student),
+                         {"student": student, "gen": cfg.gen, "samples": cfg.samples})
+        res.records = gen.get("records", 0)
+        filt = self.stage("filter", t, lambda run: self.filter(run, t, student),
+                          {"filters": cfg.filters})
+        res.kept = filt.get("kept", 0)
+        snap = self.stage("snapshot", t, lambda run: self.snapshot(run, t, filt["filter_run"]),
+                          {"strategy": cfg.strategy, "meta": cfg.meta})
+        res.snapshot, res.snapshot_n = snap["snapshot"], snap["n"]
+        exp = self.stage("export", t, lambda run: self.export(run, t, res.snapshot))
+        trained = self.stage("train", t, lambda run: self.train(run, t, student, exp["dir"]),
+                             {"train": cfg.train, "strategy": cfg.strategy})
+        res.model_id, res.student = trained["model_id"], trained["student"]
+        if cfg.evals:
+            ev = self.stage("eval", t, lambda run: self.evaluate(
+                run, res.student, t, res.model_id), {"student": res.student})
+            res.evals = ev.get("evals", [])
+        return res
+
+    # -- stages ----------------------------------------------------------------------------
+    def round_prompts(self, t: int) -> list[dict[str, Any]]:
+        """The pool's prompts for round ``t``: all, or a deterministic per-round sample."""
+        cfg = self.config
+        limit = f"LIMIT {int(cfg.prompts_per_round)}" if cfg.prompts_per_round else ""
+        try:
+            return self.store.query_dicts(
+                f"SELECT prompt_id, text FROM prompts WHERE ({cfg.prompts}) "
+                f"ORDER BY md5(prompt_id || ?) {limit}", [f"{self.name}/{t}/{cfg.seed}"])
+        except Exception as exc:  # a bad --prompts condition is the user's to fix
+            raise SelfevoError(f"--prompts failed: {str(exc).splitlines()[0]}") from None
+
+    def new_prompts(self, run: Run, t: int, student: str, seeds: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+        """Ask M_t for ``generate_prompts`` new questions in the style of seed prompts."""
+        from curation.backends.base import ChatRequest
+        from curation.templates import get_template
+        from selfevo.refine import ledger_generate
+
+        n = self.config.generate_prompts
+        if n <= 0 or not seeds:
+            return []
+        template = get_template("new_question")
+        requests, seed_ids = [], []
+        for i in range(n):
+            shots = [seeds[(i * 3 + j) % len(seeds)] for j in range(min(3, len(seeds)))]
+            seed_ids.append([s["prompt_id"] for s in shots])
+            requests.append(ChatRequest(
+                template.render(examples=[s["text"] for s in shots]),
+                {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
+        out = ledger_generate(self.backend(student), self.store, run.run_id)(
+            requests, "new-question", template.hash)
+        rows = []
+        for (res, call_id), ids in zip(out, seed_ids, strict=True):
+            text = (res.text or "").strip()
+            if not res.ok or len(text) < 10:
+                run.add("new_prompts_failed")
+                continue
+            rows.append(make_prompt(text, source=f"evolve:{self.name}", split="evolve", meta={
+                "evolve": self.name, "round": t, "model": student, "seeds": ids,
+                "call_id": call_id, "template": template.hash}))
+        with self.store.transaction() as con:
+            run.add("new_prompts", insert_prompts(con, rows, run.run_id))
+        return [{"prompt_id": r["prompt_id"], "text": r["text"]} for r in rows]
+
+    def generate(self, run: Run, t: int, student: str) -> None:
+        """Stage 1: M_t answers, criticises and refines; records kind=self, round=t."""
+        from selfevo.refine import RefinePrompts, self_refine
+
+        cfg = self.config
+        prompts = self.round_prompts(t)
+        if not prompts:
+            raise SelfevoError(f"--prompts {cfg.prompts!r} selects no prompts; check it with "
+                               f"selfevo sql \"SELECT count(*) FROM prompts WHERE {cfg.prompts}\"")
+        prompts += self.new_prompts(run, t, student, prompts)
+        with self.store.transaction() as con:
+            con.executemany(
+                "INSERT OR IGNORE INTO evolve_prompts (evolve, round, prompt_id, run_id) "
+                "VALUES (?, ?, ?, ?)", [[self.name, t, p["prompt_id"], run.run_id] for p in prompts])
+        tp = RefinePrompts()
+        hashes = tp.hashes()
+        questions = [p for p in prompts for _ in range(cfg.samples)]
+        indices = [j for _ in prompts for j in range(cfg.samples)]
+        self.log(f"  round {t} generate: {len(questions)} answers from {student}")
+        results = self_refine(self.backend(student), [p["text"] for p in questions], steps=1,
+                              params=cfg.gen, sample_indices=indices, prompts=tp,
+                              store=self.store, run_id=run.run_id)
+        rows = []
+        for p, r in zip(questions, results, strict=True):
+            step = r.steps[0] if r.steps else None
+            if r.answer is None or step is None or step.feedback is None:
+                run.add("failed")
+                continue
+            rows.append(make_record(
+                prompt_id=p["prompt_id"], kind="self", round=t, response=r.answer,
+                feedback=step.feedback, verdict=step.verdict, refinement=step.refinement,
+                verdict_error=step.verdict_error, responder=student, teacher=student,
+                response_call_id=r.answer_call_id, feedback_call_id=step.feedback_call_id,
+                refinement_call_id=step.refinement_call_id,
+                templates={"response": hashes["answer"], "feedback": hashes["self_feedback"],
+                           "refinement": hashes["self_refinement"]},
+                source=f"evolve:{self.name}",
+                meta={"evolve": self.name, "sample_index": r.sample_index}))
+        with self.store.transaction() as con:
+            run.add("new_records", insert_records(con, rows, run.run_id))
+        run.add("records", len(rows))
+        run.add("prompts", len(prompts))
+
+    def round_selection(self, t: int, student: str) -> Any:
+        """The records of round ``t`` written by M_t for this evolve's prompts."""
+        from curation.selection import Selection
+
+        where = (f"responder = {_sql_str(student)} AND prompt_id IN (SELECT prompt_id FROM "
+                 f"evolve_prompts WHERE evolve = {_sql_str(self.name)} AND round = {t})")
+        return Selection(where=where, kind="self", round=t)
+
+    def filter(self, run: Run, t: int, student: str) -> None:
+        """Stage 2: the curation steps over the round's records, as a ``curate filter`` run."""
+        from curation.curate import check_labels, run_filters
+        from curation.filters.base import parse_step
+
+        steps = [parse_step(s) for s in self.config.filters]
+        check_labels(steps)
+        fr = run_filters(self.store, steps, self.round_selection(t, student))
+        run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
+
+    def snapshot(self, run: Run, t: int, filter_run: str) -> None:
+        """Stage 3: kept records + meta replay (+ earlier rounds for restart)."""
+        from corpus.snapshots import create_snapshot, find_snapshot
+
+        cfg = self.config
+        name = f"evolve-{self.name}-r{t}"
+        parts = [f"record_id IN (SELECT record_id FROM record_passed WHERE run_id = "
+                 f"{_sql_str(filter_run)} AND passed_all)"]
+        if cfg.meta:
+            parts.append(_in_snapshot(cfg.meta))
+        if cfg.strategy == "restart" and t > 1:
+            parts.append(_in_snapshot(f"evolve-{self.name}-r{t - 1}"))
+        with self.store.connection() as con:
+            snap = find_snapshot(con, name)  # made before a kill: immutable, so reuse it
+        if snap is None:
+            snap = create_snapshot(self.store, name, " OR ".join(parts),
+                                   note=f"evolve {self.name} round {t} ({cfg.strategy})")
+        run.counts.update(snapshot=name, n=snap.n, content_hash=snap.content_hash)
+
+    def export(self, run: Run, t: int, snapshot: str) -> None:
+        """Stage 4: the snapshot as a Parquet export the trainer reads."""
+        from corpus.export import export_snapshot
+
+        out = self.out / f"r{t}" / "data"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        manifest = export_snapshot(self.store, snapshot, "parquet", out)
+        run.counts.update(dir=str(out), n=manifest.n, content_hash=manifest.content_hash)
+
+    def train(self, run: Run, t: int, student: str, data: str) -> None:
+        """Stage 5: train M_{t+1} and register it in ``models``."""
+        from selfevo.train_cli import resolve_base
+        from trainer.config import TrainConfig
+        from trainer.train import train
+
+        cfg = self.config
+        out = self.out / f"r{t}" / "model"
+        if cfg.strategy == "restart":
+            base = resolve_base(cfg.base)
+        else:
+            base = self.merged_weights(student, t)
+        overrides = dict(cfg.train)
+        tc = TrainConfig.from_dict({**overrides, "data": data, "base": base, "out": str(out),
+                                    "seed": cfg.seed, "progress": False,
+                                    "resume": (out / "checkpoints").exists()})
+        result = train(tc, log=lambda msg: None)
+        model_id = register_checkpoint(self.store, run, result, tc)
+        spec = f"hf:{result.final_dir}" if tc.full else f"hf:{base}+{result.final_dir}"
+        run.counts.update(model_id=model_id, final_dir=str(result.final_dir), student=spec,
+                          base=base, steps=result.steps,
+                          loss=result.metrics.get("loss"))
+
+    def merged_weights(self, student: str, t: int) -> str:
+        """A full-weights folder of M_t (continual training starts from it)."""
+        from curation.backends.hf import parse_spec
+
+        model, adapter = parse_spec(student)
+        if adapter is None:
+            from selfevo.train_cli import resolve_base
+
+            return resolve_base(model)
+        out = self.out / f"r{t}" / "start-merged"
+        if not (out / "config.json").exists():
+            merge_adapter(model, adapter, out)
+        return str(out)
+
+    def evaluate(self, run: Run, student: str, t: int, model_id: str | None) -> None:
+        """Stage 6: every ``--eval`` benchmark on M_{t+1} (round 0: on M_1)."""
+        from selfevo.evaluate import evaluate, load_items
+
+        cfg = self.config
+        summaries = []
+        for spec in cfg.evals:
+            bench, arg = _eval_spec(spec)
+            name, items = load_items(bench, path=None if bench == "store" else arg,
+                                     where=arg if bench == "store" else None,
+                                     limit=cfg.eval_limit, store=self.store)
+            summaries += evaluate(self.store, self.backend(student), items, benchmark=name,
+                                  modes=cfg.eval_modes, model_id=model_id, round=t,
+                                  params=cfg.gen, parent_run_id=self.run_id)
+        run.counts["evals"] = [
+            {"benchmark": s.benchmark, "mode": s.mode, "n": s.n, "accuracy": s.accuracy,
+             "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id}
+            for s in summaries]
+
+
+def _in_snapshot(name: str) -> str:
+    return ("record_id IN (SELECT sr.record_id FROM snapshot_records sr JOIN snapshots s "
+            f"USING (snapshot_id) WHERE s.name = {_sql_str(name)})")
+
+
+def _eval_spec(spec: str) -> tuple[str, str | None]:
+    """``gsm8k:PATH`` → ("gsm8k", PATH); ``store:SQL`` → ("store", SQL); FILE → (FILE, None)."""
+    head, sep, rest = spec.partition(":")
+    if sep and head in ("gsm8k", "svamp", "store"):
+        return head, rest or None
+    return spec, None
+
+
+def register_checkpoint(store: Store, run: Run, result: Any, cfg: Any) -> str:
+    """Insert a finished checkpoint into ``models`` under ``run``; returns its model_id."""
+    path = str(Path(result.final_dir).resolve())
+    config = cfg.resolved()
+    model_id = content_id({"path": path, "snapshot_hash": result.snapshot_hash,
+                           "config": config})
+    with store.transaction() as con:
+        con.execute(
+            "INSERT OR REPLACE INTO models (model_id, base, path, adapter, snapshot_hash,"
+            " config, metrics, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [model_id, cfg.base, path, not cfg.full, result.snapshot_hash,
+             canonical_json(config), canonical_json(result.metrics), run.run_id],
+        )
+    run.add("models", 1)
+    return model_id
+
+
+def merge_adapter(base: str, adapter: str, out: Path) -> None:
+    """Write base + LoRA adapter as one full-weights model folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from selfevo.train_cli import resolve_base
+
+    base = resolve_base(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
+    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print
+           ) -> list[RoundResult]:
+    """Open the store and run (or resume) the evolve described by ``config``."""
+    with Store.open(db, command="evolve") as store:
+        return Evolution(store, config, log).run()

@@ -1,0 +1,102 @@
+"""``selfevo evolve``: self-evolution rounds (see :mod:`selfevo.evolve`)."""
+
+from __future__ import annotations
+
+import click
+
+from corpus.options import db_option
+from selfevo import SelfevoError
+
+
+def _kv(items: tuple[str, ...]) -> dict[str, object]:
+    """``k=v`` pairs with ints, floats and booleans parsed."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise SelfevoError(f"--train {item!r}: expected KEY=VALUE, e.g. --train max_steps=20")
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    pass
+        out[key.strip()] = value
+    return out
+
+
+@click.command("evolve")
+@click.option("--student", required=True, help="M_1 spec, e.g. hf:BASE+ADAPTER or openai:M@URL.")
+@click.option("--base", required=True, help="Base model folder (or smollm2-135m) for training.")
+@click.option("--prompts", "prompts_where", required=True,
+              help="SQL condition over prompts: the unlabeled pool.")
+@click.option("--rounds", default=1, show_default=True, help="Self-evolution rounds T.")
+@click.option("--meta", help="Meta-skill snapshot replayed in every round's training data.")
+@click.option("--strategy", type=click.Choice(["restart", "continual"]), default="restart",
+              show_default=True, help="Train M_{t+1} from the base or from M_t.")
+@click.option("--filter", "filters", multiple=True,
+              help="Curation step NAME[:k=v,...] (repeatable; default: verdict).")
+@click.option("--samples", default=1, show_default=True, help="Answers per prompt.")
+@click.option("--prompts-per-round", type=int, help="A fresh sample of the pool per round.")
+@click.option("--generate-prompts", default=0, show_default=True,
+              help="New questions the student writes per round.")
+@click.option("--eval", "evals", multiple=True,
+              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL.")
+@click.option("--eval-mode", type=click.Choice(["direct", "refine", "both"]), default="both",
+              show_default=True)
+@click.option("--eval-limit", type=int, help="Items per benchmark.")
+@click.option("--temperature", default=0.0, show_default=True)
+@click.option("--max-tokens", default=256, show_default=True)
+@click.option("--train", "train_opts", multiple=True,
+              help="Trainer option KEY=VALUE (repeatable), e.g. max_steps=20 lr=1e-4.")
+@click.option("--out", default="evolve-out", show_default=True, help="Exports and checkpoints.")
+@click.option("--name", help="Evolve name (default: a hash of the options; reuse to resume).")
+@click.option("--seed", default=0, show_default=True)
+@db_option
+def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str | None,
+           strategy: str, filters: tuple[str, ...], samples: int,
+           prompts_per_round: int | None, generate_prompts: int, evals: tuple[str, ...],
+           eval_mode: str, eval_limit: int | None, temperature: float, max_tokens: int,
+           train_opts: tuple[str, ...], out: str, name: str | None, seed: int, db: str) -> None:
+    """Run SELF self-evolution rounds: generate, filter, snapshot, export, train, eval.
+
+    Re-running the same command resumes a killed run at its first unfinished stage.
+
+    \b
+    Example:
+      selfevo evolve --student hf:smollm2-135m+out/meta/final --base smollm2-135m \\
+        --prompts "split = 'train' AND source = 'gsm8k'" --rounds 2 --meta meta-v1 \\
+        --filter verdict --eval store:"split = 'test'" --eval-limit 50 --train max_steps=50
+    """
+    from selfevo.evolve import EvolveConfig
+    from selfevo.evolve import evolve as run_evolve
+
+    config = EvolveConfig(
+        student=student, base=base, prompts=prompts_where, rounds=rounds, meta=meta,
+        strategy=strategy, filters=list(filters) or ["verdict"], samples=samples,
+        prompts_per_round=prompts_per_round, generate_prompts=generate_prompts,
+        evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
+        eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
+        train=_kv(train_opts), out=out, name=name, seed=seed)
+    results = run_evolve(db, config, log=lambda m: click.echo(m, err=True))
+    print_rounds(results)
+
+
+def print_rounds(results: list) -> None:
+    """One table row per round: records, kept, snapshot size, model, accuracies."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="self-evolution")
+    for col in ("round", "self records", "kept", "snapshot", "model", "accuracy"):
+        table.add_column(col)
+    for r in results:
+        acc = ", ".join(f"{e['benchmark']} {e['mode']} {e['accuracy']:.1%}" for e in r.evals)
+        table.add_row(str(r.round), str(r.records), str(r.kept),
+                      f"{r.snapshot or '-'} ({r.snapshot_n})" if r.snapshot else "-",
+                      (r.model_id or "-")[:14], acc or "-")
+    Console().print(table)

@@ -1,0 +1,143 @@
+"""Self-evolution end to end on a tiny offline model: rows link up, replay per strategy,
+kill-and-resume between stages redoes nothing finished."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from corpus.importers import import_generated
+from corpus.records import insert_records, make_record
+from corpus.snapshots import create_snapshot, snapshot_record_ids
+from corpus.store import Store
+from curation.reference import ReferenceTeacher
+
+TRAIN = ["max_steps=2", "batch_size=2", "max_len=256", "lr=1e-3"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    from trainer.tiny import build_tiny_model
+
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
+
+
+def make_store(db: str) -> None:
+    """Generated problems (train/test) and a meta-skill snapshot from the reference teacher."""
+    teacher = ReferenceTeacher()
+    with Store.open(db) as store:
+        import_generated(store, 6, seed=1, split="train")
+        import_generated(store, 3, seed=2, split="test")
+        prompts = store.query_dicts("SELECT prompt_id, text, gold_answer, gold_rationale "
+                                    "FROM prompts WHERE split = 'train' ORDER BY prompt_id")
+        rows = []
+        for i, p in enumerate(prompts):
+            response = f"I think the answer is {i}."
+            c = teacher.critique(p["text"], response, p["gold_answer"], p["gold_rationale"])
+            rows.append(make_record(prompt_id=p["prompt_id"], kind="meta", response=response,
+                                    feedback=c.feedback, verdict=c.verdict,
+                                    refinement=c.refinement, teacher="reference"))
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_records(con, rows, run.run_id)
+        create_snapshot(store, "meta", "kind = 'meta'")
+
+
+def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -> list[str]:
+    args = ["evolve", "--db", db, "--student", f"hf:{tiny}", "--base", tiny,
+            "--prompts", "split = 'train'", "--prompts-per-round", "3", "--rounds", str(rounds),
+            "--meta", "meta", "--strategy", strategy, "--filter", "verdict:null=keep",
+            "--eval", "store:split = 'test'", "--eval-mode", "both", "--max-tokens", "8",
+            "--out", str(out), "--name", f"t-{strategy}"]
+    for t in TRAIN:
+        args += ["--train", t]
+    return args
+
+
+@pytest.mark.parametrize("strategy", ["restart", "continual"])
+def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
+    make_store(db)
+    cli(*evolve_args(db, tiny, tmp_path / "out", strategy))
+    s = Store.open_readonly(db)
+    # records of both rounds, made by the round's student
+    per_round = dict(s.query("SELECT round, count(*) FROM records WHERE kind = 'self' "
+                             "GROUP BY round"))
+    assert per_round == {1: 3, 2: 3}
+    # round 2 was answered by M_2, the checkpoint round 1 trained (base + its adapter)
+    m2 = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve train' AND "
+                            "CAST(json_extract(config, '$.round') AS INT) = 1")[0][0])["student"]
+    assert s.query("SELECT DISTINCT responder FROM records WHERE round = 2") == [(m2,)]
+    assert m2.startswith("hf:") and m2.endswith("/t-" + strategy + "/r1/model/final")
+    # one stage run of each kind per round, children of the evolve run
+    stages = s.query("SELECT command, CAST(json_extract(config, '$.round') AS INT), "
+                     "parent_run_id FROM runs WHERE command LIKE 'evolve %' AND status = 'ok'")
+    parent = s.query("SELECT run_id FROM runs WHERE command = 'evolve'")[0][0]
+    assert all(p == parent for _, _, p in stages)
+    done = sorted((c.split()[1], r) for c, r, _ in stages)
+    assert done == sorted([("eval", 0)] + [(st, t) for t in (1, 2) for st in
+                          ("generate", "filter", "snapshot", "export", "train", "eval")])
+    # the filter judged every self record of its round
+    for t in (1, 2):
+        judged = s.query("SELECT count(DISTINCT d.record_id) FROM decisions d JOIN records r "
+                         "USING (record_id) WHERE r.round = ? AND d.step = 'verdict'", [t])
+        assert judged == [(3,)]
+    # replay: the meta snapshot is in every round; restart also keeps round 1 in round 2
+    meta = set(snapshot_record_ids(s, "meta"))
+    r1 = set(snapshot_record_ids(s, f"evolve-t-{strategy}-r1"))
+    r2 = set(snapshot_record_ids(s, f"evolve-t-{strategy}-r2"))
+    assert meta <= r1 and meta <= r2
+    self_r1 = {r for (r,) in s.query("SELECT record_id FROM records WHERE round = 1")}
+    if strategy == "restart":
+        assert r1 <= r2 and self_r1 <= r2
+    else:
+        assert not (self_r1 & r2)
+    # models trained on exactly those snapshots; evals linked to them
+    models = s.query("SELECT m.model_id, s.name FROM models m JOIN snapshots s "
+                     "ON s.content_hash = m.snapshot_hash ORDER BY s.name")
+    assert [n for _, n in models] == [f"evolve-t-{strategy}-r1", f"evolve-t-{strategy}-r2"]
+    evals = s.query("SELECT CAST(json_extract(config, '$.round') AS INT) AS rnd, mode, model_id "
+                    "FROM evals ORDER BY rnd, mode")
+    assert [(r, m) for r, m, _ in evals] == [(t, m) for t in (0, 1, 2)
+                                             for m in ("direct", "refine")]
+    assert {mid for r, _, mid in evals if r > 0} == {mid for mid, _ in models}
+
+
+KILLED = -9
+
+
+def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
+    make_store(db)
+    cmd = [sys.executable, "-m", "selfevo", *evolve_args(db, tiny, tmp_path / "out",
+                                                          "restart", rounds=1)]
+    env = {**os.environ, "SELFEVO_FAULT_KILL_AFTER": "r1:snapshot"}
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert first.returncode == KILLED, first.stderr[-2000:]
+    s = Store.open_readonly(db)
+    before = s.query("SELECT command, run_id FROM runs WHERE command LIKE 'evolve %' "
+                     "AND status = 'ok' ORDER BY started_at")
+    assert [c for c, _ in before] == ["evolve eval", "evolve generate", "evolve filter",
+                                      "evolve snapshot"]
+    calls_before = s.query("SELECT count(*) FROM calls")[0][0]
+    second = subprocess.run(cmd, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "generate: already done" in second.stderr
+    after = s.query("SELECT command, run_id FROM runs WHERE command LIKE 'evolve %' "
+                    "AND status = 'ok' ORDER BY started_at")
+    # the finished stages kept their runs; only the rest ran, once each
+    assert after[:4] == before
+    assert [c for c, _ in after[4:]] == ["evolve export", "evolve train", "evolve eval"]
+    statuses = dict(s.query("SELECT status, count(*) FROM runs WHERE command = 'evolve' "
+                            "GROUP BY status"))
+    assert statuses == {"killed": 1, "ok": 1}
+    # generation was not redone: only the round-1 eval's calls are new
+    new_calls = s.query("SELECT count(*) FROM calls")[0][0] - calls_before
+    evals_calls = s.query("SELECT count(*) FROM calls c JOIN runs r USING (run_id) "
+                          "WHERE r.command = 'eval run' AND r.run_id > ?", [after[4][1]])[0][0]
+    assert new_calls == evals_calls
+    counts = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve' "
+                                "AND status = 'ok'")[0][0])
+    assert counts == {"rounds": 1}
