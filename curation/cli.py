@@ -126,6 +126,53 @@ def steps_cmd() -> None:
                "twice).")
 
 
+@curate.command("decontam")
+@click.option("--against", required=True, metavar="gsm8k-test|svamp|FILE",
+              help="Benchmark to check against: a name (needs --path) or a JSONL/JSON file.")
+@click.option("--path", default=None, type=click.Path(dir_okay=False),
+              help="The benchmark's file, e.g. data/gsm8k/test.jsonl or data/svamp/SVAMP.json.")
+@click.option("--field", "fields", multiple=True, default=("prompt",), show_default=True,
+              type=click.Choice(["prompt", "response", "feedback", "refinement"]),
+              help="Record text to check; repeat for several.")
+@click.option("--ngram", default=8, show_default=True, help="N-gram length (tokens).")
+@click.option("--min-overlap", default=0.5, show_default=True,
+              help="Flag when a record holds this share of one item's n-grams.")
+@selection_options
+@db_option
+def decontam_cmd(against: str, path: str | None, fields: tuple[str, ...], ngram: int,
+                 min_overlap: float, selection: Selection, db: str) -> None:
+    """Flag records that contain benchmark test items (n-gram overlap, normalised text).
+
+    Numbers, case, whitespace and punctuation are normalised, so a test question with its
+    numbers changed still matches. Writes one decontam-<benchmark> decision per record; the
+    detail names the benchmark item id and a shared n-gram.
+
+    \b
+    Example:
+      selfevo curate decontam --against gsm8k-test --path data/gsm8k/test.jsonl
+      selfevo curate decontam --against svamp --path data/svamp/SVAMP.json --field prompt \\
+          --field refinement
+    """
+    import time
+
+    from corpus.funnel import funnel_table, run_funnel
+    from curation.decontam import BenchmarkIndex, decontaminate, load_benchmark
+
+    t0 = time.perf_counter()
+    name, items, sha = load_benchmark(against, path)
+    index = BenchmarkIndex.build(name, items, ngram)
+    built = time.perf_counter() - t0
+    with Store.open(db, command="curate decontam") as store:
+        result = decontaminate(store, index, selection, fields=fields, min_overlap=min_overlap,
+                               source={"path": str(path or against), "sha256": sha},
+                               index_seconds=built)
+        with store.connection() as con:
+            funnel = run_funnel(con, result.run_id)
+    Console().print(funnel_table(funnel))
+    click.echo(f"run {result.run_id}: {result.flagged:,} of {result.selected:,} records share "
+               f">= {min_overlap:.0%} of a {name} item's {ngram}-grams ({len(items)} items)")
+
+
 @curate.command("dedup")
 @click.option("--exact", is_flag=True, help="Exact duplicates of the normalised text.")
 @click.option("--near", is_flag=True, help="Near duplicates: MinHash LSH + true Jaccard.")
