@@ -189,9 +189,19 @@ def runs_table(store: Store, limit: int = 15) -> StatsSection:
         FROM runs ORDER BY started_at DESC LIMIT {int(limit)}""")
 
 
+def curation_funnels(store: Store, limit: int = 3) -> StatsSection:
+    """Funnels of the latest runs that wrote decisions (see corpus.funnel)."""
+    from corpus.funnel import FUNNEL_COLUMNS, funnel_rows
+
+    with store.connection() as con:
+        return StatsSection(f"Curation funnels (latest {limit} runs)", FUNNEL_COLUMNS,
+                            funnel_rows(con, limit))
+
+
 #: The sections of ``selfevo stats`` in order; other packages append their own functions.
 STATS_SECTIONS: list[Callable[[Store], StatsSection]] = [
     totals, prompts_by_source, records_by_kind_round, records_by_source, runs_table,
+    curation_funnels,
 ]
 
 

@@ -123,3 +123,16 @@ def funnel_table(funnel: Funnel) -> Any:
         table.add_row(r.step, f"{r.checked:,}", f"{r.passed:,}", f"{r.dropped:,}",
                       f"{r.remaining:,}", pct, secs)
     return table
+
+
+def funnel_rows(con: duckdb.DuckDBPyConnection, limit: int = 3) -> list[tuple[Any, ...]]:
+    """The latest curation runs' funnels as flat rows (for ``selfevo stats``)."""
+    rows: list[tuple[Any, ...]] = []
+    for f in latest_curation_funnels(con, limit):
+        rows.append((f.run_id, f.command, "(selected)", None, None, None, f.selected))
+        rows += [(f.run_id, f.command, r.step, r.checked, r.passed, r.dropped, r.remaining)
+                 for r in f.rows]
+    return rows
+
+
+FUNNEL_COLUMNS = ["run_id", "command", "step", "checked", "passed", "dropped", "remaining"]

@@ -241,3 +241,12 @@ def test_cli_errors_and_steps_listing(cli, db):
     for name in ("verdict", "gold-match", "length", "empty", "refusal", "repetition",
                  "format", "max_fraction", "no_gold"):
         assert name in out
+
+
+def test_stats_shows_funnel_of_latest_curation_runs(cli, db):
+    make_store(db)
+    cli("curate", "filter", "--db", db, "--step", "verdict", "--step", "gold-match")
+    out = json.loads(cli("stats", "--db", db, "--format", "json").output)
+    funnel = out["Curation funnels (latest 3 runs)"]
+    assert [(r["step"], r["remaining"]) for r in funnel] == [
+        ("(selected)", 4), ("verdict", 3), ("gold-match", 2)]
