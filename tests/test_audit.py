@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -186,36 +187,49 @@ def test_show_unknown_or_ambiguous_id(cli, db, filled):
 
 LONG_JOB = textwrap.dedent(
     """
-    import sys, time
+    import os, sys, time
     from corpus import Store
     from corpus.records import insert_prompts, make_prompt
     store = Store.open(sys.argv[1], command="long job")
     with store.run("long job", {}) as run:
         print("ready", flush=True)
-        for i in range(60):  # short write transactions, like a collector
+        i = 0
+        # Short write transactions, like a collector, until the test says stop.
+        while not os.path.exists(sys.argv[2]) and i < 3000:
             with store.transaction() as con:
                 insert_prompts(con, [make_prompt(f"job question {i}?")], run.run_id)
-            time.sleep(0.05)
+            i += 1
+            time.sleep(0.02)
     store.close()
+    print(i, flush=True)
     """
 )
 
 
-def test_sql_and_stats_work_while_another_process_runs_a_long_job(cli, db):
+def test_sql_and_stats_work_while_another_process_runs_a_long_job(cli, db, tmp_path):
     Store.open(db).close()
-    proc = subprocess.Popen([sys.executable, "-c", LONG_JOB, db], stdout=subprocess.PIPE,
-                            text=True, cwd=REPO)
+    stop = tmp_path / "stop"
+    proc = subprocess.Popen([sys.executable, "-c", LONG_JOB, db, str(stop)],
+                            stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == "ready"
         seen = []
         for _ in range(4):
+            # .stdout: a reader that had to wait says so on stderr.
             out = cli("sql", "SELECT count(*) AS n FROM prompts", "--db", db, "--format", "csv")
-            seen.append(int(out.output.splitlines()[1]))
-            stats = json.loads(cli("stats", "--db", db, "--format", "json").output)
+            seen.append(int(out.stdout.splitlines()[1]))
+            stats = json.loads(cli("stats", "--db", db, "--format", "json").stdout)
             assert any(r["status"] == "running" for r in stats["Runs (latest 15)"])
-        assert proc.poll() is None, "the job ended before the readers ran"
-        assert seen == sorted(seen)
+        assert proc.poll() is None, "the job ended before the readers were done"
+        assert seen == sorted(seen), seen
+        # The job keeps writing between reads (readers never hold the file for long).
+        deadline = time.monotonic() + 30
+        while Store.open_readonly(db).query("SELECT count(*) FROM prompts")[0][0] <= seen[-1]:
+            assert time.monotonic() < deadline, "the job made no progress after the reads"
+            time.sleep(0.1)
     finally:
+        stop.touch()
         assert proc.wait(timeout=60) == 0
+    written = int(proc.stdout.readline())
     assert cli("sql", "SELECT count(*) FROM prompts", "--db", db, "--format",
-               "csv").output == "count_star()\n60\n"
+               "csv").output == f"count_star()\n{written}\n"
