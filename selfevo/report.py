@@ -56,7 +56,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") 
         cells = []
         for v in row:
             num = isinstance(v, int | float) and not isinstance(v, bool)
-            cells.append(f'<td class="num">{esc(_fmt(v))}</td>' if num else f"<td>{esc(v)}</td>")
+            if num:
+                cells.append(f'<td class="num">{esc(_fmt(v))}</td>')
+            elif any(len(w) > 30 for w in str(v).split()):  # ids, hashes, paths: may break
+                cells.append(f'<td class="long">{esc(v)}</td>')
+            else:
+                cells.append(f"<td>{esc(v)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -454,7 +459,7 @@ margin:18px 0}h2{font-size:18px;border-bottom:1px solid #eee;padding-bottom:4px}
 h3{font-size:14px;margin:14px 0 6px}small{color:#777;font-weight:normal}
 table{border-collapse:collapse;margin:6px 0;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;max-width:520px;
-overflow-wrap:anywhere}th{background:#f2f4f7;overflow-wrap:normal}td.num{text-align:right;
+overflow-wrap:break-word}td.long{overflow-wrap:anywhere}th{background:#f2f4f7}td.num{text-align:right;
 font-variant-numeric:tabular-nums}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.card{background:#f2f4f7;
 border-radius:6px;padding:8px 14px;min-width:90px}.card b{display:block;font-size:20px}
