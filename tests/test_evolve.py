@@ -61,12 +61,24 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
 @pytest.mark.parametrize("strategy", ["restart", "continual"])
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     make_store(db)
-    cli(*evolve_args(db, tiny, tmp_path / "out", strategy))
+    extra = ["--generate-prompts", "2"] if strategy == "continual" else []
+    cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra)
     s = Store.open_readonly(db)
-    # records of both rounds, made by the round's student
+    # records of both rounds, made by the round's student, one per prompt of the round
     per_round = dict(s.query("SELECT round, count(*) FROM records WHERE kind = 'self' "
                              "GROUP BY round"))
-    assert per_round == {1: 3, 2: 3}
+    used = dict(s.query("SELECT round, count(*) FROM evolve_prompts GROUP BY round"))
+    assert per_round == used
+    if not extra:
+        assert used == {1: 3, 2: 3}
+    if extra:  # new questions written by the student, with their provenance
+        new = s.query_dicts("SELECT p.meta, c.purpose FROM prompts p JOIN calls c ON "
+                            "c.call_id = json_extract_string(p.meta, '$.call_id') "
+                            "WHERE p.source = 'evolve:t-continual'")
+        assert new and all(r["purpose"] == "new-question" for r in new)
+        assert all(len(json.loads(r["meta"])["seeds"]) == 3 for r in new)
+        by_round = [json.loads(r["meta"])["round"] for r in new]
+        assert used == {t: 3 + by_round.count(t) for t in (1, 2)}
     # round 2 was answered by M_2, the checkpoint round 1 trained (base + its adapter)
     m2 = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve train' AND "
                             "CAST(json_extract(config, '$.round') AS INT) = 1")[0][0])["student"]
@@ -84,7 +96,7 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     for t in (1, 2):
         judged = s.query("SELECT count(DISTINCT d.record_id) FROM decisions d JOIN records r "
                          "USING (record_id) WHERE r.round = ? AND d.step = 'verdict'", [t])
-        assert judged == [(3,)]
+        assert judged == [(per_round[t],)]
     # replay: the meta snapshot is in every round; restart also keeps round 1 in round 2
     meta = set(snapshot_record_ids(s, "meta"))
     r1 = set(snapshot_record_ids(s, f"evolve-t-{strategy}-r1"))
