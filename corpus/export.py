@@ -19,6 +19,7 @@ thread, a fixed row-group size and compression, and metadata derived only from t
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -31,7 +32,12 @@ import duckdb
 from corpus.errors import CorpusError
 from corpus.snapshots import Snapshot, get_snapshot
 from corpus.store import Store
-from schemas.conversation import CONVERSATION_VERSION, FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION
+from schemas.conversation import (
+    CONVERSATION_VERSION,
+    FEEDBACK_INSTRUCTION,
+    REFINE_INSTRUCTION,
+    record_messages,
+)
 from schemas.identity import file_sha256
 from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, ManifestFile, SnapshotManifest
 
@@ -46,17 +52,39 @@ PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
 #: One writer thread: row-group boundaries and file bytes do not depend on scheduling.
 EXPORT_THREADS = 1
 
-_MSG = "{{'role': '{role}', 'content': {content}, 'train': {train}}}"
+def _messages_case() -> str:
+    """SQL for the ``messages`` column, derived from ``record_messages`` itself.
+
+    One CASE branch per pattern of present texts (qa with or without an answer; meta/self
+    with any of r, f, r̂ missing), each a list literal: record_messages() is called with
+    placeholders and its output translated to SQL, so the column cannot drift from the
+    Python layout, and a flat list literal is cheaper in DuckDB than concatenating lists.
+    """
+    placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
+                    "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
+                    REFINE_INSTRUCTION: "$refine_instruction"}
+    branches = []
+    for qa in (True, False):
+        for has_r, has_f, has_rr in itertools.product((True, False), repeat=3):
+            if qa and not (has_f and has_rr):
+                continue  # qa ignores f and r̂: one branch per response state
+            msgs = record_messages(
+                kind="qa" if qa else "meta", prompt="\x00p",
+                response="\x00r" if has_r else None, feedback="\x00f" if has_f else None,
+                refinement="\x00rr" if has_rr else None)
+            conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'",
+                     f"r.response IS {'NOT ' if has_r else ''}NULL"]
+            if not qa:
+                conds += [f"r.feedback IS {'NOT ' if has_f else ''}NULL",
+                          f"r.refinement IS {'NOT ' if has_rr else ''}NULL"]
+            items = ", ".join(
+                f"{{'role': '{m['role']}', 'content': {placeholders[m['content']]}, "
+                f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
+            branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
+    return "CASE\n        " + "\n        ".join(branches) + "\n    END"
 
 
-def _msg(role: str, content: str, train: str) -> str:
-    return _MSG.format(role=role, content=content, train=train)
-
-
-#: The export row: ExportRow's columns in order. ``messages`` mirrors record_messages():
-#: user p; then for qa the trained answer; for meta/self r (context), then the feedback
-#: instruction and f (trained), then the refine instruction and r̂ (trained), each only
-#: when that text exists.
+#: The export row: ExportRow's columns in order, ``messages`` last (see _messages_case).
 EXPORT_SELECT = f"""
 SELECT
     r.record_id, r.prompt_id, r.kind, r.round, p.text AS prompt,
@@ -65,17 +93,7 @@ SELECT
     CAST(r.meta AS VARCHAR) AS meta, r.run_id, r.responder, r.teacher,
     r.response_call_id, r.feedback_call_id, r.refinement_call_id,
     CAST(r.templates AS VARCHAR) AS templates,
-    list_concat(
-        [{_msg('user', 'p.text', 'false')}],
-        CASE WHEN r.response IS NULL THEN []
-             ELSE [{_msg('assistant', 'r.response', "r.kind = 'qa'")}] END,
-        CASE WHEN r.kind = 'qa' OR r.feedback IS NULL THEN []
-             ELSE [{_msg('user', '$feedback_instruction', 'false')},
-                   {_msg('assistant', 'r.feedback', 'true')}] END,
-        CASE WHEN r.kind = 'qa' OR r.refinement IS NULL THEN []
-             ELSE [{_msg('user', '$refine_instruction', 'false')},
-                   {_msg('assistant', 'r.refinement', 'true')}] END
-    ) AS messages
+    {_messages_case()} AS messages
 FROM snapshot_records s
 JOIN records r ON r.record_id = s.record_id
 JOIN prompts p ON p.prompt_id = r.prompt_id

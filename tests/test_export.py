@@ -177,3 +177,29 @@ def test_verify_detects_a_changed_file(db, tmp_path):
     with pytest.raises(CorpusError, match="does not match its manifest"):
         verify_export(out)
     assert os.path.exists(out / "README.md")
+
+
+def test_messages_match_record_messages_for_every_pattern_of_present_texts(db, tmp_path):
+    import itertools
+
+    from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+
+    prompt = make_prompt("Ann has 2 pens; she gets 3 more. How many?", gold_answer="5")
+    records = [
+        make_record(prompt_id=prompt["prompt_id"], kind=kind, round=1 if kind == "self" else 0,
+                    response="r: 2 + 3 = 5" if r else None,
+                    feedback="f: fine.\nVerdict: correct" if f else None,
+                    refinement="r̂: The answer is 5." if rr else None)
+        for kind in ("qa", "meta", "self")
+        for r, f, rr in itertools.product((True, False), repeat=3)
+    ]
+    with Store.open(db) as store:
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_prompts(con, [prompt], run.run_id)
+            assert insert_records(con, records, run.run_id) == 24
+        create_snapshot(store, "patterns", "true")
+        export_snapshot(store, "patterns", "jsonl", tmp_path / "exp")
+    rows = [json.loads(x) for x in (tmp_path / "exp" / "records.jsonl").read_text().splitlines()]
+    assert len(rows) == 24
+    for row in rows:
+        assert row["messages"] == _expected_messages(row), row
