@@ -116,7 +116,7 @@ def test_decisions_carry_run_and_parameters(db, cli):
     assert config["dedup"]["threshold"] == 0.6 and config["dedup"]["keep"] == "longest"
     step = config["steps"][0]
     assert step["step"] == "dedup-near"
-    assert (step["params"]["bands"], step["params"]["rows"]) == optimal_bands(0.6, 64)
+    assert (step["params"]["bands"], step["params"]["rows"]) == optimal_bands(0.6, 64, 0.2, 0.8)
     assert len(rows) == 1 and rows[0]["run_id"] == run["run_id"]
     params = json.loads(rows[0]["params"])
     assert params["num_perm"] == 64 and params["ngram"] == 2 and params["threshold"] == 0.6

@@ -47,6 +47,7 @@ class DedupConfig:
     threshold: float = 0.7  # near: Jaccard of word n-gram sets
     num_perm: int = 128  # near: MinHash permutations
     bands: int | None = None  # near: LSH bands; None = chosen from threshold
+    fn_weight: float = 0.8  # near: weight of missed pairs vs candidates when choosing bands
     ngram: int = 3  # near: words per shingle
     seed: int = 1  # near: permutation seed
     max_bucket: int = 64  # near: larger LSH buckets are linked by a sliding window
@@ -68,6 +69,8 @@ class DedupConfig:
         if not -1 <= self.semantic_threshold <= 1:
             raise CurationError("--semantic-threshold must be in [-1, 1], got "
                                 f"{self.semantic_threshold}")
+        if not 0 <= self.fn_weight <= 1:
+            raise CurationError(f"--fn-weight must be in [0, 1], got {self.fn_weight}")
         if self.num_perm < 1 or self.ngram < 1 or self.max_bucket < 2:
             raise CurationError("--num-perm and --ngram must be >= 1 (max_bucket >= 2)")
         if self.bands is not None and not 1 <= self.bands <= self.num_perm:
@@ -160,9 +163,10 @@ def run_near(texts: pl.Series, rank: np.ndarray, config: DedupConfig) -> StepOut
     t0 = time.perf_counter()
     res = near_duplicates(texts, threshold=config.threshold, num_perm=config.num_perm,
                           bands=config.bands, ngram=config.ngram, seed=config.seed,
-                          max_bucket=config.max_bucket)
+                          max_bucket=config.max_bucket, fn_weight=config.fn_weight)
     params = {"field": config.field, "keep": config.keep, "threshold": config.threshold,
               "num_perm": config.num_perm, "bands": res.bands, "rows": res.rows,
+              "fn_weight": config.fn_weight,
               "ngram": config.ngram, "seed": config.seed, "max_bucket": config.max_bucket}
     return _outcome(
         "dedup-near", params, len(texts), res.left, res.right, rank, res.comparable,
