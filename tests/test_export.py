@@ -107,6 +107,9 @@ def test_datasets_loads_the_parquet_export(db, tmp_path):
     assert ds.num_rows == 6 and ds.column_names == list(ExportRow.model_fields)
     for row in ds:
         assert row["messages"] == _expected_messages(row)
+    # the dataset card's YAML header names the data file, so the directory loads as is
+    by_dir = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    assert by_dir.to_list() == ds.to_list()
 
 
 def test_jsonl_and_hf_exports_carry_the_same_rows(db, tmp_path):

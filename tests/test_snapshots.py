@@ -92,6 +92,17 @@ def test_select_records_that_passed_every_step_of_a_run(db, cli):
         [ids[0], ids[2], ids[3]])
 
 
+def test_where_can_use_the_decision_macros(db, cli):
+    fx = build_store(db)
+    cli("snapshot", "create", "kept", "--where",
+        f"kept_by(record_id, '{fx['curate_run']}') AND kind = 'meta'", "--db", db)
+    cli("snapshot", "create", "latest", "--where", "kept_step(record_id, 'length')", "--db", db)
+    store = Store.open_readonly(db)
+    ids = fx["ids"]
+    assert snapshot_record_ids(store, "kept") == [ids[2]]
+    assert snapshot_record_ids(store, "latest") == sorted([ids[0], ids[2]])
+
+
 def test_same_content_same_hash_whatever_the_name(db):
     build_store(db)
     with Store.open(db) as store:
