@@ -261,8 +261,7 @@ class Writer:
                         self._cond.notify_all()
                     for fn, fut in jobs:
                         self._run_job(con, fn, fut)
-                idle = not len(batch) and not jobs
-                if con is not None and (stopping or idle or time.monotonic() - opened > self.hold):
+                if con is not None and (stopping or time.monotonic() - opened > self.hold):
                     assert conn_cm is not None
                     conn_cm.__exit__(None, None, None)
                     con, conn_cm = None, None

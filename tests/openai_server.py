@@ -54,7 +54,7 @@ class Behaviour:
     latency: float | None = None  # None: the server's default latency
     headers: dict[str, str] = field(default_factory=dict)
     code: str | None = None  # OpenAI error code, e.g. "insufficient_quota"
-    content: str | None = None  # override the answer text
+    content: str | None = None  # override the answer text (or the error message)
     hang: float = 30.0
 
     @classmethod
@@ -263,7 +263,8 @@ class OpenAIServer:
                     body = None
                 with server._lock:
                     n = len(server.requests)
-                    log = RequestLog(n, self.path, body, dict(self.headers), time.monotonic())
+                    log = RequestLog(n, self.path, body, {k.lower(): v for k, v in self.headers.items()},
+                                     time.monotonic())
                     server.requests.append(log)
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
@@ -299,7 +300,8 @@ class OpenAIServer:
                     self.connection.shutdown(2)
                     return
                 if b.kind == "status":
-                    err = {"error": {"message": f"scripted {b.status}", "type": b.code or "error",
+                    message = b.content if b.content is not None else f"scripted {b.status}"
+                    err = {"error": {"message": message, "type": b.code or "error",
                                      "code": b.code, "param": None}}
                     log.status = b.status
                     self._send(b.status, json.dumps(err).encode(), "application/json", b.headers)

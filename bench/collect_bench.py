@@ -1,0 +1,149 @@
+"""Throughput of ``selfevo collect`` against a plain asyncio + openai loop, same server, same run.
+
+A local OpenAI-compatible server (tests/openai_server.py, its own process) answers every
+request after a fixed latency (default 100 ms). For each concurrency:
+
+* (b) **plain**: ``AsyncOpenAI(max_retries=0)`` + a semaphore, N independent requests, nothing
+  stored — the bare client's ceiling on this machine;
+* (a) **collect**: ``run_collect`` (what ``selfevo collect`` runs, in-process so both share
+  the interpreter's warm imports) over N/3 prompts with an ``openai:`` responder and teacher:
+  3 dependent calls per prompt, every call pending-before-send, completed, attempts, records,
+  runs — full persistence in a fresh DuckDB store;
+
+and the physical limit ``concurrency / latency``. Then a fully cached re-run of ``--cached``
+prompts, timed in-process and as a ``selfevo collect`` subprocess (interpreter start and
+imports included).
+
+    flock /tmp/selfevo-bench.lock .venv/bin/python bench/collect_bench.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
+    """The test server in its own process; returns (process, base URL)."""
+    proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "openai_server.py"),
+                             "--latency", str(latency)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+async def plain_loop(url: str, n: int, concurrency: int) -> float:
+    """Seconds for n requests with the bare client (nothing stored)."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=60)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> str | None:
+        async with sem:
+            r = await client.chat.completions.create(
+                model="bench", messages=[{"role": "user", "content": f"What is {i} + {i}?"}],
+                max_tokens=256, temperature=0.0)
+            return r.choices[0].message.content
+
+    t = time.perf_counter()
+    out = await asyncio.gather(*(one(i) for i in range(n)))
+    dt = time.perf_counter() - t
+    await client.close()
+    assert all(out)
+    return dt
+
+
+def make_store(path: str, n_prompts: int) -> None:
+    """A store with n synthetic prompts (no benchmark text)."""
+    from corpus.records import insert_prompts, make_prompt
+    from corpus.store import Store
+
+    with Store.open(path, command="bench") as store, store.run("bench", {}) as run:
+        rows = [make_prompt(f"Ann has {i} apples and buys {i + 3} more. How many now?",
+                            gold_answer=str(2 * i + 3), source="bench") for i in range(n_prompts)]
+        with store.transaction() as con:
+            insert_prompts(con, rows, run.run_id)
+
+
+def collect_once(db: str, url: str, concurrency: int) -> tuple[float, int, int]:
+    """(seconds, requests sent, records) of one in-process collection."""
+    from curation.backends.openai_backend import OpenAIOptions
+    from curation.collect import CollectConfig, run_collect
+
+    cfg = CollectConfig(teacher=f"openai:teacher@{url}", responder=f"openai:student@{url}",
+                        max_tokens=256, options=OpenAIOptions(concurrency=concurrency, timeout=60))
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        summary = run_collect(db, cfg)
+    dt = time.perf_counter() - t
+    return dt, summary.sent, summary.records  # type: ignore[union-attr]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--latency", type=float, default=0.1)
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests-c1", type=int, default=150, help="requests at concurrency 1")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--cached", type=int, default=2000, help="prompts in the cached re-run")
+    args = ap.parse_args()
+
+    import openai  # noqa: F401 - warm the import for both contenders
+
+    proc, url = start_server(args.latency)
+    tmp = tempfile.mkdtemp(prefix="collect-bench-")
+    rows = []
+    try:
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            n = args.requests_c1 if c == 1 else args.requests
+            plain_s = asyncio.run(plain_loop(url, n, c))
+            db = os.path.join(tmp, f"c{c}.duckdb")
+            make_store(db, n // 3)
+            coll_s, sent, records = collect_once(db, url, c)
+            limit = c / args.latency
+            plain_rps, coll_rps = n / plain_s, sent / coll_s
+            rows.append((c, n, sent, limit, plain_rps, coll_rps, coll_rps / plain_rps,
+                         coll_rps / limit, records))
+
+        db = os.path.join(tmp, "cached.duckdb")
+        make_store(db, args.cached)
+        warm_s, sent, _ = collect_once(db, url, 64)
+        cached_s, resent, cached_records = collect_once(db, url, 64)
+        t = time.perf_counter()
+        cp = subprocess.run(
+            [sys.executable, "-m", "selfevo.cli", "collect", "--db", db,
+             "--teacher", f"openai:teacher@{url}", "--responder", f"openai:student@{url}",
+             "--max-tokens", "256", "--concurrency", "64"],
+            cwd=REPO, capture_output=True, text=True)
+        sub_s = time.perf_counter() - t
+        assert cp.returncode == 0, cp.stderr[-2000:]
+    finally:
+        proc.terminate()
+
+    print(f"\nselfevo collect vs plain asyncio+openai; server latency {args.latency * 1000:.0f} ms"
+          f" ({os.cpu_count()} CPUs)\n")
+    print("| concurrency | requests (plain / collect) | physical limit req/s | plain req/s "
+          "| collect req/s | collect / plain | collect / limit |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for c, n, sent, limit, p, a, ratio, of_limit, _ in rows:
+        print(f"| {c} | {n} / {sent} | {limit:.0f} | {p:.1f} | {a:.1f} | {ratio:.2f} "
+              f"| {of_limit:.2f} |")
+    print(f"\nfully cached re-run of {args.cached} prompts ({3 * args.cached} cached calls, "
+          f"{cached_records} records, {resent} requests sent): {cached_s:.2f} s in-process, "
+          f"{sub_s:.2f} s as a `selfevo collect` subprocess (first run: {sent} requests in "
+          f"{warm_s:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
