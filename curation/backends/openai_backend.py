@@ -524,6 +524,14 @@ class OpenAIBackend(Backend):
                 i = next_index
                 next_index += 1
                 finish(i, await self._complete(i, requests[i], clients, loads, gate, pacer, before_send))
+            # Stopped (budget or Ctrl-C): report what was never taken, so the ledger can
+            # drop its pending rows. Requests abandoned in flight are not reported: they
+            # stay pending, and the next run counts them as possibly billed.
+            while next_index < len(requests):
+                i = next_index
+                next_index += 1
+                reason = self.stop_reason or "interrupted"
+                finish(i, ChatResult(ok=False, error_kind=reason, error=f"not sent ({reason})"))
 
         try:
             tasks = [asyncio.create_task(worker()) for _ in range(min(opts.concurrency, len(requests)))]

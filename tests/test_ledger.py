@@ -1,0 +1,210 @@
+"""The call ledger: cache, pending-before-send, attempts, resume, possibly-billed, readers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from openai_server import Behaviour, OpenAIServer  # noqa: E402
+
+from corpus.store import Store  # noqa: E402
+from curation.backends.base import Backend, ChatRequest, ChatResult, OnResult  # noqa: E402
+from curation.backends.openai_backend import OpenAIBackend, OpenAIOptions  # noqa: E402
+from curation.ledger import Call, Ledger, call_id  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def opts(**kw) -> OpenAIOptions:
+    base = dict(concurrency=4, timeout=5.0, backoff_base=0.01, backoff_max=0.05, max_attempts=3)
+    base.update(kw)
+    return OpenAIOptions(**base)
+
+
+def calls(n: int, **params) -> list[Call]:
+    return [Call(ChatRequest([{"role": "user", "content": f"question {i}"}], params), "response",
+                 "h1:tpl") for i in range(n)]
+
+
+@pytest.fixture
+def server():
+    with OpenAIServer() as s:
+        yield s
+
+
+def run_ledger(db: str, backend: Backend, cs: Sequence[Call]):
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        with Ledger(store, run.run_id) as ledger:
+            out = ledger.complete(backend, cs)
+        return out, ledger.counts
+
+
+def test_completed_calls_are_stored_and_cached(db, server):
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts())
+    out, counts = run_ledger(db, b, calls(20, temperature=0.0, max_tokens=64))
+    assert all(o.ok and not o.cached for o in out) and counts.ok == 20
+    assert len(server.chat_requests()) == 20
+    with Store.open_readonly(db) as store:
+        rows = store.query_dicts("SELECT * FROM calls ORDER BY call_id")
+        assert len(rows) == 20 and {r["status"] for r in rows} == {"ok"}
+        assert all(r["response"] and r["latency"] > 0 and r["n_attempts"] == 1 for r in rows)
+        assert {r["template"] for r in rows} == {"h1:tpl"} and {r["purpose"] for r in rows} == {"response"}
+        assert store.query("SELECT count(*) FROM attempts WHERE status = 'ok'")[0][0] == 20
+        # call_id is the documented content hash
+        expected = call_id(b.spec, b.endpoint, calls(1, temperature=0.0, max_tokens=64)[0].request)
+        assert expected in {r["call_id"] for r in rows}
+    # A re-run sends nothing and returns the same texts.
+    out2, counts2 = run_ledger(db, b, calls(20, temperature=0.0, max_tokens=64))
+    assert len(server.chat_requests()) == 20
+    assert counts2.cached == 20 and counts2.ok == 0
+    assert [o.text for o in out2] == [o.text for o in out] and all(o.cached for o in out2)
+
+
+def test_samples_are_distinct_cached_calls(db, server):
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts())
+    req = [{"role": "user", "content": "tell me a number"}]
+    cs = [Call(ChatRequest(req, {"temperature": 0.8}, s), "response") for s in range(3)]
+    out, _ = run_ledger(db, b, cs)
+    assert len({o.call_id for o in out}) == 3 and len({o.text for o in out}) == 3
+    out2, counts = run_ledger(db, b, cs)
+    assert counts.cached == 3 and len(server.chat_requests()) == 3
+    assert [o.text for o in out2] == [o.text for o in out]
+
+
+def test_duplicate_requests_in_a_batch_are_sent_once(db, server):
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts())
+    out, _ = run_ledger(db, b, calls(1) * 5)
+    assert len(server.chat_requests()) == 1 and len({o.call_id for o in out}) == 1 and len(out) == 5
+
+
+def test_failed_calls_are_retried_next_run_and_attempts_accumulate(db, server):
+    server.push(*[Behaviour.error(500)] * 3)
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=1))
+    out, counts = run_ledger(db, b, calls(1))
+    assert not out[0].ok and counts.failed == 1
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT status, n_attempts, error_kind FROM calls") == [("failed", 3, "server")]
+    out, counts = run_ledger(db, b, calls(1))
+    assert out[0].ok and counts.ok == 1
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT status, n_attempts, error_kind FROM calls") == [("ok", 4, None)]
+        assert dict(store.query("SELECT status, count(*) FROM attempts GROUP BY ALL")) == {
+            "retry": 2, "failed": 1, "ok": 1}
+        kinds = store.query("SELECT error_kind, count(*) FROM attempts GROUP BY ALL ORDER BY 1")
+        assert dict(kinds) == {"server": 3, None: 1}
+
+
+class DyingBackend(Backend):
+    """Answers ``survive`` requests, then the process 'dies' (an exception mid-batch)."""
+
+    spec = "test:dying"
+    endpoint = None
+
+    def __init__(self, survive: int):
+        self.survive = survive
+        self.sent: list[int] = []
+
+    def generate(self, requests: Sequence[ChatRequest], on_result: OnResult | None = None
+                 ) -> list[ChatResult]:
+        out = []
+        for i, _ in enumerate(requests):
+            if i == self.survive:
+                raise SystemExit("killed")
+            self.sent.append(i)
+            r = ChatResult(ok=True, text=f"answer {i}", finish_reason="stop")
+            if on_result:
+                on_result(i, r)
+            out.append(r)
+        return out
+
+
+def test_pending_rows_of_a_dead_job_are_possibly_billed_and_resent(db):
+    with pytest.raises(SystemExit):
+        run_ledger(db, DyingBackend(survive=3), calls(10))
+    with Store.open_readonly(db) as store:
+        # Everything was registered before sending (a non-windowed backend): 3 ok, 7 pending.
+        assert dict(store.query("SELECT status, count(*) FROM calls GROUP BY ALL")) == {
+            "ok": 3, "pending": 7}
+    ok_backend = DyingBackend(survive=100)
+    out, counts = run_ledger(db, ok_backend, calls(10))
+    assert all(o.ok for o in out)
+    assert counts.cached == 3 and counts.ok == 7 and counts.resent_possibly_billed == 7
+    assert len(ok_backend.sent) == 7
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT status, possibly_billed, count(*) FROM calls GROUP BY ALL "
+                           "ORDER BY 2") == [("ok", False, 3), ("ok", True, 7)]
+
+
+def test_budget_stop_leaves_no_pending_rows(db, server, tmp_path):
+    prices = tmp_path / "p.json"
+    prices.write_text('{"models": {"test-model": {"input": 1000, "output": 1000}}}')
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}",
+                                opts(budget=0.3, prices=str(prices), concurrency=2))
+    out, counts = run_ledger(db, b, calls(30, max_tokens=40))
+    sent = len(server.chat_requests())
+    assert 0 < sent < 30 and counts.unsent == 30 - sent
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT status, count(*) FROM calls GROUP BY ALL") == [("ok", sent)]
+        assert store.query("SELECT sum(cost) FROM calls")[0][0] <= 0.3
+
+
+def test_pending_window_stays_ahead_of_the_sender(db, server):
+    """With a windowed backend only about a window of calls is pending at any time."""
+    server.latency = 0.01
+    seen: list[int] = []
+
+    def handler(body, n):
+        seen.append(n)
+        return None
+
+    server.handler = handler
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=2))
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        with Ledger(store, run.run_id, window=8) as ledger:
+            out = ledger.complete(b, calls(40))
+            flushes = ledger.writer.flushes
+    assert all(o.ok for o in out) and len(seen) == 40
+    assert flushes < 40  # batched: far fewer transactions than results
+
+
+def test_writer_batches_writes(db, server):
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=8))
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        with Ledger(store, run.run_id, interval=0.2) as ledger:
+            ledger.complete(b, calls(200))
+            assert ledger.writer.flushes < 60
+
+
+def test_readers_get_in_while_a_collection_runs(db, server):
+    server.latency = 0.1
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=2))
+    done = threading.Event()
+
+    def collect():
+        try:
+            run_ledger(db, b, calls(60))
+        finally:
+            done.set()
+
+    with Store.open(db, command="init"):
+        pass
+    t = threading.Thread(target=collect)
+    t.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    cp = subprocess.run([sys.executable, "-m", "selfevo.cli", "sql", "--db", db,
+                         "SELECT count(*) AS n FROM calls"], cwd=REPO, capture_output=True,
+                        text=True, timeout=60)
+    waited = time.monotonic() - start
+    assert cp.returncode == 0, cp.stderr
+    assert not done.is_set(), "the reader should have run during the collection"
+    t.join()
+    assert waited < 20
