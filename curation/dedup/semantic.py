@@ -7,8 +7,9 @@ L2-normalised (the sentence-transformers recipe for this model), so cosine = dot
 
 Pairs come from a brute-force, blocked matrix product: ``block`` rows of embeddings against
 all of them, keeping the upper triangle above the threshold. Cost is O(n^2 * 384) flops and
-O(block * n) memory; about 100k texts is the practical limit on a 2-core CPU, where the
-embedding itself (~300-600 texts/s) dominates. Past that, use an ANN index (not included).
+O(block * n) memory. The embedding dominates: 8-12 short questions per second on a shared
+2-core CPU (docs/dedup.md), so use it on modest selections or a GPU; past ~100k texts the
+quadratic pair search needs an ANN index instead (not included).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def embed_texts(
         ) from None
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModel.from_pretrained(str(path), local_files_only=True).eval().to(device)
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     # Sorting by length makes batches of similar length: less padding, same results.
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -62,12 +64,12 @@ def embed_texts(
         for s in range(0, len(texts), batch_size):
             idx = order[s: s + batch_size]
             enc = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                            max_length=max_length, return_tensors="pt")
+                            max_length=max_length, return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-            out[idx] = pooled.float().numpy()
+            out[idx] = pooled.float().cpu().numpy()
     return out
 
 
