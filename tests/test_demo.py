@@ -1,4 +1,5 @@
-"""``selfevo demo``: a store with generated prompts and qa records, a snapshot and its export."""
+"""``selfevo demo --quick``: the whole pipeline on a tiny offline model; every stage leaves
+linked rows, and a re-run redoes nothing."""
 
 from __future__ import annotations
 
@@ -9,44 +10,51 @@ from corpus.export import verify_export
 from schemas.conversation import record_messages
 
 
-def _export_bytes(d) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
-
-
-def test_demo_builds_store_snapshot_and_export_and_reruns_cleanly(cli, tmp_path):
+def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
     out = tmp_path / "demo"
-    first = cli("demo", "--out", str(out), "--n", "12", "--seed", "3").output
-    assert "(12 prompts, 12 records)" in first and "snapshot   demo-qa " in first
-    assert first.count("selfevo sql --db") >= 3
-    db = out / "selfevo.duckdb"
-    with Store.open_readonly(db) as store:
-        kinds = store.query("SELECT kind, count(*) FROM records GROUP BY 1")
-        gold = store.query("SELECT count(*) FROM records_full WHERE response LIKE "
-                           "'%The answer is ' || gold_answer || '.'")
-        snaps = store.query("SELECT name, n FROM snapshots")
-        runs = store.query("SELECT DISTINCT status FROM runs")
-    assert kinds == [("qa", 12)] and gold == [(12,)]
-    assert snaps == [("demo-qa", 12)] and runs == [("ok",)]
-    export = out / "exports" / "demo-qa"
-    manifest = verify_export(export)
-    assert manifest.n == 12 and manifest.counts["kind"] == {"qa": 12}
-    rows = pq.read_table(export / "records.parquet").to_pylist()
-    assert len(rows) == 12
+    first = cli("demo", "--quick", "--out", str(out)).stdout
+    assert "held-out accuracy" in first and first.count("selfevo sql --db") == 5
+    s = Store.open_readonly(out / "selfevo.duckdb")
+    kinds = dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1"))
+    assert kinds == {"meta": 8, "qa": 8, "self": 6}
+    # meta records: the base model's responses graded by the reference teacher
+    assert s.query("SELECT DISTINCT teacher FROM records WHERE kind = 'meta'") == [("reference",)]
+    assert s.query("SELECT count(*) FROM records r JOIN calls c ON c.call_id = "
+                   "r.response_call_id WHERE r.kind = 'meta' AND c.status = 'ok'") == [(8,)]
+    # curation: every curated record judged by every step
+    steps = dict(s.query("SELECT step, count(DISTINCT record_id) FROM decisions GROUP BY 1"))
+    assert steps["gold-match"] == 8 and steps["format"] == 8 and steps["verdict"] == 6
+    assert steps["dedup-exact"] == 16 and steps["dedup-near"] == 16
+    assert steps.get("decontam-gsm8k-test", 16) == 16
+    # the meta snapshot holds exactly the records that passed every latest step
+    passed = s.query("SELECT count(*) FROM records r JOIN record_latest_passed p "
+                     "USING (record_id) WHERE kind IN ('meta', 'qa') AND passed_all")[0][0]
+    snaps = dict(s.query("SELECT name, n FROM snapshots"))
+    assert snaps["meta"] == passed and "evolve-demo-r1" in snaps
+    manifest = verify_export(out / "exports" / "meta")
+    rows = pq.read_table(out / "exports" / "meta" / "records.parquet").to_pylist()
+    assert manifest.n == len(rows) == passed
     for row in rows:
         assert row["messages"] == record_messages(
-            kind="qa", prompt=row["prompt"], response=row["response"], feedback=None,
-            refinement=None)
-        assert row["messages"][-1]["train"] is True
-    before = _export_bytes(export)
+            kind=row["kind"], prompt=row["prompt"], response=row["response"],
+            feedback=row["feedback"], refinement=row["refinement"])
+    # two checkpoints, each trained on its snapshot; evals for round 0 and 1, both modes
+    # (with the tiny model the verdict filter may keep nothing: then r1 == meta in content)
+    trained = sorted(h for (h,) in s.query("SELECT snapshot_hash FROM models"))
+    hashes = sorted(h for (h,) in s.query("SELECT content_hash FROM snapshots "
+                                          "WHERE name IN ('meta', 'evolve-demo-r1')"))
+    assert trained == hashes
+    evals = s.query("SELECT CAST(json_extract(config, '$.round') AS INT) AS r, mode, n "
+                    "FROM evals ORDER BY r, mode")
+    assert evals == [(0, "direct", 6), (0, "refine", 6), (1, "direct", 6), (1, "refine", 6)]
+    report = (out / "report.html").read_text()
+    assert "<svg" in report and "evolve-demo-r1" in report
+    calls = s.query("SELECT count(*) FROM calls")[0][0]
+    s.close()
 
-    again = cli("demo", "--out", str(out), "--n", "12", "--seed", "3").output
-    assert "(12 prompts, 12 records)" in again and "snapshot   demo-qa " in again
-    assert _export_bytes(export) == before
-    with Store.open_readonly(db) as store:
-        assert store.query("SELECT count(*) FROM snapshots") == [(1,)]
-
-    # More problems: the immutable demo-qa stays, a new snapshot holds the bigger selection.
-    more = cli("demo", "--out", str(out), "--n", "15", "--seed", "3").output
-    assert "(15 prompts, 15 records)" in more and "snapshot   demo-qa-" in more
-    with Store.open_readonly(db) as store:
-        assert sorted(store.query("SELECT n FROM snapshots")) == [(12,), (15,)]
+    again = cli("demo", "--quick", "--out", str(out))
+    assert "already done" in again.stderr
+    s = Store.open_readonly(out / "selfevo.duckdb")
+    assert dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1")) == kinds
+    assert s.query("SELECT count(*) FROM calls")[0][0] == calls
+    assert s.query("SELECT count(*) FROM models")[0][0] == 2

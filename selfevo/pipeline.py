@@ -1,0 +1,241 @@
+"""The SELF pipeline as one sequence of library calls (``selfevo demo``, bench/self_repro.py).
+
+generated word problems → responses from the base model → reference teacher feedback and
+refinements → curation (gold-match, format, dedup, decontamination) → meta-skill snapshot →
+LoRA training → self-evolution rounds (self-feedback, verdict filter, snapshot, training) →
+evaluation on held-out problems, direct and with self-refinement → HTML report.
+
+Every step is the same library function a command runs, against one store, so the result is
+auditable with ``selfevo sql`` exactly like a hand-run pipeline. Re-running continues where a
+previous run stopped: imports are insert-or-ignore, model calls are cached by the ledger,
+snapshots and evolve stages are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from corpus.store import Store
+
+META_SNAPSHOT = "meta"
+#: Meta-skill data: teacher-graded (meta) and gold (qa) records that passed every latest step.
+META_WHERE = ("kind IN ('meta', 'qa') AND record_id IN "
+              "(SELECT record_id FROM record_latest_passed WHERE passed_all)")
+
+
+@dataclass
+class PipelineConfig:
+    """The sizes and models of one pipeline run (defaults: the CPU demo)."""
+
+    out: Path
+    model: str = "smollm2-135m"  # base model: alias or folder; "tiny" builds a random tiny one
+    n_train: int = 32  # labelled generated problems for the meta-skill corpus
+    n_pool: int = 16  # unlabeled generated problems for self-evolution (per round)
+    n_test: int = 16  # held-out generated problems for evaluation
+    pool_where: str | None = None  # prompts pool condition (default: the generated pool)
+    prompts_per_round: int | None = None  # sample of the pool per round (default: n_pool)
+    rounds: int = 1
+    max_tokens: int = 160  # generation budget per answer / feedback / refinement
+    meta_steps: int = 8  # LoRA steps on the meta-skill snapshot
+    round_steps: int = 8  # LoRA steps per self-evolution round
+    train: dict[str, Any] = field(default_factory=lambda: {
+        "max_len": 512, "pack_len": 1024, "batch_size": 1, "lr": 3e-4, "lora_r": 8})
+    evals: list[str] = field(default_factory=list)  # extra --eval specs (e.g. gsm8k:PATH)
+    eval_limit: int | None = None
+    decontam_path: str | None = None  # GSM8K test file; default: ../shared/data when present
+    seed: int = 0
+
+
+@dataclass
+class PipelineResult:
+    """Where things are and what the run measured."""
+
+    db: Path
+    report: Path
+    seconds: dict[str, float] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    rounds: list[Any] = field(default_factory=list)
+
+
+def _shared_gsm8k_test() -> str | None:
+    for base in (os.environ.get("SELFEVO_DATA"), Path.cwd().parent / "shared" / "data",
+                 Path(__file__).resolve().parents[2] / "shared" / "data"):
+        if base and (Path(base) / "gsm8k" / "test.jsonl").is_file():
+            return str(Path(base) / "gsm8k" / "test.jsonl")
+    return None
+
+
+class Pipeline:
+    """Runs the steps in order, timing each; ``log`` hears one line per step."""
+
+    def __init__(self, config: PipelineConfig, log: Callable[[str], None] = print):
+        self.c = config
+        self.log = log
+        self.out = Path(config.out)
+        self.db = str(self.out / "selfevo.duckdb")
+        self.result = PipelineResult(Path(self.db), self.out / "report.html")
+
+    def step(self, name: str, fn: Callable[[], Any]) -> Any:
+        """Run one step, log and record its wall time."""
+        self.log(f"[{name}] …")
+        t0 = time.monotonic()
+        value = fn()
+        self.result.seconds[name] = round(time.monotonic() - t0, 1)
+        self.log(f"[{name}] done in {self.result.seconds[name]:.1f}s")
+        return value
+
+    def run(self) -> PipelineResult:
+        """Every step of the pipeline; returns the result summary."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        base = self.step("base model", self.base_model)
+        self.step("prompts", self.prompts)
+        self.step("collect", lambda: self.collect(base))
+        self.step("curate", self.curate)
+        export = self.step("meta snapshot", self.meta_snapshot)
+        student = self.step("meta training", lambda: self.train_meta(base, export))
+        self.result.rounds = self.step("self-evolution", lambda: self.evolve(base, student))
+        self.step("report", self.report)
+        return self.result
+
+    # -- steps -----------------------------------------------------------------------------
+    def base_model(self) -> str:
+        """A local folder of the base model (converted / built once, then reused)."""
+        if self.c.model == "tiny":
+            from trainer.tiny import build_tiny_model
+
+            folder = self.out / "tiny-model"
+            if not (folder / "config.json").exists():
+                build_tiny_model(folder, seed=self.c.seed)
+            return str(folder)
+        from selfevo.train_cli import resolve_base
+
+        return resolve_base(self.c.model)
+
+    def prompts(self) -> None:
+        """Generated problems: train (labelled), pool (used unlabeled), test (held out)."""
+        from corpus.importers import import_generated
+
+        c = self.c
+        with Store.open(self.db, command="demo") as store:
+            for n, seed, split in ((c.n_train, c.seed, "train"), (c.n_pool, c.seed + 1, "pool"),
+                                   (c.n_test, c.seed + 2, "test")):
+                import_generated(store, n, seed=seed, split=split)
+            self.result.counts["prompts"] = store.query("SELECT count(*) FROM prompts")[0][0]
+
+    def collect(self, base: str) -> None:
+        """r from the base model, f + verdict + r̂ from the reference teacher (kind meta)."""
+        from curation.collect import CollectConfig, run_collect
+
+        run_collect(self.db, CollectConfig(
+            teacher="reference", responder=f"hf:{base}", where="split = 'train'",
+            max_tokens=self.c.max_tokens))
+        self.add_qa_records()
+
+    def add_qa_records(self) -> None:
+        """Plain QA data (prompt → gold rationale) mixed into the meta-skill corpus."""
+        from corpus.records import insert_records, make_record
+        from curation.reference import clean_rationale
+
+        with Store.open(self.db, command="demo") as store:
+            prompts = store.query_dicts("SELECT prompt_id, gold_answer, gold_rationale FROM "
+                                        "prompts WHERE split = 'train' ORDER BY prompt_id")
+            rows = [make_record(prompt_id=p["prompt_id"], kind="qa", responder="gold",
+                                response=clean_rationale(p["gold_rationale"], p["gold_answer"]),
+                                source="generated") for p in prompts]
+            with store.run("demo qa records", {"from": "gold_rationale"}) as run, \
+                    store.transaction() as con:
+                run.add("records", insert_records(con, rows, run.run_id))
+
+    def curate(self) -> None:
+        """gold-match + format on meta records, near dedup of prompts, decontamination."""
+        from curation.curate import run_filters
+        from curation.decontam import BenchmarkIndex, decontaminate, load_benchmark
+        from curation.dedup.pipeline import DedupConfig, dedup_records
+        from curation.filters.base import parse_step
+        from curation.selection import Selection
+
+        with Store.open(self.db, command="demo") as store:
+            fr = run_filters(store, [parse_step("gold-match"), parse_step("format")],
+                             Selection(kind="meta"))
+            self.result.counts["meta judged"] = fr.selected
+            self.result.counts["meta kept by filters"] = fr.kept
+            dr = dedup_records(store, DedupConfig(methods=("exact", "near")),
+                               Selection(where="kind IN ('meta', 'qa')"))
+            self.result.counts["dedup run"] = dr.run_id
+            path = self.c.decontam_path or _shared_gsm8k_test()
+            if path:
+                name, items, _ = load_benchmark("gsm8k-test", path)
+                index = BenchmarkIndex.build(name, items, 8)
+                dc = decontaminate(store, index, Selection(where="kind IN ('meta', 'qa')"))
+                self.result.counts["decontam run"] = dc.run_id
+            else:
+                self.log("  decontamination skipped: no GSM8K test file (set SELFEVO_DATA)")
+
+    def meta_snapshot(self) -> str:
+        """Snapshot + Parquet export of the curated meta-skill corpus."""
+        from corpus.export import export_snapshot
+        from corpus.snapshots import create_snapshot, find_snapshot
+
+        with Store.open(self.db, command="demo") as store:
+            with store.connection() as con:
+                snap = find_snapshot(con, META_SNAPSHOT)
+            if snap is None:
+                snap = create_snapshot(store, META_SNAPSHOT, META_WHERE,
+                                       note="curated meta-skill corpus (demo)")
+            self.result.counts["meta snapshot"] = snap.n
+            out = self.out / "exports" / META_SNAPSHOT
+            out.parent.mkdir(parents=True, exist_ok=True)
+            export_snapshot(store, META_SNAPSHOT, "parquet", out)
+        return str(out)
+
+    def train_meta(self, base: str, export: str) -> str:
+        """LoRA on the meta-skill export, registered in ``models``; returns the student spec."""
+        from selfevo.evolve import register_checkpoint
+        from trainer.config import TrainConfig
+        from trainer.train import train
+
+        out = self.out / "models" / "meta"
+        if (out / "final" / "adapter_config.json").exists():
+            return f"hf:{base}+{out / 'final'}"
+        cfg = TrainConfig.from_dict({**self.c.train, "data": export, "base": base,
+                                     "out": str(out), "max_steps": self.c.meta_steps,
+                                     "seed": self.c.seed, "progress": False,
+                                     "resume": (out / "checkpoints").exists()})
+        result = train(cfg, log=lambda m: None)
+        with Store.open(self.db, command="demo") as store, \
+                store.run("train", cfg.resolved()) as run:
+            register_checkpoint(store, run, result, cfg)
+        self.result.counts["meta training loss"] = result.metrics.get("loss")
+        return f"hf:{base}+{result.final_dir}"
+
+    def evolve(self, base: str, student: str) -> list[Any]:
+        """Self-evolution rounds from the meta-skill student, with the evals."""
+        from selfevo.evolve import Evolution, EvolveConfig
+
+        c = self.c
+        config = EvolveConfig(
+            student=student, base=base, prompts=c.pool_where or "split = 'pool'",
+            rounds=c.rounds, meta=META_SNAPSHOT, strategy="restart", filters=["verdict"],
+            prompts_per_round=c.prompts_per_round or c.n_pool,
+            evals=["store:split = 'test'", *c.evals], eval_limit=c.eval_limit or c.n_test,
+            gen={"temperature": 0.0, "max_tokens": c.max_tokens},
+            train={**c.train, "max_steps": c.round_steps}, out=str(self.out / "evolve"),
+            name="demo", seed=c.seed)
+        with Store.open(self.db, command="demo evolve") as store:
+            return Evolution(store, config, log=self.log).run()
+
+    def report(self) -> None:
+        """The HTML audit report of the whole store."""
+        from selfevo.report import write_report
+
+        write_report(self.db, self.result.report)
+
+
+def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
+    """Run the whole SELF pipeline described by ``config``."""
+    return Pipeline(config, log).run()
