@@ -13,7 +13,7 @@ On N synthetic (p, r, f, r̂) records (default 1,000,000; half as many distinct 
   each timed best of ``--repeat``; the export is also checked to be byte-identical each time;
 * ``selfevo sql`` aggregate over N ``decisions`` rows as a subprocess, process start included;
 * start-up of ``selfevo --help`` and ``selfevo sql "select 1"``, and which heavy modules
-  (torch, transformers, datasets, peft) they import (must be none);
+  (torch, transformers, datasets, peft, pandas) they import (must be none);
 * peak RSS of every phase (each heavy phase runs in its own process).
 
 Usage:
@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 SELFEVO = str(Path(sys.executable).with_name("selfevo"))
-HEAVY = ("torch", "transformers", "datasets", "peft")
+HEAVY = ("torch", "transformers", "datasets", "peft", "pandas")
 
 
 def _peak_rss_mb() -> float:

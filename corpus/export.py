@@ -356,6 +356,8 @@ def dataset_card(m: SnapshotManifest) -> str:
     )
     files = "\n".join(f"| `{f.path}` | {f.rows} | {f.bytes} | `{f.sha256}` |" for f in m.files)
     selection = json.dumps(m.selection, sort_keys=True, ensure_ascii=False)
+    runs = ", ".join(m.runs[:20]) + (f" and {len(m.runs) - 20} more (manifest.json)"
+                                     if len(m.runs) > 20 else "")
     return f"""{yaml_head}# selfevo snapshot `{m.name}`
 
 Records for SELF (Self-Evolution with Language Feedback) training, exported by selfevo from an
@@ -370,7 +372,7 @@ f and a refinement r̂ (kind meta / self), or a prompt with its answer (kind qa)
 - parent snapshot: {m.parent or "none"}
 - selection: `{selection}`
 - code version: {m.code_version}
-- runs that created the records: {", ".join(m.runs)}
+- runs that created the records: {runs}
 
 ## Counts
 
