@@ -36,7 +36,12 @@ def as_series(texts: Sequence[str | None] | pl.Series) -> pl.Series:
 
 def normalize_texts(texts: Sequence[str | None] | pl.Series) -> pl.Series:
     """The normalised form of each text (NULL becomes the empty string)."""
-    s = as_series(texts).fill_null("").str.normalize("NFKC").str.to_lowercase()
+    s = as_series(texts).fill_null("")
+    # NFKC is the identity on ASCII; running it only where needed halves the cost.
+    non_ascii = np.flatnonzero((s.str.len_bytes() != s.str.len_chars()).to_numpy())
+    if len(non_ascii):
+        s = s.scatter(non_ascii, s.gather(non_ascii).str.normalize("NFKC"))
+    s = s.str.to_lowercase()
     s = s.str.replace_all(r"\s+", " ")
     # Twice: a punctuation run after a space can end right where the next one starts.
     for _ in range(2):
@@ -49,13 +54,15 @@ def normalize_text(text: str) -> str:
     return normalize_texts([text])[0]
 
 
-def exact_pairs(texts: Sequence[str | None] | pl.Series) -> tuple[np.ndarray, np.ndarray]:
+def exact_pairs(
+    texts: Sequence[str | None] | pl.Series, normalized: pl.Series | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(i, j)`` that link each text to the first text with the same normal form.
 
     A star per group is enough: clusters are connected components. Empty texts are never
-    paired (there is nothing to compare).
+    paired (there is nothing to compare). ``normalized`` skips normalising again.
     """
-    norm = normalize_texts(texts)
+    norm = normalize_texts(texts) if normalized is None else normalized
     df = pl.DataFrame({"norm": norm}).with_row_index("i")
     df = df.filter(pl.col("norm") != "")
     first = df.group_by("norm").agg(pl.col("i").min().alias("first"))

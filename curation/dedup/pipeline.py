@@ -149,8 +149,9 @@ def run_exact(texts: pl.Series, rank: np.ndarray, config: DedupConfig) -> StepOu
     from curation.dedup.exact import exact_pairs, normalize_texts
 
     t0 = time.perf_counter()
-    left, right = exact_pairs(texts)
-    compared = (normalize_texts(texts) != "").to_numpy()
+    norm = normalize_texts(texts)
+    left, right = exact_pairs(texts, normalized=norm)
+    compared = (norm != "").to_numpy()
     params = {"field": config.field, "keep": config.keep, "normalisation": NORMALISATION}
     return _outcome("dedup-exact", params, len(texts), left, right, rank, compared,
                     lambda m, k: np.ones(len(m)), time.perf_counter() - t0)
