@@ -23,17 +23,9 @@ def resolve_base(base: str) -> str:
     """A local model folder for ``base``: aliases are converted/cached, paths pass through."""
     if base.lower() not in ALIASES:
         return base
-    try:
-        from curation.backends import smollm2
-    except ImportError as exc:
-        raise SelfevoError(
-            f"--base {base} needs curation.backends.smollm2 ({exc}); pass a model folder instead"
-        ) from None
-    for name in ("hf_model_dir", "ensure_hf_model", "convert", "model_dir"):
-        fn = getattr(smollm2, name, None)
-        if callable(fn):
-            return str(fn())
-    raise SelfevoError(f"curation.backends.smollm2 has no converter for --base {base}")
+    from curation.backends import smollm2
+
+    return str(smollm2.convert())  # converted once from the GGUF, then cached
 
 
 def register_model(db: str, result: Any, cfg: Any) -> str:

@@ -50,6 +50,7 @@ def test_loss_decreases_on_small_overfit_set(tmp_path, tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(res.final_dir).config.model_type == "llama"
+    assert "varlen" not in (res.final_dir / "config.json").read_text()  # loads anywhere
 
 
 def test_lora_changes_only_adapters_and_merges(tmp_path, tiny_model_dir, export_dir):

@@ -92,3 +92,38 @@ def test_messages_must_match_layout(tmp_path):
     _write_manifest(exp, m)
     with pytest.raises(TrainerError, match="messages do not match"):
         load_export(exp)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "jsonl", "hf"])
+def test_real_store_export_verifies_and_builds(tmp_path, db, fmt, tiny_model_dir):
+    """An export written by the store (corpus.export) passes verification and trains as-is."""
+    from transformers import AutoTokenizer
+
+    from corpus.export import export_snapshot
+    from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+    from corpus.snapshots import create_snapshot
+    from corpus.store import Store
+    from trainer.sequences import build_examples
+    from trainer.show_masks import trained_texts
+
+    recs = synthetic_records(6, seed=2, kinds=("meta", "qa", "self"))
+    with Store.open(db, command="test") as store:
+        with store.run("test", {}) as run, store.transaction() as con:
+            prompts = [make_prompt(r["prompt"]) for r in recs]
+            insert_prompts(con, prompts, run.run_id)
+            rows = [make_record(prompt_id=p["prompt_id"], kind=r["kind"], round=r.get("round", 0),
+                                response=r.get("response"), feedback=r.get("feedback"),
+                                verdict=r.get("verdict"), refinement=r.get("refinement"))
+                    for p, r in zip(prompts, recs, strict=True)]
+            insert_records(con, rows, run.run_id)
+        create_snapshot(store, "s1", "true")
+        export_snapshot(store, "s1", fmt, tmp_path / "out")
+    loaded = load_export(tmp_path / "out")
+    assert len(loaded.rows) == 6 and loaded.manifest.format == fmt
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    examples, _ = build_examples(loaded.rows, tok, max_len=4096)
+    by_id = {r["record_id"]: r for r in loaded.rows}
+    for ex in examples:
+        r = by_id[ex.record_id]
+        want = [r["response"]] if r["kind"] == "qa" else [r["feedback"], r["refinement"]]
+        assert trained_texts(ex, tok) == [w + "<|im_end|>" for w in want]

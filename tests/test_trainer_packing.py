@@ -90,3 +90,24 @@ def test_accumulated_gradients_equal_one_big_batch(model_and_examples):
     model.zero_grad()
     name = next(iter(g_big))
     assert not torch.allclose(g_naive[name], g_big[name], rtol=1e-3)
+
+
+def test_varlen_attention_matches_masked_sdpa(tiny_model_dir, model_and_examples):
+    """selfevo_varlen (per-example SDPA) gives the block-diagonal mask's loss and gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from trainer.attention import register
+
+    _, tok, examples = model_and_examples
+    batch = collate([examples[:4], examples[4:]], tok.pad_token_id)
+    results = []
+    for impl in ("sdpa", register()):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=impl)
+        loss = weighted_loss_sum(model, batch)
+        loss.backward()
+        results.append((loss.detach(), _grads(model)))
+    (l1, g1), (l2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-5)
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], rtol=1e-4, atol=1e-5), n

@@ -47,7 +47,7 @@ class TrainConfig:
     lora_targets: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated names
     gradient_checkpointing: bool = False  # trade compute for activation memory
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp16 | fp32
-    attn: str = "auto"  # auto | sdpa | eager | flash_attention_2 (auto: flash when installed on GPU)
+    attn: str = "auto"  # auto | varlen | sdpa | eager | flash_attention_2 (auto: flash-attn on GPU if installed, else varlen)
     # --- run
     seed: int = 0  # seeds data order, LoRA init and dropout
     save_every: int = 0  # save a checkpoint every N steps (0: only at the end)

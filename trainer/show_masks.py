@@ -1,7 +1,8 @@
 """``--show-masks N``: print examples with the trained tokens highlighted.
 
 Context (label ``-100``) is dim; trained tokens are bold green on a dark background, so the
-feedback, the refinement and their end-of-turn tokens stand out. Decoding is span by span
+feedback, the refinement and their end-of-turn tokens stand out. Without colours (piped
+output) the trained spans are wrapped in ``⟦…⟧``. Decoding is span by span
 from the same ids the trainer uses — what you see is exactly what gets loss.
 """
 
@@ -30,13 +31,15 @@ def trained_texts(example: Example, tokenizer: Any) -> list[str]:
     return [tokenizer.decode(ids) for trained, ids in spans(example) if trained]
 
 
-def render(example: Example, tokenizer: Any) -> Any:
-    """A rich Text of the example with trained spans styled."""
+def render(example: Example, tokenizer: Any, *, brackets: bool = False) -> Any:
+    """A rich Text of the example with trained spans styled (and ``⟦…⟧`` when ``brackets``)."""
     from rich.text import Text
 
     text = Text()
     for trained, ids in spans(example):
         piece = tokenizer.decode(ids)
+        if trained and brackets:
+            piece = f"⟦{piece}⟧"
         text.append(piece, style="bold green on grey15" if trained else "dim")
     return text
 
@@ -58,8 +61,12 @@ def show_masks(cfg: TrainConfig, n: int, console: Any = None) -> None:
         export.rows[: max(n, 1) * 2], tokenizer, max_len=cfg.max_len,
         use_chat_template=cfg.chat_template, direct_weight=cfg.direct_weight, kinds=cfg.kinds,
     )
-    console.print(f"format: {fmt}; trained tokens are highlighted, context is dim")
+    # Without colours (a pipe, a file, NO_COLOR) the trained spans are bracketed ⟦…⟧ instead.
+    brackets = console.color_system is None
+    mark = "inside ⟦…⟧" if brackets else "highlighted"
+    console.print(f"format: {fmt}; trained tokens are {mark}, the rest is context")
     for ex in examples[:n]:
         console.print(Rule(f"{ex.part} {ex.record_id} weight={ex.weight} "
                            f"trained {ex.n_trained}/{len(ex.input_ids)} tokens"))
-        console.print(render(ex, tokenizer))
+        console.print(render(ex, tokenizer, brackets=brackets), highlight=False, markup=False,
+                      soft_wrap=True)

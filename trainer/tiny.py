@@ -68,10 +68,13 @@ def build_tiny_model(
     kv_heads: int = 2,
     intermediate: int | None = None,
     max_positions: int = 2048,
+    model_vocab: int | None = None,
 ) -> Path:
     """Build and save a tiny random Llama model + byte-level BPE tokenizer; return ``out_dir``.
 
     Deterministic for a given ``seed`` and arguments. Takes about a second on a laptop CPU.
+    ``model_vocab`` pads the embedding matrix beyond the tokenizer (benchmarks that want a
+    realistic 32k-vocabulary model cost).
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
@@ -110,7 +113,7 @@ def build_tiny_model(
     fast.save_pretrained(out)
 
     config = LlamaConfig(
-        vocab_size=len(fast),
+        vocab_size=max(model_vocab or 0, len(fast)),
         hidden_size=hidden,
         intermediate_size=intermediate or hidden * 2,
         num_hidden_layers=layers,

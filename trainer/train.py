@@ -120,7 +120,9 @@ def load_model(cfg: TrainConfig, dist: Dist, resume_dir: Path | None) -> Any:
     cuda = dist.device.startswith("cuda")
     attn = cfg.attn
     if attn == "auto":
-        attn = "sdpa"
+        # Packed rows need varlen attention: FlashAttention-2 when installed (GPU), else
+        # per-example SDPA (trainer/attention.py) instead of a wasteful block-diagonal mask.
+        attn = "varlen"
         if cuda:
             try:
                 import flash_attn  # noqa: F401
@@ -128,13 +130,21 @@ def load_model(cfg: TrainConfig, dist: Dist, resume_dir: Path | None) -> Any:
                 attn = "flash_attention_2"
             except ImportError:
                 pass
+    if attn == "varlen":
+        from trainer.attention import register
+
+        attn = register()
     # Frozen LoRA bases can live in bf16 on GPU; trained weights stay fp32 (autocast does bf16).
     dtype = torch.bfloat16 if (cuda and not cfg.full and cfg.precision != "fp32") else torch.float32
     source = str(resume_dir) if (resume_dir is not None and cfg.full) else cfg.base
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if not cfg.full:
             model.enable_input_require_grads()
     if not cfg.full:
@@ -400,6 +410,9 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         window = step_window(rows, cfg, dist, step)
         batches = [collate(mb, pad_id) for mb in window]
         loss, n_trained = backward_window(model, batches, dist, autocast_dtype)
+        n_tokens = torch.tensor([float(sum(len(e.input_ids) for mb in window for row in mb
+                                           for e in row))])
+        n_tokens = int(all_reduce_sum(n_tokens.to(dist.device), dist).item())
         if cfg.max_grad_norm > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
         else:
@@ -418,6 +431,7 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         last = {
             "step": step + 1, "loss": loss, "lr": lr, "grad_norm": float(gnorm),
             "trained_tokens": n_trained, "trained_tokens_per_s": n_trained / dt,
+            "tokens": n_tokens, "tokens_per_s": n_tokens / dt,
             "tokens_seen": tokens_seen, "epoch": (step + 1) * rows_per_step / len(rows),
             "step_time_s": dt,
         }

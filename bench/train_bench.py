@@ -1,0 +1,241 @@
+"""Trainer throughput: selfevo's packed trainer vs transformers.Trainer with padding.
+
+Same export (variable-length meta-skill records), same model, same LoRA and optimizer
+hyper-parameters, same examples and loss masks (both get selfevo's ids/labels, so only the
+batching and the loop differ). Each trainer runs in its own subprocess (clean peak memory).
+Reported: trained tokens/s (tokens with a label / summed optimizer-step wall time), padding
+share, peak memory (CPU: max RSS; GPU: max allocated), and on GPU the MFU.
+
+    flock /tmp/selfevo-bench.lock .venv/bin/python bench/train_bench.py           # CPU
+    .venv/bin/python bench/train_bench.py --gpu                                   # 0.5B, GPU
+
+``--gpu`` uses a ~0.5B-parameter Llama config (random init) with LoRA and full fine-tuning
+and reports MFU against the bf16 dense peak (H100 SXM: 989 TFLOP/s; set --peak-tflops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CPU_MODEL = dict(vocab_size=1024, hidden=256, layers=4, heads=8, kv_heads=4, intermediate=768)
+# ~0.5B parameters: 32 layers x 12.9M + 2 x 32000 x 1024 embeddings.
+GPU_MODEL = dict(vocab_size=1024, model_vocab=32000, hidden=1024, layers=32, heads=16,
+                 kv_heads=16, intermediate=2816, max_positions=4096)
+
+
+def prepare(work: Path, n: int, gpu: bool) -> tuple[Path, Path]:
+    """Build the model folder and the export once; both trainers read the same files."""
+    from trainer.synthetic import synthetic_records, write_export
+    from trainer.tiny import build_tiny_model
+
+    model = build_tiny_model(work / "model", **(GPU_MODEL if gpu else CPU_MODEL))
+    recs = synthetic_records(n, seed=7, kinds=("meta",))
+    export = write_export(work / "export", recs, name="bench-meta")
+    return model, export
+
+
+def examples_for(export: Path, model: Path, max_len: int):
+    """Verified rows -> selfevo examples (ids + labels): the identical input for both trainers."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import load_export
+    from trainer.sequences import build_examples
+
+    tok = AutoTokenizer.from_pretrained(model)
+    examples, stats = build_examples(load_export(export).rows, tok, max_len=max_len)
+    return tok, examples, stats
+
+
+def peak_memory_gb() -> float:
+    """Peak memory of this process: CUDA max allocated on GPU, else max RSS."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def run_selfevo(args, model: Path, export: Path, out: Path) -> dict:
+    """selfevo's trainer: packed rows of ``pack_len`` tokens."""
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    cfg = TrainConfig(
+        data=str(export), base=str(model), out=str(out), max_len=args.max_len,
+        pack=True, pack_len=args.pack_len, batch_size=1, grad_accum=1, epochs=1.0,
+        lr=2e-4, lora_r=16, lora_alpha=32, lora_dropout=0.0, full=args.full, progress=False,
+        warmup_ratio=0.0, seed=0, gradient_checkpointing=args.gradient_checkpointing,
+    )
+    res = train(cfg, log=lambda *_: None)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {"steps": res.steps, "trained_tokens": sum(r["trained_tokens"] for r in rows),
+            "tokens": sum(r["tokens"] for r in rows),
+            "seconds": sum(r["step_time_s"] for r in rows), "final_loss": res.losses[-1]}
+
+
+def run_hf(args, model_dir: Path, export: Path, out: Path) -> dict:
+    """transformers.Trainer, batches of ``hf_batch`` examples padded to the longest."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import (
+        AutoModelForCausalLM,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+
+    tok, examples, _ = examples_for(export, model_dir, args.max_len)
+    data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+            for e in examples]
+    torch.manual_seed(0)
+    cuda = torch.cuda.is_available()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.bfloat16 if (cuda and not args.full) else torch.float32,
+        attn_implementation="sdpa")
+    if not args.full:
+        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                 target_modules="all-linear", task_type="CAUSAL_LM"))
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.t0)
+
+    collator = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
+    targs = TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=args.hf_batch, num_train_epochs=1,
+        learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=10**9,
+        save_strategy="no", report_to=[], seed=0, bf16=cuda, disable_tqdm=True,
+        dataloader_num_workers=0, gradient_checkpointing=args.gradient_checkpointing,
+    )
+    trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collator,
+                      callbacks=[Clock()])
+    padded = sum(int(b["attention_mask"].numel()) for b in trainer.get_train_dataloader())
+    result = trainer.train()
+    # Trainer shifts labels inside the model; a row's first label is always context here, so
+    # the trained-token count is the same as selfevo's.
+    return {"steps": len(times), "trained_tokens": sum(e.n_trained for e in examples),
+            "tokens": sum(len(e.input_ids) for e in examples), "seconds": sum(times),
+            "final_loss": result.training_loss, "padded_tokens": padded}
+
+
+def child(args) -> None:
+    """Run one trainer and print its JSON result line."""
+    import torch
+
+    torch.manual_seed(0)
+    if not torch.cuda.is_available():
+        torch.set_num_threads(args.threads)
+    work = Path(args.work)
+    out = Path(tempfile.mkdtemp(prefix=f"{args.child}-", dir=work))
+    fn = {"selfevo": run_selfevo, "hf": run_hf}[args.child]
+    res = fn(args, work / "model", work / "export", out)
+    res["peak_mem_gb"] = peak_memory_gb()
+    print("RESULT " + json.dumps(res))
+
+
+def params_of(model_dir: Path) -> int:
+    """Parameter count of the bench model (for MFU)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with __import__("torch").device("meta"):
+        m = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+    return sum(p.numel() for p in m.parameters())
+
+
+def main() -> None:
+    """Prepare data once, run each trainer in a subprocess, print the table."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=0, help="records (default 400 CPU, 4000 GPU)")
+    ap.add_argument("--gpu", action="store_true", help="0.5B model on the GPU, LoRA and full")
+    ap.add_argument("--full", action="store_true", help="full fine-tuning (CPU mode)")
+    ap.add_argument("--max-len", type=int, default=1024)
+    ap.add_argument("--pack-len", type=int, default=0, help="selfevo row length (default 8x mean)")
+    ap.add_argument("--hf-batch", type=int, default=8, help="examples per padded batch")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU")
+    ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.child:
+        child(args)
+        return
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--gpu: no CUDA device here; run on a GPU machine")
+    n = args.n or (4000 if args.gpu else 400)
+    work = Path(tempfile.mkdtemp(prefix="train-bench-"))
+    model, export = prepare(work, n, args.gpu)
+    tok, examples, stats = examples_for(export, model, args.max_len)
+    mean_len = stats.tokens / max(stats.examples, 1)
+    pack_len = args.pack_len or max(args.max_len, int(mean_len * args.hf_batch))
+    print(f"data: {stats.examples} meta examples, {stats.tokens} tokens "
+          f"({stats.trained_tokens} trained), length mean {mean_len:.0f}, "
+          f"min {min(len(e.input_ids) for e in examples)}, "
+          f"max {max(len(e.input_ids) for e in examples)}; pack_len {pack_len}, "
+          f"hf batch {args.hf_batch}")
+    modes = [("lora", False), ("full", True)] if args.gpu else [("full" if args.full else "lora",
+                                                                  args.full)]
+    n_params = params_of(model) if args.gpu else 0
+    rows = []
+    for mode, full in modes:
+        for name in ("selfevo", "hf"):
+            cmd = [sys.executable, __file__, "--child", name, "--work", str(work),
+                   "--max-len", str(args.max_len), "--pack-len", str(pack_len),
+                   "--hf-batch", str(args.hf_batch), "--threads", str(args.threads)]
+            if full:
+                cmd.append("--full")
+            if args.gradient_checkpointing:
+                cmd.append("--gradient-checkpointing")
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stderr[-3000:])
+                sys.exit(f"{name} failed")
+            res = json.loads(line[0][7:])
+            res["tps"] = res["trained_tokens"] / res["seconds"]
+            rows.append((mode, name, res))
+    base = {mode: r["tps"] for mode, name, r in rows if name == "hf"}
+    print(f"\n{'mode':<5} {'trainer':<28} {'steps':>5} {'trained tok/s':>13} {'vs padded':>9} "
+          f"{'peak mem GB':>11} {'final loss':>10}" + ("  MFU" if args.gpu else ""))
+    for mode, name, r in rows:
+        label = "selfevo (packed)" if name == "selfevo" else "transformers.Trainer (padded)"
+        mfu = ""
+        if args.gpu:
+            # Model FLOPs per processed token: 6N full; LoRA skips weight gradients (~4N).
+            # Attention FLOPs are not counted, so this is a slight lower bound.
+            flops = (6 if mode == "full" else 4) * n_params * r["tokens"] / r["seconds"]
+            mfu = f"  {100 * flops / (args.peak_tflops * 1e12):.1f}%"
+        print(f"{mode:<5} {label:<28} {r['steps']:>5} {r['tps']:>13.0f} "
+              f"{r['tps'] / base[mode]:>8.2f}x {r['peak_mem_gb']:>11.2f} {r['final_loss']:>10.3f}{mfu}")
+    pad = [r for _, n_, r in rows if n_ == "hf"][0]
+    print(f"\npadding share in the padded baseline: "
+          f"{1 - stats.tokens / pad['padded_tokens']:.0%} of its token slots")
+
+
+if __name__ == "__main__":
+    main()
