@@ -21,6 +21,7 @@ import os
 import random
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -161,7 +162,9 @@ def load_model(cfg: TrainConfig, dist: Dist, resume_dir: Path | None) -> Any:
                 r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                 target_modules=targets, task_type="CAUSAL_LM",
             )
-            model = get_peft_model(model, lora)
+            with warnings.catch_warnings():  # peft calls a transformers alias deprecated in v5
+                warnings.simplefilter("ignore", FutureWarning)
+                model = get_peft_model(model, lora)
         for p in model.parameters():  # adapters train in fp32 even over a bf16 base
             if p.requires_grad:
                 p.data = p.data.float()
@@ -316,7 +319,9 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
     """Train on ``cfg.data`` from ``cfg.base`` into ``cfg.out``; see the module docstring."""
     import torch
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # our own bar (or none) instead of per-file load bars
     if not cfg.data or not cfg.base or not cfg.out:
         raise TrainerError("data, base and out are required (--data EXPORT_DIR --base MODEL --out DIR)")
     dist = init_distributed()
