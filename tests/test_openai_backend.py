@@ -67,11 +67,12 @@ FAULTS = [
 ]
 
 
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 @pytest.mark.parametrize(("behaviour", "kinds", "ok"), FAULTS,
                          ids=[f"{b.kind}-{b.status}-{b.code}" for b, _, _ in FAULTS])
-def test_exact_attempts_per_fault(server, behaviour, kinds, ok):
+def test_exact_attempts_per_fault(server, behaviour, kinds, ok, transport):
     server.push(behaviour)
-    [r] = backend(server).generate([ask()])
+    [r] = backend(server, transport=transport).generate([ask()])
     assert r.ok is ok
     assert [a.error_kind for a in r.attempts] == kinds
     assert len(server.chat_requests()) == len(kinds)  # the server saw exactly these attempts
@@ -82,10 +83,11 @@ def test_exact_attempts_per_fault(server, behaviour, kinds, ok):
         assert r.text is None and r.error_kind == kinds[-1]
 
 
-def test_hang_past_the_timeout_is_a_timeout_then_retried(server):
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_hang_past_the_timeout_is_a_timeout_then_retried(server, transport):
     server.push(Behaviour("hang", hang=5))
     t = time.monotonic()
-    [r] = backend(server, timeout=0.3).generate([ask()])
+    [r] = backend(server, timeout=0.3, transport=transport).generate([ask()])
     assert r.ok and [a.error_kind for a in r.attempts] == ["timeout", None]
     assert 0.3 <= time.monotonic() - t < 3
     server.release()
@@ -215,8 +217,10 @@ def test_load_spreads_over_base_urls():
         assert be.endpoint == ",".join(sorted([a.base_url, b.base_url]))
 
 
-def test_connection_refused_is_retried_then_failed():
-    be = OpenAIBackend.from_spec("openai:m@http://127.0.0.1:9/v1", fast(max_attempts=2))
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+def test_connection_refused_is_retried_then_failed(transport):
+    be = OpenAIBackend.from_spec("openai:m@http://127.0.0.1:9/v1",
+                                 fast(max_attempts=2, transport=transport))
     [r] = be.generate([ask()])
     assert not r.ok and [a.error_kind for a in r.attempts] == ["connection", "connection"]
 
