@@ -35,10 +35,10 @@ from fractions import Fraction
 REL_TOL = 1e-9
 
 # A signed number: thousands-grouped or plain integer part, optional decimals, or ".5".
-# The sign is accepted only when it is not glued to a preceding word or digit ("16-3" is a
-# subtraction, not -3); the lookbehind is applied where the pattern is used.
+# The sign is accepted only when it is glued to the number and not to a preceding word or
+# digit: "16-3" and "5 - 3" are subtractions, "-3", "(-3)", "−4" and "-$5" are negatives.
 _NUM = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-_SIGN = r"(?:(?<![\w.)\]}])[-−–](?=\s?[$€£¥]?\s?[\d.]))?"
+_SIGN = r"(?:(?<![\w.)\]}])[-−–](?=[$€£¥]\s?[\d.]|[\d.]))?"
 _CURRENCY = r"(?:[$€£¥]\s?)?"
 _NUMBER_RE = re.compile(
     rf"""

@@ -33,6 +33,7 @@ RESPONSE_CASES: list = [
     ("The answer is -3.", "-3", "-3", True),
     ("The temperature dropped to −4 degrees.", "-4", "-4", True),
     ("Each day 16-3-4 = 9", "9", "9", True),
+    ("So the difference is 10 - 3", "7", "3", False),  # "- 3" is subtraction, not -3
     ("The answer is 2 1/2 cups.", "2.5", "2.5", True),
     ("The answer is 3.50", "3.5", "3.5", True),
     ("The answer is €12 per ticket.", "12", "12", True),
