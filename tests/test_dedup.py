@@ -274,3 +274,15 @@ def test_semantic_dedup_finds_paraphrases(db, cli):
     assert sem[ids[1]]["detail"]["keeper"] == ids[0]
     assert sem[ids[1]]["detail"]["similarity"] >= 0.8
     assert sem[ids[3]]["detail"]["cluster_size"] == 1
+
+
+def test_big_buckets_stay_linear_and_connected():
+    rng = np.random.default_rng(7)
+    template = random_text(rng, 40)
+    texts = [template] * 150 + [random_text(rng, 40) for _ in range(5)]
+    res = near_duplicates(texts, max_bucket=8)
+    # A sliding window of 8 instead of all 150*149/2 pairs per band ...
+    assert res.candidates <= 150 * 7
+    # ... still links the whole bucket into one cluster.
+    labels = connected_components(len(texts), res.left, res.right)
+    assert set(labels[:150].tolist()) == {0} and len(set(labels[150:].tolist())) == 5

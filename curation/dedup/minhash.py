@@ -30,6 +30,7 @@ bounded (only the band hashes, ``bands`` uint64 per text, live for the whole cor
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -353,8 +354,6 @@ def near_duplicates(
     ``num_perm // bands``. Memory: the texts, ``bands`` x 8 bytes per text, one chunk's
     signatures and the shingle sets of the texts that have a candidate pair.
     """
-    import time
-
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
     if bands is None:
