@@ -98,6 +98,11 @@ def load_items(
             f"benchmark file {file} not found; pass --path FILE (e.g. gsm8k test.jsonl)"
         )
     items = _file_items(file, bench if bench in PRESETS else None)
+    seen: set[str] = set()
+    for it in items:  # eval_items is keyed by item id: say so now, not after the model ran
+        if it.item_id in seen:
+            raise SelfevoError(f"{file}: item id {it.item_id!r} appears twice; ids must be unique")
+        seen.add(it.item_id)
     return name, items[:limit] if limit else items
 
 

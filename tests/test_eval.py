@@ -206,6 +206,11 @@ def test_load_items_from_file_store_and_presets(store, tmp_path):
         load_items("store", store=store, where="no_such_column = 1")
     with pytest.raises(SelfevoError, match="not found"):
         load_items("gsm8k", path=str(tmp_path / "missing.jsonl"))
+    dup = tmp_path / "dup.jsonl"
+    dup.write_text('{"question": "a?", "answer": "1", "meta": {"id": "x"}}\n'
+                   '{"question": "b?", "answer": "2", "meta": {"id": "x"}}\n')
+    with pytest.raises(SelfevoError, match="'x' appears twice"):
+        load_items(str(dup))
 
 
 def test_gsm8k_and_svamp_presets():
