@@ -59,9 +59,9 @@ def normalise_tokens(text: str) -> list[str]:
     text = _DIGITS.sub(" 0 ", unicodedata.normalize("NFKC", text).casefold())
     out: list[str] = []
     for tok in _TOKEN.findall(text):
-        if tok in _NUMBER_WORDS or tok.isdigit():
+        if tok in _NUMBER_WORDS or tok == NUM:
             if out and out[-1] == NUM:
-                continue
+                continue  # "twenty five", "1,000 000": one number
             tok = NUM
         out.append(tok)
     return out
@@ -106,7 +106,9 @@ class BenchmarkIndex:
         """Best coverage of one benchmark item by ``text`` and its detail (None: no overlap)."""
         if not text:
             return 0.0, None
-        hits = ngrams(normalise_tokens(text), self.n).intersection(self.grams)
+        index = self.grams
+        # Iterate the record's few n-grams; set.intersection(dict) would walk the whole index.
+        hits = [g for g in ngrams(normalise_tokens(text), self.n) if g in index]
         if not hits:
             return 0.0, None
         counts: Counter[int] = Counter()
