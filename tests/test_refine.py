@@ -226,3 +226,13 @@ def test_refine_with_smollm2(cli, db):
 
     with Store.open_readonly(db) as s:
         assert s.query("SELECT count(*) FROM calls WHERE status = 'ok'")[0][0] >= 2
+
+
+def test_given_answers_are_refined_without_asking_again():
+    model = ScriptedModel(lambda stage, req: {"answer": "new", "feedback": "Verdict: incorrect",
+                                              "refinement": "fixed"}[stage])
+    a, b = self_refine(model, ["Q1", "Q2"], steps=1, answers=["existing", None])
+    assert (a.answer, b.answer) == ("existing", "new")
+    assert [stage_of(r) for r in model.requests].count("answer") == 1
+    assert model.requests[1].messages[1]["content"] == "existing"  # feedback on the given one
+    assert a.final == b.final == "fixed"
