@@ -485,15 +485,13 @@ class Ledger:
                     on_outcome(k, outcome)
 
         requests = [calls[i].request for i in misses]
-        try:
-            if use_window:
-                backend.generate(requests, on_result, before_send=before_send)  # type: ignore[call-arg]
-            else:
-                backend.generate(requests, on_result)
-        finally:
-            # Registered but never reported (an exception or a second Ctrl-C in generate):
-            # leave them pending; the next open marks them possibly billed.
-            self.writer.flush()
+        # No flush at the end: the writer keeps order (a later lookup runs after these
+        # rows) and close() commits the rest. Calls registered but never reported (an
+        # exception, a second Ctrl-C) stay pending; the next open marks them possibly billed.
+        if use_window:
+            backend.generate(requests, on_result, before_send=before_send)  # type: ignore[call-arg]
+        else:
+            backend.generate(requests, on_result)
         return [o for o in outcomes if o is not None]
 
     def _unsent(self, cid: str, prior: str | None, registered: bool) -> None:

@@ -34,6 +34,22 @@ def calls(n: int, **params) -> list[Call]:
                  "h1:tpl") for i in range(n)]
 
 
+@pytest.fixture(autouse=True)
+def _close_backends(monkeypatch):
+    """Close every backend a test made (their event-loop threads and HTTP sessions)."""
+    made: list[OpenAIBackend] = []
+    original = OpenAIBackend.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(OpenAIBackend, "__init__", init)
+    yield
+    for b in made:
+        b.close()
+
+
 @pytest.fixture
 def server():
     with OpenAIServer() as s:

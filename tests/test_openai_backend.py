@@ -40,6 +40,22 @@ def ask(text: str = "What is 6 * 7?", **params) -> ChatRequest:
     return ChatRequest([{"role": "user", "content": text}], params)
 
 
+@pytest.fixture(autouse=True)
+def _close_backends(monkeypatch):
+    """Close every backend a test made (their event-loop threads and HTTP sessions)."""
+    made: list[OpenAIBackend] = []
+    original = OpenAIBackend.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(OpenAIBackend, "__init__", init)
+    yield
+    for b in made:
+        b.close()
+
+
 @pytest.fixture
 def server():
     with OpenAIServer() as s:

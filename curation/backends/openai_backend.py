@@ -37,7 +37,6 @@ import json
 import os
 import random
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -432,6 +431,9 @@ class OpenAIBackend(Backend):
         self._api_key = self._read_key()
         self._stop = threading.Event()
         self.stop_reason: str | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._clients: list[Any] = []
 
     @classmethod
     def from_spec(cls, spec: str, options: OpenAIOptions | None = None) -> OpenAIBackend:
@@ -471,17 +473,47 @@ class OpenAIBackend(Backend):
                  before_send: BeforeSend | None = None) -> list[ChatResult]:
         """Answer every request (see the module docstring); ``on_result`` as each finishes.
 
-        Requests not sent because of the budget or a stop come back with ``ok=False``, no
-        attempts and ``error_kind`` ``budget`` / ``interrupted``. On Ctrl-C nothing new is
-        sent, requests in flight finish and are reported, then KeyboardInterrupt is raised;
-        a second Ctrl-C abandons them.
+        Requests run on the backend's own event loop thread, which keeps its HTTP connections,
+        pacing and adaptive concurrency from one call to the next; ``on_result`` and
+        ``before_send`` are called from that thread. Requests not sent because of the budget
+        or a stop come back with ``ok=False``, no attempts and ``error_kind`` ``budget`` /
+        ``interrupted``. On Ctrl-C nothing new is sent, requests in flight finish and are
+        reported, then KeyboardInterrupt is raised; a second Ctrl-C abandons them.
         """
         if not requests:
             return []
-        return asyncio.run(self._generate(list(requests), on_result, before_send))
+        loop = self._event_loop()
+        fut = asyncio.run_coroutine_threadsafe(
+            self._generate(list(requests), on_result, before_send), loop)
+        try:
+            return fut.result()
+        except KeyboardInterrupt:
+            self.request_stop("interrupted")
+            loop.call_soon_threadsafe(self._interrupted.set)
+            try:
+                fut.result()  # in-flight requests finish and are reported
+            except KeyboardInterrupt:  # a second Ctrl-C: abandon them (they stay pending)
+                fut.cancel()
+            raise
 
-    async def _generate(self, requests: list[ChatRequest], on_result: OnResult | None,
-                        before_send: BeforeSend | None) -> list[ChatResult]:
+    def _event_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def serve() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(ready.set)
+                loop.run_forever()
+
+            self._thread = threading.Thread(target=serve, name="selfevo-openai", daemon=True)
+            self._thread.start()
+            ready.wait()
+            self._loop = loop
+            asyncio.run_coroutine_threadsafe(self._setup(), loop).result()
+        return self._loop
+
+    async def _setup(self) -> None:
         import httpx2
         import openai
 
@@ -490,35 +522,40 @@ class OpenAIBackend(Backend):
                                max_keepalive_connections=opts.concurrency + 4)
         http = (openai.DefaultAioHttpClient if opts.transport == "aiohttp"
                 else openai.DefaultAsyncHttpx2Client)
-        clients = [
+        self._clients = [
             openai.AsyncOpenAI(
                 api_key=self._api_key, base_url=url, max_retries=0, timeout=opts.timeout,
                 http_client=http(limits=limits, timeout=opts.timeout),
             )
             for url in self.base_urls
         ]
-        loads = [0] * len(clients)
+        self._loads = [0] * len(self._clients)
+        self._gate = Gate(opts.concurrency)
+        self._pacer = Pacer(opts.rpm, opts.tpm)
         self._interrupted = asyncio.Event()
+
+    def close(self) -> None:
+        """Close the HTTP clients and stop the event loop thread."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+
+        async def shutdown() -> None:
+            for c in self._clients:
+                with contextlib.suppress(Exception):
+                    await c.close()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        loop.close()
+
+    async def _generate(self, requests: list[ChatRequest], on_result: OnResult | None,
+                        before_send: BeforeSend | None) -> list[ChatResult]:
         results: list[ChatResult | None] = [None] * len(requests)
-        gate, pacer = Gate(opts.concurrency), Pacer(opts.rpm, opts.tpm)
         next_index = 0
-        interrupted = False
-        loop = asyncio.get_running_loop()
-        tasks: list[asyncio.Task[None]] = []
-
-        def on_sigint() -> None:
-            nonlocal interrupted
-            if interrupted:  # second Ctrl-C: abandon what is in flight
-                for t in tasks:
-                    t.cancel()
-                return
-            interrupted = True
-            self.request_stop("interrupted")
-            self._interrupted.set()
-
-        sigint = threading.current_thread() is threading.main_thread()
-        if sigint:
-            loop.add_signal_handler(signal.SIGINT, on_sigint)
 
         def finish(i: int, result: ChatResult) -> None:
             results[i] = result
@@ -530,7 +567,8 @@ class OpenAIBackend(Backend):
             while not self._stop.is_set() and next_index < len(requests):
                 i = next_index
                 next_index += 1
-                finish(i, await self._complete(i, requests[i], clients, loads, gate, pacer, before_send))
+                finish(i, await self._complete(i, requests[i], self._clients, self._loads,
+                                               self._gate, self._pacer, before_send))
             # Stopped (budget or Ctrl-C): report what was never taken, so the ledger can
             # drop its pending rows. Requests abandoned in flight are not reported: they
             # stay pending, and the next run counts them as possibly billed.
@@ -540,25 +578,13 @@ class OpenAIBackend(Backend):
                 reason = self.stop_reason or "interrupted"
                 finish(i, ChatResult(ok=False, error_kind=reason, error=f"not sent ({reason})"))
 
-        try:
-            tasks = [asyncio.create_task(worker()) for _ in range(min(opts.concurrency, len(requests)))]
-            done = await asyncio.gather(*tasks, return_exceptions=True)
-            errors = [d for d in done if isinstance(d, BaseException)
-                      and not isinstance(d, asyncio.CancelledError)]
-            if errors:
-                raise errors[0]
-        finally:
-            if sigint:
-                loop.remove_signal_handler(signal.SIGINT)
-            for c in clients:
-                await c.close()
-        reason = self.stop_reason or "interrupted"
-        for i, r in enumerate(results):
-            if r is None:
-                results[i] = ChatResult(ok=False, error_kind=reason,
-                                        error=f"not sent ({reason})")
-        if interrupted:
-            raise KeyboardInterrupt
+        n_workers = min(self.options.concurrency, len(requests))
+        done = await asyncio.gather(*(worker() for _ in range(n_workers)), return_exceptions=True)
+        errors = [d for d in done if isinstance(d, BaseException)]
+        if errors:
+            raise errors[0]
+        # (KeyboardInterrupt is raised by generate() in the caller's thread: raised here it
+        # would escape the event loop thread.)
         return [r for r in results if r is not None]
 
     async def _complete(self, index: int, request: ChatRequest, clients: list[Any],
