@@ -8,7 +8,7 @@ from rich.table import Table
 
 from corpus.options import db_option
 from corpus.store import Store
-from curation.selection import Selection, selection_options
+from curation.selection import Selection, record_progress, selection_options
 
 
 @click.group("templates")
@@ -146,8 +146,8 @@ def filter_cmd(steps: tuple[str, ...], chunk_size: int, selection: Selection, db
     from curation.filters import parse_step
 
     parsed = [parse_step(s) for s in steps]
-    with Store.open(db, command="curate filter") as store:
-        result = run_filters(store, parsed, selection, chunk_size=chunk_size)
+    with Store.open(db, command="curate filter") as store, record_progress("filter") as bar:
+        result = run_filters(store, parsed, selection, chunk_size=chunk_size, progress=bar)
         with store.connection() as con:
             funnel = run_funnel(con, result.run_id)
     Console().print(funnel_table(funnel))
@@ -215,10 +215,10 @@ def decontam_cmd(against: str, path: str | None, fields: tuple[str, ...], ngram:
     name, items, sha = load_benchmark(against, path)
     index = BenchmarkIndex.build(name, items, ngram)
     built = time.perf_counter() - t0
-    with Store.open(db, command="curate decontam") as store:
+    with Store.open(db, command="curate decontam") as store, record_progress(name) as bar:
         result = decontaminate(store, index, selection, fields=fields, min_overlap=min_overlap,
                                source={"path": str(path or against), "sha256": sha},
-                               index_seconds=built)
+                               index_seconds=built, progress=bar)
         with store.connection() as con:
             funnel = run_funnel(con, result.run_id)
     Console().print(funnel_table(funnel))

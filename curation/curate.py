@@ -53,11 +53,13 @@ def run_filters(
     *,
     chunk_size: int = 50_000,
     progress: Callable[[int], None] | None = None,
+    parent_run_id: str | None = None,
 ) -> FilterRun:
     """Run ``steps`` over the selected records as one ``curate filter`` run.
 
     Each chunk's decisions of all steps land in one short transaction. ``progress`` is called
-    with the number of records done after each chunk.
+    with the number of records done after each chunk; ``parent_run_id`` links the run to
+    the one it belongs to (e.g. an ``evolve`` round).
     """
     if not steps:
         raise StepError("give at least one --step (see 'selfevo curate steps')")
@@ -68,7 +70,7 @@ def run_filters(
               "chunk_size": chunk_size}
     seconds = {s.label: 0.0 for s in steps}
     kept = 0
-    with store.run("curate filter", config) as run:
+    with store.run("curate filter", config, parent_run_id) as run:
         for chunk in iter_selected(store, selection, columns, chunk_size):
             per_step: list[list[Result]] = []
             for step in steps:

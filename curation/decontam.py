@@ -209,6 +209,7 @@ def decontaminate(
     chunk_size: int = 50_000,
     index_seconds: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    parent_run_id: str | None = None,
 ) -> DecontamRun:
     """Write one ``decontam-<benchmark>`` decision per selected record (passed = clean).
 
@@ -228,7 +229,7 @@ def decontaminate(
               "selection": selection.as_dict(), "index": {"items": len(index.item_ids),
                                                            "ngrams": len(index.grams)}}
     flagged, seconds = 0, 0.0
-    with store.run("curate decontam", config) as run:
+    with store.run("curate decontam", config, parent_run_id) as run:
         for chunk in iter_selected(store, selection, fields, chunk_size):
             t0 = time.perf_counter()
             rows = [_decide(index, rec, fields, min_overlap) for rec in chunk]
