@@ -11,9 +11,12 @@ Two parts (both print a table):
   detection rate per planting kind and false positives. Baseline in the same run: the
   "any shared 13-gram" rule (GPT-3 style) on the same records, with no number normalisation.
 
+* ``--filters N``: ``curate filter`` with all seven built-in steps over N records.
+
 Usage:
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/decontam_bench.py --choose
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/decontam_bench.py --n 1000000
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/decontam_bench.py --filters 200000
 """
 
 from __future__ import annotations
@@ -209,6 +212,55 @@ def run_store(args: argparse.Namespace) -> None:
           f"{wrong_item}; index {index_s:.2f}s, matching {result.match_seconds:.1f}s")
 
 
+def run_filters_bench(args: argparse.Namespace) -> None:
+    """``curate filter`` with every built-in over N records: per-step time, end-to-end time."""
+    from corpus.funnel import run_funnel
+    from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+    from corpus.store import Store
+    from corpus.wordproblems import generate_problems
+    from curation.curate import run_filters
+    from curation.filters import parse_step
+    from curation.selection import Selection
+
+    problems = generate_problems(min(args.filters, 20_000), seed=1)
+    rng = random.Random(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        db = str(Path(tmp) / "filters.duckdb")
+        with Store.open(db, command="bench") as store, store.run("bench load", {}) as run:
+            for start in range(0, args.filters, 100_000):
+                prompts, recs = [], []
+                for i in range(start, min(start + 100_000, args.filters)):
+                    p = problems[i % len(problems)]
+                    prompt = make_prompt(f"{p['text']} (#{i})", gold_answer=p["gold_answer"])
+                    verdict = rng.choice(["correct", "correct", "incorrect", None])
+                    prompts.append(prompt)
+                    recs.append(make_record(
+                        prompt_id=prompt["prompt_id"], kind="self", round=1,
+                        response=p["gold_rationale"], verdict=verdict,
+                        feedback=f"Checked each step.\nVerdict: {verdict or 'unsure'}",
+                        refinement=p["gold_rationale"] if rng.random() < 0.9 else "I'm sorry, but"))
+                with store.transaction() as con:
+                    insert_prompts(con, prompts, run.run_id)
+                    insert_records(con, recs, run.run_id)
+        steps = [parse_step(s) for s in ("verdict", "gold-match", "length:max_chars=4000",
+                                         "empty", "refusal", "repetition", "format")]
+        with Store.open(db, command="bench") as store:
+            t0 = time.perf_counter()
+            result = run_filters(store, steps, Selection())
+            wall = time.perf_counter() - t0
+            with store.connection() as con:
+                funnel = run_funnel(con, result.run_id)
+    checks = sum(result.seconds.values())
+    print(f"curate filter, 7 built-in steps, {args.filters:,} records: wall {wall:.1f}s "
+          f"({args.filters / wall:,.0f} records/s); checks {checks:.1f}s, store read + "
+          f"{7 * args.filters:,} decision rows written {wall - checks:.1f}s; kept {result.kept:,}")
+    print("step | seconds | records/s | passed")
+    print("--- | --- | --- | ---")
+    for r in funnel.rows:
+        print(f"{r.step} | {r.seconds:.2f} | {r.checked / max(r.seconds, 1e-9):,.0f} | "
+              f"{r.passed:,}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -222,8 +274,15 @@ def main() -> None:
     ap.add_argument("--per-kind", type=int, default=200, help="planted items per kind")
     ap.add_argument("--ngram", type=int, default=8)
     ap.add_argument("--min-overlap", type=float, default=0.5)
+    ap.add_argument("--filters", type=int, default=0,
+                    help="instead: time curate filter (all built-ins) over this many records")
     args = ap.parse_args()
-    choose(args) if args.choose else run_store(args)
+    if args.filters:
+        run_filters_bench(args)
+    elif args.choose:
+        choose(args)
+    else:
+        run_store(args)
 
 
 if __name__ == "__main__":

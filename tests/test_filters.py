@@ -118,6 +118,8 @@ def test_bad_step_names_and_parameters_list_the_valid_ones():
         parse_step("length")
     with pytest.raises(StepError, match="expected k=v"):
         parse_step("verdict:drop")
+    with pytest.raises(StepError, match="non-empty label"):
+        parse_step("verdict:as=")
 
 
 def test_parse_step_types_labels_and_commas_in_values():

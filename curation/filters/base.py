@@ -190,6 +190,9 @@ def parse_step(spec: str) -> Step:
             raise StepError(f"step {name!r}: expected k=v, got {item!r} (e.g. {_example(cls)})")
         if key == "as":
             label = raw.strip()
+            if not re.fullmatch(r"[\w.:-]+", label):
+                raise StepError(f"step {name!r}: as={raw!r} must be a non-empty label of "
+                                "letters, digits, '_', '-', '.', ':'")
             continue
         if key not in specs:
             valid = ", ".join(specs) or "(none)"
