@@ -158,9 +158,9 @@ def test_429_storm_slows_the_collector_down(server):
     results = b.generate([ask(f"q{i}") for i in range(48)])
     assert all(r.ok for r in results)
     in_storm = [r for r in server.chat_requests() if r.started < storm_until]
-    # Hammering would send ~16 requests every few ms (hundreds in 0.8 s); the global pause and
-    # the halved concurrency keep it to a few waves.
-    assert len(in_storm) <= 48, len(in_storm)
+    # Retrying at once would send 16 requests per 20 ms round trip: ~640 in the 0.8 s storm.
+    # The global Retry-After pause and the halved concurrency keep it to a few waves.
+    assert len(in_storm) <= 100, len(in_storm)
     assert b.stats.rate_limited >= 1 and b.stats.limit < 16
 
 
