@@ -102,10 +102,9 @@ def test_exact_attempts_per_fault(server, behaviour, kinds, ok, transport):
 @pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
 def test_hang_past_the_timeout_is_a_timeout_then_retried(server, transport):
     server.push(Behaviour("hang", hang=5))
-    t = time.monotonic()
     [r] = backend(server, timeout=0.3, transport=transport).generate([ask()])
     assert r.ok and [a.error_kind for a in r.attempts] == ["timeout", None]
-    assert 0.3 <= time.monotonic() - t < 3
+    assert 0.3 <= r.attempts[0].latency < 2.5  # cut at the timeout, not at the 5 s hang
     server.release()
 
 
