@@ -3,12 +3,15 @@
 A local OpenAI-compatible server (tests/openai_server.py, its own process) answers every
 request after a fixed latency (default 100 ms). For each concurrency:
 
-* (b) **plain**: ``AsyncOpenAI(max_retries=0)`` + a semaphore, N independent requests, nothing
-  stored — the bare client's ceiling on this machine;
 * (a) **collect**: ``run_collect`` (what ``selfevo collect`` runs, in-process so both share
   the interpreter's warm imports) over N/3 prompts with an ``openai:`` responder and teacher:
-  3 dependent calls per prompt, every call pending-before-send, completed, attempts, records,
-  runs — full persistence in a fresh DuckDB store;
+  3 dependent calls per prompt (three stages), every call pending-before-send, completed,
+  attempts, records, runs — full persistence in a fresh DuckDB store; timed from opening the
+  store to closing it;
+* (b) **plain**: ``AsyncOpenAI(max_retries=0)`` + a semaphore sending the very requests (a)
+  sent (read back from its ledger) as one flat batch, storing nothing — the bare client's
+  ceiling on this machine, with its default httpx2 stack, and on the aiohttp transport that
+  selfevo uses;
 
 and the physical limit ``concurrency / latency``. Then a fully cached re-run of ``--cached``
 prompts, timed in-process and as a ``selfevo collect`` subprocess (interpreter start and
@@ -42,26 +45,43 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-async def plain_loop(url: str, n: int, concurrency: int) -> float:
-    """Seconds for n requests with the bare client (nothing stored)."""
+async def plain_loop(url: str, requests: list[dict], concurrency: int,
+                     transport: str = "httpx") -> float:
+    """Seconds to send ``requests`` (model/messages/params dicts) with the bare client.
+
+    ``httpx``: the client exactly as documented (its default HTTP stack); ``aiohttp``: the
+    same loop on openai's aiohttp transport, the one selfevo uses by default.
+    """
     import openai
 
-    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=60)
+    http = openai.DefaultAioHttpClient(timeout=60) if transport == "aiohttp" else None
+    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=60,
+                                http_client=http)
     sem = asyncio.Semaphore(concurrency)
 
-    async def one(i: int) -> str | None:
+    async def one(req: dict) -> str | None:
         async with sem:
-            r = await client.chat.completions.create(
-                model="bench", messages=[{"role": "user", "content": f"What is {i} + {i}?"}],
-                max_tokens=256, temperature=0.0)
+            r = await client.chat.completions.create(**req)
             return r.choices[0].message.content
 
     t = time.perf_counter()
-    out = await asyncio.gather(*(one(i) for i in range(n)))
+    out = await asyncio.gather(*(one(r) for r in requests))
     dt = time.perf_counter() - t
     await client.close()
     assert all(out)
     return dt
+
+
+def sent_requests(db: str) -> list[dict]:
+    """The requests a collection sent, read back from its ledger (for the plain loop)."""
+    import json
+
+    from corpus.store import Store
+
+    with Store.open_readonly(db) as store:
+        rows = store.query("SELECT model, messages, params FROM calls ORDER BY created_at")
+    return [{"model": m.split(":", 1)[1], "messages": json.loads(msgs), **json.loads(params)}
+            for m, msgs, params in rows]
 
 
 def make_store(path: str, n_prompts: int) -> None:
@@ -107,14 +127,17 @@ def main() -> None:
     try:
         for c in [int(x) for x in args.concurrency.split(",")]:
             n = args.requests_c1 if c == 1 else args.requests
-            plain_s = asyncio.run(plain_loop(url, n, c))
             db = os.path.join(tmp, f"c{c}.duckdb")
             make_store(db, n // 3)
             coll_s, sent, records = collect_once(db, url, c)
+            # (b) sends exactly the requests (a) sent, as one flat batch.
+            reqs = sent_requests(db)
+            plain_s = asyncio.run(plain_loop(url, reqs, c))
+            plain_aio_s = asyncio.run(plain_loop(url, reqs, c, "aiohttp"))
             limit = c / args.latency
-            plain_rps, coll_rps = n / plain_s, sent / coll_s
-            rows.append((c, n, sent, limit, plain_rps, coll_rps, coll_rps / plain_rps,
-                         coll_rps / limit, records))
+            n = len(reqs)
+            plain_rps, aio_rps, coll_rps = n / plain_s, n / plain_aio_s, sent / coll_s
+            rows.append((c, n, sent, limit, plain_rps, aio_rps, coll_rps, records))
 
         db = os.path.join(tmp, "cached.duckdb")
         make_store(db, args.cached)
@@ -133,12 +156,13 @@ def main() -> None:
 
     print(f"\nselfevo collect vs plain asyncio+openai; server latency {args.latency * 1000:.0f} ms"
           f" ({os.cpu_count()} CPUs)\n")
-    print("| concurrency | requests (plain / collect) | physical limit req/s | plain req/s "
-          "| collect req/s | collect / plain | collect / limit |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for c, n, sent, limit, p, a, ratio, of_limit, _ in rows:
-        print(f"| {c} | {n} / {sent} | {limit:.0f} | {p:.1f} | {a:.1f} | {ratio:.2f} "
-              f"| {of_limit:.2f} |")
+    print("| concurrency | requests (plain / collect) | physical limit req/s "
+          "| (b) plain httpx req/s | plain aiohttp req/s | (a) collect req/s "
+          "| (a)/(b) | (a)/plain aiohttp | (a)/limit |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for c, n, sent, limit, p, aio, a, _ in rows:
+        print(f"| {c} | {n} / {sent} | {limit:.0f} | {p:.1f} | {aio:.1f} | {a:.1f} "
+              f"| {a / p:.2f} | {a / aio:.2f} | {a / limit:.2f} |")
     print(f"\nfully cached re-run of {args.cached} prompts ({3 * args.cached} cached calls, "
           f"{cached_records} records, {resent} requests sent): {cached_s:.2f} s in-process, "
           f"{sub_s:.2f} s as a `selfevo collect` subprocess (first run: {sent} requests in "

@@ -165,7 +165,9 @@ class Writer:
             self._batch.seq = self._seq
             if urgent or len(self._batch) >= self.max_rows:
                 self._urgent = True
-            self._cond.notify_all()
+                # Wake the writer only when it must act now: a wake-up per result would
+                # bounce the GIL between threads hundreds of times a second.
+                self._cond.notify_all()
             return self._seq
 
     def register(self, new_calls: list[dict[str, Any]], resend: list[str]) -> int:
@@ -455,19 +457,21 @@ class Ledger:
                 tickets.append((n, self.writer.register(new, resend)))
                 registered = n
 
-        def before_send(j: int) -> None:
-            # Keep the window ahead of the sender; block only if it caught up.
+        def before_send(j: int) -> Callable[[], None] | None:
+            # Keep the window ahead of the sender. If the sender caught up, hand back the
+            # wait: the backend runs it off its event loop, so only this request waits.
             if j + window // 2 >= registered:
                 register_upto(j + window)
             for upto, ticket in tickets:
                 if upto > j:
                     if not self.writer.committed(ticket):
-                        self.writer.wait(ticket)
+                        return lambda: self.writer.wait(ticket)
                     break
+            return None
 
         use_window = getattr(backend, "supports_before_send", False)
         concurrency = getattr(getattr(backend, "options", None), "concurrency", 16)
-        window = self.window or max(256, 4 * concurrency)
+        window = self.window or max(512, 8 * concurrency)
         register_upto(window if use_window else len(misses))
         self.writer.wait(tickets[-1][1])
 
