@@ -37,6 +37,7 @@ from curation.backends.openai_backend import (
     OpenAIOptions,
     PriceTable,
     estimate_tokens,
+    public_spec,
     upper_bound_tokens,
 )
 from curation.errors import CurationError
@@ -66,6 +67,8 @@ class CollectConfig:
         """JSON-able config for the ``runs`` row (no secrets: only the key's variable name)."""
         d = asdict(self)
         d["responses_from"] = list(self.responses_from)
+        d["teacher"] = public_spec(self.teacher)
+        d["responder"] = public_spec(self.responder) if self.responder else None
         return d
 
 

@@ -19,6 +19,7 @@ from curation.backends.openai_backend import (  # noqa: E402
     OpenAIOptions,
     PriceTable,
     parse_spec,
+    public_spec,
     redact,
     strip_credentials,
 )
@@ -254,6 +255,8 @@ def test_parse_spec_and_credentials():
         parse_spec("openai:m@ftp://x")
     b = OpenAIBackend.from_spec("openai:m@http://u:pw-secret@127.0.0.1:1/v1", fast())
     assert "pw-secret" not in b.endpoint and "pw-secret" not in b.spec
+    assert public_spec("openai:m@http://u:pw-secret@127.0.0.1:1/v1?key=k") == "openai:m@http://127.0.0.1:1/v1"
+    assert public_spec("openai:gpt-4o") == "openai:gpt-4o" and public_spec("reference") == "reference"
 
 
 def test_redact():

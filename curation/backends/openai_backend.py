@@ -121,6 +121,19 @@ def strip_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
 
 
+def public_spec(spec: str) -> str:
+    """A model spec safe to store: base URLs without credentials or query strings."""
+    if not spec.startswith("openai:"):
+        return spec
+    try:
+        model, urls = parse_spec(spec)
+    except CurationError:
+        return "openai:[unparseable spec]"
+    if "@" not in spec[len("openai:") + len(model):]:
+        return f"openai:{model}"
+    return f"openai:{model}@{','.join(strip_credentials(u) for u in urls)}"
+
+
 _KEYLIKE = re.compile(r"\b(sk|key|api|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
 
 
