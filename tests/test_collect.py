@@ -253,3 +253,14 @@ def test_ctrl_c_keeps_in_flight_results(db, server):
     assert query(db, "SELECT count(*) FROM calls WHERE status = 'pending'")[0][0] == 0
     assert query(db, "SELECT status FROM runs WHERE command = 'collect'")[0][0] == "interrupted"
     assert "interrupted" in err
+
+
+def test_samples_give_distinct_cached_records(db, server, cli):
+    seed(db, 2)
+    cli(*collect_args(db, server, "--samples", "3", "--temperature", "0.8"))
+    rows = query(db, "SELECT prompt_id, response, json_extract(meta, '$.sample_index') FROM records")
+    assert len(rows) == 6 and len({r[1] for r in rows}) == 6  # 3 distinct samples per prompt
+    assert sorted(int(r[2]) for r in rows) == [0, 0, 1, 1, 2, 2]
+    server.reset_log()
+    cli(*collect_args(db, server, "--samples", "3", "--temperature", "0.8"))
+    assert server.chat_requests() == []  # every sample is cached under its sample_index

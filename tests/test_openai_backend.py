@@ -275,3 +275,25 @@ def test_price_table_prefix_and_override(tmp_path):
     f.write_text(json.dumps({"models": {"x": {"input": 1}}}))
     with pytest.raises(CurationError, match="output"):
         PriceTable.load(f)
+
+
+def test_rpm_spaces_requests(server):
+    results = backend(server, concurrency=4, rpm=600).generate([ask(f"q{i}") for i in range(6)])
+    assert all(r.ok for r in results)
+    starts = sorted(r.started for r in server.chat_requests())
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    # 600/min = one request per 0.1 s, whatever the concurrency (server-side arrival times
+    # carry a few ms of connection jitter).
+    assert min(gaps) >= 0.07 and starts[-1] - starts[0] >= 0.48
+
+
+def test_tpm_limits_tokens_per_minute(server):
+    # Each request reserves ~4 prompt + 100 completion tokens and the answers use all of
+    # them (no refund). A 600 tokens/min bucket holds five; the sixth waits for ~24 tokens
+    # at 10 tokens/s.
+    server.handler = lambda body, n: Behaviour(content="x" * 400)  # ~101 completion tokens
+    results = backend(server, concurrency=8, tpm=600).generate(
+        [ask(f"r{i}", max_tokens=100) for i in range(6)])
+    assert all(r.ok for r in results)
+    starts = sorted(r.started for r in server.chat_requests())
+    assert starts[4] - starts[0] < 1.0 and starts[5] - starts[4] >= 1.5

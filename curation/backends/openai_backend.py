@@ -270,7 +270,8 @@ class Pacer:
                     delay = max(delay, (need - self._tokens) * 60 / self.tpm)
             if delay <= 0:
                 break
-            await asyncio.sleep(delay)
+            # Re-check often: answers refund unused tokens, and a pause may be extended.
+            await asyncio.sleep(min(delay, 0.1))
         if self.rpm:
             self._next_request = max(self._next_request, time.monotonic()) + 60 / self.rpm
         if self.tpm:
