@@ -38,6 +38,7 @@ from curation.backends.openai_backend import (
     PriceTable,
     estimate_tokens,
     public_spec,
+    spec_identity,
     upper_bound_tokens,
 )
 from curation.errors import CurationError
@@ -381,8 +382,8 @@ class DryRun:
     cached_responses: int
     prompt_tokens: int
     completion_tokens_max: int
-    cost_max: float | None
-    priced: bool
+    cost_max: float  # over the calls whose model has a price
+    unpriced: list[str]  # model specs without a price (their calls are not in cost_max)
 
 
 def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
@@ -402,31 +403,37 @@ def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
         calls: dict[str, int] = {}
         pt = ct = 0
         cost = 0.0
-        priced = True
+        unpriced: list[str] = []
         prices = PriceTable.load(config.options.prices)
         cached = 0
         filler = "x" * (2 * config.max_tokens)  # ~max_tokens/2 tokens of response
         params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
 
         def add(stage: str, spec: str, request: ChatRequest) -> None:
-            nonlocal pt, ct, cost, priced
+            nonlocal pt, ct, cost
             calls[stage] = calls.get(stage, 0) + 1
             p, c = estimate_tokens(request)
             pt += p
             ct += c
-            price = prices.price(spec.split(":", 1)[1].split("@")[0]) if spec.startswith("openai:") else None
-            if spec.startswith("openai:") and price is None:
-                priced = False
+            price = None
+            if spec.startswith("openai:"):
+                price = prices.price(spec_identity(spec)[0][len("openai:"):])
+                if price is None and public_spec(spec) not in unpriced:
+                    unpriced.append(public_spec(spec))
             if price is not None:
                 bp, bc = upper_bound_tokens(request)
                 cost += (price[0] * bp + price[1] * bc) / 1e6
 
         if config.responder:
             tpl = get_template("response", config.template_set)
-            responder = make_backend(config.responder, config.options)
+            if config.responder.startswith("openai:"):  # no key needed to count
+                model_spec, endpoint = spec_identity(config.responder)
+            else:
+                responder = make_backend(config.responder, config.options)
+                model_spec, endpoint = responder.spec, responder.endpoint
             reqs = [ChatRequest(tpl.render(question=p["text"]), params, s)
                     for p in prompts for s in range(config.samples)]
-            ids = [call_id(responder.spec, responder.endpoint, r) for r in reqs]
+            ids = [call_id(model_spec, endpoint, r) for r in reqs]
             done = {r[0] for r in ledger.query(
                 "SELECT call_id FROM calls WHERE status = 'ok' AND call_id IN (SELECT unnest(?))",
                 [ids])}
@@ -447,7 +454,7 @@ def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
                     add("refinement", config.teacher, ChatRequest(rf.render(
                         question=p["text"], response=filler, feedback=filler,
                         gold_answer=p["gold_answer"]), tparams))
-    return DryRun(len(prompts), calls, cached, pt, ct, cost if priced else None, priced)
+    return DryRun(len(prompts), calls, cached, pt, ct, cost, unpriced)
 
 
 def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
@@ -584,5 +591,7 @@ def dry_run_table(d: DryRun) -> Any:
     t.add_row("responses already cached", str(d.cached_responses))
     t.add_row("prompt tokens (estimate)", f"{d.prompt_tokens:,}")
     t.add_row("completion tokens (at most)", f"{d.completion_tokens_max:,}")
-    t.add_row("cost (at most, USD)", "no price" if d.cost_max is None else f"${d.cost_max:.4f}")
+    t.add_row("cost (at most, USD)", f"${d.cost_max:.4f}")
+    if d.unpriced:
+        t.add_row("no price (not in the cost)", ", ".join(d.unpriced))
     return t

@@ -143,6 +143,22 @@ def test_dry_run_sends_nothing(db, server, cli):
     assert query(db, "SELECT count(*) FROM calls")[0][0] == 0
 
 
+def test_dry_run_needs_no_key_and_counts_cached_responses(db, server, cli, monkeypatch):
+    seed(db, 4)
+    cli(*collect_args(db, server, "--limit", "2"))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server.reset_log()
+    result = cli("collect", "--db", db, "--teacher", "openai:gpt-4o-mini", "--responder",
+                 f"openai:student@{server.base_url}", "--max-tokens", "64", "--dry-run")
+    assert server.chat_requests() == []
+    lines = {line.split("│")[1].strip(): line.split("│")[2].strip()
+             for line in result.output.splitlines() if line.count("│") == 3}
+    assert lines["responses already cached"] == "2"
+    assert lines["feedback calls"] == lines["refinement calls"] == "4"
+    assert lines["cost (at most, USD)"].startswith("$0.0")  # gpt-4o-mini has a price
+    assert "openai:student@" in lines["no price (not in the cost)"]
+
+
 def test_budget_stops_before_exceeding(db, server, cli, tmp_path):
     seed(db, 10)
     prices = tmp_path / "prices.json"

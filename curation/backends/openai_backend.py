@@ -112,6 +112,12 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
     return model, base_urls
 
 
+def spec_identity(spec: str) -> tuple[str, str]:
+    """(model spec, endpoint) that an ``openai:`` spec's calls are keyed by (no key needed)."""
+    model, urls = parse_spec(spec)
+    return f"openai:{model}", ",".join(sorted(strip_credentials(u) for u in urls))
+
+
 def strip_credentials(url: str) -> str:
     """The URL without user:password@ and without a query string (keys hide in both)."""
     parts = urlsplit(url)
