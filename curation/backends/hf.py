@@ -20,7 +20,8 @@ called for every request of a micro-batch as soon as it finishes. Greedy unless
 CUDA the model runs in bfloat16; a CUDA out-of-memory error splits the micro-batch in two.
 
 ``endpoint`` (part of every ``call_id``) is ``weights:<sha256>`` of the model and adapter
-weight files, so a checkpoint retrained at the same path never answers from a stale cache.
+weights, configs, tokenizer and chat template files, so a checkpoint retrained at the same
+path never answers from a stale cache.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from curation.errors import CurationError
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
 #: Role headers of the plain format (no chat template), as in trainer/sequences.py.
 PLAIN_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+#: Files whose bytes decide the outputs: weights, configs, tokenizer and chat template.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf", ".jinja")
 
 
 @dataclass
@@ -63,6 +65,22 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     return model, adapter or None
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file, memoised per (path, size, mtime) within the process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _FILE_DIGESTS[key] = h.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
 def weights_fingerprint(*folders: str | Path | None) -> str | None:
     """``weights:<sha256>`` over the weight files of local folders (None when none is local)."""
     h = hashlib.sha256()
@@ -71,12 +89,10 @@ def weights_fingerprint(*folders: str | Path | None) -> str | None:
         if folder is None or not Path(folder).is_dir():
             continue
         for path in sorted(Path(folder).rglob("*")):
-            if path.is_file() and (path.suffix in WEIGHT_SUFFIXES or path.name.endswith("config.json")):
+            relevant = path.suffix in WEIGHT_SUFFIXES or path.name.endswith("config.json")
+            if path.is_file() and (relevant or path.name == "tokenizer.json"):
                 found = True
-                h.update(path.name.encode())
-                with path.open("rb") as f:
-                    for chunk in iter(lambda f=f: f.read(1 << 22), b""):
-                        h.update(chunk)
+                h.update(f"{path.name}:{_file_digest(path)}\n".encode())
     return f"weights:{h.hexdigest()[:32]}" if found else None
 
 
