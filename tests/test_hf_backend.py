@@ -58,15 +58,21 @@ def test_batched_greedy_equals_one_by_one_and_keeps_order(backend: HFBackend) ->
         assert res.attempts and res.attempts[0].status == "ok"
 
 
-def test_results_come_per_micro_batch(backend: HFBackend) -> None:
-    """on_result is called as each micro-batch finishes, before generate returns."""
-    stamps: list[float] = []
-    started = time.perf_counter()
-    backend.generate([ask(q) for q in QUESTIONS], on_result=lambda i, r: stamps.append(time.perf_counter()))
-    finished = time.perf_counter()
-    # 7 requests, batch_size 3 → 3 micro-batches → 3 distinct groups of timestamps.
-    groups = sorted({round(s - started, 4) for s in stamps})
-    assert len(groups) == 3 and stamps[-1] <= finished
+def test_results_come_per_micro_batch(backend: HFBackend, monkeypatch) -> None:
+    """on_result is called for a micro-batch's requests right after it runs, before the next."""
+    runs: list[int] = []
+    real = backend._generate_batch
+
+    def counted(*args, **kwargs):
+        runs.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(backend, "_generate_batch", counted)
+    batches_done_at_callback: list[int] = []
+    backend.generate([ask(q) for q in QUESTIONS],
+                     on_result=lambda i, r: batches_done_at_callback.append(len(runs)))
+    # 7 requests, batch_size 3 → micro-batches of 3, 3, 1.
+    assert batches_done_at_callback == [1, 1, 1, 2, 2, 2, 3]
 
 
 def test_sampling_is_seeded_and_sample_index_varies(backend: HFBackend) -> None:
