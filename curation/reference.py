@@ -6,7 +6,8 @@ For a prompt with a gold answer (GSM8K, SVAMP, any labelled math set) it:
 2. compares it with the gold answer (:func:`curation.answers.answers_match`);
 3. writes feedback from that comparison only: the verdict; when wrong, the extracted answer
    versus the expected one (or that no final answer was found), the first explicit equation
-   in the response whose arithmetic is wrong (``a op b = c`` re-evaluated exactly), and the
+   in the response whose arithmetic is wrong (``a op b = c`` re-evaluated exactly), and
+   either that the answer given is only an intermediate result of the gold solution or the
    first intermediate result of the gold rationale that the response never reaches;
 4. ends the feedback with ``Verdict: correct|incorrect`` (so it parses like a model's);
 5. uses the gold rationale as the refinement: GSM8K calculator annotations ``<<…>>`` removed,
@@ -121,6 +122,18 @@ def _missed_intermediate(response: str, gold_rationale: str | None) -> str | Non
     return None
 
 
+def _stopped_early(predicted: str, gold_rationale: str | None) -> str | None:
+    """When the wrong final answer is an intermediate result of the gold solution, say so."""
+    for annotation in _ANNOTATION.findall(gold_rationale or "")[:-1]:
+        expression, _, result = annotation.rpartition("=")
+        if expression and canonical_number(result) == predicted:
+            return (
+                f"{predicted} is only an intermediate result ({expression.strip()} = {predicted}); "
+                "the question asks for more steps after it."
+            )
+    return None
+
+
 def clean_rationale(gold_rationale: str, gold_answer: str) -> str:
     """The gold rationale as a refined answer: no ``<<…>>``, ending "The answer is N."."""
     text = _ANNOTATION.sub("", gold_rationale)
@@ -135,7 +148,7 @@ class ReferenceTeacher:
 
     spec = "reference"
     #: Bump whenever the feedback or refinement text for the same inputs would change.
-    version = "reference-v1"
+    version = "reference-v2"
 
     def critique(
         self,
@@ -168,8 +181,11 @@ class ReferenceTeacher:
             )
         else:
             lines.append(f"The final answer {predicted} is wrong; the expected answer is {gold}.")
-        for hint in (_arithmetic_error(response or ""), _missed_intermediate(response or "", gold_rationale)):
-            if hint:
-                lines.append(hint)
+        early = _stopped_early(predicted, gold_rationale) if predicted is not None else None
+        hints = (
+            _arithmetic_error(response or ""),
+            early or _missed_intermediate(response or "", gold_rationale),
+        )
+        lines += [hint for hint in hints if hint]
         lines.append("Verdict: incorrect")
         return Critique("\n".join(lines), "incorrect", None, refinement)

@@ -39,6 +39,13 @@ def test_wrong_answer_names_both_answers_and_the_wrong_step() -> None:
     assert c.feedback.endswith("Verdict: incorrect")
 
 
+def test_stopping_at_an_intermediate_result_is_named() -> None:
+    c = critique("She has 16 - 3 - 4 = 9 eggs left. The answer is 9.")
+    assert c.verdict == "incorrect"
+    assert "9 is only an intermediate result (16-3-4 = 9)" in c.feedback
+    assert "does not reach" not in c.feedback
+
+
 def test_missing_answer() -> None:
     c = critique("I am not sure how to do this.")
     assert c.verdict == "incorrect"
