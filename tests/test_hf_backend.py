@@ -215,3 +215,16 @@ def test_smollm2_conversion_cached_reload_and_generation(tmp_path: Path, monkeyp
     assert reload < first / 3
     res = again.generate([ask("What is 2 + 3? Answer with a number.", max_tokens=20)])[0]
     assert res.ok and res.finish_reason == "stop" and "5" in res.text
+
+
+def test_importing_backends_and_templates_does_not_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, curation.backends, curation.backends.hf, curation.backends.smollm2, "
+        "curation.templates, curation.reference, curation.answers, curation.verdicts; "
+        "heavy = [m for m in ('torch', 'transformers', 'peft', 'openai', 'math_verify') "
+        "if m in sys.modules]; assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
