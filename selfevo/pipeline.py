@@ -23,6 +23,10 @@ from typing import Any
 from corpus.store import Store
 
 META_SNAPSHOT = "meta"
+#: The generated splits (other prompts in the same store, e.g. GSM8K, are left alone).
+TRAIN = "source = 'generated' AND split = 'train'"
+POOL = "source = 'generated' AND split = 'pool'"
+TEST = "source = 'generated' AND split = 'test'"
 #: Meta-skill data: teacher-graded (meta) and gold (qa) records that passed every latest step.
 META_WHERE = ("kind IN ('meta', 'qa') AND record_id IN "
               "(SELECT record_id FROM record_latest_passed WHERE passed_all)")
@@ -124,7 +128,8 @@ class Pipeline:
         with Store.open(self.db, command="demo") as store:
             for n, seed, split in ((c.n_train, c.seed, "train"), (c.n_pool, c.seed + 1, "pool"),
                                    (c.n_test, c.seed + 2, "test")):
-                import_generated(store, n, seed=seed, split=split)
+                if n > 0:  # n_pool = 0 when the pool comes from elsewhere (GSM8K train)
+                    import_generated(store, n, seed=seed, split=split)
             self.result.counts["prompts"] = store.query("SELECT count(*) FROM prompts")[0][0]
 
     def collect(self, base: str) -> None:
@@ -132,7 +137,7 @@ class Pipeline:
         from curation.collect import CollectConfig, run_collect
 
         run_collect(self.db, CollectConfig(
-            teacher="reference", responder=f"hf:{base}", where="split = 'train'",
+            teacher="reference", responder=f"hf:{base}", where=TRAIN,
             max_tokens=self.c.max_tokens))
         self.add_qa_records()
 
@@ -143,7 +148,7 @@ class Pipeline:
 
         with Store.open(self.db, command="demo") as store:
             prompts = store.query_dicts("SELECT prompt_id, gold_answer, gold_rationale FROM "
-                                        "prompts WHERE split = 'train' ORDER BY prompt_id")
+                                        f"prompts WHERE {TRAIN} ORDER BY prompt_id")
             rows = [make_record(prompt_id=p["prompt_id"], kind="qa", responder="gold",
                                 response=clean_rationale(p["gold_rationale"], p["gold_answer"]),
                                 source="generated") for p in prompts]
@@ -219,10 +224,10 @@ class Pipeline:
 
         c = self.c
         config = EvolveConfig(
-            student=student, base=base, prompts=c.pool_where or "split = 'pool'",
+            student=student, base=base, prompts=c.pool_where or POOL,
             rounds=c.rounds, meta=META_SNAPSHOT, strategy="restart", filters=["verdict"],
             prompts_per_round=c.prompts_per_round or c.n_pool,
-            evals=["store:split = 'test'", *c.evals], eval_limit=c.eval_limit or c.n_test,
+            evals=[f"store:{TEST}", *c.evals], eval_limit=c.eval_limit or c.n_test,
             gen={"temperature": 0.0, "max_tokens": c.max_tokens},
             train={**c.train, "max_steps": c.round_steps}, out=str(self.out / "evolve"),
             name="demo", seed=c.seed)
