@@ -22,6 +22,7 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC
@@ -30,7 +31,7 @@ from pathlib import Path
 import duckdb
 
 from corpus.errors import CorpusError
-from corpus.snapshots import Snapshot, get_snapshot
+from corpus.snapshots import Snapshot, get_snapshot, sql_literal
 from corpus.store import Store
 from schemas.conversation import (
     CONVERSATION_VERSION,
@@ -111,8 +112,14 @@ def export_params(snapshot_id: str) -> dict[str, str]:
     }
 
 
+def export_sql(snapshot_id: str) -> str:
+    """:data:`EXPORT_SELECT` with its parameters inlined as literals (see sql_literal)."""
+    params = export_params(snapshot_id)
+    return re.sub(r"\$(\w+)", lambda m: sql_literal(params[m.group(1)]), EXPORT_SELECT)
+
+
 def _sql_path(path: Path) -> str:
-    return "'" + str(path).replace("'", "''") + "'"
+    return sql_literal(str(path))
 
 
 @contextlib.contextmanager
@@ -133,8 +140,7 @@ def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt:
     options = PARQUET_OPTIONS if fmt == "parquet" else "FORMAT json"
     with _deterministic(con):
         con.execute(
-            f"COPY ({EXPORT_SELECT}) TO {_sql_path(path)} ({options})", export_params(snapshot_id)
-        )
+            f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
 
 
 def _check_out(out: Path, snap: Snapshot) -> None:
@@ -169,15 +175,33 @@ def _remove_stale_partials(out: Path) -> None:
             pass
 
 
-def _counts(con: duckdb.DuckDBPyConnection, snapshot_id: str) -> dict[str, dict[str, int]]:
-    counts: dict[str, dict[str, int]] = {}
-    for col in ("kind", "round", "verdict"):
-        rows = con.execute(
-            f"SELECT r.{col}, count(*) FROM snapshot_records s JOIN records r USING (record_id) "
-            f"WHERE s.snapshot_id = ? GROUP BY 1 ORDER BY 1 NULLS LAST", [snapshot_id],
-        ).fetchall()
-        counts[col] = {("null" if k is None else str(k)): n for k, n in rows}
-    return counts
+def _counts_and_runs(
+    con: duckdb.DuckDBPyConnection, snapshot_id: str
+) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Rows by kind, round and verdict, and the runs that made the records: one pass."""
+    rows = con.execute(
+        "SELECT GROUPING(r.kind), GROUPING(r.round), GROUPING(r.verdict), r.kind, "
+        "CAST(r.round AS VARCHAR), r.verdict, r.run_id, count(*) "
+        "FROM snapshot_records s JOIN records r ON r.record_id = s.record_id "
+        f"WHERE s.snapshot_id = {sql_literal(snapshot_id)} "
+        "GROUP BY GROUPING SETS ((r.kind), (r.round), (r.verdict), (r.run_id))"
+    ).fetchall()
+    counts: dict[str, dict[str, int]] = {"kind": {}, "round": {}, "verdict": {}}
+    runs = []
+    for g_kind, g_round, g_verdict, kind, rnd, verdict, run_id, n in rows:
+        if not g_kind:
+            counts["kind"][kind] = n
+        elif not g_round:
+            counts["round"][rnd] = n
+        elif not g_verdict:
+            counts["verdict"]["null" if verdict is None else verdict] = n
+        else:
+            runs.append(run_id)
+    # Sorted keys (rounds numerically, "null" last) so the manifest text is stable.
+    counts["kind"] = dict(sorted(counts["kind"].items()))
+    counts["round"] = dict(sorted(counts["round"].items(), key=lambda kv: int(kv[0])))
+    counts["verdict"] = dict(sorted(counts["verdict"].items(), key=lambda kv: kv[0] == "null"))
+    return counts, sorted(runs)
 
 
 def _write_hf(tmp: Path, snap: Snapshot) -> None:
@@ -245,13 +269,10 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
         with store.connection() as con:
             copy_rows(con, snap.snapshot_id, tmp / DATA_FILES["parquet" if fmt == "hf" else fmt],
                       "parquet" if fmt == "hf" else fmt)
-            counts = _counts(con, snap.snapshot_id)
-            runs = [r[0] for r in con.execute(
-                "SELECT DISTINCT r.run_id FROM snapshot_records s JOIN records r "
-                "USING (record_id) WHERE s.snapshot_id = ? ORDER BY 1", [snap.snapshot_id],
-            ).fetchall()]
+            counts, runs = _counts_and_runs(con, snap.snapshot_id)
             version = con.execute(
-                "SELECT code_version FROM runs WHERE run_id = ?", [snap.run_id]).fetchone()
+                f"SELECT code_version FROM runs WHERE run_id = {sql_literal(snap.run_id)}"
+            ).fetchone()
         if fmt == "hf":
             _write_hf(tmp, snap)
         manifest = SnapshotManifest(

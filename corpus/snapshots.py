@@ -55,8 +55,18 @@ class SnapshotDiff:
     removed_ids: list[str] = field(default_factory=list)
 
 
+def sql_literal(value: str) -> str:
+    """``value`` as a SQL string literal (quotes doubled).
+
+    Reads inline their few string values instead of binding parameters: DuckDB's Python
+    client imports pandas (0.3-0.8 s) on the first execute() that binds a parameter, which
+    would dominate the start-up of read-only commands.
+    """
+    return "'" + value.replace("'", "''") + "'"
+
+
 def selection_query(where: str, base_snapshot_id: str | None = None) -> str:
-    """The SELECT that yields the record ids of a selection (``?`` = the base snapshot id).
+    """The SELECT that yields the record ids of a selection (within the base snapshot).
 
     The expression sits in an ``IN (…)`` subquery over ``records_full`` and ends with a
     newline, so neither a trailing ``--`` comment nor a ``UNION`` inside ``where`` can add
@@ -67,7 +77,8 @@ def selection_query(where: str, base_snapshot_id: str | None = None) -> str:
         f"SELECT record_id FROM records_full WHERE ({where}\n))"
     )
     if base_snapshot_id is not None:
-        sql += " AND record_id IN (SELECT record_id FROM snapshot_records WHERE snapshot_id = ?)"
+        sql += (" AND record_id IN (SELECT record_id FROM snapshot_records WHERE snapshot_id = "
+                f"{sql_literal(base_snapshot_id)})")
     return sql
 
 
@@ -116,7 +127,7 @@ _COLUMNS = "snapshot_id, name, parent, selection, n, content_hash, note, run_id,
 
 def find_snapshot(con: duckdb.DuckDBPyConnection, name: str) -> Snapshot | None:
     """The snapshot called ``name``, or None."""
-    cur = con.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE name = ?", [name])
+    cur = con.execute(f"SELECT {_COLUMNS} FROM snapshots WHERE name = {sql_literal(name)}")
     row = cur.fetchone()
     if row is None:
         return None
@@ -149,7 +160,7 @@ def select_record_ids(
     """Record ids matching ``where`` (and in ``base`` when given), sorted."""
     sql = selection_query(where, base.snapshot_id if base else None)
     try:
-        table = con.execute(sql, [base.snapshot_id] if base else []).to_arrow_table()
+        table = con.execute(sql).to_arrow_table()
     except duckdb.Error as exc:
         raise CorpusError(f"--where failed: {_first_line(exc)}") from None
     return sorted(table.column("record_id").to_pylist())
@@ -219,28 +230,27 @@ def create_snapshot(
 def diff_snapshots(store: Store, a: str, b: str, show: int = 0) -> SnapshotDiff:
     """Counts of records added (in ``b`` only), removed (in ``a`` only) and common."""
     sa, sb = get_snapshot(store, a), get_snapshot(store, b)
-    sql = """
-        WITH a AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = $a),
-             b AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = $b)
+    a_id, b_id = sql_literal(sa.snapshot_id), sql_literal(sb.snapshot_id)
+    sql = f"""
+        WITH a AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = {a_id}),
+             b AS (SELECT record_id FROM snapshot_records WHERE snapshot_id = {b_id})
         SELECT (SELECT count(*) FROM b ANTI JOIN a USING (record_id)),
                (SELECT count(*) FROM a ANTI JOIN b USING (record_id)),
                (SELECT count(*) FROM a SEMI JOIN b USING (record_id))
     """
-    ids_sql = """
-        SELECT record_id FROM snapshot_records WHERE snapshot_id = $x
-        EXCEPT SELECT record_id FROM snapshot_records WHERE snapshot_id = $y
-        ORDER BY record_id LIMIT $n
-    """
+
+    def ids_sql(x: str, y: str) -> str:
+        return (f"SELECT record_id FROM snapshot_records WHERE snapshot_id = {x} EXCEPT "
+                f"SELECT record_id FROM snapshot_records WHERE snapshot_id = {y} "
+                f"ORDER BY record_id LIMIT {int(show)}")
+
     with store.connection() as con:
-        added, removed, common = con.execute(
-            sql, {"a": sa.snapshot_id, "b": sb.snapshot_id}).fetchone()
+        added, removed, common = con.execute(sql).fetchone()
         added_ids: list[str] = []
         removed_ids: list[str] = []
         if show > 0:
-            added_ids = [r[0] for r in con.execute(
-                ids_sql, {"x": sb.snapshot_id, "y": sa.snapshot_id, "n": show}).fetchall()]
-            removed_ids = [r[0] for r in con.execute(
-                ids_sql, {"x": sa.snapshot_id, "y": sb.snapshot_id, "n": show}).fetchall()]
+            added_ids = [r[0] for r in con.execute(ids_sql(b_id, a_id)).fetchall()]
+            removed_ids = [r[0] for r in con.execute(ids_sql(a_id, b_id)).fetchall()]
     return SnapshotDiff(a, b, added, removed, common, added_ids, removed_ids)
 
 
@@ -248,7 +258,6 @@ def snapshot_record_ids(store: Store, name: str) -> list[str]:
     """The record ids of a snapshot, sorted."""
     snap = get_snapshot(store, name)
     rows = store.query(
-        "SELECT record_id FROM snapshot_records WHERE snapshot_id = ? ORDER BY record_id",
-        [snap.snapshot_id],
-    )
+        "SELECT record_id FROM snapshot_records WHERE snapshot_id = "
+        f"{sql_literal(snap.snapshot_id)} ORDER BY record_id")
     return [r[0] for r in rows]
