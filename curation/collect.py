@@ -484,6 +484,9 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
             try:
                 with ledger, _live_progress(console, collector, ledger):
                     summary = collector.run(ledger)
+                    # Asked through the writer: it runs after the queued records are written.
+                    summary.records_new = ledger.query(
+                        "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
             except KeyboardInterrupt:
                 console.print(summary_table(collector.summary))
                 console.print("[yellow]interrupted: finished calls and records are stored; "
@@ -493,8 +496,6 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
                 collector.close()
                 run.counts.update({k: v for k, v in ledger.counts.as_dict().items() if v})
                 run.counts["records"] = collector.summary.records
-            summary.records_new = store.query(
-                "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
             run.counts["records_new"] = summary.records_new
             out.print(summary_table(summary))
             check_budget_stop(summary, config)
