@@ -78,14 +78,20 @@ def collate(rows: list[list[Example]], pad_id: int) -> dict[str, Any]:
 
 
 def weighted_loss_sum(model: Any, batch: dict[str, Any]) -> Any:
-    """Sum over trained targets of ``weight * cross_entropy`` (divide by the window's weight)."""
+    """Sum over trained targets of ``weight * cross_entropy`` (divide by the window's weight).
+
+    The LM head runs only at trained positions (``logits_to_keep`` as a boolean mask): in
+    meta-skill data most tokens are context, and the vocabulary projection is a large share
+    of a small model's compute. The gradient is the same as projecting every position.
+    """
     import torch.nn.functional as F
 
+    keep = batch["targets"] != IGNORE
     logits = model(
-        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+        logits_to_keep=keep,
     ).logits
-    ce = F.cross_entropy(
-        logits.float().flatten(0, 1), batch["targets"].flatten(), ignore_index=IGNORE,
-        reduction="none",
-    )
-    return (ce * batch["weights"].flatten()).sum()
+    if logits.dim() == 3:  # a model that ignores a boolean logits_to_keep: select here
+        logits = logits[keep]
+    ce = F.cross_entropy(logits.float(), batch["targets"][keep], reduction="none")
+    return (ce * batch["weights"][keep]).sum()
