@@ -10,6 +10,7 @@ its keeper do not depend on insertion order or on how the store was built.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -249,16 +250,14 @@ def dedup_records(
             out = RUNNERS[method](texts, rank, config)
             # The resolved parameters (bands, rows …) go into the run's step list too.
             next(s for s in run_config["steps"] if s["step"] == out.step)["params"] = out.params
-            with store.transaction() as con:
-                batch: list[dict[str, Any]] = []
-                for row in decision_rows(ids, out):
-                    batch.append(row)
-                    if len(batch) >= batch_rows:
-                        insert_decisions(con, batch, run_id=run.run_id, step=out.step,
-                                         params=out.params)
-                        batch = []
-                insert_decisions(con, batch, run_id=run.run_id, step=out.step,
-                                 params=out.params)
+            # One short transaction per batch, as in curate filter: readers get in between.
+            # A run that dies half-way is marked failed/killed in runs, so its partial
+            # decisions are recognisable.
+            rows = decision_rows(ids, out)
+            while batch := list(itertools.islice(rows, batch_rows)):
+                with store.transaction() as con:
+                    insert_decisions(con, batch, run_id=run.run_id, step=out.step,
+                                     params=out.params)
             kept_all &= out.clusters.kept
             outcomes.append(out)
             run.counts.setdefault("seconds", {})[out.step] = round(out.seconds, 4)
