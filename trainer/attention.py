@@ -40,18 +40,19 @@ def varlen_attention(module: Any, query: Any, key: Any, value: Any, attention_ma
     if attention_mask is not None or position_ids is None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
+    groups = query.shape[1] // key.shape[1]
     rows = []
     for b, spans in enumerate(segments(position_ids.expand(query.shape[0], -1))):
         parts = [
-            sdpa_attention_forward(
-                module, query[b : b + 1, :, s:e], key[b : b + 1, :, s:e],
-                value[b : b + 1, :, s:e], None, dropout=dropout, scaling=scaling,
-                is_causal=True, **kwargs,
-            )[0]
+            torch.nn.functional.scaled_dot_product_attention(
+                query[b : b + 1, :, s:e], key[b : b + 1, :, s:e], value[b : b + 1, :, s:e],
+                dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=groups > 1,
+            )
             for s, e in spans
         ]
-        rows.append(torch.cat(parts, dim=1))  # [1, T, heads, head_dim]
-    return torch.cat(rows, dim=0), None
+        rows.append(torch.cat(parts, dim=2))  # [1, heads, T, head_dim]
+    # The caller expects [batch, T, heads, head_dim] (it reshapes and copies once).
+    return torch.cat(rows, dim=0).transpose(1, 2), None
 
 
 def _varlen_mask(**kwargs: Any) -> Any:
