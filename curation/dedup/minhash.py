@@ -341,6 +341,7 @@ def near_duplicates(
     threshold: float = 0.7,
     num_perm: int = 128,
     bands: int | None = None,
+    rows: int | None = None,
     ngram: int = 3,
     seed: int = 1,
     chunk_size: int = 20_000,
@@ -350,7 +351,7 @@ def near_duplicates(
     """Verified pairs of texts whose word-``ngram`` Jaccard is at least ``threshold``.
 
     ``bands`` defaults to :func:`optimal_bands` for ``threshold`` with false negatives
-    weighted ``fn_weight`` and false positives ``1 - fn_weight``; ``rows`` is
+    weighted ``fn_weight`` and false positives ``1 - fn_weight``; ``rows`` defaults to
     ``num_perm // bands``. Memory: the texts, ``bands`` x 8 bytes per text, one chunk's
     signatures and the shingle sets of the texts that have a candidate pair.
     """
@@ -361,7 +362,9 @@ def near_duplicates(
     else:
         if not 1 <= bands <= num_perm:
             raise ValueError(f"bands must be between 1 and num_perm ({num_perm}), got {bands}")
-        rows = num_perm // bands
+        rows = rows or num_perm // bands
+        if bands * rows > num_perm:
+            raise ValueError(f"bands x rows ({bands} x {rows}) exceeds num_perm ({num_perm})")
     series = as_series(texts)
     n = len(series)
     timings: dict[str, float] = {}

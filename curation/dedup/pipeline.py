@@ -31,7 +31,6 @@ from curation.dedup.clusters import (
 )
 from curation.errors import CurationError
 from curation.selection import Selection, count_selected
-from schemas.identity import canonical_json
 
 FIELDS = ("prompt", "response", "refinement", "feedback")
 METHODS = ("exact", "near", "semantic")
@@ -77,6 +76,26 @@ class DedupConfig:
         if self.bands is not None and not 1 <= self.bands <= self.num_perm:
             raise CurationError(f"--bands must be between 1 and --num-perm ({self.num_perm}), "
                                 f"got {self.bands}")
+
+
+def step_params(method: str, config: DedupConfig) -> dict[str, Any]:
+    """The resolved parameters of one step (``decisions.params`` and ``runs.config``)."""
+    common = {"field": config.field, "keep": config.keep}
+    if method == "exact":
+        return {**common, "normalisation": NORMALISATION}
+    if method == "near":
+        from curation.dedup.minhash import optimal_bands
+
+        if config.bands is None:
+            bands, rows = optimal_bands(config.threshold, config.num_perm,
+                                        1 - config.fn_weight, config.fn_weight)
+        else:
+            bands, rows = config.bands, config.num_perm // config.bands
+        return {**common, "threshold": config.threshold, "num_perm": config.num_perm,
+                "bands": bands, "rows": rows, "fn_weight": config.fn_weight,
+                "ngram": config.ngram, "seed": config.seed, "max_bucket": config.max_bucket}
+    return {**common, "threshold": config.semantic_threshold, "model": "all-MiniLM-L6-v2",
+            "pooling": "mean", "normalised": True}
 
 
 @dataclass
@@ -153,8 +172,7 @@ def run_exact(texts: pl.Series, rank: np.ndarray, config: DedupConfig) -> StepOu
     norm = normalize_texts(texts)
     left, right = exact_pairs(texts, normalized=norm)
     compared = (norm != "").to_numpy()
-    params = {"field": config.field, "keep": config.keep, "normalisation": NORMALISATION}
-    return _outcome("dedup-exact", params, len(texts), left, right, rank, compared,
+    return _outcome("dedup-exact", step_params("exact", config), len(texts), left, right, rank, compared,
                     lambda m, k: np.ones(len(m)), time.perf_counter() - t0)
 
 
@@ -163,13 +181,11 @@ def run_near(texts: pl.Series, rank: np.ndarray, config: DedupConfig) -> StepOut
     from curation.dedup.minhash import jaccard_of_pairs, near_duplicates
 
     t0 = time.perf_counter()
+    params = step_params("near", config)
     res = near_duplicates(texts, threshold=config.threshold, num_perm=config.num_perm,
-                          bands=config.bands, ngram=config.ngram, seed=config.seed,
-                          max_bucket=config.max_bucket, fn_weight=config.fn_weight)
-    params = {"field": config.field, "keep": config.keep, "threshold": config.threshold,
-              "num_perm": config.num_perm, "bands": res.bands, "rows": res.rows,
-              "fn_weight": config.fn_weight,
-              "ngram": config.ngram, "seed": config.seed, "max_bucket": config.max_bucket}
+                          bands=params["bands"], rows=params["rows"], ngram=config.ngram,
+                          seed=config.seed,
+                          max_bucket=config.max_bucket)
     return _outcome(
         "dedup-near", params, len(texts), res.left, res.right, rank, res.comparable,
         lambda m, k: jaccard_of_pairs(texts, m, k, ngram=config.ngram),
@@ -191,9 +207,7 @@ def run_semantic(texts: pl.Series, rank: np.ndarray, config: DedupConfig) -> Ste
         emb = np.zeros((len(texts), sub.shape[1]), dtype=np.float32)
         emb[idx] = sub
     i, j, _ = cosine_pairs(emb[idx], config.semantic_threshold)
-    params = {"field": config.field, "keep": config.keep,
-              "threshold": config.semantic_threshold, "model": "all-MiniLM-L6-v2",
-              "pooling": "mean", "normalised": True}
+    params = step_params("semantic", config)
     return _outcome("dedup-semantic", params, len(texts), idx[i], idx[j], rank, compared,
                     lambda m, k: np.einsum("ij,ij->i", emb[m], emb[k]).astype(np.float64),
                     time.perf_counter() - t0)
@@ -235,7 +249,8 @@ def dedup_records(
     config.validate()
     selected = count_selected(store, selection)
     run_config = {"dedup": asdict(config), "selection": selection.as_dict(),
-                  "steps": [{"step": f"dedup-{m}"} for m in config.methods]}
+                  "steps": [{"step": f"dedup-{m}", "params": step_params(m, config)}
+                            for m in config.methods]}
     outcomes: list[StepOutcome] = []
     with store.run("curate dedup", run_config) as run:
         df = load_records(store, selection, config.field)
@@ -248,8 +263,6 @@ def dedup_records(
             if progress:
                 progress(f"dedup-{method}")
             out = RUNNERS[method](texts, rank, config)
-            # The resolved parameters (bands, rows …) go into the run's step list too.
-            next(s for s in run_config["steps"] if s["step"] == out.step)["params"] = out.params
             # One short transaction per batch, as in curate filter: readers get in between.
             # A run that dies half-way is marked failed/killed in runs, so its partial
             # decisions are recognisable.
@@ -267,8 +280,4 @@ def dedup_records(
         run.counts["selected"] = selected
         run.counts["records"] = len(ids)
         run.counts["kept"] = int(kept_all.sum())
-        # runs.config is written at start; the resolved step params are re-saved here.
-        with store.transaction() as con:
-            con.execute("UPDATE runs SET config = ? WHERE run_id = ?",
-                        [canonical_json(run_config), run.run_id])
     return DedupRun(run.run_id, selected, int(kept_all.sum()), outcomes)
