@@ -79,6 +79,24 @@ PLANTS = {"verbatim": lambda q, r: q, "renumber": renumber, "numwords": numwords
           "case_ws": case_ws, "embedded": embedded, "names": names}
 
 
+def plant(sample: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """kind -> [(item_id, disguised text)]; a disguise that changes nothing (no digits to
+    renumber, no name to swap) or repeats an earlier kind's text is left out, so every planted
+    text is distinct and each kind measures its own disguise."""
+    out: dict[str, list[tuple[str, str]]] = {k: [] for k in PLANTS}
+    for i, (item_id, q) in enumerate(sample):
+        seen = {q}
+        for kind, f in PLANTS.items():
+            text = f(q, random.Random(i))
+            if kind == "verbatim":
+                out[kind].append((item_id, text))
+            elif text not in seen and not (kind == "names" and text == renumber(
+                    q, random.Random(i))):
+                out[kind].append((item_id, text))
+                seen.add(text)
+    return out
+
+
 def read_questions(path: Path) -> list[str]:
     return [json.loads(line)["question"] for line in path.open()]
 
@@ -92,10 +110,10 @@ def choose(args: argparse.Namespace) -> None:
     generated = [p["text"] for p in generate_problems(args.generated, seed=7)]
     rng = random.Random(0)
     sample = rng.sample(test, args.planted)
-    planted = {k: [f(q, random.Random(i)) for i, (_, q) in enumerate(sample)]
-               for k, f in PLANTS.items()}
+    planted = {k: [t for _, t in v] for k, v in plant(sample).items()}
     thresholds = [float(t) for t in args.thresholds.split(",")]
-    print(f"GSM8K test items {len(test)}; planted {args.planted} per kind; clean: "
+    print(f"GSM8K test items {len(test)}; planted per kind (of {args.planted} sampled): "
+          + ", ".join(f"{k} {len(v)}" for k, v in planted.items()) + "; clean: "
           f"{len(train)} GSM8K train questions, {len(generated)} generated problems")
     head = ["n", "min_overlap", *PLANTS, "FP train", "FP generated"]
     print(" | ".join(head))
@@ -130,8 +148,7 @@ def corpus_rows(n: int, test: list[tuple[str, str]], per_kind: int, seed: int = 
 
     rng = random.Random(seed)
     sample = rng.sample(test, per_kind)
-    planted = [(k, item_id, f(q, random.Random(i)))
-               for k, f in PLANTS.items() for i, (item_id, q) in enumerate(sample)]
+    planted = [(k, item_id, t) for k, v in plant(sample).items() for item_id, t in v]
     base = generate_problems(min(n, 20_000), seed=seed)
     rows = []
     for i in range(n - len(planted)):
@@ -189,6 +206,8 @@ def run_store(args: argparse.Namespace) -> None:
         base_flag = {rid for rid, t in texts
                      if ngrams(re.findall(r"\w+", t.lower()), 13) & plain}
         base_s = time.perf_counter() - t0
+    kinds = {k: sum(1 for kind, _ in truth.values() if kind == k) for k in PLANTS}
+    print("planted: " + ", ".join(f"{k} {n}" for k, n in kinds.items()))
     print(f"records {args.n:,} (load into store {load_s:.1f}s); GSM8K test items {len(test)}; "
           f"n={args.ngram}, min_overlap={args.min_overlap}; peak RSS {rss:,.0f} MB")
     print("method | wall s | records/s | " + " | ".join(PLANTS) + " | false positives")
