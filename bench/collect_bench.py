@@ -141,7 +141,7 @@ def main() -> None:
 
         db = os.path.join(tmp, "cached.duckdb")
         make_store(db, args.cached)
-        warm_s, sent, _ = collect_once(db, url, 64)
+        warm_s, warm_sent, _ = collect_once(db, url, 64)
         cached_s, resent, cached_records = collect_once(db, url, 64)
         t = time.perf_counter()
         cp = subprocess.run(
@@ -165,7 +165,7 @@ def main() -> None:
               f"| {a / p:.2f} | {a / aio:.2f} | {a / limit:.2f} |")
     print(f"\nfully cached re-run of {args.cached} prompts ({3 * args.cached} cached calls, "
           f"{cached_records} records, {resent} requests sent): {cached_s:.2f} s in-process, "
-          f"{sub_s:.2f} s as a `selfevo collect` subprocess (first run: {sent} requests in "
+          f"{sub_s:.2f} s as a `selfevo collect` subprocess (first run: {warm_sent} requests in "
           f"{warm_s:.1f} s)")
 
 
