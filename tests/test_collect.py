@@ -280,3 +280,32 @@ def test_samples_give_distinct_cached_records(db, server, cli):
     server.reset_log()
     cli(*collect_args(db, server, "--samples", "3", "--temperature", "0.8"))
     assert server.chat_requests() == []  # every sample is cached under its sample_index
+
+
+def test_kill_9_at_full_speed_every_duplicate_is_flagged_possibly_billed(db, server):
+    """Killed while answers stream in: whatever the server answered twice is flagged."""
+    n = 12
+    seed(db, n)
+    server.latency = 0.05
+    env = {**os.environ, "SELFEVO_DB": db}
+    proc = subprocess.Popen(_collect_cmd(db, server), cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: sum(server.successes.values()) >= 14)
+        os.kill(proc.pid, signal.SIGKILL)  # mid-stream: requests in flight, results unflushed
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    _wait(lambda: server.in_flight == 0)
+    cp = subprocess.run(_collect_cmd(db, server), cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+    assert cp.returncode == 0, cp.stderr[-3000:]
+    assert query(db, "SELECT count(DISTINCT prompt_id) FROM records WHERE kind = 'meta'")[0][0] == n
+    assert len(server.successes) == 3 * n
+    billed = {json.dumps({"max_tokens": 64, "messages": json.loads(m), "model": model.split(":")[1],
+                          "temperature": 0.0}, sort_keys=True, separators=(",", ":"))
+              for m, model in query(db, "SELECT messages, model FROM calls WHERE possibly_billed")}
+    twice = {k for k, v in server.successes.items() if v > 1}
+    assert twice <= billed  # a request paid twice is never unaccounted for
+    assert all(v <= 2 for v in server.successes.values())
