@@ -224,3 +224,16 @@ def test_readers_get_in_while_a_collection_runs(db, server):
     assert not done.is_set(), "the reader should have run during the collection"
     t.join()
     assert waited < 20
+
+
+def test_malformed_200s_are_never_stored_as_success(db, server):
+    server.push(Behaviour("html"), Behaviour("wrong_shape"), Behaviour("malformed"),
+                Behaviour("empty"))
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=1))
+    out, counts = run_ledger(db, b, calls(2))
+    # call 1: html, wrong shape, malformed (3 attempts, the last failed); call 2: empty.
+    assert [o.ok for o in out] == [False, False] and counts.failed == 2
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT status, response, error_kind FROM calls ORDER BY n_attempts") == [
+            ("failed", None, "empty"), ("failed", None, "malformed")]
+        assert store.query("SELECT count(*) FROM attempts WHERE error_kind = 'malformed'")[0][0] == 3
