@@ -482,7 +482,7 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
             collector = Collector(store, config, run.run_id)
             ledger = Ledger(store, run.run_id)
             try:
-                with ledger, _live_progress(console, collector, ledger):
+                with ledger, _LiveProgress(console, collector, ledger):
                     summary = collector.run(ledger)
                     # Asked through the writer: it runs after the queued records are written.
                     summary.records_new = ledger.query(
@@ -502,7 +502,7 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
             return summary
 
 
-class _live_progress:  # noqa: N801 - used as a context manager, reads like one
+class _LiveProgress:
     """A rich progress bar fed by the collector's callbacks (throttled to ~10 updates/s)."""
 
     def __init__(self, console: Any, collector: Collector, ledger: Ledger):
@@ -534,7 +534,7 @@ class _live_progress:  # noqa: N801 - used as a context manager, reads like one
         self.bar.update(self.task, description=p.stage or "collect", total=p.total or None,
                         completed=p.done + p.failed + p.cached, info=info)
 
-    def __enter__(self) -> _live_progress:
+    def __enter__(self) -> _LiveProgress:
         self.bar.start()
         return self
 
