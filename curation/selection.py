@@ -46,12 +46,17 @@ class Selection:
             conds.append("round = ?")
             params.append(self.round)
         if self.where:
-            conds.append(f"({self.where})")
+            # The newline ends a trailing "--" comment inside the user's condition.
+            conds.append(f"({self.where}\n)")
         return " AND ".join(conds), params
 
 
 def count_selected(store: Store, selection: Selection) -> int:
     """Number of records selected; a bad ``--where`` or unknown snapshot is a CurationError."""
+    if selection.where is not None:
+        from corpus.snapshots import check_where
+
+        check_where(selection.where)  # one condition: no ';', no second statement
     cond, params = selection.sql()
     with store.connection() as con:
         if selection.snapshot is not None and not con.execute(

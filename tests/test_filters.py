@@ -210,11 +210,19 @@ def test_selection_and_decision_views(db):
 
 def test_bad_where_and_snapshot_are_clear_errors(db):
     from curation.errors import CurationError
+    from schemas.errors import UserError
 
     make_store(db)
     with Store.open(db) as store:
         with pytest.raises(CurationError, match="bad --where"):
             run_filters(store, [parse_step("verdict")], Selection(where="nosuchcol = 1"))
+        with pytest.raises(UserError, match="single SQL condition"):
+            run_filters(store, [parse_step("verdict")],
+                        Selection(where="true; DELETE FROM records"))
+        assert store.query("SELECT count(*) FROM records") == [(4,)]
+        # a trailing comment does not swallow the rest of the query
+        assert run_filters(store, [parse_step("verdict")],
+                           Selection(where="kind = 'self' -- mine", round=1)).selected == 4
         with pytest.raises(CurationError, match="no snapshot named 'x'"):
             run_filters(store, [parse_step("verdict")], Selection(snapshot="x"))
         with pytest.raises(StepError, match="appears twice"):
