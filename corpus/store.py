@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import random
 import secrets
 import sys
 import time
@@ -87,7 +88,7 @@ class Store:
     @classmethod
     def open(
         cls, path: str | os.PathLike[str] | None = None, *, command: str = "selfevo",
-        wait: float = 30.0,
+        wait: float = 120.0,
     ) -> Store:
         """Open (creating if needed) for writing: take the job lock, migrate, reap dead runs."""
         store = cls(path or default_db_path(), write=True, wait=wait)
@@ -175,11 +176,13 @@ class Store:
                             "Retry when the running job finishes a write."
                         ) from None
                     raise CorpusError(f"cannot open store {self.path}: {exc}") from None
-                if not self._warned and delay > 0.2:
+                if not self._warned and time.monotonic() > deadline - self.wait + 1.0:
                     print(f"waiting for store {self.path} (busy) …", file=sys.stderr)
                     self._warned = True
-                time.sleep(delay)
-                delay = min(delay * 2, 0.25)
+                # Short, jittered retries: a reader's query holds the file for milliseconds,
+                # and a long back-off would let back-to-back readers starve a writer.
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.04)
         if self._migrated:
             return con
         if self.write:

@@ -324,7 +324,8 @@ class Evolution:
 
         steps = [parse_step(s) for s in self.config.filters]
         check_labels(steps)
-        fr = run_filters(self.store, steps, self.round_selection(t, student))
+        fr = run_filters(self.store, steps, self.round_selection(t, student),
+                         parent_run_id=run.run_id)
         run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
 
     def snapshot(self, run: Run, t: int, filter_run: str) -> None:

@@ -159,7 +159,7 @@ class Pipeline:
     def curate(self) -> None:
         """gold-match + format on meta records, near dedup of prompts, decontamination."""
         from curation.curate import run_filters
-        from curation.decontam import BenchmarkIndex, decontaminate, load_benchmark
+        from curation.decontam import DEFAULT_NGRAM, BenchmarkIndex, decontaminate, load_benchmark
         from curation.dedup.pipeline import DedupConfig, dedup_records
         from curation.filters.base import parse_step
         from curation.selection import Selection
@@ -175,7 +175,7 @@ class Pipeline:
             path = self.c.decontam_path or _shared_gsm8k_test()
             if path:
                 name, items, _ = load_benchmark("gsm8k-test", path)
-                index = BenchmarkIndex.build(name, items, 8)
+                index = BenchmarkIndex.build(name, items, DEFAULT_NGRAM)
                 dc = decontaminate(store, index, Selection(where="kind IN ('meta', 'qa')"))
                 self.result.counts["decontam run"] = dc.run_id
             else:
