@@ -176,14 +176,22 @@ def _remove_stale_partials(out: Path) -> None:
 
 
 def _counts_and_runs(
-    con: duckdb.DuckDBPyConnection, snapshot_id: str
+    con: duckdb.DuckDBPyConnection, snapshot_id: str, parquet: Path | None = None
 ) -> tuple[dict[str, dict[str, int]], list[str]]:
-    """Rows by kind, round and verdict, and the runs that made the records: one pass."""
+    """Rows by kind, round and verdict, and the runs that made the records: one pass.
+
+    Read from the written Parquet file when there is one (four small dictionary-encoded
+    columns: ~10x cheaper than joining the store again), else from the store.
+    """
+    if parquet is not None:
+        source = f"read_parquet({_sql_path(parquet)}) r"
+    else:
+        source = ("snapshot_records s JOIN records r ON r.record_id = s.record_id "
+                  f"WHERE s.snapshot_id = {sql_literal(snapshot_id)}")
     rows = con.execute(
         "SELECT GROUPING(r.kind), GROUPING(r.round), GROUPING(r.verdict), r.kind, "
         "CAST(r.round AS VARCHAR), r.verdict, r.run_id, count(*) "
-        "FROM snapshot_records s JOIN records r ON r.record_id = s.record_id "
-        f"WHERE s.snapshot_id = {sql_literal(snapshot_id)} "
+        f"FROM {source} "
         "GROUP BY GROUPING SETS ((r.kind), (r.round), (r.verdict), (r.run_id))"
     ).fetchall()
     counts: dict[str, dict[str, int]] = {"kind": {}, "round": {}, "verdict": {}}
@@ -200,7 +208,8 @@ def _counts_and_runs(
     # Sorted keys (rounds numerically, "null" last) so the manifest text is stable.
     counts["kind"] = dict(sorted(counts["kind"].items()))
     counts["round"] = dict(sorted(counts["round"].items(), key=lambda kv: int(kv[0])))
-    counts["verdict"] = dict(sorted(counts["verdict"].items(), key=lambda kv: kv[0] == "null"))
+    counts["verdict"] = dict(sorted(counts["verdict"].items(),
+                                    key=lambda kv: (kv[0] == "null", kv[0])))
     return counts, sorted(runs)
 
 
@@ -266,10 +275,12 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        data_fmt = "jsonl" if fmt == "jsonl" else "parquet"  # hf is made from parquet
+        data = tmp / DATA_FILES[data_fmt]
         with store.connection() as con:
-            copy_rows(con, snap.snapshot_id, tmp / DATA_FILES["parquet" if fmt == "hf" else fmt],
-                      "parquet" if fmt == "hf" else fmt)
-            counts, runs = _counts_and_runs(con, snap.snapshot_id)
+            copy_rows(con, snap.snapshot_id, data, data_fmt)
+            counts, runs = _counts_and_runs(
+                con, snap.snapshot_id, data if data_fmt == "parquet" else None)
             version = con.execute(
                 f"SELECT code_version FROM runs WHERE run_id = {sql_literal(snap.run_id)}"
             ).fetchone()
