@@ -200,8 +200,12 @@ def test_writer_batches_writes(db, server):
 
 
 def test_readers_get_in_while_a_collection_runs(db, server):
-    server.latency = 0.1
-    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=2))
+    server.latency = 0.05
+    # After 10 answers the server holds the rest until the reader is done: the collection
+    # is certainly still running (and writing) while the reader opens the store.
+    server.handler = lambda body, n: Behaviour("hang", hang=60) if n >= 10 else None
+    b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}",
+                                opts(concurrency=2, timeout=90))
     done = threading.Event()
 
     def collect():
@@ -216,13 +220,16 @@ def test_readers_get_in_while_a_collection_runs(db, server):
     t.start()
     time.sleep(0.5)
     start = time.monotonic()
-    cp = subprocess.run([sys.executable, "-m", "selfevo.cli", "sql", "--db", db,
-                         "SELECT count(*) AS n FROM calls"], cwd=REPO, capture_output=True,
+    cp = subprocess.run([sys.executable, "-m", "selfevo.cli", "sql", "--db", db, "--format",
+                         "csv", "SELECT count(*) AS n FROM calls"], cwd=REPO, capture_output=True,
                         text=True, timeout=60)
     waited = time.monotonic() - start
-    assert cp.returncode == 0, cp.stderr
     assert not done.is_set(), "the reader should have run during the collection"
+    server.release()
     t.join()
+    assert cp.returncode == 0, cp.stderr
+    # It saw the committed ledger: all 60 calls registered (pending or already ok).
+    assert cp.stdout.split()[:2] == ["n", "60"], cp.stdout
     assert waited < 20
 
 
