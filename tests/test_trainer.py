@@ -146,3 +146,11 @@ def test_cli_trains_registers_and_shows_masks(cli, db, tmp_path, tiny_model_dir,
     bad = cli("train", "--data", str(tmp_path), "--base", str(tiny_model_dir), "--out", str(out),
               exit_code=1)
     assert "manifest.json not found" in bad.output
+
+
+def test_resuming_a_finished_run_trains_nothing(tmp_path, tiny_model_dir, export_dir):
+    cfg = _cfg(export_dir, tiny_model_dir, tmp_path / "o", max_steps=2)
+    first = train(cfg, log=lambda *_: None)
+    cfg.resume = True
+    again = train(cfg, log=lambda *_: None)
+    assert again.losses == [] and again.metrics == first.metrics and again.steps == 2

@@ -409,6 +409,8 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
     # 3. The loop.
     losses: list[float] = []
     last: dict[str, Any] = {}
+    if resume_dir is not None:  # a finished run resumed again reports its last metrics
+        last = json.loads((resume_dir / META_FILE).read_text()).get("metrics", {})
     progress = _progress(cfg.progress and dist.main, total_steps, start_step)
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
