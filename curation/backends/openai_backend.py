@@ -439,7 +439,6 @@ class OpenAIBackend(Backend):
         # order of URLs in a spec does not change the cache.
         self.endpoint = ",".join(sorted(clean))
         self.spec = f"openai:{model}"
-        self.display_spec = f"openai:{model}@{','.join(clean)}"
         self.prices = PriceTable.load(self.options.prices)
         if self.options.budget is not None and self.prices.price(model) is None:
             raise CurationError(
@@ -757,11 +756,6 @@ def _is_connection_error(exc: BaseException) -> bool:
     if isinstance(exc, aiohttp.ServerTimeoutError | aiohttp.SocketTimeoutError):
         return False
     return isinstance(exc, aiohttp.ClientConnectionError | ConnectionError)
-
-
-def default_retry_delay(attempt: int, options: OpenAIOptions) -> float:
-    """The most a retry after ``attempt`` waits without a Retry-After header."""
-    return min(options.backoff_max, options.backoff_base * 2 ** (attempt - 1))
 
 
 __all__ = [
