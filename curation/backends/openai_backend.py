@@ -24,8 +24,13 @@ The official ``openai`` async client does the HTTP with its own retries off
   variable), is never part of the spec, endpoint, errors or logs; credentials in a base URL
   are stripped from everything stored.
 
+* **Speed.** Requests run on the backend's own event-loop thread, kept across ``generate``
+  calls (connections, pacing and the adaptive limit carry over); the client runs on its
+  aiohttp transport when aiohttp is installed and posts the chat body with its generic
+  ``post`` (no typed-dict transform) — both measured in docs/benchmarks.md ("Collect").
+
 Each attempt becomes an :class:`AttemptInfo`; ``generate`` calls ``on_result`` as each request
-finishes so the call ledger persists it at once.
+finishes so the call ledger persists it at once. Call :meth:`OpenAIBackend.close` when done.
 """
 
 from __future__ import annotations
