@@ -169,9 +169,11 @@ class Pipeline:
                              Selection(kind="meta"))
             self.result.counts["meta judged"] = fr.selected
             self.result.counts["meta kept by filters"] = fr.kept
-            dr = dedup_records(store, DedupConfig(methods=("exact", "near")),
-                               Selection(where="kind IN ('meta', 'qa')"))
-            self.result.counts["dedup run"] = dr.run_id
+            # Per kind: a meta record and the qa record of the same prompt are not duplicates.
+            for kind in ("meta", "qa"):
+                dr = dedup_records(store, DedupConfig(methods=("exact", "near")),
+                                   Selection(kind=kind))
+                self.result.counts[f"dedup run ({kind})"] = dr.run_id
             path = self.c.decontam_path or _shared_gsm8k_test()
             if path:
                 name, items, _ = load_benchmark("gsm8k-test", path)

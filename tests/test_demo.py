@@ -31,6 +31,10 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
                      "USING (record_id) WHERE kind IN ('meta', 'qa') AND passed_all")[0][0]
     snaps = dict(s.query("SELECT name, n FROM snapshots"))
     assert snaps["meta"] == passed and "evolve-demo-r1" in snaps
+    in_meta = dict(s.query("SELECT kind, count(*) FROM records JOIN snapshot_records USING "
+                           "(record_id) JOIN snapshots USING (snapshot_id) WHERE name = 'meta' "
+                           "GROUP BY 1"))
+    assert set(in_meta) == {"meta", "qa"}  # dedup runs per kind: pairs are not duplicates
     manifest = verify_export(out / "exports" / "meta")
     rows = pq.read_table(out / "exports" / "meta" / "records.parquet").to_pylist()
     assert manifest.n == len(rows) == passed
