@@ -19,14 +19,13 @@ import json
 import math
 import os
 import random
-import subprocess
 import time
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from schemas.version import code_version
 from trainer.config import TrainConfig
 from trainer.data import load_export
 from trainer.errors import TrainerError
@@ -47,23 +46,6 @@ class TrainResult:
     steps: int
     metrics: dict[str, Any] = field(default_factory=dict)
     losses: list[float] = field(default_factory=list)
-
-
-def code_version() -> str:
-    """``selfevo <version>+g<commit>`` when run from a git checkout (the trainer cannot import corpus)."""
-    try:
-        version = metadata.version("selfevo")
-    except metadata.PackageNotFoundError:
-        version = "0+unknown"
-    root = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True, text=True, timeout=5,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{version}+g{commit}" if commit else version
 
 
 # --------------------------------------------------------------------------- distributed
