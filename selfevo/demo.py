@@ -12,6 +12,7 @@ continues where a previous run stopped.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -29,11 +30,12 @@ QUERIES = (
 
 
 def demo_config(out: str | Path, quick: bool, seed: int = 0) -> PipelineConfig:
-    """The demo's sizes: about 10 minutes on 2 CPU cores, or seconds with ``quick``."""
+    """The demo's sizes: about 10 minutes on 2 idle CPU cores, or a minute with ``quick``."""
     if quick:
         return PipelineConfig(out=Path(out), model="tiny", n_train=8, n_pool=6, n_test=6,
                               max_tokens=16, meta_steps=2, round_steps=2, seed=seed)
-    return PipelineConfig(out=Path(out), seed=seed)
+    return PipelineConfig(out=Path(out), n_train=24, n_pool=12, n_test=12, max_tokens=128,
+                          seed=seed)
 
 
 def print_summary(r: PipelineResult) -> None:
@@ -48,13 +50,15 @@ def print_summary(r: PipelineResult) -> None:
     for name, secs in r.seconds.items():
         steps.add_row(name, f"{secs:.1f}")
     console.print(steps)
+    print_funnels(console, r.db)
     acc = Table(title="held-out accuracy (95% Wilson interval)")
     for col in ("round", "model", "benchmark", "mode", "accuracy"):
         acc.add_column(col)
     for rnd in r.rounds:
         for e in rnd.evals:
+            bench = "held-out generated" if e["benchmark"].startswith("store:") else e["benchmark"]
             acc.add_row(str(rnd.round), "meta-skill student" if rnd.round == 0 else
-                        f"after round {rnd.round}", e["benchmark"], e["mode"],
+                        f"after round {rnd.round}", bench, e["mode"],
                         f"{e['accuracy']:.1%} [{e['ci_low']:.1%}, {e['ci_high']:.1%}] "
                         f"(n={e['n']})")
     console.print(acc)
@@ -65,6 +69,17 @@ def print_summary(r: PipelineResult) -> None:
     console.print(f"\nstore   {db}\nreport  {r.report.as_posix()}\n\nExplore:")
     for q in QUERIES:
         click.echo(f'  selfevo sql --db {db} "{q}"')
+
+
+def print_funnels(console: Any, db: Path) -> None:
+    """The curation funnel of every run that wrote decisions, oldest first."""
+    from corpus.funnel import funnel_table, latest_curation_funnels
+    from corpus.store import Store
+
+    with Store.open_readonly(db) as store, store.connection() as con:
+        funnels = latest_curation_funnels(con, limit=20)
+    for f in reversed(funnels):
+        console.print(funnel_table(f))
 
 
 @click.command("demo")

@@ -14,6 +14,8 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
     out = tmp_path / "demo"
     first = cli("demo", "--quick", "--out", str(out)).stdout
     assert "held-out accuracy" in first and first.count("selfevo sql --db") == 5
+    for step in ("gold-match", "format", "dedup-exact", "dedup-near", "verdict"):
+        assert step in first  # the curation funnels are printed
     s = Store.open_readonly(out / "selfevo.duckdb")
     kinds = dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1"))
     assert kinds == {"meta": 8, "qa": 8, "self": 6}
