@@ -63,3 +63,30 @@ def tiny_model_dir_plain(tmp_path_factory) -> Path:
     from trainer.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-plain"), with_chat_template=False)
+
+
+@pytest.fixture
+def server():
+    """A scripted local OpenAI-compatible server (tests/openai_server.py) on an ephemeral port."""
+    from openai_server import OpenAIServer
+
+    with OpenAIServer() as s:
+        yield s
+
+
+@pytest.fixture
+def close_openai_backends(monkeypatch):
+    """Close every OpenAI backend a test made (their event-loop threads and HTTP sessions)."""
+    from curation.backends.openai_backend import OpenAIBackend
+
+    made: list[OpenAIBackend] = []
+    original = OpenAIBackend.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(OpenAIBackend, "__init__", init)
+    yield
+    for b in made:
+        b.close()

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openai_server import Behaviour, OpenAIServer, request_key  # noqa: E402
@@ -32,12 +30,6 @@ def seed(db: str, n: int, split: str = "train", start: int = 0) -> list[str]:
         with store.transaction() as con:
             insert_prompts(con, rows, run.run_id)
     return [r["prompt_id"] for r in rows]
-
-
-@pytest.fixture
-def server():
-    with OpenAIServer() as s:
-        yield s
 
 
 def collect_args(db: str, server: OpenAIServer, *extra: str) -> list[str]:

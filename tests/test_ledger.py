@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from openai_server import Behaviour, OpenAIServer  # noqa: E402
+from openai_server import Behaviour  # noqa: E402
 
 from corpus.store import Store  # noqa: E402
 from curation.backends.base import Backend, ChatRequest, ChatResult, OnResult  # noqa: E402
@@ -21,6 +21,9 @@ from curation.backends.openai_backend import OpenAIBackend, OpenAIOptions  # noq
 from curation.ledger import Call, Ledger, call_id  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+pytestmark = pytest.mark.usefixtures("close_openai_backends")
 
 
 def opts(**kw) -> OpenAIOptions:
@@ -32,28 +35,6 @@ def opts(**kw) -> OpenAIOptions:
 def calls(n: int, **params) -> list[Call]:
     return [Call(ChatRequest([{"role": "user", "content": f"question {i}"}], params), "response",
                  "h1:tpl") for i in range(n)]
-
-
-@pytest.fixture(autouse=True)
-def _close_backends(monkeypatch):
-    """Close every backend a test made (their event-loop threads and HTTP sessions)."""
-    made: list[OpenAIBackend] = []
-    original = OpenAIBackend.__init__
-
-    def init(self, *a, **kw):
-        original(self, *a, **kw)
-        made.append(self)
-
-    monkeypatch.setattr(OpenAIBackend, "__init__", init)
-    yield
-    for b in made:
-        b.close()
-
-
-@pytest.fixture
-def server():
-    with OpenAIServer() as s:
-        yield s
 
 
 def run_ledger(db: str, backend: Backend, cs: Sequence[Call]):

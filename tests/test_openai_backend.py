@@ -25,6 +25,8 @@ from curation.backends.openai_backend import (  # noqa: E402
 )
 from curation.errors import CurationError  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("close_openai_backends")
+
 
 def fast(**kw) -> OpenAIOptions:
     """Options with tiny backoffs so fault tests run in milliseconds."""
@@ -39,28 +41,6 @@ def backend(server: OpenAIServer, **kw) -> OpenAIBackend:
 
 def ask(text: str = "What is 6 * 7?", **params) -> ChatRequest:
     return ChatRequest([{"role": "user", "content": text}], params)
-
-
-@pytest.fixture(autouse=True)
-def _close_backends(monkeypatch):
-    """Close every backend a test made (their event-loop threads and HTTP sessions)."""
-    made: list[OpenAIBackend] = []
-    original = OpenAIBackend.__init__
-
-    def init(self, *a, **kw):
-        original(self, *a, **kw)
-        made.append(self)
-
-    monkeypatch.setattr(OpenAIBackend, "__init__", init)
-    yield
-    for b in made:
-        b.close()
-
-
-@pytest.fixture
-def server():
-    with OpenAIServer() as s:
-        yield s
 
 
 # (behaviour, attempts made, final ok, error kinds of the attempts)
