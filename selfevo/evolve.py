@@ -25,6 +25,7 @@ stage's outputs are kept in its run's ``counts``; generation resumes from the ca
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ class EvolveConfig:
             raise SelfevoError(f"--strategy {self.strategy!r}: use restart or continual")
         if self.samples < 1:
             raise SelfevoError("--samples must be at least 1")
+        if self.strategy == "continual" and not self.student.startswith("hf:"):
+            raise SelfevoError("--strategy continual trains from M_1's weights: give --student "
+                               "as hf:BASE+ADAPTER (an openai: student works with restart)")
         bad = [m for m in self.eval_modes if m not in ("direct", "refine")]
         if bad:
             raise SelfevoError(f"--eval-mode {bad}: use direct, refine or both")
@@ -131,8 +135,6 @@ class Evolution:
         )
         if not rows:
             return None
-        import json
-
         return json.loads(rows[0][0] or "{}")
 
     def stage(self, stage: str, round: int, fn: Callable[[Run], None],
