@@ -153,3 +153,14 @@ def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     counts = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve' "
                                 "AND status = 'ok'")[0][0])
     assert counts == {"rounds": 1}
+
+
+def test_bad_options_fail_before_anything_runs(cli, db):
+    Store.open(db).close()
+    out = cli("evolve", "--db", db, "--student", "openai:m@http://127.0.0.1:9/v1", "--base", "b",
+              "--prompts", "true", "--strategy", "continual", exit_code=1).output
+    assert "--strategy continual" in out and "hf:BASE+ADAPTER" in out
+    out = cli("evolve", "--db", db, "--student", "hf:x", "--base", "b", "--prompts", "true",
+              "--rounds", "0", exit_code=1).output
+    assert "--rounds must be at least 1" in out
+    assert Store.open_readonly(db).query("SELECT count(*) FROM runs") == [(0,)]
