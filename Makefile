@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SELFEVO := $(VENV)/bin/selfevo
 
-.PHONY: demo test test-all lint bench schemas clean
+.PHONY: demo test test-all lint bench experiment schemas clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(PY) bench/collect_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/train_bench.py
+
+# The small-scale SELF replication (docs/experiments.md); 30-60 min on 2 CPU cores.
+experiment: $(STAMP)
+	$(PY) bench/self_repro.py --out bench/out/self-repro
 
 schemas: $(STAMP)
 	$(PY) -m schemas
