@@ -35,6 +35,9 @@ bench: $(STAMP)
 	$(PY) bench/collect_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/train_bench.py
+	$(PY) bench/decontam_bench.py
+	$(PY) bench/answers_compare.py
+	$(PY) bench/report_bench.py
 
 # The small-scale SELF replication (docs/experiments.md); 30-60 min on 2 CPU cores.
 experiment: $(STAMP)
