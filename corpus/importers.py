@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -457,31 +457,41 @@ def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
     return config
 
 
+def _land_prompts(
+    store: Store, command: str, config: dict[str, Any], label: Path,
+    fields: Iterable[dict[str, Any]], progress: Progress | None,
+) -> ImportResult:
+    """Validate every row first, then write them all in one transaction under one run."""
+    from corpus.records import make_prompt
+
+    with store.run(command, config) as run:
+        rows = _Staged()
+        for f in fields:
+            rows.append(make_prompt(**f), progress)
+        _require_rows(label, rows.n)
+        if progress:
+            progress(f"validated {rows.n} rows of {label}; writing to the store")
+        new_p, _ = _write(store, run.run_id, rows, _Staged())
+        run.add("rows", rows.n)
+        run.add("prompts", new_p)
+    return ImportResult(str(label), run.run_id, rows.n, new_prompts=new_p, config=config)
+
+
 def import_prompts(
     store: Store, path: str | Path, *, fmt: str | None = None, preset: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None,
     split: str | None = None, progress: Progress | None = None,
 ) -> ImportResult:
     """Import a prompt file atomically; returns counts (re-importing adds 0 new)."""
-    from corpus.records import make_prompt
 
     path = Path(path)
     if not path.exists():
         raise ImportInputError(f"{path}: no such file or directory")
     config = _file_config(path, fmt) | {"preset": preset, "map": mapping or {},
                                         "source": source, "split": split}
-    with store.run("prompts import", config) as run:
-        rows = _Staged()
-        for f in read_prompt_rows(path, fmt=fmt, preset=preset, mapping=mapping,
-                                  source=source, split=split):
-            rows.append(make_prompt(**f), progress)
-        _require_rows(path, rows.n)
-        if progress:
-            progress(f"validated {rows.n} rows of {path}; writing to the store")
-        new_p, _ = _write(store, run.run_id, rows, _Staged())
-        run.add("rows", rows.n)
-        run.add("prompts", new_p)
-    return ImportResult(str(path), run.run_id, rows.n, new_prompts=new_p, config=config)
+    fields = read_prompt_rows(path, fmt=fmt, preset=preset, mapping=mapping, source=source,
+                              split=split)
+    return _land_prompts(store, "prompts import", config, path, fields, progress)
 
 
 def import_hub_prompts(
@@ -490,47 +500,29 @@ def import_hub_prompts(
     split: str | None = None, progress: Progress | None = None,
 ) -> ImportResult:
     """Import prompts from ``datasets.load_dataset(NAME[:CONFIG])`` atomically (``--hf``)."""
-    from corpus.records import make_prompt
 
     config = {"hf": name, "preset": preset, "map": mapping or {}, "source": source,
               "split": split}
     label = Path(f"hf:{name}")
-    with store.run("prompts import", config) as run:
-        rows = _Staged()
-        for f in read_prompt_rows(label, preset=preset, mapping=mapping,
-                                  source=source, split=split,
-                                  rows=read_hub_rows(name, split)):
-            rows.append(make_prompt(**f), progress)
-        _require_rows(label, rows.n)
-        if progress:
-            progress(f"validated {rows.n} rows of hf:{name}; writing to the store")
-        new_p, _ = _write(store, run.run_id, rows, _Staged())
-        run.add("rows", rows.n)
-        run.add("prompts", new_p)
-    return ImportResult(f"hf:{name}", run.run_id, rows.n, new_prompts=new_p, config=config)
+    fields = read_prompt_rows(label, preset=preset, mapping=mapping, source=source,
+                              split=split, rows=read_hub_rows(name, split))
+    return _land_prompts(store, "prompts import", config, label, fields, progress)
 
 
 def import_generated(
     store: Store, n: int, *, seed: int = 0, split: str | None = None,
 ) -> ImportResult:
     """Generate ``n`` synthetic word problems (source ``generated``) and import them."""
-    from corpus.records import make_prompt
     from corpus.wordproblems import generate_problems
 
     if n < 1:
         raise CorpusError("--n must be at least 1")
     config = {"n": n, "seed": seed, "split": split, "generator": "corpus.wordproblems"}
-    with store.run("prompts generate", config) as run:
-        rows = _Staged()
-        for p in generate_problems(n, seed):
-            rows.append(make_prompt(p["text"], gold_answer=p["gold_answer"],
-                                    gold_rationale=p["gold_rationale"], source="generated",
-                                    split=split, meta=p["meta"]))
-        new_p, _ = _write(store, run.run_id, rows, _Staged())
-        run.add("rows", rows.n)
-        run.add("prompts", new_p)
-    return ImportResult(f"generated(n={n}, seed={seed})", run.run_id, rows.n,
-                        new_prompts=new_p, config=config)
+    fields = ({"text": p["text"], "gold_answer": p["gold_answer"],
+               "gold_rationale": p["gold_rationale"], "source": "generated", "split": split,
+               "meta": p["meta"]} for p in generate_problems(n, seed))
+    return _land_prompts(store, "prompts generate", config,
+                         Path(f"generated(n={n}, seed={seed})"), fields, None)
 
 
 def import_records(
