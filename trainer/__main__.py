@@ -60,8 +60,25 @@ def main(argv: list[str] | None = None) -> int:
     except TrainerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
+    # Only after success: destroying the group while other ranks are still in a collective
+    # deadlocks them, and a failing rank exits non-zero anyway.
+    _leave_process_group()
     print(f"saved {result.final_dir} (snapshot {result.snapshot_hash}, {result.steps} steps)")
     return 0
+
+
+def _leave_process_group() -> None:
+    """Tear the torchrun process group down explicitly.
+
+    Left to interpreter exit, gloo's worker threads can be destroyed while still joinable and a
+    rank aborts ("terminate called without an active exception") after training succeeded.
+    """
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized():
+        td.destroy_process_group()
 
 
 if __name__ == "__main__":
