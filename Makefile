@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 bench: $(STAMP)
+	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) bench/store_bench.py
 	$(PY) bench/collect_bench.py
 	$(PY) bench/dedup_bench.py
