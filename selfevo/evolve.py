@@ -66,6 +66,9 @@ class EvolveConfig:
     out: str = "evolve-out"  # exports and checkpoints go under <out>/r<t>/
     name: str | None = None  # evolve name (default: derived from the rest of the config)
     seed: int = 0
+    # OpenAI-compatible server (vLLM with runtime LoRA loading) serving ``base``: each round's
+    # adapter is loaded there and M_{t+1} is reached as openai:<name>-r<t+1>@serve
+    serve: str | None = None
 
     def resolved_name(self) -> str:
         """The given name, or ``e`` + 8 hex digits of the config's content hash."""
@@ -73,6 +76,8 @@ class EvolveConfig:
             return self.name
         d = dataclasses.asdict(self)
         d.pop("name")
+        if d["serve"] is None:  # names of runs made before --serve existed stay the same
+            d.pop("serve")
         return "e" + content_id(d).split(":")[1][:8]
 
     def check(self) -> None:
@@ -86,6 +91,13 @@ class EvolveConfig:
         if self.strategy == "continual" and not self.student.startswith("hf:"):
             raise SelfevoError("--strategy continual trains from M_1's weights: give --student "
                                "as hf:BASE+ADAPTER (an openai: student works with restart)")
+        if self.serve is not None:
+            if self.strategy != "restart" or self.train.get("full"):
+                raise SelfevoError("--serve loads each round's LoRA adapter over the served base "
+                                   "model: use --strategy restart and LoRA training (not full)")
+            if not self.serve.startswith(("http://", "https://")):
+                raise SelfevoError(f"--serve {self.serve!r}: give the server's base URL, e.g. "
+                                   "http://127.0.0.1:8000/v1")
         bad = [m for m in self.eval_modes if m not in ("direct", "refine")]
         if bad:
             raise SelfevoError(f"--eval-mode {bad}: use direct, refine or both")
@@ -103,6 +115,19 @@ class RoundResult:
     model_id: str | None = None
     student: str | None = None
     evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _public(spec: str) -> str:
+    """A model spec as stored: an openai: spec's URLs without credentials."""
+    from curation.backends.openai_backend import public_spec
+
+    return public_spec(spec)
+
+
+def _public_url(url: str | None) -> str | None:
+    from curation.backends.openai_backend import strip_credentials
+
+    return strip_credentials(url) if url else None
 
 
 def _sql_str(value: str) -> str:
@@ -175,7 +200,8 @@ class Evolution:
     def run(self) -> list[RoundResult]:
         """Run round 0's evaluation, then every round's stages; returns per-round results."""
         cfg = self.config
-        resolved = dataclasses.asdict(cfg) | {"name": self.name}
+        resolved = dataclasses.asdict(cfg) | {"name": self.name, "student": _public(cfg.student),
+                                              "serve": _public_url(cfg.serve)}
         results = []
         with self.store.run("evolve", resolved) as run:
             self.run_id = run.run_id
@@ -196,7 +222,7 @@ class Evolution:
         result = RoundResult(round=0, student=student)
         if self.config.evals:
             counts = self.stage("eval", 0, lambda run: self.evaluate(run, student, 0, None),
-                                {"student": student})
+                                {"student": _public(student)})
             result.evals = counts.get("evals", [])
         return result
 
@@ -205,7 +231,7 @@ class Evolution:
         cfg = self.config
         res = RoundResult(round=t)
         gen = self.stage("generate", t, lambda run: self.generate(run, t, student),
-                         {"student": student, "gen": cfg.gen, "samples": cfg.samples})
+                         {"student": _public(student), "gen": cfg.gen, "samples": cfg.samples})
         res.records = gen.get("records", 0)
         filt = self.stage("filter", t, lambda run: self.filter(run, t, student),
                           {"filters": cfg.filters})
@@ -217,9 +243,12 @@ class Evolution:
         trained = self.stage("train", t, lambda run: self.train(run, t, student, exp["dir"]),
                              {"train": cfg.train, "strategy": cfg.strategy})
         res.model_id, res.student = trained["model_id"], trained["student"]
+        if trained.get("served"):  # again on resume: the server may have restarted since
+            self.serve_adapter(trained["served"], trained["final_dir"])
+            res.student = f"openai:{trained['served']}@{cfg.serve}"  # stored without credentials
         if cfg.evals:
             ev = self.stage("eval", t, lambda run: self.evaluate(
-                run, res.student, t, res.model_id), {"student": res.student})
+                run, res.student, t, res.model_id), {"student": _public(res.student)})
             res.evals = ev.get("evals", [])
         return res
 
@@ -262,7 +291,7 @@ class Evolution:
                 run.add("new_prompts_failed")
                 continue
             rows.append(make_prompt(text, source=f"evolve:{self.name}", split="evolve", meta={
-                "evolve": self.name, "round": t, "model": student, "seeds": ids,
+                "evolve": self.name, "round": t, "model": _public(student), "seeds": ids,
                 "call_id": call_id, "template": template.hash}))
         with self.store.transaction() as con:
             run.add("new_prompts", insert_prompts(con, rows, run.run_id))
@@ -299,7 +328,7 @@ class Evolution:
             rows.append(make_record(
                 prompt_id=p["prompt_id"], kind="self", round=t, response=r.answer,
                 feedback=step.feedback, verdict=step.verdict, refinement=step.refinement,
-                verdict_error=step.verdict_error, responder=student, teacher=student,
+                verdict_error=step.verdict_error, responder=_public(student), teacher=_public(student),
                 response_call_id=r.answer_call_id, feedback_call_id=step.feedback_call_id,
                 refinement_call_id=step.refinement_call_id,
                 templates={"response": hashes["answer"], "feedback": hashes["self_feedback"],
@@ -315,7 +344,7 @@ class Evolution:
         """The records of round ``t`` written by M_t for this evolve's prompts."""
         from curation.selection import Selection
 
-        where = (f"responder = {_sql_str(student)} AND prompt_id IN (SELECT prompt_id FROM "
+        where = (f"responder = {_sql_str(_public(student))} AND prompt_id IN (SELECT prompt_id FROM "
                  f"evolve_prompts WHERE evolve = {_sql_str(self.name)} AND round = {t})")
         return Selection(where=where, kind="self", round=t)
 
@@ -377,9 +406,22 @@ class Evolution:
         result = train(tc, log=lambda msg: None)
         model_id = register_checkpoint(self.store, run, result, tc)
         spec = f"hf:{result.final_dir}" if tc.full else f"hf:{base}+{result.final_dir}"
-        run.counts.update(model_id=model_id, final_dir=str(result.final_dir), student=spec,
+        if cfg.serve:
+            served = f"{self.name}-r{t + 1}"
+            self.serve_adapter(served, str(result.final_dir))
+            spec = f"openai:{served}@{cfg.serve}"
+            run.counts.update(served=served)
+        run.counts.update(model_id=model_id, final_dir=str(result.final_dir), student=_public(spec),
                           base=base, steps=result.steps,
                           loss=result.metrics.get("loss"))
+
+    def serve_adapter(self, name: str, final_dir: str) -> None:
+        """Have the ``--serve`` server serve the adapter in ``final_dir`` as model ``name``."""
+        from curation.backends.served_adapters import ensure_adapter
+
+        assert self.config.serve is not None
+        if ensure_adapter(self.config.serve, name, final_dir):
+            self.log(f"  loaded adapter {name} into {self.config.serve}")
 
     def merged_weights(self, student: str, t: int) -> str:
         """A full-weights folder of M_t (continual training starts from it)."""

@@ -56,12 +56,16 @@ def _kv(items: tuple[str, ...]) -> dict[str, object]:
 @click.option("--out", default="evolve-out", show_default=True, help="Exports and checkpoints.")
 @click.option("--name", help="Evolve name (default: a hash of the options; reuse to resume).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--serve", metavar="URL",
+              help="vLLM server (runtime LoRA loading) serving --base: each round's adapter is "
+                   "loaded there and used as openai:NAME@URL.")
 @db_option
 def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str | None,
            strategy: str, filters: tuple[str, ...], samples: int,
            prompts_per_round: int | None, generate_prompts: int, evals: tuple[str, ...],
            eval_mode: str, eval_limit: int | None, temperature: float, max_tokens: int,
-           train_opts: tuple[str, ...], out: str, name: str | None, seed: int, db: str) -> None:
+           train_opts: tuple[str, ...], out: str, name: str | None, seed: int, serve: str | None,
+           db: str) -> None:
     """Run SELF self-evolution rounds: generate, filter, snapshot, export, train, eval.
 
     Re-running the same command resumes a killed run at its first unfinished stage.
@@ -71,6 +75,10 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
       selfevo evolve --student hf:smollm2-135m+out/meta/final --base smollm2-135m \\
         --prompts "split = 'train' AND source = 'gsm8k'" --rounds 2 --meta meta-v1 \\
         --filter verdict --eval store:"split = 'test'" --eval-limit 50 --train max_steps=50
+      # students served by vLLM (started with --enable-lora and
+      # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) instead of loaded in process:
+      selfevo evolve --student openai:meta@http://127.0.0.1:8000/v1 --base ./base \
+        --serve http://127.0.0.1:8000/v1 --prompts "split = 'train'" --rounds 2 --meta meta-v1
     """
     from selfevo.evolve import EvolveConfig
     from selfevo.evolve import evolve as run_evolve
@@ -81,7 +89,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         prompts_per_round=prompts_per_round, generate_prompts=generate_prompts,
         evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
-        train=_kv(train_opts), out=out, name=name, seed=seed)
+        train=_kv(train_opts), out=out, name=name, seed=seed, serve=serve)
     results = run_evolve(db, config, log=lambda m: click.echo(m, err=True))
     print_rounds(results)
 

@@ -129,11 +129,18 @@ class OpenAIServer:
         handler: Callable[[Any, int], Behaviour | None] | None = None,
         port: int = 0,
         model: str = "test-model",
+        lora: bool = True,
+        strict_models: bool = False,
     ) -> None:
         self.latency = latency
         self.script: deque[Behaviour] = deque(script)
         self.handler = handler
         self.model = model
+        # vLLM's runtime LoRA API (POST /v1/load_lora_adapter): name -> adapter path. With
+        # strict_models, chat requests for a model that is neither served nor loaded get 404.
+        self.lora = lora
+        self.strict_models = strict_models
+        self.adapters: dict[str, str] = {}
         self.requests: list[RequestLog] = []
         self.successes: Counter[str] = Counter()
         self.in_flight = 0
@@ -249,7 +256,8 @@ class OpenAIServer:
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/models"):
                     data = {"object": "list", "data": [
-                        {"id": server.model, "object": "model", "owned_by": "selfevo-tests"}]}
+                        {"id": m, "object": "model", "owned_by": "selfevo-tests"}
+                        for m in [server.model, *server.adapters]]}
                     self._send(200, json.dumps(data).encode(), "application/json")
                 else:
                     self._send(404, b'{"error": {"message": "not found"}}', "application/json")
@@ -278,7 +286,35 @@ class OpenAIServer:
                     self._leave()
                     log.finished = time.monotonic()
 
+            def _load_adapter(self, log: RequestLog, body: Any) -> None:
+                # What vLLM answers (plain text on success, an error object otherwise).
+                name = (body or {}).get("lora_name")
+                with server._lock:
+                    loaded = name in server.adapters
+                    if not loaded:
+                        server.adapters[name] = body.get("lora_path")
+                if loaded:
+                    log.status = 400
+                    err = {"error": {"message": f"The lora adapter '{name}' has already been "
+                                                "loaded.", "type": "InvalidUserInput", "code": 400}}
+                    self._send(400, json.dumps(err).encode(), "application/json")
+                else:
+                    log.status, log.success = 200, True
+                    self._send(200, f"Success: LoRA adapter '{name}' added successfully.".encode(),
+                               "text/plain")
+
             def _answer(self, log: RequestLog, body: Any, n: int) -> None:
+                if server.lora and self.path.rstrip("/").endswith("/load_lora_adapter"):
+                    self._load_adapter(log, body)
+                    return
+                model = (body or {}).get("model") if isinstance(body, dict) else None
+                if server.strict_models and self.path.endswith("/chat/completions") and (
+                        model != server.model and model not in server.adapters):
+                    log.status = 404
+                    err = {"error": {"message": f"The model `{model}` does not exist.",
+                                     "type": "NotFoundError", "code": 404}}
+                    self._send(404, json.dumps(err).encode(), "application/json")
+                    return
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     log.status = 404
                     self._send(404, b'{"error": {"message": "not found"}}', "application/json")

@@ -164,3 +164,69 @@ def test_bad_options_fail_before_anything_runs(cli, db):
               "--rounds", "0", exit_code=1).output
     assert "--rounds must be at least 1" in out
     assert Store.open_readonly(db).query("SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_students_served_by_an_openai_server_get_each_rounds_adapter(cli, db, tiny, tmp_path):
+    """--serve: M_{t+1} is loaded into the server (vLLM's runtime LoRA API) and used by name;
+    a restarted server gets the adapters again on resume, and nothing finished is redone."""
+    from openai_server import OpenAIServer
+
+    make_store(db)
+    out = tmp_path / "out"
+
+    def run(server: OpenAIServer) -> None:
+        args = evolve_args(db, tiny, out, "restart")
+        args[args.index("--student") + 1] = f"openai:meta@{server.base_url}"
+        args[args.index("--name") + 1] = "srv"
+        # the server's answers are longer than the tiny model's 8 tokens
+        cli(*args, "--train", "max_len=1024", "--serve", server.base_url)
+
+    with OpenAIServer(model="meta", strict_models=True) as server:
+        run(server)
+        assert server.adapters == {"srv-r2": str((out / "srv/r1/model/final").resolve()),
+                                   "srv-r3": str((out / "srv/r2/model/final").resolve())}
+        assert all(Path(p, "adapter_config.json").exists() for p in server.adapters.values())
+        # round 1 asked M_1 (the served meta model), round 2 asked M_2 by its adapter name,
+        # round 2's eval asked M_3; every chat request named a model the server had
+        used = [r.body["model"] for r in server.chat_requests()]
+        assert {"meta", "srv-r2", "srv-r3"} == set(used)
+        assert all(r.status == 200 for r in server.chat_requests())
+    s = Store.open_readonly(db)
+    url = server.base_url
+    assert s.query("SELECT round, responder FROM records WHERE kind = 'self' GROUP BY ALL "
+                   "ORDER BY 1") == [(1, f"openai:meta@{url}"), (2, f"openai:srv-r2@{url}")]
+    trains = [json.loads(c) for (c,) in s.query(
+        "SELECT counts FROM runs WHERE command = 'evolve train' ORDER BY started_at")]
+    assert [c["student"] for c in trains] == [f"openai:srv-r{t}@{url}" for t in (2, 3)]
+    calls = s.query("SELECT count(*) FROM calls")[0][0]
+
+    with OpenAIServer(model="meta", strict_models=True) as restarted:  # a fresh server
+        run(restarted)
+        assert set(restarted.adapters) == {"srv-r2", "srv-r3"}
+        assert restarted.chat_requests() == []
+    assert s.query("SELECT count(*) FROM calls")[0][0] == calls
+
+
+def test_serve_refuses_what_a_served_adapter_cannot_be(cli, db, tmp_path):
+    from curation.backends.served_adapters import ensure_adapter
+    from curation.errors import CurationError
+    from openai_server import OpenAIServer
+
+    Store.open(db).close()
+    out = cli("evolve", "--db", db, "--student", "hf:x", "--base", "b", "--prompts", "true",
+              "--strategy", "continual", "--serve", "http://127.0.0.1:9/v1", exit_code=1).output
+    assert "--serve" in out and "--strategy restart" in out
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    with pytest.raises(CurationError, match="no adapter_config.json"):
+        ensure_adapter("http://127.0.0.1:9/v1", "a", adapter)
+    (adapter / "adapter_config.json").write_text("{}")
+    with OpenAIServer(lora=False) as server, pytest.raises(
+            CurationError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+        ensure_adapter(server.base_url, "a", adapter)
+    with OpenAIServer() as server:
+        assert ensure_adapter(server.base_url, "a", adapter) is True
+        assert ensure_adapter(server.base_url, "a", adapter) is False  # listed: not re-sent
+        loads = [r for r in server.requests if r.path.endswith("/load_lora_adapter")]
+        assert len(loads) == 1 and loads[0].body == {"lora_name": "a",
+                                                     "lora_path": str(adapter.resolve())}
