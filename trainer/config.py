@@ -46,7 +46,7 @@ class TrainConfig:
     lora_dropout: float = 0.05  # dropout on the LoRA input
     lora_targets: str = "all-linear"  # peft target_modules: "all-linear" or comma-separated names
     gradient_checkpointing: bool = False  # trade compute for activation memory
-    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp16 (no loss scaling: prefer bf16) | fp32
+    precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp16 (dynamic loss scaling; for GPUs without bf16) | fp32
     attn: str = "auto"  # auto | varlen | sdpa | eager | flash_attention_2 (auto: flash-attn on GPU if installed, else varlen)
     # --- run
     seed: int = 0  # seeds data order, LoRA init and dropout

@@ -3,7 +3,8 @@
     export -> verified rows -> examples (ids, labels) -> packed rows -> micro-batches
     -> for each optimizer step: loss summed over the accumulation window (and all ranks),
        divided by the number of trained tokens in that window -> AdamW -> schedule
-    -> metrics.jsonl, checkpoints (model + optimizer + RNG + data position), final/, merged/
+    -> metrics.jsonl, checkpoints (model + optimizer + RNG + data position [+ fp16 loss scale]),
+       final/, merged/
 
 Data order is a pure function of (seed, step): row ``g`` of the endless stream is row
 ``g % n`` of epoch ``g // n``'s seeded shuffle, and step ``s`` consumes stream rows
@@ -117,8 +118,11 @@ def load_model(cfg: TrainConfig, dist: Dist, resume_dir: Path | None) -> Any:
         from trainer.attention import register
 
         attn = register()
-    # Frozen LoRA bases can live in bf16 on GPU; trained weights stay fp32 (autocast does bf16).
-    dtype = torch.bfloat16 if (cuda and not cfg.full and cfg.precision != "fp32") else torch.float32
+    # Frozen LoRA bases can live in half precision on GPU (fp16 when asked for: GPUs without
+    # bf16); trained weights stay fp32, autocast does the half-precision matmuls.
+    dtype = torch.float32
+    if cuda and not cfg.full and cfg.precision != "fp32":
+        dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
     source = str(resume_dir) if (resume_dir is not None and cfg.full) else cfg.base
     model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn)
     model.config.use_cache = False
@@ -260,15 +264,52 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def autocast_dtype_for(precision: str, cuda: bool) -> Any:
+    """The autocast dtype for ``precision`` (None = plain fp32).
+
+    ``auto`` is bf16 on GPU and fp32 on CPU (exact, and CPU autocast is slow); an explicit
+    ``bf16``/``fp16`` is honoured on either device.
+    """
+    import torch
+
+    choices = {"auto": torch.bfloat16 if cuda else None, "bf16": torch.bfloat16,
+               "fp16": torch.float16, "fp32": None}
+    if precision not in choices:
+        raise TrainerError(f"unknown precision {precision!r}: use auto, bf16, fp16 or fp32")
+    return choices[precision]
+
+
+def uses_loss_scaling(autocast_dtype: Any) -> bool:
+    """True only for fp16 autocast.
+
+    fp16 has 5 exponent bits: small gradients underflow to zero unless the loss is scaled up
+    before backward (and the gradients scaled back before clipping and the step). bf16 has
+    fp32's exponent range, and fp32 needs nothing.
+    """
+    import torch
+
+    return autocast_dtype == torch.float16
+
+
+def make_grad_scaler(autocast_dtype: Any, device_type: str) -> Any:
+    """A ``torch.amp.GradScaler``, enabled iff :func:`uses_loss_scaling`; otherwise a disabled
+    pass-through (``scale`` returns the loss, ``step`` just calls ``optimizer.step``)."""
+    import torch
+
+    return torch.amp.GradScaler(device_type, enabled=uses_loss_scaling(autocast_dtype))
+
+
 def backward_window(
-    model: Any, batches: list[dict[str, Any]], dist: Dist, autocast_dtype: Any = None
+    model: Any, batches: list[dict[str, Any]], dist: Dist, autocast_dtype: Any = None,
+    scaler: Any = None,
 ) -> tuple[float, int]:
     """Forward + backward over one accumulation window; returns (mean loss, trained tokens).
 
     The loss is normalised by the trained-token weight of the WHOLE window on ALL ranks, so
     the accumulated gradient equals that of one big batch holding the same rows, however the
     tokens are split into micro-batches or ranks (a per-micro-batch mean would over-weight
-    tokens of short micro-batches).
+    tokens of short micro-batches). With an enabled ``scaler`` (fp16) the backward runs on the
+    scaled loss; the returned loss is unscaled.
     """
     import torch
 
@@ -288,7 +329,8 @@ def backward_window(
         ):
             s = weighted_loss_sum(model, batch)
         # DDP averages gradients over ranks; multiplying by world makes that a sum.
-        (s * (dist.world / denom)).backward()
+        scaled = s * (dist.world / denom)
+        (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += s.detach()
     all_reduce_sum(loss_sum, dist)
     return loss_sum.item() / denom, int(count.item())
@@ -345,11 +387,15 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         log(f"no checkpoint in {out / 'checkpoints'}; starting from scratch")
     model = load_model(cfg, dist, resume_dir)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
+    autocast_dtype = autocast_dtype_for(cfg.precision, cuda)
+    scaler = make_grad_scaler(autocast_dtype, "cuda" if cuda else "cpu")
     start_step, tokens_seen = 0, 0
     if resume_dir is not None:
         state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler.is_enabled() and state.get("scaler"):  # fp16: continue at the same loss scale
+            scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0])
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if dist.main:
@@ -382,11 +428,6 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
                 if ln.strip() and json.loads(ln)["step"] <= start_step
             ]
         metrics_path.write_text("".join(ln + "\n" for ln in kept))
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
-        cfg.precision, torch.bfloat16 if cuda else None
-    )
-    if cfg.precision == "fp32" or not cuda:
-        autocast_dtype = None  # CPU trains in fp32: exact, and CPU bf16 autocast is slow
 
     # 3. The loop.
     losses: list[float] = []
@@ -398,10 +439,13 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         t0 = time.perf_counter()
         window = step_window(rows, cfg, dist, step)
         batches = [collate(mb, pad_id) for mb in window]
-        loss, n_trained = backward_window(model, batches, dist, autocast_dtype)
+        loss, n_trained = backward_window(model, batches, dist, autocast_dtype, scaler)
         n_tokens = torch.tensor([float(sum(len(e.input_ids) for mb in window for row in mb
                                            for e in row))])
         n_tokens = int(all_reduce_sum(n_tokens.to(dist.device), dist).item())
+        scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+        if scaler.is_enabled():
+            scaler.unscale_(optimizer)  # clip and report the true gradient, not the scaled one
         if cfg.max_grad_norm > 0:
             gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
         else:
@@ -409,8 +453,13 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
                 [p.grad for p in raw_model.parameters() if p.grad is not None]
             )
         lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
+        scaler.step(optimizer)  # fp16: skipped when a gradient overflowed (inf/nan)
+        scaler.update()
+        with warnings.catch_warnings():
+            # The schedule follows the step count even when fp16 skipped the optimizer step
+            # (as the data order does); torch warns about exactly that order.
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*optimizer.step")
+            scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
@@ -424,6 +473,9 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
             "tokens_seen": tokens_seen, "epoch": (step + 1) * rows_per_step / len(rows),
             "step_time_s": dt,
         }
+        if scaler.is_enabled():
+            last["loss_scale"] = scale
+            last["skipped"] = scaler.get_scale() < scale  # the scaler backs off after an overflow
         if cuda:
             last["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
         if dist.main and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
@@ -433,13 +485,13 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
             progress.update(progress.task_ids[0], advance=1, description=f"loss {loss:.4f}")
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
             _save_step(out, step + 1, raw_model, tokenizer, meta_base, last, optimizer,
-                       scheduler, tokens_seen, dist)
+                       scheduler, tokens_seen, dist, scaler)
     if progress is not None:
         progress.stop()
 
     # 4. Final checkpoint (resumable), final/ for serving and registering, optional merge.
     _save_step(out, total_steps, raw_model, tokenizer, meta_base, last, optimizer, scheduler,
-               tokens_seen, dist)
+               tokens_seen, dist, scaler)
     final = out / "final"
     merged = None
     if dist.main:
@@ -460,7 +512,8 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
 
 
 def _save_step(out: Path, step: int, model: Any, tokenizer: Any, meta_base: dict, metrics: dict,
-               optimizer: Any, scheduler: Any, tokens_seen: int, dist: Dist) -> None:
+               optimizer: Any, scheduler: Any, tokens_seen: int, dist: Dist,
+               scaler: Any = None) -> None:
     """Resumable checkpoint ``checkpoints/step-NNNNNN`` (RNG states gathered from all ranks)."""
     rng = [rng_state()]
     if dist.world > 1:
@@ -474,6 +527,8 @@ def _save_step(out: Path, step: int, model: Any, tokenizer: Any, meta_base: dict
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "rng": rng, "step": step, "tokens_seen": tokens_seen,
         }
+        if scaler is not None and scaler.is_enabled():
+            state["scaler"] = scaler.state_dict()
         meta = {**meta_base, "step": step, "metrics": metrics}
         save_checkpoint(out / "checkpoints" / f"step-{step:06d}", model, tokenizer, meta, state)
 
