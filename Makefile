@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SELFEVO := $(VENV)/bin/selfevo
 
-.PHONY: demo test test-all lint bench experiment schemas clean
+.PHONY: demo test test-all test-vllm lint bench experiment schemas clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m ''
+
+# selfevo against a real vLLM server (CPU). vLLM lives in its own venv (docs/backends.md, "vLLM").
+SELFEVO_VLLM_PYTHON ?= /work/vllm-venv/bin/python
+test-vllm: $(STAMP)
+	SELFEVO_VLLM_PYTHON=$(SELFEVO_VLLM_PYTHON) $(PY) -m pytest -m vllm tests/test_vllm.py -s
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
