@@ -1,10 +1,23 @@
-"""Trainer throughput: selfevo's packed trainer vs transformers.Trainer with padding.
+"""Trainer throughput: selfevo's packed trainer vs transformers.Trainer and TRL's SFTTrainer.
 
 Same export (variable-length meta-skill records), same model, same LoRA and optimizer
-hyper-parameters, same examples and loss masks (both get selfevo's ids/labels, so only the
-batching and the loop differ). Each trainer runs in its own subprocess (clean peak memory).
-Reported: trained tokens/s (tokens with a label / summed optimizer-step wall time), padding
-share, peak memory (CPU: max RSS; GPU: max allocated), and on GPU the MFU.
+hyper-parameters, same examples and loss masks: every contender gets selfevo's token ids and
+trains exactly selfevo's trained tokens (feedback f and refinement r-hat, each with its
+end-of-turn), so only the batching and the loop differ. Contenders:
+
+* selfevo: packed rows, per-example (varlen) attention, LM head only at trained positions;
+* transformers.Trainer, batches padded to the longest (``DataCollatorForSeq2Seq``);
+* TRL ``SFTTrainer`` (when ``trl`` is installed: ``pip install -e '.[bench]'``) given the ids
+  and an ``assistant_masks`` column (TRL's per-token loss-mask column, 1 exactly on selfevo's
+  trained tokens), three ways: padded batches, ``padding_free=True`` (a batch flattened into
+  one sequence) and ``packing=True`` (best-fit-decreasing rows of ``pack_len`` tokens).
+  TRL's own tokenisation cannot express the meta-skill mask: ``assistant_only_loss`` would
+  also train the initial answer r, and a prompt-completion split would also train the
+  refine instruction between f and r-hat (the bench prints how many tokens each would train).
+
+Each run is its own subprocess (clean peak memory). Reported: trained tokens/s (targets with a
+label, counted from the batches each trainer actually sees / summed optimizer-step wall
+time), padding share, peak memory (CPU: max RSS; GPU: max allocated), and on GPU the MFU.
 
     flock /tmp/selfevo-bench.lock .venv/bin/python bench/train_bench.py           # CPU
     .venv/bin/python bench/train_bench.py --gpu                                   # 0.5B, GPU
@@ -24,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -84,24 +98,16 @@ def run_selfevo(args, model: Path, export: Path, out: Path) -> dict:
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     return {"steps": res.steps, "trained_tokens": sum(r["trained_tokens"] for r in rows),
             "tokens": sum(r["tokens"] for r in rows),
+            "padded_tokens": sum(r["tokens"] for r in rows),  # batch_size 1: no padding
             "seconds": sum(r["step_time_s"] for r in rows), "final_loss": res.losses[-1]}
 
 
-def run_hf(args, model_dir: Path, export: Path, out: Path) -> dict:
-    """transformers.Trainer, batches of ``hf_batch`` examples padded to the longest."""
+def load_bench_model(args, model_dir: Path) -> Any:
+    """The bench model for the Trainer-based contenders: LoRA as selfevo's (r 16, alpha 32)."""
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        DataCollatorForSeq2Seq,
-        Trainer,
-        TrainerCallback,
-        TrainingArguments,
-    )
+    from transformers import AutoModelForCausalLM
 
-    tok, examples, _ = examples_for(export, model_dir, args.max_len)
-    data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
-            for e in examples]
     torch.manual_seed(0)
     cuda = torch.cuda.is_available()
     model = AutoModelForCausalLM.from_pretrained(
@@ -110,7 +116,15 @@ def run_hf(args, model_dir: Path, export: Path, out: Path) -> dict:
     if not args.full:
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules="all-linear", task_type="CAUSAL_LM"))
-    times: list[float] = []
+    return model
+
+
+def step_clock(times: list[float]) -> Any:
+    """A TrainerCallback appending each optimizer step's wall time to ``times``."""
+    import torch
+    from transformers import TrainerCallback
+
+    cuda = torch.cuda.is_available()
 
     class Clock(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -123,22 +137,144 @@ def run_hf(args, model_dir: Path, export: Path, out: Path) -> dict:
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - self.t0)
 
+    return Clock()
+
+
+def count_batches(trainer: Any) -> dict[str, int]:
+    """Token slots and trained targets over one epoch of the trainer's batches.
+
+    Causal LMs in transformers shift labels inside the model, so a row's trained targets are
+    its labels at positions >= 1 (padding-free collators mask each sequence's first label).
+    """
+    slots = trained = 0
+    for b in trainer.get_train_dataloader():
+        slots += int(b["input_ids"].numel())
+        trained += int((b["labels"][:, 1:] != -100).sum())
+    return {"padded_tokens": slots, "trained_tokens": trained}
+
+
+def run_hf(args, model_dir: Path, export: Path, out: Path) -> dict:
+    """transformers.Trainer, batches of ``hf_batch`` examples padded to the longest."""
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    tok, examples, _ = examples_for(export, model_dir, args.max_len)
+    data = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)}
+            for e in examples]
+    model = load_bench_model(args, model_dir)
+    times: list[float] = []
     collator = DataCollatorForSeq2Seq(tok, padding="longest", label_pad_token_id=-100)
     targs = TrainingArguments(
         output_dir=str(out), per_device_train_batch_size=args.hf_batch, num_train_epochs=1,
         learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=10**9,
-        save_strategy="no", report_to=[], seed=0, bf16=cuda, disable_tqdm=True,
-        dataloader_num_workers=0, gradient_checkpointing=args.gradient_checkpointing,
+        save_strategy="no", report_to=[], seed=0, bf16=torch.cuda.is_available(),
+        disable_tqdm=True, dataloader_num_workers=0,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collator,
-                      callbacks=[Clock()])
-    padded = sum(int(b["attention_mask"].numel()) for b in trainer.get_train_dataloader())
+                      callbacks=[step_clock(times)])
+    counts = count_batches(trainer)
     result = trainer.train()
-    # Trainer shifts labels inside the model; a row's first label is always context here, so
-    # the trained-token count is the same as selfevo's.
-    return {"steps": len(times), "trained_tokens": sum(e.n_trained for e in examples),
+    return {"steps": len(times), **counts,
             "tokens": sum(len(e.input_ids) for e in examples), "seconds": sum(times),
-            "final_loss": result.training_loss, "padded_tokens": padded}
+            "final_loss": result.training_loss}
+
+
+LABELS = {
+    "selfevo": "selfevo (packed)",
+    "hf": "transformers.Trainer (padded)",
+    "trl": "TRL SFTTrainer (padded)",
+    "trl-pf": "TRL SFTTrainer (padding_free)",
+    "trl-pack": "TRL SFTTrainer (packing=bfd)",
+}
+
+
+def default_trainers() -> list[str]:
+    """Every contender whose library is installed (TRL is an optional ``bench`` extra)."""
+    import importlib.util
+
+    have_trl = importlib.util.find_spec("trl") is not None
+    return [n for n in LABELS if have_trl or not n.startswith("trl")]
+
+
+TRL_MODES = {
+    # child name -> SFTConfig overrides
+    "trl": {},
+    "trl-pf": {"padding_free": True, "max_length": None},  # TRL: no max_length without packing
+    "trl-pack": {"packing": True, "packing_strategy": "bfd"},
+}
+
+
+def run_trl(args, model_dir: Path, export: Path, out: Path) -> dict:
+    """TRL's SFTTrainer on selfevo's ids with an ``assistant_masks`` column (exact same mask).
+
+    Padded: batches of ``hf_batch`` examples. padding_free: the same batches flattened into
+    one sequence (position ids restart per example). packing: TRL packs examples into rows of
+    ``pack_len`` tokens (best-fit decreasing), one row per step, like selfevo.
+    """
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    tok, examples, _ = examples_for(export, model_dir, args.max_len)
+    data = Dataset.from_list([
+        {"input_ids": e.input_ids, "assistant_masks": [int(x != -100) for x in e.labels]}
+        for e in examples])
+    model = load_bench_model(args, model_dir)
+    times: list[float] = []
+    overrides = TRL_MODES[args.child]
+    packing = overrides.get("packing", False)
+    cfg = dict(
+        output_dir=str(out), per_device_train_batch_size=1 if packing else args.hf_batch,
+        num_train_epochs=1, learning_rate=2e-4, lr_scheduler_type="cosine", warmup_steps=0,
+        logging_steps=10**9, save_strategy="no", report_to=[], seed=0,
+        bf16=torch.cuda.is_available(), disable_tqdm=True, dataloader_num_workers=0,
+        # TRL defaults gradient checkpointing on and bf16 on: match the other contenders.
+        gradient_checkpointing=args.gradient_checkpointing,
+        max_length=args.pack_len if packing else args.max_len,
+    )
+    cfg.update(overrides)
+    trainer = SFTTrainer(model=model, args=SFTConfig(**cfg), train_dataset=data,
+                         processing_class=tok, callbacks=[step_clock(times)])
+    counts = count_batches(trainer)
+    result = trainer.train()
+    return {"steps": len(times), **counts,
+            "tokens": sum(len(e.input_ids) for e in examples), "seconds": sum(times),
+            "final_loss": result.training_loss}
+
+
+def trl_native_counts(export: Path, model_dir: Path, max_len: int, work: Path) -> str:
+    """What TRL's own tokenisation would train on this export (printed, not benchmarked).
+
+    prompt-completion: prompt = (p, r, feedback instruction), completion = (f, refine
+    instruction, r-hat), tokenised by SFTTrainer itself. assistant_only_loss needs a template
+    with ``{% generation %}`` markers (the bench tokenizer has none, and TRL refuses to patch
+    it); what it would train, every assistant turn including the initial answer r, is counted
+    with selfevo's turn-by-turn builder.
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from trainer.data import load_export
+    from trainer.sequences import SequenceBuilder
+
+    rows = load_export(export).rows
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    msgs = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in rows]
+    data = Dataset.from_list([{"prompt": m[:3], "completion": m[3:]} for m in msgs])
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(model_dir), processing_class=tok,
+        train_dataset=data, args=SFTConfig(output_dir=str(work / "trl-native"), report_to=[],
+                                           bf16=False, gradient_checkpointing=False,
+                                           max_length=max_len))
+    pc = sum(sum(x != -100 for x in lab[1:]) for lab in trainer.train_dataset["labels"])
+    builder = SequenceBuilder(tok)
+    every_assistant = sum(
+        builder.build([{**m, "train": m["role"] == "assistant"} for m in r["messages"]]).n_trained
+        for r in rows)
+    return (f"TRL's own tokenisation would train: prompt-completion {pc} tokens, "
+            f"assistant_only_loss {every_assistant} tokens")
 
 
 def child(args) -> None:
@@ -150,7 +286,7 @@ def child(args) -> None:
         torch.set_num_threads(args.threads)
     work = Path(args.work)
     out = Path(tempfile.mkdtemp(prefix=f"{args.child}-", dir=work))
-    fn = {"selfevo": run_selfevo, "hf": run_hf}[args.child]
+    fn = run_trl if args.child in TRL_MODES else {"selfevo": run_selfevo, "hf": run_hf}[args.child]
     res = fn(args, work / "model", work / "export", out)
     res["peak_mem_gb"] = peak_memory_gb()
     print("RESULT " + json.dumps(res))
@@ -168,16 +304,19 @@ def params_of(model_dir: Path) -> int:
 def main() -> None:
     """Prepare data once, run each trainer in a subprocess, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=0, help="records (default 400 CPU, 4000 GPU)")
+    ap.add_argument("--n", type=int, default=0, help="records (default 120 CPU, 4000 GPU)")
     ap.add_argument("--gpu", action="store_true", help="0.5B model on the GPU, LoRA and full")
     ap.add_argument("--full", action="store_true", help="full fine-tuning (CPU mode)")
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--pack-len", type=int, default=0, help="selfevo row length (default 8x mean)")
     ap.add_argument("--hf-batch", type=int, default=8, help="examples per padded batch")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2, choices=[1, 2], help="runs per trainer")
+    ap.add_argument("--repeats", type=int, default=2, choices=[1, 2, 3], help="runs per trainer")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--trainers", default="",
+                    help="comma-separated subset of " + ",".join(LABELS) + " (default: all; the "
+                    "TRL ones only when trl is installed)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -202,15 +341,22 @@ def main() -> None:
           f"min {min(len(e.input_ids) for e in examples)}, "
           f"max {max(len(e.input_ids) for e in examples)}; pack_len {pack_len}, "
           f"hf batch {args.hf_batch}")
+    if any(x.startswith("trl") for x in default_trainers()):
+        print(trl_native_counts(export, model, args.max_len, work) + f" (selfevo's mask and "
+              f"every contender here: {stats.trained_tokens})", flush=True)
     modes = [("lora", False), ("full", True)] if args.gpu else [("full" if args.full else "lora",
                                                                   args.full)]
     n_params = params_of(model) if args.gpu else 0
+    names = [x.strip() for x in args.trainers.split(",") if x.strip()] or default_trainers()
+    unknown = sorted(set(names) - set(LABELS))
+    if unknown or "hf" not in names:
+        sys.exit(f"--trainers: unknown {unknown} or no 'hf' (the baseline); choose from {list(LABELS)}")
     rows = []
     for mode, full in modes:
-        # ABBA order, best of each: a burst of load from other processes on a shared machine
-        # hits one run, not one trainer.
+        # ABBA order (A B C, C B A), best of each: a burst of load from other processes on a
+        # shared machine hits one run, not one trainer.
         best: dict[str, dict] = {}
-        order = ["selfevo", "hf", "hf", "selfevo"][: 2 * args.repeats]
+        order = (names + names[::-1] + names)[: len(names) * args.repeats]
         for name in order:
             cmd = [sys.executable, __file__, "--child", name, "--work", str(work),
                    "--max-len", str(args.max_len), "--pack-len", str(pack_len),
@@ -229,23 +375,22 @@ def main() -> None:
             print(f"  {mode} {name}: {res['tps']:.0f} trained tok/s", flush=True)
             if name not in best or res["tps"] > best[name]["tps"]:
                 best[name] = res
-        rows += [(mode, name, best[name]) for name in ("selfevo", "hf")]
+        rows += [(mode, name, best[name]) for name in names]
     base = {mode: r["tps"] for mode, name, r in rows if name == "hf"}
-    print(f"\n{'mode':<5} {'trainer':<28} {'steps':>5} {'trained tok/s':>13} {'vs padded':>9} "
-          f"{'peak mem GB':>11} {'final loss':>10}" + ("  MFU" if args.gpu else ""))
+    print(f"\n{'mode':<5} {'trainer':<31} {'steps':>5} {'trained':>7} {'padding':>7} "
+          f"{'trained tok/s':>13} {'vs padded':>9} {'peak mem GB':>11} {'final loss':>10}"
+          + ("  MFU" if args.gpu else ""))
     for mode, name, r in rows:
-        label = "selfevo (packed)" if name == "selfevo" else "transformers.Trainer (padded)"
+        label = LABELS[name]
+        pad_share = 1 - r["tokens"] / r["padded_tokens"]
         mfu = ""
         if args.gpu:
             # Model FLOPs per processed token: 6N full; LoRA skips weight gradients (~4N).
             # Attention FLOPs are not counted, so this is a slight lower bound.
             flops = (6 if mode == "full" else 4) * n_params * r["tokens"] / r["seconds"]
             mfu = f"  {100 * flops / (args.peak_tflops * 1e12):.1f}%"
-        print(f"{mode:<5} {label:<28} {r['steps']:>5} {r['tps']:>13.0f} "
-              f"{r['tps'] / base[mode]:>8.2f}x {r['peak_mem_gb']:>11.2f} {r['final_loss']:>10.3f}{mfu}")
-    pad = [r for _, n_, r in rows if n_ == "hf"][0]
-    print(f"\npadding share in the padded baseline: "
-          f"{1 - stats.tokens / pad['padded_tokens']:.0%} of its token slots")
+        print(f"{mode:<5} {label:<31} {r['steps']:>5} {r['trained_tokens']:>7} {pad_share:>7.0%} "
+              f"{r['tps']:>13.0f} {r['tps'] / base[mode]:>8.2f}x {r['peak_mem_gb']:>11.2f} {r['final_loss']:>10.3f}{mfu}")
 
 
 if __name__ == "__main__":
