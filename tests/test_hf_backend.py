@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -207,12 +208,18 @@ def test_smollm2_conversion_cached_reload_and_generation(tmp_path: Path, monkeyp
     b.load()
     first = time.perf_counter() - started
     assert smollm2.is_converted() and smollm2.model_dir().parent.parent == tmp_path
+    # an ordinary float32 folder: no GGUF quantization_config left for vLLM to refuse
+    config = json.loads((smollm2.model_dir() / "config.json").read_text())
+    assert "quantization_config" not in config
+    converted = {p: p.stat().st_mtime_ns for p in smollm2.model_dir().iterdir()}
     started = time.perf_counter()
     again = load_backend("hf:smollm2-135m", device="cpu")
     again.load()
     reload = time.perf_counter() - started
     print(f"smollm2: convert+load {first:.1f}s, cached load {reload:.2f}s")
-    assert reload < first / 3
+    # the second load reads the cache: nothing rewritten, no second conversion folder
+    assert {p: p.stat().st_mtime_ns for p in smollm2.model_dir().iterdir()} == converted
+    assert sorted(p.name for p in smollm2.model_dir().parent.iterdir()) == [smollm2.NAME]
     res = again.generate([ask("What is 2 + 3? Answer with a number.", max_tokens=20)])[0]
     assert res.ok and res.finish_reason == "stop" and "5" in res.text
 

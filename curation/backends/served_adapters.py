@@ -76,6 +76,10 @@ def ensure_adapter(base_url: str, name: str, path: str | Path, timeout: float = 
         return True
     if status == 400 and "already" in text.lower():  # loaded between our two requests
         return False
+    if status == 404 and "adapter" in text.lower():  # vLLM: "No adapter found for <path>"
+        raise CurationError(f"the server at {strip_credentials(base_url)} cannot read adapter "
+                            f"{folder}: {redact(text)}. It must see the same filesystem "
+                            "(same machine or a shared mount)")
     if status in (404, 405):
         raise CurationError(f"{strip_credentials(base_url)} has no runtime LoRA loading "
                             f"(POST load_lora_adapter answered {status}): {ENABLE_HINT}")

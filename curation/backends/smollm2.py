@@ -80,6 +80,11 @@ def convert(out_dir: Path | None = None) -> Path:
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
+    # The GGUF loader leaves quantization_config = {quant_method: gguf} on the config although
+    # the copied weights are plain float32; vLLM refuses such a folder ("Unknown quantization
+    # method: gguf"), transformers ignores it. The saved folder is an ordinary float32 model.
+    if getattr(fresh.config, "quantization_config", None) is not None:
+        del fresh.config.quantization_config
     fresh.eval()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-", dir=target.parent))
