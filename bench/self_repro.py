@@ -33,7 +33,10 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=24, help="held-out generated problems")
     ap.add_argument("--gsm8k-test", type=int, default=24, help="GSM8K test items")
     ap.add_argument("--max-tokens", type=int, default=160)
-    ap.add_argument("--steps", type=int, default=12, help="LoRA steps per training")
+    ap.add_argument("--steps", type=int, default=12, help="LoRA steps per round's training")
+    ap.add_argument("--meta-steps", type=int, help="LoRA steps on the meta-skill snapshot "
+                    "(default: --steps)")
+    ap.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
     args = ap.parse_args()
 
     from corpus.importers import import_prompts
@@ -50,8 +53,10 @@ def main() -> None:
         pool_where="source = 'gsm8k' AND split = 'train'",
         prompts_per_round=4 if quick else args.per_round, rounds=args.rounds,
         max_tokens=16 if quick else args.max_tokens,
-        meta_steps=2 if quick else args.steps, round_steps=2 if quick else args.steps,
+        meta_steps=2 if quick else (args.meta_steps or args.steps),
+        round_steps=2 if quick else args.steps,
         evals=[f"gsm8k:{gsm8k_test}"], eval_limit=6 if quick else None)
+    cfg.train = {**cfg.train, "lr": args.lr}
     # One limit for both benchmarks: the held-out generated set and the GSM8K subset.
     cfg.eval_limit = cfg.eval_limit or max(args.n_test, args.gsm8k_test)
     p = Pipeline(cfg)
