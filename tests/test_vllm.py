@@ -234,6 +234,16 @@ def test_runtime_lora_adapter_serves_through_the_openai_backend(
     listed = {m["id"]: m for m in json.loads(models)["data"]}
     assert listed[name]["parent"] == SERVED
 
+    # evolve --serve's loader: the second name is loaded now, then found already loaded.
+    try:
+        from curation.backends.served_adapters import ensure_adapter, served_models
+    except ImportError:
+        pass
+    else:
+        assert ensure_adapter(vllm_server.base_url, f"{name}-b", tiny_adapter) is True
+        assert ensure_adapter(vllm_server.base_url, f"{name}-b", tiny_adapter) is False
+        assert {name, f"{name}-b", SERVED} <= set(served_models(vllm_server.base_url))
+
     # The adapter changes the model: same greedy prompt, different token log-probabilities.
     assert _first_logprobs(vllm_server, name) != _first_logprobs(vllm_server, SERVED)
 
@@ -261,3 +271,35 @@ def test_runtime_lora_adapter_serves_through_the_openai_backend(
     status, _ = _http("POST", f"{vllm_server.base_url}/chat/completions", {
         "model": name, "max_tokens": 4, "messages": msgs})
     assert status == 404
+
+
+def test_evolve_serve_loads_each_rounds_adapter_into_vllm(
+        vllm_server, cli, db, tmp_path, close_openai_backends):
+    """``selfevo evolve --serve``: M_2 is trained, loaded into vLLM at runtime and evaluated."""
+    base = vllm_server.spec()
+    cli("prompts", "generate", "--n", "4", "--seed", "5", "--split", "train", "--db", db)
+    cli("prompts", "generate", "--n", "2", "--seed", "6", "--split", "test", "--db", db)
+    cli("collect", "--db", db, "--teacher", "reference", "--responder", base,
+        "--where", "split = 'train'", "--max-tokens", "96")
+    cli("snapshot", "create", "meta-v1", "--where", "kind = 'meta'", "--db", db)
+    args = ("evolve", "--db", db, "--student", base, "--base", "smollm2-135m",
+            "--serve", vllm_server.base_url, "--prompts", "split = 'train'", "--rounds", "1",
+            "--meta", "meta-v1", "--eval", "store:split = 'test'", "--eval-mode", "direct",
+            "--max-tokens", "64", "--train", "max_steps=2", "--train", "max_len=1024",
+            "--out", str(tmp_path / "evo"), "--name", "vv")
+    out = cli(*args).output
+    assert f"loaded adapter vv-r2 into {vllm_server.base_url}" in out
+    assert "vv-r2" in _http("GET", f"{vllm_server.base_url}/models")[1]
+    served = _query(db, "SELECT counts->>'served' FROM runs WHERE command = 'evolve train'")
+    assert served == [("vv-r2",)]
+    # round 1 asked the served base, the evaluation after it asked M_2 by its adapter name
+    by_model = dict(_query(db, "SELECT model, count(*) FROM calls WHERE status = 'ok' "
+                               "AND purpose <> 'response' GROUP BY 1"))
+    assert set(by_model) == {f"openai:{SERVED}", "openai:vv-r2"}
+    assert by_model["openai:vv-r2"] == 2  # one direct answer per test prompt
+    assert _query(db, "SELECT count(*) FROM calls WHERE status <> 'ok'") == [(0,)]
+
+    # Re-running the finished evolve redoes nothing: vLLM hears no new request.
+    before = vllm_server.finished_requests()
+    cli(*args)
+    assert vllm_server.finished_requests() == before
