@@ -93,7 +93,8 @@ def vllm_server(tmp_path_factory):
     port = _free_port()
     work = tmp_path_factory.mktemp("vllm")
     log = work / "server.log"
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True")
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True",
+               VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")  # offline: no usage reporting
     cmd = [
         VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model),
