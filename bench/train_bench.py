@@ -19,7 +19,8 @@ Each run is its own subprocess (clean peak memory). Reported: trained tokens/s (
 label, counted from the batches each trainer actually sees / summed optimizer-step wall
 time), padding share, peak memory (CPU: max RSS; GPU: max allocated), and on GPU the MFU.
 
-    flock /tmp/selfevo-bench.lock .venv/bin/python bench/train_bench.py           # CPU
+    flock /tmp/selfevo-bench.lock .venv/bin/python bench/train_bench.py           # CPU, LoRA
+    flock /tmp/selfevo-bench.lock .venv/bin/python bench/train_bench.py --full    # CPU, full
     .venv/bin/python bench/train_bench.py --gpu                                   # 0.5B, GPU
 
 ``--gpu`` uses a ~0.5B-parameter Llama config (random init) with LoRA and full fine-tuning
@@ -310,7 +311,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=1024)
     ap.add_argument("--pack-len", type=int, default=0, help="selfevo row length (default 8x mean)")
     ap.add_argument("--hf-batch", type=int, default=8, help="examples per padded batch")
-    ap.add_argument("--threads", type=int, default=2)
+    # One thread per trainer: on a shared 2-core machine, 2 threads per process collapse as
+    # soon as anything else runs (OpenMP barriers wait on a descheduled thread).
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads per trainer")
     ap.add_argument("--repeats", type=int, default=2, choices=[1, 2, 3], help="runs per trainer")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak for MFU")
     ap.add_argument("--gradient-checkpointing", action="store_true")
