@@ -73,7 +73,7 @@ def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--lora-alpha", type=int, help="LoRA alpha (default 32).")
 @click.option("--full", is_flag=True, help="Full fine-tuning instead of LoRA.")
 @click.option("--epochs", type=float, help="Passes over the data (default 1).")
-@click.option("--max-steps", type=int, help="Cap on optimizer steps.")
+@click.option("--max-steps", type=int, help="Optimizer steps; replaces --epochs (data repeats).")
 @click.option("--lr", type=float, help="Peak learning rate (default 2e-4).")
 @click.option("--max-len", type=int, help="Max tokens per example (default 2048).")
 @click.option("--pack/--no-pack", default=None, help="Padding-free packing (default on).")

@@ -165,6 +165,18 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, tiny_model_dir, export
     assert again.losses == [] and again.metrics == first.metrics and again.steps == 2
 
 
+def test_max_steps_replaces_epochs_and_repeats_the_data(tmp_path, tiny_model_dir):
+    # 2 records pack into one row: one epoch is one step, yet 4 steps are asked for.
+    exp = write_export(tmp_path / "exp", synthetic_records(2, seed=3, kinds=("qa",)))
+    res = train(_cfg(exp, tiny_model_dir, tmp_path / "o", max_steps=4, epochs=1),
+                log=lambda *_: None)
+    assert res.steps == 4 and len(res.losses) == 4
+    assert [r["epoch"] for r in _metrics(tmp_path / "o")] == [1.0, 2.0, 3.0, 4.0]
+    by_epochs = train(_cfg(exp, tiny_model_dir, tmp_path / "e", max_steps=0, epochs=2),
+                      log=lambda *_: None)
+    assert by_epochs.steps == 2
+
+
 def test_grad_scaler_only_for_fp16():
     import torch
 

@@ -31,7 +31,7 @@ class TrainConfig:
     grad_accum: int = 1  # micro-batches per optimizer step (per process)
     # --- schedule
     epochs: float = 1.0  # passes over the data (fractions allowed)
-    max_steps: int = 0  # >0 caps optimizer steps (overrides epochs when reached first)
+    max_steps: int = 0  # >0: exactly this many optimizer steps, epochs ignored (as in HF)
     lr: float = 2e-4  # peak learning rate (2e-4 suits LoRA; use ~1e-5 for full fine-tuning)
     schedule: str = "cosine"  # cosine | linear | constant (after warmup)
     warmup_ratio: float = 0.03  # fraction of steps with linear warmup from 0

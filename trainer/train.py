@@ -371,9 +371,10 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
     groups = pack_examples(examples, pack_len) if cfg.pack else [[i] for i in range(len(examples))]
     rows = [[examples[i] for i in g] for g in groups]
     rows_per_step = cfg.batch_size * cfg.grad_accum * dist.world
-    total_steps = max(1, math.ceil(cfg.epochs * len(rows) / rows_per_step))
-    if cfg.max_steps > 0:
-        total_steps = min(total_steps, cfg.max_steps)
+    # As in transformers.Trainer, --max-steps replaces --epochs (the data stream repeats), so
+    # a requested step count is never silently cut to one pass over a small snapshot.
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else max(
+        1, math.ceil(cfg.epochs * len(rows) / rows_per_step))
     if dist.main:
         log(
             f"{len(export.rows)} records -> {stats.examples} examples ({stats.by_part}; "
