@@ -235,3 +235,24 @@ def test_importing_backends_and_templates_does_not_import_torch() -> None:
         "if m in sys.modules]; assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_an_older_smollm2_conversion_is_repaired_once(tmp_path: Path, tiny_model_dir) -> None:
+    """A cached folder converted with the GGUF quantization_config still in config.json (which
+    vLLM refuses and ``train --merge`` cannot save) loses that key on its next use, and only it."""
+    import shutil
+
+    from curation.backends import smollm2
+
+    folder = tmp_path / "models" / smollm2.NAME
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / smollm2.MARKER).write_text("{}")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(
+        {**config, "quantization_config": {"quant_method": "gguf"}}))
+    assert smollm2.convert(folder) == folder
+    assert json.loads((folder / "config.json").read_text()) == config
+    before = (folder / "config.json").stat().st_mtime_ns
+    smollm2.convert(folder)  # nothing left to repair: the file is not rewritten
+    assert (folder / "config.json").stat().st_mtime_ns == before
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []

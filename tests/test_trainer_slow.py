@@ -41,9 +41,12 @@ def test_smollm2_lora_few_steps_cpu(tmp_path, smollm2_dir, cli, db):
     out = tmp_path / "run"
     cli("train", "--data", str(exp), "--base", "smollm2-135m", "--out", str(out),
         "--max-steps", "3", "--epochs", "5", "--lora-r", "8", "--lr", "1e-3", "--max-len", "1024",
-        "--set", "progress=false", "--db", db)
+        "--set", "progress=false", "--merge", "--db", db)
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["loss"] == r["loss"] and r["loss"] < 20 for r in rows)
     assert (out / "final" / "adapter_model.safetensors").is_file()
     meta = json.loads((out / "final" / "selfevo_train.json").read_text())
     assert meta["sequence_format"] == "chat-template"
+    # --merge saves plain weights: the converted folder carries no GGUF quantization_config
+    merged = json.loads((out / "merged" / "config.json").read_text())
+    assert (out / "merged" / "model.safetensors").is_file() and "quantization_config" not in merged

@@ -98,9 +98,6 @@ def vllm_server(tmp_path_factory):
     cmd = [
         VLLM_PYTHON, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(model),
-        # selfevo's converted config.json still names the GGUF quantization; the weights are
-        # plain float32 and vLLM refuses "quant_method: gguf" without this override.
-        "--hf-overrides", json.dumps({"quantization_config": None}),
         "--served-model-name", SERVED,
         "--host", "127.0.0.1", "--port", str(port),
         "--max-model-len", "1024",

@@ -59,10 +59,28 @@ def is_converted(folder: Path | None = None) -> bool:
     return ((folder or model_dir()) / MARKER).is_file()
 
 
+def _drop_gguf_quantization(folder: Path) -> None:
+    """Repair a folder converted before the GGUF ``quantization_config`` was dropped.
+
+    Such a config makes vLLM refuse the folder and ``train --merge`` fail ("quantized with
+    gguf and is not serializable"). The weights are plain float32 either way; only
+    config.json is rewritten (atomically), once.
+    """
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if (config.get("quantization_config") or {}).get("quant_method") != "gguf":
+        return
+    del config["quantization_config"]
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
 def convert(out_dir: Path | None = None) -> Path:
     """Convert the GGUF into a normal model folder (once) and return that folder."""
     target = out_dir or model_dir()
     if is_converted(target):
+        _drop_gguf_quantization(target)
         return target
     source = gguf_path()
     try:
