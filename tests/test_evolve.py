@@ -208,9 +208,10 @@ def test_students_served_by_an_openai_server_get_each_rounds_adapter(cli, db, ti
 
 
 def test_serve_refuses_what_a_served_adapter_cannot_be(cli, db, tmp_path):
+    from openai_server import OpenAIServer
+
     from curation.backends.served_adapters import ensure_adapter
     from curation.errors import CurationError
-    from openai_server import OpenAIServer
 
     Store.open(db).close()
     out = cli("evolve", "--db", db, "--student", "hf:x", "--base", "b", "--prompts", "true",
