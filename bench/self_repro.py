@@ -37,6 +37,9 @@ def main() -> None:
     ap.add_argument("--meta-steps", type=int, help="LoRA steps on the meta-skill snapshot "
                     "(default: --steps)")
     ap.add_argument("--lr", type=float, default=3e-4, help="LoRA learning rate")
+    ap.add_argument("--correct-meta", action="store_true",
+                    help="also grade each gold rationale as an answer (verdict correct), so the "
+                    "meta-skill corpus holds both verdicts")
     args = ap.parse_args()
 
     from corpus.importers import import_prompts
@@ -57,6 +60,7 @@ def main() -> None:
         round_steps=2 if quick else args.steps,
         evals=[f"gsm8k:{gsm8k_test}"], eval_limit=6 if quick else None)
     cfg.train = {**cfg.train, "lr": args.lr}
+    cfg.correct_meta = args.correct_meta
     # One limit for both benchmarks: the held-out generated set and the GSM8K subset.
     cfg.eval_limit = cfg.eval_limit or max(args.n_test, args.gsm8k_test)
     p = Pipeline(cfg)

@@ -52,6 +52,9 @@ class PipelineConfig:
     evals: list[str] = field(default_factory=list)  # extra --eval specs (e.g. gsm8k:PATH)
     eval_limit: int | None = None
     decontam_path: str | None = None  # GSM8K test file; default: ../shared/data when present
+    # Also grade each problem's gold rationale as an answer (verdict correct), so the
+    # meta-skill corpus teaches both verdicts even when the base model solves nothing.
+    correct_meta: bool = False
     seed: int = 0
 
 
@@ -155,6 +158,34 @@ class Pipeline:
             with store.run("demo qa records", {"from": "gold_rationale"}) as run, \
                     store.transaction() as con:
                 run.add("records", insert_records(con, rows, run.run_id))
+            if self.c.correct_meta:
+                self.add_correct_meta_records(store)
+
+    def add_correct_meta_records(self, store: Store) -> None:
+        """Meta records whose response is the gold rationale, graded by the reference teacher.
+
+        A base model that solves none of the problems gives a corpus in which every verdict is
+        "incorrect", and a student trained on it learns a constant verdict that the verdict
+        filter can never pass. These records (responder ``gold``) add the "correct" side.
+        """
+        from corpus.records import insert_records, make_record
+        from curation.reference import ReferenceTeacher, clean_rationale
+
+        teacher = ReferenceTeacher()
+        prompts = store.query_dicts("SELECT prompt_id, text, gold_answer, gold_rationale FROM "
+                                    f"prompts WHERE {TRAIN} ORDER BY prompt_id")
+        rows = []
+        for p in prompts:
+            response = clean_rationale(p["gold_rationale"], p["gold_answer"])
+            c = teacher.critique(p["text"], response, p["gold_answer"], p["gold_rationale"])
+            rows.append(make_record(prompt_id=p["prompt_id"], kind="meta", responder="gold",
+                                    response=response, feedback=c.feedback, verdict=c.verdict,
+                                    refinement=c.refinement, teacher="reference",
+                                    source="generated"))
+        with store.run("demo correct meta records", {"from": "gold_rationale",
+                                                     "teacher": "reference"}) as run, \
+                store.transaction() as con:
+            run.add("records", insert_records(con, rows, run.run_id))
 
     def curate(self) -> None:
         """gold-match + format on meta records, near dedup of prompts, decontamination."""
@@ -169,11 +200,16 @@ class Pipeline:
                              Selection(kind="meta"))
             self.result.counts["meta judged"] = fr.selected
             self.result.counts["meta kept by filters"] = fr.kept
-            # Per kind: a meta record and the qa record of the same prompt are not duplicates.
-            for kind in ("meta", "qa"):
+            # Per kind and responder: records of one prompt from different responders (the
+            # base model's meta record, the gold one, the qa record) are not duplicates.
+            groups = store.query("SELECT DISTINCT kind, responder FROM records "
+                                 "WHERE kind IN ('meta', 'qa') ORDER BY ALL")
+            for kind, responder in groups:
+                who = ("responder IS NULL" if responder is None else
+                       "responder = '{}'".format(responder.replace("'", "''")))
                 dr = dedup_records(store, DedupConfig(methods=("exact", "near")),
-                                   Selection(kind=kind))
-                self.result.counts[f"dedup run ({kind})"] = dr.run_id
+                                   Selection(kind=kind, where=who))
+                self.result.counts[f"dedup run ({kind}, {responder})"] = dr.run_id
             path = self.c.decontam_path or _shared_gsm8k_test()
             if path:
                 name, items, _ = load_benchmark("gsm8k-test", path)

@@ -64,3 +64,42 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
     assert dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1")) == kinds
     assert s.query("SELECT count(*) FROM calls")[0][0] == calls
     assert s.query("SELECT count(*) FROM models")[0][0] == 2
+
+
+def test_correct_meta_adds_the_correct_side_and_survives_dedup(tmp_path):
+    """correct_meta: each training problem's gold rationale, graded by the reference teacher,
+    becomes a meta record with verdict correct; dedup (per kind and responder) keeps it beside
+    the qa record of the same prompt, and the meta snapshot holds both verdicts."""
+    from selfevo.pipeline import Pipeline, PipelineConfig
+
+    p = Pipeline(PipelineConfig(out=tmp_path, model="tiny", n_train=5, n_pool=0, n_test=0,
+                                correct_meta=True), log=lambda _: None)
+    p.prompts()
+    # stand-ins for the base model's answers: wrong on purpose, graded like collect grades
+    from corpus.records import insert_records, make_record
+    from curation.reference import ReferenceTeacher
+
+    with Store.open(p.db) as store:
+        rows = []
+        for q in store.query_dicts("SELECT prompt_id, text, gold_answer, gold_rationale "
+                                   "FROM prompts"):
+            c = ReferenceTeacher().critique(q["text"], "The answer is -1.", q["gold_answer"],
+                                            q["gold_rationale"])
+            rows.append(make_record(prompt_id=q["prompt_id"], kind="meta", responder="base",
+                                    response="The answer is -1.", feedback=c.feedback,
+                                    verdict=c.verdict, refinement=c.refinement,
+                                    teacher="reference"))
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_records(con, rows, run.run_id)
+    p.add_qa_records()
+    p.curate()
+    p.meta_snapshot()
+    s = Store.open_readonly(p.db)
+    by = s.query("SELECT kind, responder, verdict, count(*) FROM records JOIN snapshot_records "
+                 "USING (record_id) JOIN snapshots USING (snapshot_id) WHERE name = 'meta' "
+                 "GROUP BY ALL ORDER BY ALL")
+    assert by == [("meta", "base", "incorrect", 5), ("meta", "gold", "correct", 5),
+                  ("qa", "gold", None, 5)]
+    gold = s.query_dicts("SELECT feedback, refinement, response FROM records "
+                         "WHERE responder = 'gold' AND kind = 'meta'")
+    assert all(g["feedback"].rstrip().endswith("Verdict: correct") for g in gold)
