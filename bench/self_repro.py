@@ -6,7 +6,7 @@ test); GSM8K train questions as the unlabeled self-evolution pool; base → meta
 held-out generated problems and a GSM8K test subset, direct and with self-refinement, with
 95% Wilson intervals, plus the filter funnel of every round. Whatever it shows is reported.
 
-    python bench/self_repro.py --out bench/out/self-repro            # ~30-40 min on 2 cores
+    make experiment                                     # docs/experiments.md run 3, ~35 min
     python bench/self_repro.py --out /tmp/sr --quick                 # tiny model, a minute
 """
 
