@@ -155,6 +155,23 @@ def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     assert counts == {"rounds": 1}
 
 
+def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tiny, tmp_path):
+    make_store(db)
+    args = evolve_args(db, tiny, tmp_path / "out", "restart", rounds=1)
+    args[args.index("verdict:null=keep")] = "verdict"  # the tiny model writes no verdict line
+    out = cli(*args, "--train", "max_len=1024").output  # the meta records alone must fit
+    line = next(ln for ln in out.splitlines() if "kept none" in ln)
+    assert "kept none of 3 self records" in line and "replay only" in line
+    query = line.split("selfevo sql --db ", 1)[1]
+    path, sql = query.split(" ", 1)
+    assert path == db
+    why = cli("sql", "--db", path, sql.strip().strip('"'), "--format", "json").output
+    assert json.loads(why) == [{"step": "verdict", "reason": "verdict is NULL (null=drop)",
+                                "count_star()": 3}]
+    snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
+    assert snaps["evolve-t-restart-r1"] == snaps["meta"]
+
+
 def test_bad_options_fail_before_anything_runs(cli, db):
     Store.open(db).close()
     out = cli("evolve", "--db", db, "--student", "openai:m@http://127.0.0.1:9/v1", "--base", "b",
