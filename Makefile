@@ -45,8 +45,7 @@ bench: $(STAMP)
 	$(PY) bench/answers_compare.py
 	$(PY) bench/report_bench.py
 
-# The small-scale SELF replication (docs/experiments.md); 30-60 min on 2 CPU cores.
-# docs/experiments.md, run 3 (about 35 min on 2 idle cores)
+# The small-scale SELF replication: docs/experiments.md, run 3 (about 35 min on 2 idle cores).
 experiment: $(STAMP)
 	$(PY) bench/self_repro.py --out bench/out/self-repro-3 --n-train 32 --per-round 16 \
 	  --n-test 16 --gsm8k-test 16 --rounds 2 --meta-steps 96 --steps 48 --lr 1e-3 --correct-meta

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.snapshots import sql_literal
 from corpus.store import Run, Store
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
@@ -128,10 +129,6 @@ def _public_url(url: str | None) -> str | None:
     from curation.backends.openai_backend import strip_credentials
 
     return strip_credentials(url) if url else None
-
-
-def _sql_str(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 class Evolution:
@@ -344,8 +341,8 @@ class Evolution:
         """The records of round ``t`` written by M_t for this evolve's prompts."""
         from curation.selection import Selection
 
-        where = (f"responder = {_sql_str(_public(student))} AND prompt_id IN (SELECT prompt_id FROM "
-                 f"evolve_prompts WHERE evolve = {_sql_str(self.name)} AND round = {t})")
+        where = (f"responder = {sql_literal(_public(student))} AND prompt_id IN (SELECT prompt_id FROM "
+                 f"evolve_prompts WHERE evolve = {sql_literal(self.name)} AND round = {t})")
         return Selection(where=where, kind="self", round=t)
 
     def filter(self, run: Run, t: int, student: str) -> None:
@@ -371,7 +368,7 @@ class Evolution:
         cfg = self.config
         name = f"evolve-{self.name}-r{t}"
         parts = [f"record_id IN (SELECT record_id FROM record_passed WHERE run_id = "
-                 f"{_sql_str(filter_run)} AND passed_all)"]
+                 f"{sql_literal(filter_run)} AND passed_all)"]
         if cfg.meta:
             parts.append(_in_snapshot(cfg.meta))
         if cfg.strategy == "restart" and t > 1:
@@ -464,7 +461,7 @@ class Evolution:
 
 def _in_snapshot(name: str) -> str:
     return ("record_id IN (SELECT sr.record_id FROM snapshot_records sr JOIN snapshots s "
-            f"USING (snapshot_id) WHERE s.name = {_sql_str(name)})")
+            f"USING (snapshot_id) WHERE s.name = {sql_literal(name)})")
 
 
 def _eval_spec(spec: str) -> tuple[str, str | None]:

@@ -145,7 +145,8 @@ class Pipeline:
         self.add_qa_records()
 
     def add_qa_records(self) -> None:
-        """Plain QA data (prompt → gold rationale) mixed into the meta-skill corpus."""
+        """Plain QA data (prompt → gold rationale) mixed into the meta-skill corpus; with
+        ``correct_meta`` also those rationales graded as answers (meta, verdict correct)."""
         from corpus.records import insert_records, make_record
         from curation.reference import clean_rationale
 
@@ -158,37 +159,19 @@ class Pipeline:
             with store.run("demo qa records", {"from": "gold_rationale"}) as run, \
                     store.transaction() as con:
                 run.add("records", insert_records(con, rows, run.run_id))
-            if self.c.correct_meta:
-                self.add_correct_meta_records(store)
+        if self.c.correct_meta:
+            # A base model that solves nothing gives a corpus whose verdicts all say
+            # "incorrect", and a student trained on it learns a constant verdict the verdict
+            # filter never passes. Grading the qa records' responses (the gold rationales)
+            # with the reference teacher adds the "correct" side: meta records, responder gold.
+            from curation.collect import CollectConfig, run_collect
 
-    def add_correct_meta_records(self, store: Store) -> None:
-        """Meta records whose response is the gold rationale, graded by the reference teacher.
-
-        A base model that solves none of the problems gives a corpus in which every verdict is
-        "incorrect", and a student trained on it learns a constant verdict that the verdict
-        filter can never pass. These records (responder ``gold``) add the "correct" side.
-        """
-        from corpus.records import insert_records, make_record
-        from curation.reference import ReferenceTeacher, clean_rationale
-
-        teacher = ReferenceTeacher()
-        prompts = store.query_dicts("SELECT prompt_id, text, gold_answer, gold_rationale FROM "
-                                    f"prompts WHERE {TRAIN} ORDER BY prompt_id")
-        rows = []
-        for p in prompts:
-            response = clean_rationale(p["gold_rationale"], p["gold_answer"])
-            c = teacher.critique(p["text"], response, p["gold_answer"], p["gold_rationale"])
-            rows.append(make_record(prompt_id=p["prompt_id"], kind="meta", responder="gold",
-                                    response=response, feedback=c.feedback, verdict=c.verdict,
-                                    refinement=c.refinement, teacher="reference",
-                                    source="generated"))
-        with store.run("demo correct meta records", {"from": "gold_rationale",
-                                                     "teacher": "reference"}) as run, \
-                store.transaction() as con:
-            run.add("records", insert_records(con, rows, run.run_id))
+            run_collect(self.db, CollectConfig(teacher="reference", where=TRAIN,
+                                               responses_from=("qa",)))
 
     def curate(self) -> None:
         """gold-match + format on meta records, near dedup of prompts, decontamination."""
+        from corpus.snapshots import sql_literal
         from curation.curate import run_filters
         from curation.decontam import DEFAULT_NGRAM, BenchmarkIndex, decontaminate, load_benchmark
         from curation.dedup.pipeline import DedupConfig, dedup_records
@@ -206,7 +189,7 @@ class Pipeline:
                                  "WHERE kind IN ('meta', 'qa') ORDER BY ALL")
             for kind, responder in groups:
                 who = ("responder IS NULL" if responder is None else
-                       "responder = '{}'".format(responder.replace("'", "''")))
+                       f"responder = {sql_literal(responder)}")
                 dr = dedup_records(store, DedupConfig(methods=("exact", "near")),
                                    Selection(kind=kind, where=who))
                 self.result.counts[f"dedup run ({kind}, {responder})"] = dr.run_id
