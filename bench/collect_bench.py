@@ -98,8 +98,8 @@ def make_store(path: str, n_prompts: int) -> None:
 
 def collect_once(db: str, url: str, concurrency: int) -> tuple[float, int, int]:
     """(seconds, requests sent, records) of one in-process collection."""
-    from curation.backends.openai_backend import OpenAIOptions
-    from curation.collect import CollectConfig, run_collect
+    from generation.backends.openai_backend import OpenAIOptions
+    from generation.collect import CollectConfig, run_collect
 
     cfg = CollectConfig(teacher=f"openai:teacher@{url}", responder=f"openai:student@{url}",
                         max_tokens=256, options=OpenAIOptions(concurrency=concurrency, timeout=60))

@@ -71,7 +71,7 @@ def main() -> None:
     with Store.open(p.db, command="self_repro") as store:
         import_prompts(store, gsm8k_train, preset="gsm8k", split="train", source="gsm8k")
     # The base model's accuracy, before any meta-skill training (round -1 in the tables).
-    from curation.backends import load_backend
+    from generation.backends import load_backend
 
     def base_eval() -> None:
         backend = load_backend(f"hf:{base}")

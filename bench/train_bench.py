@@ -54,8 +54,8 @@ GPU_MODEL = dict(vocab_size=1024, model_vocab=32000, hidden=1024, layers=32, hea
 
 def prepare(work: Path, n: int, gpu: bool) -> tuple[Path, Path]:
     """Build the model folder and the export once; both trainers read the same files."""
-    from trainer.synthetic import synthetic_records, write_export
-    from trainer.tiny import build_tiny_model
+    from trainer.testing.synthetic import synthetic_records, write_export
+    from trainer.testing.tiny import build_tiny_model
 
     model = build_tiny_model(work / "model", **(GPU_MODEL if gpu else CPU_MODEL))
     recs = synthetic_records(n, seed=7, kinds=("meta",))

@@ -1,4 +1,5 @@
-"""Model backends, teacher collection, filters, dedup, decontamination, answer extraction."""
+"""Curation: cleaning records that exist — filters, dedup, decontamination, selection,
+answer extraction and verdict parsing. Every decision is a row in the store."""
 
 from curation.errors import CurationError
 

@@ -1,7 +1,7 @@
-"""Errors of the curation layer (backends, collection, filters)."""
+"""Errors of the curation layer (filters, dedup, decontamination, selection)."""
 
 from schemas.errors import UserError
 
 
 class CurationError(UserError):
-    """Root of curation's expected errors: bad model spec, bad step, unreachable server."""
+    """Root of curation's expected errors: bad step, bad selection, missing benchmark file."""

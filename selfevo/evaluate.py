@@ -25,7 +25,7 @@ from selfevo.refine import Progress, RefinePrompts, RefineResult, self_refine
 
 if TYPE_CHECKING:
     from corpus.store import Store
-    from curation.backends.base import Backend
+    from generation.backends.base import Backend
 
 MODES = ("direct", "refine")
 PRESETS = ("gsm8k", "svamp")

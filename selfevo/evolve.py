@@ -102,6 +102,16 @@ class EvolveConfig:
         bad = [m for m in self.eval_modes if m not in ("direct", "refine")]
         if bad:
             raise SelfevoError(f"--eval-mode {bad}: use direct, refine or both")
+        from trainer.config import TrainConfig
+
+        fixed = {"data", "base", "out", "seed", "progress", "resume"}  # set by each round
+        clash = sorted(fixed & set(self.train))
+        if clash:
+            raise SelfevoError(f"--train {', '.join(clash)}: set by evolve itself for each round")
+        try:  # every setting checked now, not after a round of generation
+            TrainConfig.from_dict({**self.train, "data": "-", "base": "-", "out": "-"})
+        except (ValueError, TypeError) as exc:
+            raise SelfevoError(f"--train {exc}") from None
 
 
 @dataclass
@@ -120,13 +130,13 @@ class RoundResult:
 
 def _public(spec: str) -> str:
     """A model spec as stored: an openai: spec's URLs without credentials."""
-    from curation.backends.openai_backend import public_spec
+    from generation.backends.openai_backend import public_spec
 
     return public_spec(spec)
 
 
 def _public_url(url: str | None) -> str | None:
-    from curation.backends.openai_backend import strip_credentials
+    from generation.backends.openai_backend import strip_credentials
 
     return strip_credentials(url) if url else None
 
@@ -182,7 +192,7 @@ class Evolution:
             for old in self._backends.values():  # one model in memory at a time
                 old.close()
             self._backends.clear()
-            from curation.backends import load_backend
+            from generation.backends import load_backend
 
             self._backends[spec] = load_backend(spec)
         return self._backends[spec]
@@ -264,8 +274,8 @@ class Evolution:
     def new_prompts(self, run: Run, t: int, student: str, seeds: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
         """Ask M_t for ``generate_prompts`` new questions in the style of seed prompts."""
-        from curation.backends.base import ChatRequest
-        from curation.templates import get_template
+        from generation.backends.base import ChatRequest
+        from generation.templates import get_template
         from selfevo.refine import ledger_generate
 
         n = self.config.generate_prompts
@@ -391,14 +401,14 @@ class Evolution:
 
     def train(self, run: Run, t: int, student: str, data: str) -> None:
         """Stage 5: train M_{t+1} and register it in ``models``."""
-        from selfevo.train_cli import resolve_base
+        from generation.backends.aliases import resolve_model
         from trainer.config import TrainConfig
         from trainer.train import train
 
         cfg = self.config
         out = self.out / f"r{t}" / "model"
         if cfg.strategy == "restart":
-            base = resolve_base(cfg.base)
+            base = resolve_model(cfg.base)
         else:
             base = self.merged_weights(student, t)
         overrides = dict(cfg.train)
@@ -406,6 +416,8 @@ class Evolution:
                                     "seed": cfg.seed, "progress": False,
                                     "resume": (out / "checkpoints").exists()})
         result = train(tc, log=lambda msg: None)
+        from selfevo.checkpoints import register_checkpoint
+
         model_id = register_checkpoint(self.store, run, result, tc)
         spec = f"hf:{result.final_dir}" if tc.full else f"hf:{base}+{result.final_dir}"
         if cfg.serve:
@@ -419,7 +431,7 @@ class Evolution:
 
     def serve_adapter(self, name: str, final_dir: str) -> None:
         """Have the ``--serve`` server serve the adapter in ``final_dir`` as model ``name``."""
-        from curation.backends.served_adapters import ensure_adapter
+        from generation.backends.served_adapters import ensure_adapter
 
         assert self.config.serve is not None
         if ensure_adapter(self.config.serve, name, final_dir):
@@ -427,15 +439,17 @@ class Evolution:
 
     def merged_weights(self, student: str, t: int) -> str:
         """A full-weights folder of M_t (continual training starts from it)."""
-        from curation.backends.hf import parse_spec
+        from generation.backends.hf import parse_spec
 
         model, adapter = parse_spec(student)
         if adapter is None:
-            from selfevo.train_cli import resolve_base
+            from generation.backends.aliases import resolve_model
 
-            return resolve_base(model)
+            return resolve_model(model)
         out = self.out / f"r{t}" / "start-merged"
         if not (out / "config.json").exists():
+            from selfevo.checkpoints import merge_adapter
+
             merge_adapter(model, adapter, out)
         return str(out)
 
@@ -470,40 +484,6 @@ def _eval_spec(spec: str) -> tuple[str, str | None]:
     if sep and head in ("gsm8k", "svamp", "store"):
         return head, rest or None
     return spec, None
-
-
-def register_checkpoint(store: Store, run: Run, result: Any, cfg: Any) -> str:
-    """Insert a finished checkpoint into ``models`` under ``run``; returns its model_id."""
-    path = str(Path(result.final_dir).resolve())
-    config = cfg.resolved()
-    model_id = content_id({"path": path, "snapshot_hash": result.snapshot_hash,
-                           "config": config})
-    with store.transaction() as con:
-        con.execute(
-            "INSERT OR REPLACE INTO models (model_id, base, path, adapter, snapshot_hash,"
-            " config, metrics, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            [model_id, cfg.base, path, not cfg.full, result.snapshot_hash,
-             canonical_json(config), canonical_json(result.metrics), run.run_id],
-        )
-    run.add("models", 1)
-    return model_id
-
-
-def merge_adapter(base: str, adapter: str, out: Path) -> None:
-    """Write base + LoRA adapter as one full-weights model folder."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from selfevo.train_cli import resolve_base
-
-    base = resolve_base(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
-    AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
-    tmp.rename(out)
 
 
 def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print

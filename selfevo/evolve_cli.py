@@ -8,27 +8,6 @@ from corpus.options import db_option
 from selfevo import SelfevoError
 
 
-def _kv(items: tuple[str, ...]) -> dict[str, object]:
-    """``k=v`` pairs with ints, floats and booleans parsed."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SelfevoError(f"--train {item!r}: expected KEY=VALUE, e.g. --train max_steps=20")
-        value: object = raw
-        if raw.lower() in ("true", "false"):
-            value = raw.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(raw)
-                    break
-                except ValueError:
-                    pass
-        out[key.strip()] = value
-    return out
-
-
 @click.command("evolve")
 @click.option("--student", required=True, help="M_1 spec, e.g. hf:BASE+ADAPTER or openai:M@URL.")
 @click.option("--base", required=True, help="Base model folder (or smollm2-135m) for training.")
@@ -82,6 +61,13 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
     """
     from selfevo.evolve import EvolveConfig
     from selfevo.evolve import evolve as run_evolve
+    from trainer.config import parse_overrides
+
+    def train_settings(items: tuple[str, ...]) -> dict[str, object]:
+        try:
+            return parse_overrides(items)
+        except ValueError as exc:
+            raise SelfevoError(f"--train {exc}") from None
 
     config = EvolveConfig(
         student=student, base=base, prompts=prompts_where, rounds=rounds, meta=meta,
@@ -89,7 +75,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         prompts_per_round=prompts_per_round, generate_prompts=generate_prompts,
         evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
-        train=_kv(train_opts), out=out, name=name, seed=seed, serve=serve)
+        train=train_settings(train_opts), out=out, name=name, seed=seed, serve=serve)
     results = run_evolve(db, config, log=lambda m: click.echo(m, err=True))
     print_rounds(results)
 

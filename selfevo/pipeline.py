@@ -113,15 +113,15 @@ class Pipeline:
     def base_model(self) -> str:
         """A local folder of the base model (converted / built once, then reused)."""
         if self.c.model == "tiny":
-            from trainer.tiny import build_tiny_model
+            from trainer.testing.tiny import build_tiny_model
 
             folder = self.out / "tiny-model"
             if not (folder / "config.json").exists():
                 build_tiny_model(folder, seed=self.c.seed)
             return str(folder)
-        from selfevo.train_cli import resolve_base
+        from generation.backends.aliases import resolve_model
 
-        return resolve_base(self.c.model)
+        return resolve_model(self.c.model)
 
     def prompts(self) -> None:
         """Generated problems: train (labelled), pool (used unlabeled), test (held out)."""
@@ -137,7 +137,7 @@ class Pipeline:
 
     def collect(self, base: str) -> None:
         """r from the base model, f + verdict + r̂ from the reference teacher (kind meta)."""
-        from curation.collect import CollectConfig, run_collect
+        from generation.collect import CollectConfig, run_collect
 
         run_collect(self.db, CollectConfig(
             teacher="reference", responder=f"hf:{base}", where=TRAIN,
@@ -148,7 +148,7 @@ class Pipeline:
         """Plain QA data (prompt → gold rationale) mixed into the meta-skill corpus; with
         ``correct_meta`` also those rationales graded as answers (meta, verdict correct)."""
         from corpus.records import insert_records, make_record
-        from curation.reference import clean_rationale
+        from generation.teachers.reference import clean_rationale
 
         with Store.open(self.db, command="demo") as store:
             prompts = store.query_dicts("SELECT prompt_id, gold_answer, gold_rationale FROM "
@@ -164,7 +164,7 @@ class Pipeline:
             # "incorrect", and a student trained on it learns a constant verdict the verdict
             # filter never passes. Grading the qa records' responses (the gold rationales)
             # with the reference teacher adds the "correct" side: meta records, responder gold.
-            from curation.collect import CollectConfig, run_collect
+            from generation.collect import CollectConfig, run_collect
 
             run_collect(self.db, CollectConfig(teacher="reference", where=TRAIN,
                                                responses_from=("qa",)))
@@ -221,7 +221,7 @@ class Pipeline:
 
     def train_meta(self, base: str, export: str) -> str:
         """LoRA on the meta-skill export, registered in ``models``; returns the student spec."""
-        from selfevo.evolve import register_checkpoint
+        from selfevo.checkpoints import register_checkpoint
         from trainer.config import TrainConfig
         from trainer.train import train
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from curation.backends.base import Backend, ChatRequest, ChatResult
+from generation.backends.base import Backend, ChatRequest, ChatResult
 from schemas.conversation import CONVERSATION_VERSION, record_messages
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class RefinePrompts:
     plain_answer: bool = False
 
     def _template(self, name: str) -> Any:
-        from curation.templates import get_template
+        from generation.templates import get_template
 
         return get_template(name, self.template_set)
 
@@ -169,13 +169,13 @@ def ledger_generate(
 def _ledger(store: Store | None, run_id: str | None, backend: Backend) -> Any:
     """``ledger(requests, purpose, template, on_result)`` through curation's call ledger.
 
-    Each stage's batch runs under its own short-lived :class:`curation.ledger.Ledger`, so its
+    Each stage's batch runs under its own short-lived :class:`generation.ledger.Ledger`, so its
     writer thread has committed every call before the next stage (or an eval's result rows)
     opens the store. None without a store: calls go straight to the backend.
     """
     if store is None or run_id is None:
         return None
-    from curation.ledger import Call, Ledger
+    from generation.ledger import Call, Ledger
 
     def run(requests: list[ChatRequest], purpose: str, template: str | None,
             on_result: Callable[[int, ChatResult], None]) -> list[tuple[ChatResult, str | None]]:
@@ -317,7 +317,7 @@ def rich_progress(enabled: bool = True) -> Iterator[Progress | None]:
 
 def load_model(spec: str) -> Backend:
     """The backend of a model spec (``hf:…``, ``openai:…``), via curation's loader."""
-    from curation.backends import load_backend
+    from generation.backends import load_backend
 
     return load_backend(spec)
 

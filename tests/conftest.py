@@ -52,7 +52,7 @@ def shared_data(*parts: str) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny random Llama model + BPE tokenizer with a ChatML-like chat template (offline)."""
-    from trainer.tiny import build_tiny_model
+    from trainer.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-chat"), with_chat_template=True)
 
@@ -60,7 +60,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir_plain(tmp_path_factory) -> Path:
     """The same tiny model without a chat template (the trainer's plain fallback format)."""
-    from trainer.tiny import build_tiny_model
+    from trainer.testing.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-plain"), with_chat_template=False)
 
@@ -77,7 +77,7 @@ def server():
 @pytest.fixture
 def close_openai_backends(monkeypatch):
     """Close every OpenAI backend a test made (their event-loop threads and HTTP sessions)."""
-    from curation.backends.openai_backend import OpenAIBackend
+    from generation.backends.openai_backend import OpenAIBackend
 
     made: list[OpenAIBackend] = []
     original = OpenAIBackend.__init__

@@ -77,7 +77,7 @@ def test_correct_meta_adds_the_correct_side_and_survives_dedup(tmp_path):
     p.prompts()
     # stand-ins for the base model's answers: wrong on purpose, graded like collect grades
     from corpus.records import insert_records, make_record
-    from curation.reference import ReferenceTeacher
+    from generation.teachers.reference import ReferenceTeacher
 
     with Store.open(p.db) as store:
         rows = []

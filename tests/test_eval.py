@@ -9,7 +9,7 @@ import pytest
 
 from corpus.records import insert_prompts, make_prompt
 from corpus.store import Store
-from curation.backends.base import Backend, ChatRequest, ChatResult
+from generation.backends.base import Backend, ChatRequest, ChatResult
 from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION
 from selfevo import SelfevoError
 from selfevo.evaluate import (
@@ -247,10 +247,10 @@ def test_help_has_examples(cli):
 
 # -- the CLI against a real local OpenAI-compatible server ------------------------------------
 def _needs_backends() -> None:
-    import curation.backends as backends
+    import generation.backends as backends
 
     if not hasattr(backends, "load_backend"):
-        pytest.skip("curation.backends.load_backend is not available in this tree yet")
+        pytest.skip("generation.backends.load_backend is not available in this tree yet")
 
 
 def fixture_server():

@@ -15,14 +15,14 @@ from corpus.importers import import_generated
 from corpus.records import insert_records, make_record
 from corpus.snapshots import create_snapshot, snapshot_record_ids
 from corpus.store import Store
-from curation.reference import ReferenceTeacher
+from generation.teachers.reference import ReferenceTeacher
 
 TRAIN = ["max_steps=2", "batch_size=2", "max_len=256", "lr=1e-3"]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    from trainer.tiny import build_tiny_model
+    from trainer.testing.tiny import build_tiny_model
 
     return str(build_tiny_model(tmp_path_factory.mktemp("tiny") / "model"))
 
@@ -227,8 +227,8 @@ def test_students_served_by_an_openai_server_get_each_rounds_adapter(cli, db, ti
 def test_serve_refuses_what_a_served_adapter_cannot_be(cli, db, tmp_path):
     from openai_server import OpenAIServer
 
-    from curation.backends.served_adapters import ensure_adapter
-    from curation.errors import CurationError
+    from generation.backends.served_adapters import ensure_adapter
+    from generation.errors import GenerationError
 
     Store.open(db).close()
     out = cli("evolve", "--db", db, "--student", "hf:x", "--base", "b", "--prompts", "true",
@@ -236,11 +236,11 @@ def test_serve_refuses_what_a_served_adapter_cannot_be(cli, db, tmp_path):
     assert "--serve" in out and "--strategy restart" in out
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    with pytest.raises(CurationError, match="no adapter_config.json"):
+    with pytest.raises(GenerationError, match="no adapter_config.json"):
         ensure_adapter("http://127.0.0.1:9/v1", "a", adapter)
     (adapter / "adapter_config.json").write_text("{}")
     with OpenAIServer(lora=False) as server, pytest.raises(
-            CurationError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
+            GenerationError, match="VLLM_ALLOW_RUNTIME_LORA_UPDATING=True"):
         ensure_adapter(server.base_url, "a", adapter)
     with OpenAIServer() as server:
         assert ensure_adapter(server.base_url, "a", adapter) is True

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from curation.backends import ChatRequest, is_reference, load_backend
-from curation.backends.hf import HFBackend, parse_spec
-from curation.errors import CurationError
+from generation.backends import ChatRequest, is_reference, load_backend
+from generation.backends.hf import HFBackend, parse_spec
+from generation.errors import GenerationError
 from schemas.conversation import record_messages
 
 
@@ -32,10 +32,10 @@ def test_spec_parsing_and_dispatch(tiny_model_dir: Path) -> None:
     assert parse_spec("hf:org/model+/tmp/adapter") == ("org/model", "/tmp/adapter")
     assert parse_spec("hf:./ckpt") == ("./ckpt", None)
     for bad in ("hf:", "gpt-4", "hf"):
-        with pytest.raises(CurationError):
+        with pytest.raises(GenerationError):
             load_backend(bad)
     assert is_reference("reference")
-    with pytest.raises(CurationError, match="grader"):
+    with pytest.raises(GenerationError, match="grader"):
         load_backend("reference")
     b = load_backend(f"hf:{tiny_model_dir}")
     assert b.spec == f"hf:{tiny_model_dir}" and b.endpoint.startswith("weights:")
@@ -122,7 +122,7 @@ def test_prompt_ids_match_the_trainer(backend: HFBackend, tiny_model_dir: Path) 
     """Self-feedback prompts are tokenised exactly as the trainer tokenises that context."""
     from transformers import AutoTokenizer
 
-    from curation.templates import get_template
+    from generation.templates import get_template
     from trainer.sequences import SequenceBuilder
 
     question, response, feedback = "How many apples?\n", "3 + 4 = 7. The answer is 7.", "Fine.\nVerdict: correct"
@@ -180,7 +180,7 @@ def test_adapter_loading(backend: HFBackend, tiny_model_dir: Path, adapter_dir: 
     alone = load_backend(f"hf:{adapter_dir}", merge_adapter=False)
     assert alone.base_path == str(tiny_model_dir)
     assert [r.text for r in alone.generate(requests)] == tuned
-    with pytest.raises(CurationError, match="adapter_config.json"):
+    with pytest.raises(GenerationError, match="adapter_config.json"):
         load_backend(f"hf:{tiny_model_dir}+{tiny_model_dir}")
 
 
@@ -200,7 +200,7 @@ def test_endpoint_changes_with_weights(tiny_model_dir: Path, tmp_path: Path) -> 
 @pytest.mark.slow
 def test_smollm2_conversion_cached_reload_and_generation(tmp_path: Path, monkeypatch) -> None:
     """hf:smollm2-135m: convert the shipped GGUF once, reload from the cache quickly, answer."""
-    from curation.backends import smollm2
+    from generation.backends import smollm2
 
     monkeypatch.setenv("SELFEVO_CACHE", str(tmp_path))
     started = time.perf_counter()
@@ -229,8 +229,8 @@ def test_importing_backends_and_templates_does_not_import_torch() -> None:
     import sys
 
     code = (
-        "import sys, curation.backends, curation.backends.hf, curation.backends.smollm2, "
-        "curation.templates, curation.reference, curation.answers, curation.verdicts; "
+        "import sys, generation.backends, generation.backends.hf, generation.backends.smollm2, "
+        "generation.templates, generation.teachers.reference, curation.answers, curation.verdicts; "
         "heavy = [m for m in ('torch', 'transformers', 'peft', 'openai', 'math_verify') "
         "if m in sys.modules]; assert not heavy, heavy"
     )
@@ -242,7 +242,7 @@ def test_an_older_smollm2_conversion_is_repaired_once(tmp_path: Path, tiny_model
     vLLM refuses and ``train --merge`` cannot save) loses that key on its next use, and only it."""
     import shutil
 
-    from curation.backends import smollm2
+    from generation.backends import smollm2
 
     folder = tmp_path / "models" / smollm2.NAME
     shutil.copytree(tiny_model_dir, folder)

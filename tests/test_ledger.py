@@ -16,9 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_server import Behaviour  # noqa: E402
 
 from corpus.store import Store  # noqa: E402
-from curation.backends.base import Backend, ChatRequest, ChatResult, OnResult  # noqa: E402
-from curation.backends.openai_backend import OpenAIBackend, OpenAIOptions  # noqa: E402
-from curation.ledger import Call, Ledger, call_id  # noqa: E402
+from generation.backends.base import Backend, ChatRequest, ChatResult, OnResult  # noqa: E402
+from generation.backends.openai_backend import OpenAIBackend, OpenAIOptions  # noqa: E402
+from generation.ledger import Call, Ledger, call_id  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from openai_server import Behaviour, OpenAIServer  # noqa: E402
 
-from curation.backends.base import ChatRequest  # noqa: E402
-from curation.backends.openai_backend import (  # noqa: E402
+from generation.backends.base import ChatRequest  # noqa: E402
+from generation.backends.openai_backend import (  # noqa: E402
     OpenAIBackend,
     OpenAIOptions,
     PriceTable,
@@ -23,7 +23,7 @@ from curation.backends.openai_backend import (  # noqa: E402
     redact,
     strip_credentials,
 )
-from curation.errors import CurationError  # noqa: E402
+from generation.errors import GenerationError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("close_openai_backends")
 
@@ -179,7 +179,7 @@ def test_budget_stops_before_exceeding(server, tmp_path):
 
 
 def test_budget_needs_a_price():
-    with pytest.raises(CurationError, match="--prices"):
+    with pytest.raises(GenerationError, match="--prices"):
         OpenAIBackend.from_spec("openai:my-local-model@http://127.0.0.1:1/v1", fast(budget=1.0))
 
 
@@ -197,10 +197,10 @@ def test_key_is_sent_but_never_in_errors(server, monkeypatch):
 
 def test_missing_key_variable_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NOPE_KEY", raising=False)
-    with pytest.raises(CurationError, match="NOPE_KEY"):
+    with pytest.raises(GenerationError, match="NOPE_KEY"):
         OpenAIBackend.from_spec("openai:m@http://127.0.0.1:1/v1", fast(api_key_env="NOPE_KEY"))
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    with pytest.raises(CurationError, match="OPENAI_API_KEY"):
+    with pytest.raises(GenerationError, match="OPENAI_API_KEY"):
         OpenAIBackend.from_spec("openai:gpt-4o-mini", fast())
 
 
@@ -229,9 +229,9 @@ def test_parse_spec_and_credentials():
         "m", ["http://a:8000/v1", "http://b:8000/v1"])
     assert parse_spec("openai:claude@2024@https://x/v1") == ("claude@2024", ["https://x/v1"])
     assert strip_credentials("https://user:sk-abc@host:8443/v1/?key=sk-zzz") == "https://host:8443/v1"
-    with pytest.raises(CurationError):
+    with pytest.raises(GenerationError):
         parse_spec("openai:")
-    with pytest.raises(CurationError):
+    with pytest.raises(GenerationError):
         parse_spec("openai:m@ftp://x")
     b = OpenAIBackend.from_spec("openai:m@http://u:pw-secret@127.0.0.1:1/v1", fast())
     assert "pw-secret" not in b.endpoint and "pw-secret" not in b.spec
@@ -253,7 +253,7 @@ def test_price_table_prefix_and_override(tmp_path):
     f.write_text(json.dumps({"models": {"llama-3-8b": {"input": 0.1, "output": 0.2}}}))
     assert PriceTable.load(f).price("llama-3-8b") == (0.1, 0.2)
     f.write_text(json.dumps({"models": {"x": {"input": 1}}}))
-    with pytest.raises(CurationError, match="output"):
+    with pytest.raises(GenerationError, match="output"):
         PriceTable.load(f)
 
 

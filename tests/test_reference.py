@@ -8,8 +8,8 @@ import pytest
 from conftest import shared_data
 
 from curation.answers import extract_answer
-from curation.reference import ReferenceTeacher, clean_rationale
 from curation.verdicts import parse_verdict
+from generation.teachers.reference import ReferenceTeacher, clean_rationale
 
 RATIONALE = (
     "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\n"

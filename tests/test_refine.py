@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from curation.backends.base import Backend, ChatRequest, ChatResult
+from generation.backends.base import Backend, ChatRequest, ChatResult
 from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
 from selfevo.refine import RefinePrompts, chat_messages, self_refine
 
@@ -161,10 +161,10 @@ def test_negative_steps_rejected():
 
 
 def test_refine_cli_shows_answer_feedback_and_refinement(cli, db, monkeypatch, tmp_path):
-    import curation.backends as backends
+    import generation.backends as backends
 
     if not hasattr(backends, "load_backend"):
-        pytest.skip("curation.backends.load_backend is not available in this tree yet")
+        pytest.skip("generation.backends.load_backend is not available in this tree yet")
     from openai_server import Behaviour, OpenAIServer
 
     def handler(body, n):
@@ -213,7 +213,7 @@ def test_progress_hears_every_request_per_stage():
 @pytest.mark.slow
 def test_refine_with_smollm2(cli, db):
     """The real SmolLM2-135M-Instruct answers, criticises and refines one question."""
-    from curation.backends import smollm2
+    from generation.backends import smollm2
 
     try:
         smollm2.gguf_path()

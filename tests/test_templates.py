@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from curation.errors import CurationError
-from curation.templates import TEMPLATES_DIR, get_template, list_templates
 from curation.verdicts import parse_verdict
+from generation.errors import GenerationError
+from generation.templates import TEMPLATES_DIR, get_template, list_templates
 from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
 from schemas.identity import content_id
 
@@ -82,14 +82,14 @@ def test_self_templates_are_exactly_the_trained_layout(question: str) -> None:
 
 
 def test_missing_variable_is_an_error_naming_it() -> None:
-    with pytest.raises(CurationError, match="response"):
+    with pytest.raises(GenerationError, match="response"):
         get_template("feedback").render(question="Q")
 
 
 def test_unknown_template_and_set() -> None:
-    with pytest.raises(CurationError, match="have: feedback"):
+    with pytest.raises(GenerationError, match="have: feedback"):
         get_template("nope")
-    with pytest.raises(CurationError, match="unknown template set"):
+    with pytest.raises(GenerationError, match="unknown template set"):
         get_template("feedback", template_set="no-such-set")
 
 
@@ -107,10 +107,10 @@ def test_folder_set_hash_follows_content(tmp_path: Path) -> None:
 
 def test_bad_template_files(tmp_path: Path) -> None:
     (tmp_path / "broken.j2").write_text("<|user|>\n{{ question \n")
-    with pytest.raises(CurationError, match=r"broken\.j2:\d+: template syntax error"):
+    with pytest.raises(GenerationError, match=r"broken\.j2:\d+: template syntax error"):
         get_template("broken", template_set=str(tmp_path))
     (tmp_path / "norole.j2").write_text("just text {{ question }}\n")
-    with pytest.raises(CurationError, match="no '<|user|>'"):
+    with pytest.raises(GenerationError, match="no '<|user|>'"):
         get_template("norole", template_set=str(tmp_path)).render(question="Q")
     (tmp_path / "multi.j2").write_text("<|system|>\nS\n<|user|>\n{{ q }}\n<|assistant|>\nA\n")
     assert get_template("multi", template_set=str(tmp_path)).render(q="Q") == [

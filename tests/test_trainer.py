@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import TrainConfig
-from trainer.synthetic import synthetic_records, write_export
+from trainer.testing.synthetic import synthetic_records, write_export
 from trainer.train import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ import pytest
 
 from trainer.data import load_export
 from trainer.errors import TrainerError
-from trainer.synthetic import synthetic_records, write_export
+from trainer.testing.synthetic import synthetic_records, write_export
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from trainer.errors import TrainerError
 from trainer.sequences import IGNORE, SequenceBuilder, build_examples
 from trainer.show_masks import trained_texts
-from trainer.synthetic import export_row
+from trainer.testing.synthetic import export_row
 
 META = {
     "kind": "meta",

@@ -6,7 +6,7 @@ import pytest
 
 from trainer.packing import collate, pack_examples, weighted_loss_sum
 from trainer.sequences import build_examples
-from trainer.synthetic import export_row, synthetic_records
+from trainer.testing.synthetic import export_row, synthetic_records
 from trainer.train import Dist, backward_window
 
 

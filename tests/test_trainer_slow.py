@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from trainer.synthetic import export_row, synthetic_records, write_export
+from trainer.testing.synthetic import export_row, synthetic_records, write_export
 
 pytestmark = pytest.mark.slow
 
@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smollm2_dir():
     try:
-        from curation.backends import smollm2
+        from generation.backends import smollm2
     except ImportError:
-        pytest.skip("curation.backends.smollm2 not available")
+        pytest.skip("generation.backends.smollm2 not available")
     return smollm2.convert()
 
 

@@ -21,7 +21,7 @@ def test_tiny_model_plain_is_deterministic(tiny_model_dir_plain, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.tiny import build_tiny_model
+    from trainer.testing.tiny import build_tiny_model
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir_plain)
     assert tok.chat_template is None and tok.eos_token == "</s>"

@@ -87,7 +87,7 @@ def vllm_server(tmp_path_factory):
     reason = _vllm_missing()
     if reason:
         pytest.skip(reason)
-    from curation.backends import smollm2
+    from generation.backends import smollm2
 
     model = smollm2.convert()
     port = _free_port()
@@ -196,7 +196,7 @@ def tiny_adapter(tmp_path_factory) -> Path:
     from click.testing import CliRunner
 
     from selfevo.cli import cli as root
-    from trainer.synthetic import synthetic_records, write_export
+    from trainer.testing.synthetic import synthetic_records, write_export
 
     work = tmp_path_factory.mktemp("adapter")
     exp = write_export(work / "exp", synthetic_records(8, seed=1, kinds=("meta", "qa")))
@@ -218,8 +218,8 @@ def _first_logprobs(server: VLLMServer, model: str) -> list[float]:
 
 def test_runtime_lora_adapter_serves_through_the_openai_backend(
         vllm_server, tiny_adapter, cli, db, close_openai_backends):
-    from curation.backends import load_backend
-    from curation.backends.base import ChatRequest
+    from generation.backends import load_backend
+    from generation.backends.base import ChatRequest
 
     name = "selfevo-test-r1"
     load = {"lora_name": name, "lora_path": str(tiny_adapter.resolve())}
@@ -234,7 +234,7 @@ def test_runtime_lora_adapter_serves_through_the_openai_backend(
 
     # evolve --serve's loader: the second name is loaded now, then found already loaded.
     try:
-        from curation.backends.served_adapters import ensure_adapter, served_models
+        from generation.backends.served_adapters import ensure_adapter, served_models
     except ImportError:
         pass
     else:

@@ -7,8 +7,22 @@ config is written next to every checkpoint (``selfevo_train.json``).
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
+
+#: Allowed values of the string fields that name a choice.
+CHOICES = {
+    "schedule": ("cosine", "linear", "constant"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "attn": ("auto", "varlen", "sdpa", "eager", "flash_attention_2"),
+}
+#: Fields that must be > 0 and fields that must be >= 0.
+POSITIVE = ("max_len", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "log_every")
+NON_NEGATIVE = ("direct_weight", "pack_len", "epochs", "max_steps", "warmup_ratio",
+                "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_dropout", "save_every")
 
 
 @dataclass
@@ -64,12 +78,85 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Inverse of :meth:`resolved`; unknown keys are an error (a typo must not be ignored)."""
+        """Inverse of :meth:`resolved`, checked: unknown keys, wrong types and out-of-range
+        values are a ``ValueError`` naming the field (a typo must not be ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown trainer config field(s): {', '.join(unknown)}")
+            hints = [m for k in unknown for m in difflib.get_close_matches(k, names, 1)]
+            raise ValueError(f"unknown trainer setting(s): {', '.join(unknown)}"
+                             + (f" (did you mean {', '.join(hints)}?)" if hints else ""))
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
-        return cls(**d)
+        cfg = cls(**d)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a value of the wrong type or outside its range."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints[f.name]
+            ok = {bool: isinstance(value, bool), str: isinstance(value, str),
+                  int: isinstance(value, int) and not isinstance(value, bool),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(hint)
+            if ok is False:
+                raise ValueError(f"trainer setting {f.name}={value!r}: expected {hint.__name__}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"trainer setting {name}={getattr(self, name)!r}: use one of "
+                                 + ", ".join(allowed))
+        for name in POSITIVE:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"trainer setting {name}={getattr(self, name)!r}: must be > 0")
+        for name in NON_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise ValueError(f"trainer setting {name}={getattr(self, name)!r}: must be >= 0")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"trainer setting betas={list(self.betas)}: two numbers in [0, 1)")
+        bad = sorted(set(self.kinds) - {"meta", "self", "qa"})
+        if bad or not self.kinds:
+            raise ValueError(f"trainer setting kinds={self.kinds}: use meta, self and/or qa")
+
+
+def parse_value(name: str, raw: str) -> Any:
+    """The value of ``KEY=VALUE`` for field ``name``, converted to the field's type."""
+    hint = typing.get_type_hints(TrainConfig)[name]
+    text = raw.strip()
+    if hint is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"trainer setting {name}={raw!r}: expected true or false")
+    if hint in (int, float):
+        try:
+            number = float(text) if hint is float else int(text)
+        except ValueError:
+            raise ValueError(f"trainer setting {name}={raw!r}: expected {hint.__name__}") from None
+        return number
+    if hint is str:
+        return text
+    # kinds (list of names) and betas (two floats): JSON or comma-separated
+    items = json.loads(text) if text.startswith("[") else [x for x in text.split(",") if x]
+    return [float(x) for x in items] if name == "betas" else [str(x) for x in items]
+
+
+def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` settings (``selfevo train --set``, ``selfevo evolve --train``) as typed
+    values; dashes in keys are underscores. Unknown keys and bad values raise ``ValueError``."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise ValueError(f"{item!r}: expected KEY=VALUE, e.g. max_steps=20")
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, 1)
+            raise ValueError(f"unknown trainer setting {key!r}"
+                             + (f" (did you mean {hint[0]}?)" if hint else ""))
+        out[key] = parse_value(key, raw)
+    return out

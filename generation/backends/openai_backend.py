@@ -46,17 +46,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from curation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
-from curation.errors import CurationError
+from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.errors import GenerationError
+from generation.prices import PriceTable
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
-#: The price table shipped with selfevo (USD per 1M tokens).
-SHIPPED_PRICES = Path(__file__).resolve().parent.parent / "prices.json"
 #: ``max_tokens`` assumed by the budget when a request sets none.
 DEFAULT_BUDGET_MAX_TOKENS = 4096
 
@@ -65,7 +63,7 @@ DEFAULT_BUDGET_MAX_TOKENS = 4096
 BeforeSend = Callable[[int], Callable[[], None] | None]
 
 
-class BudgetExceeded(CurationError):
+class BudgetExceeded(GenerationError):
     """The next request could cost more than what is left of ``--budget``."""
 
 
@@ -83,7 +81,7 @@ class OpenAIOptions:
     retry_after_max: float = 120.0  # cap of a server-provided Retry-After
     budget: float | None = None  # USD; stop before the spend could exceed it
     api_key_env: str = DEFAULT_KEY_ENV  # name of the environment variable holding the key
-    prices: str | None = None  # a price-table file whose entries override curation/prices.json
+    prices: str | None = None  # a price-table file whose entries override generation/prices.json
     retry_malformed: bool = True  # retry a 200 that is not a chat completion
     # HTTP stack under the openai client: "aiohttp" (measured ~1.5x less CPU per request than
     # the default httpx2 pool at 64 in flight, see docs/benchmarks.md), "httpx" (the client's
@@ -99,21 +97,21 @@ class OpenAIOptions:
 def parse_spec(spec: str) -> tuple[str, list[str]]:
     """``openai:MODEL[@URL[,URL…]]`` → (model, base URLs). URLs are split at ``@http``."""
     if not spec.startswith("openai:"):
-        raise CurationError(f"not an openai spec: {spec!r}; expected openai:MODEL[@BASE_URL]")
+        raise GenerationError(f"not an openai spec: {spec!r}; expected openai:MODEL[@BASE_URL]")
     rest = spec[len("openai:"):]
     m = re.search(r"@(?=https?://)", rest)
     model, urls = (rest[: m.start()], rest[m.end():]) if m else (rest, "")
     if not model:
-        raise CurationError(f"model name missing in {spec!r}; e.g. openai:gpt-4o-mini")
+        raise GenerationError(f"model name missing in {spec!r}; e.g. openai:gpt-4o-mini")
     if "@" in model and not m:
-        raise CurationError(
+        raise GenerationError(
             f"cannot read the base URL in {spec!r}: it must start with http:// or https://, "
             "e.g. openai:my-model@http://localhost:8000/v1"
         )
     base_urls = [u.strip() for u in urls.split(",") if u.strip()] or [DEFAULT_BASE_URL]
     for u in base_urls:
         if not re.match(r"https?://[^/\s]+", u):
-            raise CurationError(f"bad base URL {strip_credentials(u)!r} in the spec")
+            raise GenerationError(f"bad base URL {strip_credentials(u)!r} in the spec")
     return model, base_urls
 
 
@@ -138,7 +136,7 @@ def public_spec(spec: str) -> str:
         return spec
     try:
         model, urls = parse_spec(spec)
-    except CurationError:
+    except GenerationError:
         return "openai:[unparseable spec]"
     if "@" not in spec[len("openai:") + len(model):]:
         return f"openai:{model}"
@@ -158,58 +156,7 @@ def redact(text: str, secrets: Sequence[str] = ()) -> str:
     return text[:300]
 
 
-# -- prices and budget --------------------------------------------------------------------
-class PriceTable:
-    """USD per 1M tokens by model name; exact match, else the longest matching prefix."""
-
-    def __init__(self, models: dict[str, dict[str, float]]):
-        self.models = models
-
-    @classmethod
-    def load(cls, override: str | os.PathLike[str] | None = None) -> PriceTable:
-        """The shipped table, with ``override``'s entries (same layout) on top."""
-        text = SHIPPED_PRICES.read_text("utf-8")
-        models = dict(json.loads(text)["models"])
-        if override:
-            path = Path(override)
-            try:
-                data = json.loads(path.read_text("utf-8"))
-            except FileNotFoundError:
-                raise CurationError(f"price table {path} not found") from None
-            except ValueError as exc:
-                raise CurationError(f"price table {path} is not valid JSON: {exc}") from None
-            entries = data.get("models", data) if isinstance(data, dict) else None
-            if not isinstance(entries, dict):
-                raise CurationError(f'price table {path}: expected {{"models": {{NAME: {{...}}}}}}')
-            for name, p in entries.items():
-                if name.startswith("_"):
-                    continue
-                if not (isinstance(p, dict) and {"input", "output"} <= set(p)):
-                    raise CurationError(
-                        f"price table {path}: model {name!r} needs 'input' and 'output' "
-                        "(USD per 1M tokens)"
-                    )
-                models[name] = p
-        return cls(models)
-
-    def price(self, model: str) -> tuple[float, float] | None:
-        """(input, output) USD per 1M tokens, or None when the model is not in the table."""
-        p = self.models.get(model)
-        if p is None:
-            keys = [k for k in self.models if model.startswith(k)]
-            if not keys:
-                return None
-            p = self.models[max(keys, key=len)]
-        return float(p["input"]), float(p["output"])
-
-    def cost(self, model: str, prompt_tokens: int | None, completion_tokens: int | None) -> float | None:
-        """USD of one call, or None when the price or the usage is unknown."""
-        p = self.price(model)
-        if p is None or prompt_tokens is None or completion_tokens is None:
-            return None
-        return (p[0] * prompt_tokens + p[1] * completion_tokens) / 1e6
-
-
+# -- budget -------------------------------------------------------------------------------
 class Budget:
     """Spend so far plus reservations of requests in flight; never above ``limit``."""
 
@@ -436,9 +383,9 @@ class OpenAIBackend(Backend):
         self.base_urls = list(base_urls or [DEFAULT_BASE_URL])
         self.options = options or OpenAIOptions()
         if self.options.concurrency < 1:
-            raise CurationError("--concurrency must be at least 1")
+            raise GenerationError("--concurrency must be at least 1")
         if self.options.max_attempts < 1:
-            raise CurationError("--max-attempts must be at least 1")
+            raise GenerationError("--max-attempts must be at least 1")
         clean = [strip_credentials(u) for u in self.base_urls]
         # Identity of the endpoint (part of call_id): the sorted set of base URLs, so the
         # order of URLs in a spec does not change the cache.
@@ -446,8 +393,8 @@ class OpenAIBackend(Backend):
         self.spec = f"openai:{model}"
         self.prices = PriceTable.load(self.options.prices)
         if self.options.budget is not None and self.prices.price(model) is None:
-            raise CurationError(
-                f"--budget needs a price for model {model!r}: it is not in curation/prices.json; "
+            raise GenerationError(
+                f"--budget needs a price for model {model!r}: it is not in generation/prices.json; "
                 "pass --prices FILE with {\"models\": {\"" + model + "\": {\"input\": USD_PER_1M, "
                 "\"output\": USD_PER_1M}}}"
             )
@@ -473,9 +420,9 @@ class OpenAIBackend(Backend):
         if key:
             return key
         if name != DEFAULT_KEY_ENV:
-            raise CurationError(f"environment variable {name} (from --api-key-env) is not set")
+            raise GenerationError(f"environment variable {name} (from --api-key-env) is not set")
         if any(strip_credentials(u) == DEFAULT_BASE_URL for u in self.base_urls):
-            raise CurationError(
+            raise GenerationError(
                 f"set {DEFAULT_KEY_ENV} (or pass --api-key-env NAME) to call {DEFAULT_BASE_URL}"
             )
         # Local servers (vLLM, llama.cpp, Ollama) accept any key; the client requires one.
@@ -739,9 +686,9 @@ def resolve_transport(name: str) -> str:
     if name == "auto":
         return "aiohttp" if importlib.util.find_spec("aiohttp") else "httpx"
     if name not in ("aiohttp", "httpx"):
-        raise CurationError(f"unknown transport {name!r}: use auto, aiohttp or httpx")
+        raise GenerationError(f"unknown transport {name!r}: use auto, aiohttp or httpx")
     if name == "aiohttp" and not importlib.util.find_spec("aiohttp"):
-        raise CurationError("transport aiohttp needs the aiohttp package: pip install aiohttp")
+        raise GenerationError("transport aiohttp needs the aiohttp package: pip install aiohttp")
     return name
 
 

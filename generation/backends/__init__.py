@@ -1,10 +1,10 @@
 """Model backends, chosen by a model spec string.
 
 * ``openai:MODEL[@BASE_URL[,BASE_URL…]]`` — any OpenAI-compatible endpoint
-  (:mod:`curation.backends.openai_backend`, see docs/collect.md);
-* ``hf:PATH_OR_NAME[+ADAPTER]`` — in-process transformers (:mod:`curation.backends.hf`);
+  (:mod:`generation.backends.openai_backend`, see docs/collect.md);
+* ``hf:PATH_OR_NAME[+ADAPTER]`` — in-process transformers (:mod:`generation.backends.hf`);
 * ``reference`` — not a chat model but a grader with an answer key
-  (:class:`curation.reference.ReferenceTeacher`); :func:`is_reference` tells it apart.
+  (:class:`generation.teachers.reference.ReferenceTeacher`); :func:`is_reference` tells it apart.
 
 Backend modules are imported only when their spec is used, so listing specs or parsing them
 never imports torch or openai.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from curation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
-from curation.errors import CurationError
+from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.errors import GenerationError
 
 __all__ = [
     "AttemptInfo",
@@ -38,26 +38,26 @@ def is_reference(spec: str) -> bool:
 def load_backend(spec: str, **options: Any) -> Backend:
     """The backend for a model spec; ``options`` are that backend's options.
 
-    ``openai:`` takes :class:`~curation.backends.openai_backend.OpenAIOptions` fields (or
-    ``options=OpenAIOptions(...)``); ``hf:`` takes :class:`~curation.backends.hf.HFOptions`
+    ``openai:`` takes :class:`~generation.backends.openai_backend.OpenAIOptions` fields (or
+    ``options=OpenAIOptions(...)``); ``hf:`` takes :class:`~generation.backends.hf.HFOptions`
     fields.
     """
     spec = spec.strip()
     if spec.startswith("openai:"):
-        from curation.backends.openai_backend import OpenAIBackend, OpenAIOptions
+        from generation.backends.openai_backend import OpenAIBackend, OpenAIOptions
 
         opts = options.pop("options", None) or OpenAIOptions(**options)
         return OpenAIBackend.from_spec(spec, opts)
     if spec.startswith("hf:"):
-        from curation.backends.hf import HFBackend
+        from generation.backends.hf import HFBackend
 
         return HFBackend.from_spec(spec, **options)
     if is_reference(spec):
-        raise CurationError(
+        raise GenerationError(
             "'reference' is a grader, not a chat model: it can be a --teacher, "
             "not a --responder or a student (use openai:MODEL or hf:PATH)"
         )
-    raise CurationError(
+    raise GenerationError(
         f"unknown model spec {spec!r}: use openai:MODEL[@BASE_URL], hf:PATH_OR_NAME[+ADAPTER] "
         "or reference"
     )

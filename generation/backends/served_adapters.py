@@ -20,8 +20,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from curation.backends.openai_backend import DEFAULT_KEY_ENV, redact, strip_credentials
-from curation.errors import CurationError
+from generation.backends.openai_backend import DEFAULT_KEY_ENV, redact, strip_credentials
+from generation.errors import GenerationError
 
 ENABLE_HINT = ("start vLLM with --enable-lora (and --max-lora-rank ≥ the adapter's r) and the "
                "environment variable VLLM_ALLOW_RUNTIME_LORA_UPDATING=True")
@@ -41,7 +41,7 @@ def _request(url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise CurationError(f"cannot reach the model server at {strip_credentials(url)}: "
+        raise GenerationError(f"cannot reach the model server at {strip_credentials(url)}: "
                             f"{redact(str(getattr(exc, 'reason', exc)), [key or ''])}; is it "
                             "running?") from None
 
@@ -50,12 +50,12 @@ def served_models(base_url: str, timeout: float = 30.0) -> list[str]:
     """The model ids the server lists (base model and loaded adapters)."""
     status, text = _request(base_url.rstrip("/") + "/models", None, timeout)
     if status != 200:
-        raise CurationError(f"GET {strip_credentials(base_url)}/models answered {status}: "
+        raise GenerationError(f"GET {strip_credentials(base_url)}/models answered {status}: "
                             f"{redact(text)}")
     try:
         return [m["id"] for m in json.loads(text)["data"]]
     except (ValueError, KeyError, TypeError):
-        raise CurationError(f"{strip_credentials(base_url)}/models did not return a model "
+        raise GenerationError(f"{strip_credentials(base_url)}/models did not return a model "
                             "list; is it an OpenAI-compatible server?") from None
 
 
@@ -66,7 +66,7 @@ def ensure_adapter(base_url: str, name: str, path: str | Path, timeout: float = 
     """
     folder = Path(path).resolve()
     if not (folder / "adapter_config.json").exists():
-        raise CurationError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); "
+        raise GenerationError(f"{folder} is not a LoRA adapter folder (no adapter_config.json); "
                             "--serve needs LoRA training (not --train full=true)")
     if name in served_models(base_url):
         return False
@@ -77,12 +77,12 @@ def ensure_adapter(base_url: str, name: str, path: str | Path, timeout: float = 
     if status == 400 and "already" in text.lower():  # loaded between our two requests
         return False
     if status == 404 and "adapter" in text.lower():  # vLLM: "No adapter found for <path>"
-        raise CurationError(f"the server at {strip_credentials(base_url)} cannot read adapter "
+        raise GenerationError(f"the server at {strip_credentials(base_url)} cannot read adapter "
                             f"{folder}: {redact(text)}. It must see the same filesystem "
                             "(same machine or a shared mount)")
     if status in (404, 405):
-        raise CurationError(f"{strip_credentials(base_url)} has no runtime LoRA loading "
+        raise GenerationError(f"{strip_credentials(base_url)} has no runtime LoRA loading "
                             f"(POST load_lora_adapter answered {status}): {ENABLE_HINT}")
-    raise CurationError(f"the server at {strip_credentials(base_url)} refused adapter {name!r} "
+    raise GenerationError(f"the server at {strip_credentials(base_url)} refused adapter {name!r} "
                         f"from {folder} ({status}): {redact(text)}. Check that it serves the "
                         f"same base model and can read that path; {ENABLE_HINT}")

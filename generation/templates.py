@@ -1,7 +1,7 @@
 """Versioned prompt templates: Jinja2 files that render chat messages.
 
 A template set is a folder of ``NAME.j2`` files; the built-in set ``default`` lives in
-``curation/templates/default/`` and any folder path can be given as a set. Names used by
+``generation/templates/default/`` and any folder path can be given as a set. Names used by
 selfevo: ``response`` (initial answer r), ``feedback`` (teacher critique f, ends with the
 verdict line), ``refinement`` (teacher r̂), ``self_feedback`` and ``self_refinement`` (the
 student on its own answer, used by evolve and ``selfevo refine``).
@@ -27,7 +27,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from curation.errors import CurationError
+from generation.errors import GenerationError
 from schemas.identity import content_id
 
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
@@ -49,9 +49,9 @@ def conversation_messages(
     from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
 
     if ask not in ("feedback", "refinement"):
-        raise CurationError(f"conversation(ask={ask!r}): expected 'feedback' or 'refinement'")
+        raise GenerationError(f"conversation(ask={ask!r}): expected 'feedback' or 'refinement'")
     if ask == "refinement" and feedback is None:
-        raise CurationError("conversation(ask='refinement') needs the feedback")
+        raise GenerationError("conversation(ask='refinement') needs the feedback")
     msgs = record_messages(
         kind="self",
         prompt=prompt,
@@ -77,9 +77,9 @@ def parse_messages(
     """
     marks = list(_ROLE_LINE.finditer(text))
     if not marks:
-        raise CurationError(f"{origin}: no '<|user|>' (or system/assistant) line")
+        raise GenerationError(f"{origin}: no '<|user|>' (or system/assistant) line")
     if text[: marks[0].start()].strip():
-        raise CurationError(f"{origin}: text before the first role line '<|…|>'")
+        raise GenerationError(f"{origin}: text before the first role line '<|…|>'")
     pending = list(conversations or [])
     messages: list[dict[str, str]] = []
     for i, m in enumerate(marks):
@@ -87,11 +87,11 @@ def parse_messages(
         content = text[m.end() : end].strip("\n").rstrip()
         if m.group(1) == "conversation":
             if content.strip() or not pending:
-                raise CurationError(f"{origin}: misplaced '<|conversation|>' line")
+                raise GenerationError(f"{origin}: misplaced '<|conversation|>' line")
             messages.extend(pending.pop(0))
             continue
         if not content.strip():
-            raise CurationError(f"{origin}: the {m.group(1)} message is empty")
+            raise GenerationError(f"{origin}: the {m.group(1)} message is empty")
         messages.append({"role": m.group(1), "content": content})
     return messages
 
@@ -123,7 +123,7 @@ class PromptTemplate:
         try:
             text = self._template.render(**values)
         except UndefinedError as e:
-            raise CurationError(
+            raise GenerationError(
                 f"template {self.name!r} (set {self.template_set!r}) needs a variable: {e.message}"
             ) from None
         return parse_messages(text, origin=f"template {self.path}", conversations=conversations)
@@ -136,7 +136,7 @@ def _set_dir(template_set: str) -> Path:
     builtin = TEMPLATES_DIR / template_set
     if builtin.is_dir():
         return builtin
-    raise CurationError(
+    raise GenerationError(
         f"unknown template set {template_set!r}: use one of {', '.join(list_template_sets())} "
         "or a folder of NAME.j2 files"
     )
@@ -165,14 +165,14 @@ def get_template(name: str, template_set: str = "default") -> PromptTemplate:
     path = directory / f"{name}.j2"
     if not path.is_file():
         names = ", ".join(t.stem for t in sorted(directory.glob("*.j2")))
-        raise CurationError(f"no template {name!r} in set {template_set!r} (have: {names})")
+        raise GenerationError(f"no template {name!r} in set {template_set!r} (have: {names})")
     text = path.read_text(encoding="utf-8")
     env = _environment(directory)
     try:
         variables = meta.find_undeclared_variables(env.parse(text))
         template = env.from_string(text)
     except TemplateSyntaxError as e:
-        raise CurationError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
+        raise GenerationError(f"{path}:{e.lineno}: template syntax error: {e.message}") from None
     identity: Any = text
     if "conversation" in variables:
         from schemas.conversation import CONVERSATION_VERSION

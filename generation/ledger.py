@@ -37,8 +37,8 @@ import pyarrow as pa
 
 from corpus.records import insert_records
 from corpus.store import Store
-from curation.backends.base import Backend, ChatRequest, ChatResult
-from curation.errors import CurationError
+from generation.backends.base import Backend, ChatRequest, ChatResult
+from generation.errors import GenerationError
 from schemas.identity import canonical_json, content_id
 
 #: Results that mean "never sent" (no attempt was made).
@@ -227,7 +227,7 @@ class Writer:
 
     def _raise(self) -> None:
         if self.error is not None:
-            raise CurationError(f"the ledger writer stopped: {self.error}") from self.error
+            raise GenerationError(f"the ledger writer stopped: {self.error}") from self.error
 
     # -- the writer thread ---------------------------------------------------------------
     def _loop(self) -> None:

@@ -14,8 +14,8 @@ For each selected prompt (``--where`` SQL over ``prompts``, ``--limit``), in chu
 3. **r̂**, the teacher's refinement (``refinement`` template).
 4. A ``meta`` record per (prompt, r) linking the three call ids and the template hashes.
 
-Teacher ``reference`` grades with :class:`curation.reference.ReferenceTeacher` (no calls).
-Every model call goes through :class:`curation.ledger.Ledger`: cached when done before,
+Teacher ``reference`` grades with :class:`generation.teachers.reference.ReferenceTeacher` (no calls).
+Every model call goes through :class:`generation.ledger.Ledger`: cached when done before,
 pending before sent, resumable after a crash. A record is written only when all its parts
 exist; a prompt whose call failed gets its record on a later run (failed calls are retried).
 """
@@ -25,24 +25,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.records import make_record
 from corpus.store import Store
-from curation.backends.base import Backend, ChatRequest
-from curation.backends.openai_backend import (
+from generation.backends.base import Backend, ChatRequest
+from generation.backends.openai_backend import (
     Budget,
     BudgetExceeded,
     OpenAIBackend,
     OpenAIOptions,
-    PriceTable,
-    estimate_tokens,
     public_spec,
-    spec_identity,
-    upper_bound_tokens,
 )
-from curation.errors import CurationError
-from curation.ledger import Call, Ledger, Outcome
+from generation.errors import GenerationError
+from generation.ledger import Call, Ledger, Outcome
+
+if TYPE_CHECKING:
+    from generation.estimate import DryRun
 
 STAGES = ("response", "feedback", "refinement")
 
@@ -128,7 +127,7 @@ def make_backend(spec: str, options: OpenAIOptions) -> Backend:
     """The backend for a model spec (``openai:`` gets the collection's HTTP options)."""
     if spec.startswith("openai:"):
         return OpenAIBackend.from_spec(spec, options)
-    from curation.backends import load_backend
+    from generation.backends import load_backend
 
     return load_backend(spec)
 
@@ -143,7 +142,7 @@ def select_prompts(ledger: Ledger, where: str | None, limit: int | None) -> list
         rows = ledger.query(sql)
     except Exception as exc:  # duckdb's parser/binder errors: the user's SQL
         msg = str(exc).splitlines()[0]
-        raise CurationError(f"--where {where!r} is not valid SQL over prompts: {msg}") from None
+        raise GenerationError(f"--where {where!r} is not valid SQL over prompts: {msg}") from None
     cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source"]
     return [dict(zip(cols, r, strict=True)) for r in rows]
 
@@ -176,17 +175,17 @@ class Collector:
 
     def __init__(self, store: Store, config: CollectConfig, run_id: str,
                  on_progress: Callable[[CollectProgress, Any], None] | None = None):
-        from curation.backends import is_reference
-        from curation.templates import get_template
+        from generation.backends import is_reference
+        from generation.templates import get_template
 
         self.store = store
         self.config = config
         self.run_id = run_id
         self.on_progress = on_progress
         if config.samples < 1:
-            raise CurationError("--samples must be at least 1")
+            raise GenerationError("--samples must be at least 1")
         if config.samples > 1 and not config.responder:
-            raise CurationError("--samples needs --responder (samples are of the initial response)")
+            raise GenerationError("--samples needs --responder (samples are of the initial response)")
         self.reference = is_reference(config.teacher)
         self.templates = {name: get_template(name, config.template_set) for name in STAGES}
         budget = Budget(config.options.budget)
@@ -221,7 +220,7 @@ class Collector:
         cfg = self.config
         prompts = select_prompts(ledger, cfg.where, cfg.limit)
         if not prompts:
-            raise CurationError(
+            raise GenerationError(
                 "no prompts match" + (f" --where {cfg.where!r}" if cfg.where else "")
                 + "; import some with 'selfevo prompts import FILE'")
         self.summary.prompts = len(prompts)
@@ -303,7 +302,7 @@ class Collector:
         return {"temperature": 0.0, "max_tokens": self.config.max_tokens}
 
     def _grade(self, ledger: Ledger, items: list[_Item]) -> None:
-        from curation.reference import ReferenceTeacher
+        from generation.teachers.reference import ReferenceTeacher
 
         teacher = ReferenceTeacher()
         rows = []
@@ -323,7 +322,7 @@ class Collector:
         if it.response_call_id is not None and self.responder is not None:
             templates["response"] = self.templates["response"].hash
         if self.reference:
-            from curation.reference import ReferenceTeacher
+            from generation.teachers.reference import ReferenceTeacher
 
             templates["teacher"] = ReferenceTeacher.version
         else:
@@ -372,91 +371,6 @@ class Collector:
         return outs
 
 
-# -- dry run ------------------------------------------------------------------------------
-@dataclass
-class DryRun:
-    """What a collection would send: calls, token estimates and a cost bound."""
-
-    prompts: int
-    calls: dict[str, int]
-    cached_responses: int
-    prompt_tokens: int
-    completion_tokens_max: int
-    cost_max: float  # over the calls whose model has a price
-    unpriced: list[str]  # model specs without a price (their calls are not in cost_max)
-
-
-def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
-    """Count the calls a collection would make and bound their tokens and cost; send nothing.
-
-    Feedback and refinement prompts contain the responses, which do not exist yet: their
-    size is estimated with a response of ``max_tokens / 2`` tokens.
-    """
-    from curation.backends import is_reference
-    from curation.ledger import call_id
-    from curation.templates import get_template
-
-    with Ledger(store, run_id) as ledger:
-        prompts = select_prompts(ledger, config.where, config.limit)
-        existing = ({} if config.responder else existing_responses(
-            ledger, [p["prompt_id"] for p in prompts], config.responses_from))
-        calls: dict[str, int] = {}
-        pt = ct = 0
-        cost = 0.0
-        unpriced: list[str] = []
-        prices = PriceTable.load(config.options.prices)
-        cached = 0
-        filler = "x" * (2 * config.max_tokens)  # ~max_tokens/2 tokens of response
-        params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
-
-        def add(stage: str, spec: str, request: ChatRequest) -> None:
-            nonlocal pt, ct, cost
-            calls[stage] = calls.get(stage, 0) + 1
-            p, c = estimate_tokens(request)
-            pt += p
-            ct += c
-            price = None
-            if spec.startswith("openai:"):
-                price = prices.price(spec_identity(spec)[0][len("openai:"):])
-                if price is None and public_spec(spec) not in unpriced:
-                    unpriced.append(public_spec(spec))
-            if price is not None:
-                bp, bc = upper_bound_tokens(request)
-                cost += (price[0] * bp + price[1] * bc) / 1e6
-
-        if config.responder:
-            tpl = get_template("response", config.template_set)
-            if config.responder.startswith("openai:"):  # no key needed to count
-                model_spec, endpoint = spec_identity(config.responder)
-            else:
-                responder = make_backend(config.responder, config.options)
-                model_spec, endpoint = responder.spec, responder.endpoint
-            reqs = [ChatRequest(tpl.render(question=p["text"]), params, s)
-                    for p in prompts for s in range(config.samples)]
-            ids = [call_id(model_spec, endpoint, r) for r in reqs]
-            done = {r[0] for r in ledger.query(
-                "SELECT call_id FROM calls WHERE status = 'ok' AND call_id IN (SELECT unnest(?))",
-                [ids])}
-            for r, cid in zip(reqs, ids, strict=True):
-                if cid in done:
-                    cached += 1
-                else:
-                    add("response", config.responder, r)
-        if not is_reference(config.teacher):
-            fb = get_template("feedback", config.template_set)
-            rf = get_template("refinement", config.template_set)
-            tparams = {"temperature": 0.0, "max_tokens": config.max_tokens}
-            for p in prompts:
-                per = config.samples if config.responder else len(existing.get(p["prompt_id"], []))
-                for _ in range(per):
-                    add("feedback", config.teacher, ChatRequest(fb.render(
-                        question=p["text"], response=filler, gold_answer=p["gold_answer"]), tparams))
-                    add("refinement", config.teacher, ChatRequest(rf.render(
-                        question=p["text"], response=filler, feedback=filler,
-                        gold_answer=p["gold_answer"]), tparams))
-    return DryRun(len(prompts), calls, cached, pt, ct, cost, unpriced)
-
-
 def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
     """Raise :class:`BudgetExceeded` with what to do next when the budget stopped the run."""
     if summary.stopped == "budget":
@@ -476,6 +390,8 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
     with Store.open(db, command="collect") as store:
         with store.run("collect", {**config.as_config(), "dry_run": dry}) as run:
             if dry:
+                from generation.estimate import dry_run
+
                 result = dry_run(store, config, run.run_id)
                 run.counts.update({"dry_run_calls": sum(result.calls.values())})
                 return result
@@ -575,24 +491,3 @@ def summary_table(s: CollectSummary) -> Any:
     for k, v in rows:
         totals.add_row(k, v)
     return Group(t, totals)
-
-
-def dry_run_table(d: DryRun) -> Any:
-    """What a dry run found, as a rich table."""
-    from rich.table import Table
-
-    t = Table(title="selfevo collect --dry-run (nothing sent)")
-    t.add_column("what")
-    t.add_column("value", justify="right")
-    t.add_row("prompts", str(d.prompts))
-    for stage in STAGES:
-        if stage in d.calls:
-            t.add_row(f"{stage} calls", str(d.calls[stage]))
-    t.add_row("calls to send", str(sum(d.calls.values())))
-    t.add_row("responses already cached", str(d.cached_responses))
-    t.add_row("prompt tokens (estimate)", f"{d.prompt_tokens:,}")
-    t.add_row("completion tokens (at most)", f"{d.completion_tokens_max:,}")
-    t.add_row("cost (at most, USD)", f"${d.cost_max:.4f}")
-    if d.unpriced:
-        t.add_row("no price (not in the cost)", ", ".join(d.unpriced))
-    return t
