@@ -45,9 +45,17 @@ def _available(name: str) -> bool:
         return False
 
 
-def debug_enabled() -> bool:
-    """``--debug`` or ``SELFEVO_DEBUG=1``: show tracebacks instead of one-line errors."""
-    return bool(os.environ.get("SELFEVO_DEBUG"))
+def debug_enabled(ctx: click.Context | None = None) -> bool:
+    """``--debug`` (or ``SELFEVO_DEBUG=1`` in the environment): tracebacks, library warnings.
+
+    Read from the root command's parameters, never written anywhere: library code that needs
+    it gets it passed.
+    """
+    ctx = ctx or click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    if root is not None and root.params.get("debug"):
+        return True
+    return os.environ.get("SELFEVO_DEBUG", "") not in ("", "0")
 
 
 class LazyGroup(click.Group):
@@ -72,7 +80,7 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            if debug_enabled():
+            if debug_enabled(ctx):
                 raise
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
 
@@ -88,8 +96,9 @@ def cli(debug: bool) -> None:
       selfevo prompts import train.jsonl --preset gsm8k
       selfevo sql "SELECT kind, count(*) FROM records GROUP BY kind"
     """
-    if debug:
-        os.environ["SELFEVO_DEBUG"] = "1"
+    from corpus.display import quiet_libraries
+
+    quiet_libraries(enabled=not debug_enabled())
 
 
 def main() -> None:
