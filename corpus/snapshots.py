@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from corpus.errors import CorpusError
 from corpus.store import Store
+from corpus.storespec import sql_literal
 from schemas.identity import content_id, selection_hash
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -53,16 +54,6 @@ class SnapshotDiff:
     common: int
     added_ids: list[str] = field(default_factory=list)
     removed_ids: list[str] = field(default_factory=list)
-
-
-def sql_literal(value: str) -> str:
-    """``value`` as a SQL string literal (quotes doubled).
-
-    Reads inline their few string values instead of binding parameters: DuckDB's Python
-    client imports pandas (0.3-0.8 s) on the first execute() that binds a parameter, which
-    would dominate the start-up of read-only commands.
-    """
-    return "'" + value.replace("'", "''") + "'"
 
 
 def selection_query(where: str, base_snapshot_id: str | None = None) -> str:

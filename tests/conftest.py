@@ -90,3 +90,25 @@ def close_openai_backends(monkeypatch):
     yield
     for b in made:
         b.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real Postgres server for the session (tests/postgres.py), stopped and deleted after."""
+    from postgres import PostgresUnavailable, start_postgres
+
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as exc:
+        pytest.skip(f"cannot start Postgres on this machine: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lake_db(postgres, tmp_path: Path) -> str:
+    """A ``--db`` spec of a new DuckLake: a fresh Postgres database, Parquet under tmp_path."""
+    import secrets
+
+    conninfo = postgres.create_database(f"lake_{secrets.token_hex(6)}")
+    return f"ducklake:postgres:{conninfo} data_path={tmp_path / 'lake'}"
