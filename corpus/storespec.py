@@ -233,8 +233,12 @@ class StoreSpec:
             return None
         return f"CREATE OR REPLACE TEMPORARY SECRET (TYPE postgres, PASSWORD {sql_literal(password)})"
 
-    def attach_sql(self, alias: str = LAKE_ALIAS, *, read_only: bool = False) -> str:
-        """The ``ATTACH`` statement for a DuckLake (run :meth:`secret_sql` first)."""
+    def attach_sql(self, alias: str = LAKE_ALIAS, *, read_only: bool = False,
+                   version: int | None = None) -> str:
+        """The ``ATTACH`` statement for a DuckLake (run :meth:`secret_sql` first).
+
+        ``version`` attaches the lake as it was at that DuckLake snapshot, read-only.
+        """
         if not self.is_lake:
             raise StoreSpecError(f"{self} is a DuckDB file, not a DuckLake")
         target = self.target if self.catalog == "duckdb" else POSTGRES_PREFIX + self.target
@@ -243,7 +247,9 @@ class StoreSpec:
             options.append(f"DATA_PATH {sql_literal(self.data_path)}")
         if self.metadata_schema:
             options.append(f"METADATA_SCHEMA {sql_literal(self.metadata_schema)}")
-        if read_only:
+        if version is not None:
+            options.append(f"SNAPSHOT_VERSION {int(version)}")
+        if read_only or version is not None:
             options.append("READ_ONLY")
         opts = f" ({', '.join(options)})" if options else ""
         return f"ATTACH {sql_literal(LAKE_PREFIX + target)} AS {alias}{opts}"
