@@ -7,7 +7,7 @@ parsers serve ``selfevo prompts import --preset …`` and the evaluation code
 GSM8K (``{"question", "answer"}``; the answer is a worked solution ending ``#### 18``):
 
 * ``text`` = question; ``gold_answer`` = the number after ``####`` with thousands commas
-  removed (``1,080`` → ``1080``), canonical (see :func:`canonical_answer`);
+  removed (``1,080`` → ``1080``), canonical (:func:`schemas.numbers.canonical_answer`);
 * ``gold_rationale`` = the full answer text, *without* the calculator annotations
   ``<<16-3-4=9>>``. They are a tool-call artefact of GSM8K's collection, not reasoning; the
   rationale is used as the reference refinement r̂, and a student trained on it would learn to
@@ -24,35 +24,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from corpus.errors import CorpusError
+from schemas.numbers import canonical_answer
 
 CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
-_NUMBER = re.compile(r"[-+]?\$?\s*[\d,]*\.?\d+")
-
-
-def canonical_answer(value: Any) -> str:
-    """Canonical text of a gold answer: ``27.0`` → ``27``, ``"1,080"`` → ``1080``, ``2.50`` → ``2.5``.
-
-    Numbers lose thousands commas, a leading ``$``, trailing zeros and ``+``; anything that is
-    not a number is returned stripped, unchanged.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a gold answer cannot be a boolean")
-    text = str(value).strip()
-    candidate = text.replace(",", "").replace("$", "").replace(" ", "")
-    try:
-        d = Decimal(candidate)
-    except InvalidOperation:
-        return text
-    if not d.is_finite():
-        return text
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
 
 
 def strip_calculator_annotations(text: str) -> str:

@@ -26,8 +26,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from curation.answers import answers_match, canonical_number, extract_answer, parse_number
+from curation.answers import answers_match, extract_answer
 from curation.verdicts import Verdict
+from schemas.numbers import canonical_number, format_number, parse_number
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _FINAL_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
@@ -84,20 +85,16 @@ def _arithmetic_error(response: str) -> str | None:
             continue  # "60 / 3/4" means 60 ÷ ¾ to a person and 20/4 to a parser: skip it
         true = _evaluate(m.group("lhs"))
         stated = parse_number(m.group("rhs"))
-        if true is None or stated is None or answers_match(canonical_number(m.group("rhs")), _fmt(true)):
+        if true is None or stated is None or answers_match(canonical_number(m.group("rhs")), format_number(true)):
             continue
         # A result rounded to the places written (7 / 3 = 2.33) is not an error.
         places = len(m.group("rhs").split(".", 1)[1]) if "." in m.group("rhs") else 0
         if round(true, places) == stated:
             continue
         shown = " ".join(m.group(0).split())
-        result = _fmt(true) if "/" not in _fmt(true) else f"{float(true):.2f} (rounded)"
+        result = format_number(true) if "/" not in format_number(true) else f"{float(true):.2f} (rounded)"
         return f"The step '{shown}' is wrong: {' '.join(m.group('lhs').split())} = {result}."
     return None
-
-
-def _fmt(value: Fraction) -> str:
-    return canonical_number(f"{value.numerator}/{value.denominator}") or str(value)
 
 
 def _missed_intermediate(response: str, gold_rationale: str | None) -> str | None:
