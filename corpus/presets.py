@@ -21,6 +21,7 @@ SVAMP (a JSON array of ``{"ID", "Body", "Question", "Equation", "Answer", "Type"
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,3 +133,59 @@ def load_benchmark_items(path: str | Path, preset: str) -> list[dict[str, Any]]:
             "meta": fields.get("meta"),
         })
     return items
+
+
+#: Environment variable naming the folder that holds benchmark data (``gsm8k/test.jsonl``,
+#: ``svamp/SVAMP.json``); when set, it is the only place looked.
+DATA_ENV = "SELFEVO_DATA"
+#: The test file of each benchmark, relative to a data folder.
+BENCHMARK_FILES = {"gsm8k": ("gsm8k", "test.jsonl"), "svamp": ("svamp", "SVAMP.json")}
+
+
+def data_dirs() -> list[Path]:
+    """The folders searched for benchmark data, in order.
+
+    ``$SELFEVO_DATA`` alone when it is set; otherwise ``shared/data`` in each folder above the
+    selfevo checkout, nearest first (``../shared/data`` next to a checkout, and next to the
+    folder holding a git worktree), then the same above the current directory.
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return [Path(env)]
+    checkout = Path(__file__).resolve().parents[1]
+    out: list[Path] = []
+    for start in (checkout, Path.cwd().resolve()):
+        for folder in start.parents:
+            if folder / "shared" / "data" not in out:
+                out.append(folder / "shared" / "data")
+    return out
+
+
+def find_data_file(*parts: str, path: str | Path | None = None) -> Path | None:
+    """The benchmark file ``parts`` (e.g. ``"gsm8k", "test.jsonl"``): ``path`` when given
+    (the caller's explicit choice, returned as is), else the first :func:`data_dirs` folder
+    that has it, else None."""
+    if path is not None:
+        return Path(path)
+    return next((d.joinpath(*parts) for d in data_dirs() if d.joinpath(*parts).is_file()), None)
+
+
+def benchmark_file(name: str, path: str | Path | None = None) -> Path | None:
+    """The test file of benchmark ``name`` (``gsm8k`` or ``svamp``); see :func:`find_data_file`."""
+    return find_data_file(*BENCHMARK_FILES[name], path=path)
+
+
+def data_lookup_hint() -> str:
+    """Where benchmark files were looked for, for an error message."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return f"looked in ${DATA_ENV}={env}"
+    return f"looked for shared/data above the checkout and the current directory; set {DATA_ENV}"
+
+
+def require_data_file(*parts: str) -> Path:
+    """:func:`find_data_file`, or a CorpusError saying where it looked."""
+    found = find_data_file(*parts)
+    if found is None:
+        raise CorpusError(f"benchmark data {'/'.join(parts)} not found ({data_lookup_hint()})")
+    return found

@@ -79,8 +79,9 @@ def load_items(
 ) -> tuple[str, list[BenchItem]]:
     """(benchmark name, items) for ``gsm8k``, ``svamp``, ``store`` or a file path.
 
-    ``gsm8k``/``svamp`` read ``path`` (default: the shared test files when present) through
-    the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
+    ``gsm8k``/``svamp`` read ``path`` (default: the test file found by
+    :func:`corpus.presets.benchmark_file`: ``$SELFEVO_DATA``, else ``shared/data`` above the
+    checkout) through the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
     anything else is a JSONL/JSON file read with the gsm8k preset's field names
     (``question``/``answer``).
     """
@@ -89,8 +90,13 @@ def load_items(
             raise SelfevoError("--bench store needs a store (--db)")
         return f"store:{where or 'all'}", _store_items(store, where, limit)
     if bench in PRESETS:
-        file = path or _default_bench_path(bench)
-        name = bench
+        from corpus.presets import benchmark_file, data_lookup_hint
+
+        found, name = benchmark_file(bench, path), bench
+        if found is None:
+            raise SelfevoError(f"no {bench} test file found ({data_lookup_hint()}); pass "
+                               "--path FILE")
+        file = str(found)
     else:
         file, name = path or bench, Path(path or bench).name
     if not Path(file).exists():
@@ -104,13 +110,6 @@ def load_items(
             raise SelfevoError(f"{file}: item id {it.item_id!r} appears twice; ids must be unique")
         seen.add(it.item_id)
     return name, items[:limit] if limit else items
-
-
-def _default_bench_path(bench: str) -> str:
-    base = Path(os.environ.get("SELFEVO_DATA", Path(__file__).resolve().parents[2] / "shared"
-                               / "data"))
-    return str(base / "gsm8k" / "test.jsonl" if bench == "gsm8k" else base / "svamp" /
-               "SVAMP.json")
 
 
 def _file_items(file: str, preset: str | None) -> list[BenchItem]:
