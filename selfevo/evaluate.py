@@ -81,8 +81,8 @@ def load_items(
 
     ``gsm8k``/``svamp`` read ``path`` (default: the test file found by
     :func:`corpus.presets.benchmark_file`: ``$SELFEVO_DATA``, else ``shared/data`` above the
-    checkout) through the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
-    anything else is a JSONL/JSON file read with the gsm8k preset's field names
+    checkout) through the prompt presets; ``store`` takes labelled prompts from the store
+    matching ``where``; anything else is a JSONL/JSON file read with the gsm8k preset's field names
     (``question``/``answer``).
     """
     if bench == "store":
