@@ -313,25 +313,33 @@ class Collector:
 
     def _responses(self, ledger: Ledger, items: list[Item]) -> list[Item]:
         assert self.responder is not None
-        calls = stage_calls("response", self.config, self.templates, items)
-        outs = self._complete(ledger, self.responder, "response", calls)
-        for it, o in zip(items, outs, strict=True):
-            if o.ok:
-                it.response, it.response_call_id = o.text, o.call_id
-                it.responder = self.responder.spec
-        return [it for it in items if it.response is not None]
+        spec = self.responder.spec
+
+        def keep(it: Item, o: Outcome) -> None:
+            it.response, it.response_call_id, it.responder = o.text, o.call_id, spec
+
+        return self._ask(ledger, self.responder, "response", items, keep)
 
     def _feedback(self, ledger: Ledger, items: list[Item]) -> list[Item]:
         from curation.verdicts import parse_verdict
 
+        def keep(it: Item, o: Outcome) -> None:
+            it.feedback, it.feedback_call_id = o.text, o.call_id
+            it.verdict, it.verdict_error = parse_verdict(o.text)
+
         assert self.teacher is not None
-        calls = stage_calls("feedback", self.config, self.templates, items)
-        outs = self._complete(ledger, self.teacher, "feedback", calls)
-        for it, o in zip(items, outs, strict=True):
-            if o.ok:
-                it.feedback, it.feedback_call_id = o.text, o.call_id
-                it.verdict, it.verdict_error = parse_verdict(o.text)
-        return [it for it in items if it.feedback is not None]
+        return self._ask(ledger, self.teacher, "feedback", items, keep)
+
+    def _ask(self, ledger: Ledger, backend: Backend, stage: str, items: list[Item],
+             keep: Callable[[Item, Outcome], None]) -> list[Item]:
+        """One stage over ``items``; ``keep`` stores each answer; the answered items, in order."""
+        calls = stage_calls(stage, self.config, self.templates, items)
+        answered = []
+        for it, o in zip(items, self._complete(ledger, backend, stage, calls), strict=True):
+            if o.ok and o.text is not None:
+                keep(it, o)
+                answered.append(it)
+        return answered
 
     def _refinements(self, ledger: Ledger, items: list[Item]) -> None:
         assert self.teacher is not None
