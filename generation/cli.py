@@ -61,7 +61,8 @@ def templates_show(name: str, template_set: str) -> None:
 
 @click.command("collect")
 @click.option("--teacher", required=True, metavar="SPEC",
-              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH or reference.")
+              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH, or an "
+                   "offline grader: reference (answer key) or verifying (re-derives the steps).")
 @click.option("--responder", metavar="SPEC",
               help="Who writes the initial responses; default: existing self/meta record responses.")
 @click.option("--where", metavar="SQL", help="Condition over the prompts table, e.g. \"split = 'train'\".")

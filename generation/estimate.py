@@ -46,8 +46,8 @@ def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
     Feedback and refinement prompts contain the responses, which do not exist yet: their
     size is estimated with a response of ``max_tokens / 2`` tokens.
     """
-    from generation.backends import is_reference
     from generation.ledger import call_id
+    from generation.teachers import is_offline_teacher
     from generation.templates import get_template
 
     with Ledger(store, run_id) as ledger:
@@ -96,7 +96,7 @@ def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
                     cached += 1
                 else:
                     add("response", config.responder, r)
-        if not is_reference(config.teacher):
+        if not is_offline_teacher(config.teacher):
             fb = get_template("feedback", config.template_set)
             rf = get_template("refinement", config.template_set)
             tparams = {"temperature": 0.0, "max_tokens": config.max_tokens}

@@ -15,7 +15,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+# The benchmark files; SELFEVO_DATA moves them (as for `selfevo eval run`), e.g. for a worktree.
+SHARED_DATA = Path(os.environ.get("SELFEVO_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 from curation.answers import answers_match, canonical_number, extract_answer, parse_number
-from curation.verdicts import Verdict
+from generation.teachers.base import Critique
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _FINAL_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
@@ -43,16 +43,6 @@ _EQUATION = re.compile(
 _CONTINUED = re.compile(r"(?:\w|/|\s*[-+*/×÷]\s*[\d($]|\s+x\s*[\d($]|\s+\d+/\d|\s\d{3}\b)")
 _PRECEDED = re.compile(r"(?:[-+*/×÷=(.,\d$]|\b[A-Za-z])$")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-@dataclass(frozen=True)
-class Critique:
-    """A teacher's output for one (prompt, response)."""
-
-    feedback: str | None
-    verdict: Verdict | None
-    verdict_error: str | None  # why there is no verdict (None when there is one)
-    refinement: str | None
 
 
 def _evaluate(expression: str) -> Fraction | None:
@@ -156,9 +146,10 @@ class ReferenceTeacher:
         response: str | None,
         gold_answer: str | None,
         gold_rationale: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Critique:
         """Feedback, verdict and refinement for one response (see the module docstring)."""
-        del prompt  # the grade depends on the answer key only; kept for the teacher interface
+        del prompt, meta  # the grade depends on the answer key only; kept for the interface
         if gold_answer is None and gold_rationale:
             final = _FINAL_LINE.search(gold_rationale)
             gold_answer = final.group(1) if final else None
