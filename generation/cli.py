@@ -96,6 +96,7 @@ def collect(teacher: str, responder: str | None, where: str | None, limit: int |
     \b
     Example:
       selfevo collect --teacher reference --responder hf:smollm2-135m --limit 100
+      selfevo collect --teacher verifying --where "source = 'generated'"
       selfevo collect --teacher openai:gpt-4o-mini --responder openai:my-student@http://localhost:8000/v1 \\
           --where "split = 'train'" --concurrency 32 --budget 5
     """
