@@ -364,8 +364,10 @@ def find_steps(text: str) -> list[Step]:
 def evaluate_expression(expression: str) -> tuple[Fraction, tuple[Operation, ...]] | None:
     """Exact value and operations of an expression alone (``( 3.0 + 5.0 ) * 2.0``)."""
     runs = _runs(expression)
-    if len(runs) != 1:
-        return None
+    text = expression.strip()
+    offset = len(expression) - len(expression.lstrip())
+    if len(runs) != 1 or runs[0][0].start != offset or runs[0][-1].end != offset + len(text):
+        return None  # not one expression from end to end ("45 * 0,2")
     found = _evaluate(runs[0])
     return None if found is None else (found[0], found[1])
 
