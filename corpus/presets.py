@@ -11,7 +11,10 @@ GSM8K (``{"question", "answer"}``; the answer is a worked solution ending ``####
 * ``gold_rationale`` = the full answer text, *without* the calculator annotations
   ``<<16-3-4=9>>``. They are a tool-call artefact of GSM8K's collection, not reasoning; the
   rationale is used as the reference refinement r̂, and a student trained on it would learn to
-  emit ``<<…>>`` it has no calculator for. The original file keeps them.
+  emit ``<<…>>`` it has no calculator for.
+* ``meta`` = ``{"annotated_rationale": <the answer text with its annotations>}`` when it has
+  any: the annotations are the exact computation of each line, which the ``verifying``
+  teacher re-derives the solution from (``generation/teachers/derivation.py``).
 
 SVAMP (a JSON array of ``{"ID", "Body", "Question", "Equation", "Answer", "Type"}``):
 
@@ -60,8 +63,13 @@ def _text(row: dict[str, Any], field: str) -> str:
 
 def gsm8k_prompt(row: dict[str, Any]) -> dict[str, Any]:
     """Prompt fields of one GSM8K row."""
-    gold, rationale = parse_gsm8k_answer(_text(row, "answer"))
-    return {"text": _text(row, "question"), "gold_answer": gold, "gold_rationale": rationale}
+    answer = _text(row, "answer")
+    gold, rationale = parse_gsm8k_answer(answer)
+    fields: dict[str, Any] = {"text": _text(row, "question"), "gold_answer": gold,
+                              "gold_rationale": rationale}
+    if CALCULATOR_ANNOTATION.search(answer):
+        fields["meta"] = {"annotated_rationale": answer.strip()}
+    return fields
 
 
 def svamp_prompt(row: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ call), so their difference is exactly what self-refinement changed.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
 from selfevo.refine import RefinePrompts, RefineResult, self_refine
+from selfevo.stats import wilson_interval  # re-exported: one implementation, in stats
 
 if TYPE_CHECKING:
     from corpus.store import Store
@@ -56,17 +56,6 @@ class EvalSummary:
     ci_high: float
     model_id: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sane at 0, n and small n)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # -- benchmarks -----------------------------------------------------------------------------
