@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +39,6 @@ from selfevo import SelfevoError
 
 STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
 STRATEGIES = ("restart", "continual")
-#: Test hook: ``r1:filter`` makes the process SIGKILL itself right after that stage finishes,
-#: so the resume tests kill at an exact point between stages.
-KILL_ENV = "SELFEVO_FAULT_KILL_AFTER"
 
 
 @dataclass
@@ -180,10 +176,6 @@ class Evolution:
         with self.store.run(f"evolve {stage}", config, parent_run_id=self.run_id) as run:
             fn(run)
         self.log(f"  round {round} {stage}: {canonical_json(run.counts)}")
-        if os.environ.get(KILL_ENV) == f"r{round}:{stage}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
         return run.counts
 
     def backend(self, spec: str) -> Any:
@@ -275,8 +267,8 @@ class Evolution:
                     ) -> list[dict[str, Any]]:
         """Ask M_t for ``generate_prompts`` new questions in the style of seed prompts."""
         from generation.backends.base import ChatRequest
+        from generation.ledger import ledger_generate
         from generation.templates import get_template
-        from selfevo.refine import ledger_generate
 
         n = self.config.generate_prompts
         if n <= 0 or not seeds:

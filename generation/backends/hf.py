@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from generation.backends.aliases import resolve_model
-from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.backends.base import (
+    AttemptInfo,
+    Backend,
+    BeforeSend,
+    ChatRequest,
+    ChatResult,
+    OnResult,
+)
 from generation.errors import GenerationError
 
 #: End-of-turn specials of common chat templates (also stop generation when in the vocab).
@@ -144,8 +151,11 @@ class HFBackend(Backend):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
+            from schemas.install import install_hint
+
             raise GenerationError(
-                "the hf backend needs torch and transformers: pip install 'selfevo[hf]'"
+                "the hf backend needs torch and transformers: "
+                + install_hint("torch", "transformers")
             ) from None
         started = time.perf_counter()
         device = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,7 +174,9 @@ class HFBackend(Backend):
             try:
                 from peft import PeftModel
             except ImportError:
-                raise GenerationError("adapters need peft: pip install 'selfevo[hf]'") from None
+                from schemas.install import install_hint
+
+                raise GenerationError(f"adapters need peft: {install_hint('peft')}") from None
             model = PeftModel.from_pretrained(model, self.adapter_path)
             if self.options.merge_adapter:
                 model = model.merge_and_unload()
@@ -229,9 +241,14 @@ class HFBackend(Backend):
     # -- generation ------------------------------------------------------------------------
 
     def generate(
-        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None
+        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None,
+        before_send: BeforeSend | None = None,
     ) -> list[ChatResult]:
-        """Answer every request in length-sorted, left-padded micro-batches."""
+        """Answer every request in length-sorted, left-padded micro-batches.
+
+        Sends are not announced (``announces_sends`` is False): ``before_send`` is ignored
+        and the ledger registers the whole batch before calling this.
+        """
         self.load()
         prompts = [self.prompt_ids(r.messages) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)
