@@ -2,7 +2,7 @@
 
 DuckDB fetches ``ducklake`` and ``postgres_scanner`` from its extension site the first time
 they are used; selfevo runs where only package registries are reachable. The packages
-``duckdb-extension-ducklake`` and ``duckdb-extension-postgres-scanner`` (extra ``teams``)
+``duckdb-extension-ducklake`` and ``duckdb-extension-postgres-scanner`` (extra "teams")
 carry the signed binaries under ``<package>/extensions/v<duckdb version>/<name>.duckdb_extension``;
 :func:`load_extension` LOADs that file by path, on a connection opened with
 :func:`offline_config`, so nothing is installed into ``~/.duckdb`` and nothing is fetched.
@@ -19,6 +19,7 @@ import duckdb
 
 from corpus.errors import CorpusError
 from corpus.storespec import sql_literal
+from schemas.install import install_hint
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,6 @@ class Extension:
 
 DUCKLAKE = Extension("ducklake", "duckdb-extension-ducklake")
 POSTGRES = Extension("postgres_scanner", "duckdb-extension-postgres-scanner")
-INSTALL_HINT = "pip install 'selfevo[teams]'"
 
 
 class MissingExtension(CorpusError):
@@ -58,8 +58,8 @@ def extension_file(ext: Extension, version: str | None = None) -> Path:
     spec = importlib.util.find_spec(ext.module)
     if spec is None or not spec.submodule_search_locations:
         raise MissingExtension(
-            f"the DuckDB extension '{ext.name}' is not installed: {INSTALL_HINT} "
-            f"(or pip install {ext.package}=={version})")
+            f"the DuckDB extension '{ext.name}' is not installed: {install_hint(ext.package)} "
+            f"(it is the package {ext.package}=={version})")
     root = Path(next(iter(spec.submodule_search_locations))) / "extensions"
     path = root / f"v{version}" / f"{ext.name}.duckdb_extension"
     if path.is_file():

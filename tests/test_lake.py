@@ -235,3 +235,14 @@ def test_concurrent_writers_lose_nothing_and_duplicate_nothing(lake_db: str) -> 
         assert con.execute("SELECT count(*) FROM prompts").fetchone() == (
             batches * 20 + writers * batches * 20,)
         assert con.execute("SELECT count(*) FROM attempts").fetchone() == (writers * batches,)
+
+
+def test_a_lake_that_cannot_open_says_so_in_one_line_without_the_password(
+        postgres, tmp_path: Path) -> None:
+    spec = StoreSpec.parse(f"ducklake:postgres:{postgres.conninfo('no_such_db')} "
+                           f"password=S3cret-pw data_path={tmp_path}")
+    with pytest.raises(CorpusError) as err:
+        Lake(spec)
+    assert "cannot open ducklake:postgres:dbname=no_such_db" in str(err.value)
+    assert 'database "no_such_db" does not exist' in str(err.value)
+    assert "S3cret-pw" not in str(err.value) and "\n" not in str(err.value)
