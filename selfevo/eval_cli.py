@@ -50,9 +50,10 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
       selfevo eval run --model hf:smollm2-135m --bench svamp --limit 100 --mode both
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
     """
+    from corpus.display import progress
     from corpus.store import Store
-    from selfevo.evaluate import evaluate, load_items, print_summaries
-    from selfevo.refine import RefinePrompts, load_model, rich_progress
+    from selfevo.evaluate import evaluate, load_items, print_summaries, refine_progress
+    from selfevo.refine import RefinePrompts, load_model
 
     params: dict[str, object] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -60,16 +61,16 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     modes = ["direct", "refine"] if mode == "both" else [mode]
     with Store.open(db, command="eval run") as store:
         name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
-        backend = load_model(model)
-        try:
-            with rich_progress() as progress:
+        with progress(f"load {model}") as bar:
+            backend = load_model(model)
+            try:
                 summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
                                      steps=steps, stop_on_correct=stop_on_correct,
                                      self_consistency=self_consistency, params=params,
-                                     model_id=model_id, progress=progress,
+                                     model_id=model_id, progress=refine_progress(bar, f"eval {name}"),
                                      prompts=RefinePrompts(template_set, plain_answer))
-        finally:
-            backend.close()
+            finally:
+                backend.close()
     print_summaries(summaries)
 
 

@@ -128,6 +128,19 @@ def test_accuracy_equals_hand_count_and_rows_are_written(store):
     assert steps[0]["verdict"] == "incorrect" and steps[0]["feedback"].startswith("Checked.")
 
 
+def test_progress_bar_follows_each_stage_on_a_terminal(store, tty):
+    from corpus.display import progress
+    from selfevo.evaluate import refine_progress
+
+    with progress("load", console=tty) as bar:
+        evaluate(store, ScriptedModel(fixture_script), items(), benchmark="fixture",
+                 modes=["direct", "refine"], progress=refine_progress(bar, "eval fixture"))
+        task = bar._display.bars.tasks[0]
+        assert task.description == "eval fixture: self-refinement" and task.finished
+    drawn = tty.file.getvalue()
+    assert "eval fixture: self-refinement" in drawn and "6/6" in drawn
+
+
 def test_stop_on_correct_keeps_accepted_answers(store):
     model = ScriptedModel(fixture_script)
     [refine] = evaluate(store, model, items(), benchmark="fixture", modes=["refine"],
