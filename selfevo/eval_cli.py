@@ -50,10 +50,11 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
       selfevo eval run --model hf:smollm2-135m --bench svamp --limit 100 --mode both
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
     """
-    from corpus.display import progress
     from corpus.store import Store
-    from selfevo.evaluate import evaluate, load_items, print_summaries, refine_progress
-    from selfevo.refine import RefinePrompts, load_model
+    from generation.backends import load_backend
+    from selfevo.evaluate import evaluate, load_items, print_summaries
+    from selfevo.refine import RefinePrompts
+    from selfevo.refine_cli import stage_progress
 
     params: dict[str, object] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -61,16 +62,16 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     modes = ["direct", "refine"] if mode == "both" else [mode]
     with Store.open(db, command="eval run") as store:
         name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
-        with progress(f"load {model}") as bar:
-            backend = load_model(model)
-            try:
+        backend = load_backend(model)
+        try:
+            with stage_progress() as progress:
                 summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
                                      steps=steps, stop_on_correct=stop_on_correct,
                                      self_consistency=self_consistency, params=params,
-                                     model_id=model_id, progress=refine_progress(bar, f"eval {name}"),
+                                     model_id=model_id, progress=progress,
                                      prompts=RefinePrompts(template_set, plain_answer))
-            finally:
-                backend.close()
+        finally:
+            backend.close()
     print_summaries(summaries)
 
 

@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
-from selfevo.refine import Progress, RefinePrompts, RefineResult, self_refine
+from selfevo.refine import RefinePrompts, RefineResult, self_refine
 
 if TYPE_CHECKING:
-    from corpus.display import Tracker
     from corpus.store import Store
     from generation.backends.base import Backend
+    from generation.ledger import Progress
 
 MODES = ("direct", "refine")
 PRESETS = ("gsm8k", "svamp")
@@ -237,22 +237,6 @@ def _step(s: Any) -> dict[str, Any]:
 
 
 # -- the evaluation -----------------------------------------------------------------------
-def refine_progress(tracker: Tracker, label: str) -> Progress:
-    """A :func:`self_refine` progress callback that moves one ``corpus.display`` bar.
-
-    Each stage (answer, self-feedback, self-refinement) restarts the bar under its own name,
-    e.g. ``eval gsm8k: self-feedback 12/50``.
-    """
-
-    def on_progress(stage: str, advance: int, total: int) -> None:
-        if advance == 0:  # a stage starts
-            tracker.restart(f"{label}: {stage}", total)
-        else:
-            tracker.advance(advance)
-
-    return on_progress
-
-
 def evaluate(
     store: Store,
     backend: Backend,
@@ -277,7 +261,7 @@ def evaluate(
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
     in the run/evals config so comparisons and the report can order rounds. ``progress``
-    hears every finished request (see :func:`refine_progress`).
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:

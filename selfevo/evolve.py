@@ -202,10 +202,21 @@ class Evolution:
         return run.counts
 
     def refine_progress(self, label: str) -> Any:
-        """A self-refine progress callback moving the running stage's bar (or None)."""
-        from selfevo.evaluate import refine_progress
+        """A ``progress(stage, advance, total)`` for self-refine that moves the running
+        stage's one bar (or None without a display): each request phase (answer,
+        self-feedback, self-refinement) restarts it under its name, e.g.
+        ``round 1 generate: self-feedback 12/50``."""
+        tracker = self.tracker
+        if tracker is None:
+            return None
 
-        return refine_progress(self.tracker, label) if self.tracker is not None else None
+        def on_progress(phase: str, advance: int, total: int) -> None:
+            if advance == 0:  # a phase starts
+                tracker.restart(f"{label}: {phase}", total)
+            else:
+                tracker.advance(advance)
+
+        return on_progress
 
     def backend(self, spec: str) -> Any:
         """The model behind ``spec`` (loaded once per process)."""
@@ -296,8 +307,8 @@ class Evolution:
                     ) -> list[dict[str, Any]]:
         """Ask M_t for ``generate_prompts`` new questions in the style of seed prompts."""
         from generation.backends.base import ChatRequest
+        from generation.ledger import ledger_generate
         from generation.templates import get_template
-        from selfevo.refine import ledger_generate
 
         n = self.config.generate_prompts
         if n <= 0 or not seeds:

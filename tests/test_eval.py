@@ -128,17 +128,16 @@ def test_accuracy_equals_hand_count_and_rows_are_written(store):
     assert steps[0]["verdict"] == "incorrect" and steps[0]["feedback"].startswith("Checked.")
 
 
-def test_progress_bar_follows_each_stage_on_a_terminal(store, tty):
-    from corpus.display import progress
-    from selfevo.evaluate import refine_progress
+def test_progress_draws_each_stage_on_a_terminal(store, tty):
+    from selfevo.refine_cli import stage_progress
 
-    with progress("load", console=tty) as bar:
+    with stage_progress(console=tty) as progress:
         evaluate(store, ScriptedModel(fixture_script), items(), benchmark="fixture",
-                 modes=["direct", "refine"], progress=refine_progress(bar, "eval fixture"))
-        task = bar._display.bars.tasks[0]
-        assert task.description == "eval fixture: self-refinement" and task.finished
+                 modes=["direct", "refine"], progress=progress)
     drawn = tty.file.getvalue()
-    assert "eval fixture: self-refinement" in drawn and "6/6" in drawn
+    for stage in ("answer", "self-feedback", "self-refinement"):
+        assert stage in drawn
+    assert "6/6" in drawn
 
 
 def test_stop_on_correct_keeps_accepted_answers(store):
