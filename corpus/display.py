@@ -25,7 +25,7 @@ from typing import Any
 
 #: Least seconds between two redraws caused by one task's updates (callers may update per item).
 MIN_INTERVAL = 0.1
-#: Widest a task's label or info text is drawn (longer ones end in "…").
+#: Widest a task's label is drawn (longer ones end in "…").
 MAX_LABEL = 40
 
 
@@ -130,13 +130,9 @@ class Display:
         self.trackers: list[Tracker] = []
         # Long labels (a benchmark given as SQL, a file path) are cut, not allowed to squeeze
         # the bar and the numbers off the line.
-        cut = {"no_wrap": True, "overflow": "ellipsis"}
-        self.bars = Progress(SpinnerColumn(),
-                             TextColumn("{task.description}",
-                                        table_column=Column(max_width=MAX_LABEL, **cut)),
-                             BarColumn(), MofNCompleteColumn(),
-                             TextColumn("{task.fields[info]}",
-                                        table_column=Column(max_width=MAX_LABEL, **cut)),
+        label = Column(max_width=MAX_LABEL, no_wrap=True, overflow="ellipsis")
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=label),
+                             BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                              TimeElapsedColumn(), console=console,
                              disable=not console.is_terminal, transient=False)
 
