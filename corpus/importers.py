@@ -175,8 +175,10 @@ def _datasets_module() -> Any:
     try:
         import datasets
     except ImportError:
+        from schemas.install import install_hint
+
         raise ImportInputError(
-            "reading HF datasets needs the datasets package: pip install 'selfevo[hf]'"
+            f"reading HF datasets needs the datasets package: {install_hint('datasets')}"
         ) from None
     return datasets
 

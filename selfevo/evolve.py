@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,9 +45,6 @@ if TYPE_CHECKING:
 
 STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
 STRATEGIES = ("restart", "continual")
-#: Test hook: ``r1:filter`` makes the process SIGKILL itself right after that stage finishes,
-#: so the resume tests kill at an exact point between stages.
-KILL_ENV = "SELFEVO_FAULT_KILL_AFTER"
 
 
 @dataclass
@@ -195,10 +191,6 @@ class Evolution:
         if self.tracker is not None:
             self.tracker.finish()
         self.log(f"  {stage_line(stage, round, run.counts)}")
-        if os.environ.get(KILL_ENV) == f"r{round}:{stage}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
         return run.counts
 
     def refine_progress(self, label: str) -> Any:

@@ -16,7 +16,6 @@ that have parts add a bar per part) and ends with one readable line to ``log``.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,7 +57,9 @@ class PipelineConfig:
         "max_len": 512, "pack_len": 1024, "batch_size": 1, "lr": 3e-4, "lora_r": 8})
     evals: list[str] = field(default_factory=list)  # extra --eval specs (e.g. gsm8k:PATH)
     eval_limit: int | None = None
-    decontam_path: str | None = None  # GSM8K test file; default: ../shared/data when present
+    # GSM8K test file; default: corpus.presets.benchmark_file (SELFEVO_DATA, ../shared/data),
+    # else the held-out generated test problems
+    decontam_path: str | None = None
     # Also grade each problem's gold rationale as an answer (verdict correct), so the
     # meta-skill corpus teaches both verdicts even when the base model solves nothing.
     correct_meta: bool = False
@@ -74,14 +75,6 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     rounds: list[Any] = field(default_factory=list)
-
-
-def _shared_gsm8k_test() -> str | None:
-    for base in (os.environ.get("SELFEVO_DATA"), Path.cwd().parent / "shared" / "data",
-                 Path(__file__).resolve().parents[2] / "shared" / "data"):
-        if base and (Path(base) / "gsm8k" / "test.jsonl").is_file():
-            return str(Path(base) / "gsm8k" / "test.jsonl")
-    return None
 
 
 class Pipeline:
@@ -197,7 +190,6 @@ class Pipeline:
         """gold-match + format on meta records, near dedup of prompts, decontamination."""
         from corpus.snapshots import sql_literal
         from curation.curate import run_filters
-        from curation.decontam import DEFAULT_NGRAM, BenchmarkIndex, decontaminate, load_benchmark
         from curation.dedup.pipeline import DedupConfig, dedup_records
         from curation.filters.base import parse_step
         from curation.selection import Selection
@@ -222,16 +214,45 @@ class Pipeline:
                 self.result.counts[f"dedup run ({kind}, {responder})"] = dr.run_id
                 kept, judged = kept + dr.kept, judged + dr.selected
             self.said["kept by dedup"] = f"{kept} of {judged}"
-            path = self.c.decontam_path or _shared_gsm8k_test()
-            if path:
-                name, items, _ = load_benchmark("gsm8k-test", path)
-                index = BenchmarkIndex.build(name, items, DEFAULT_NGRAM)
-                dc = decontaminate(store, index, Selection(where="kind IN ('meta', 'qa')"),
-                                   progress=self.task("decontam"))
-                self.result.counts["decontam run"] = dc.run_id
-                self.said["flagged as GSM8K test"] = dc.flagged
-            else:
-                self.log("  decontamination skipped: no GSM8K test file (set SELFEVO_DATA)")
+            self.decontaminate(store)
+
+    def decontam_benchmark(self, store: Store) -> tuple[str, list[tuple[str, str]], dict[str, Any]]:
+        """``(name, items, source)`` of what the corpus is decontaminated against: GSM8K test
+        when its file is found (``decontam_path``, else :func:`corpus.presets.benchmark_file`),
+        else the held-out generated test problems (the demo's own evaluation set), so a
+        fresh machine still shows the step. ``source["described"]`` says which, in words."""
+        from corpus.presets import benchmark_file, data_lookup_hint
+        from curation.decontam import load_benchmark
+
+        path = benchmark_file("gsm8k", self.c.decontam_path)
+        if path is not None:
+            name, items, sha = load_benchmark("gsm8k-test", str(path))
+            return name, items, {"path": str(path), "sha256": sha,
+                                 "described": f"GSM8K test ({path})"}
+        items = store.query(f"SELECT prompt_id, text FROM prompts WHERE {TEST} "
+                            "ORDER BY prompt_id")
+        return "generated-test", [(i, t) for i, t in items], {
+            "prompts": TEST, "described": "the held-out generated test problems (no GSM8K "
+                                          f"test file: {data_lookup_hint()})"}
+
+    def decontaminate(self, store: Store) -> None:
+        """Decontaminate the meta-skill corpus against :meth:`decontam_benchmark`."""
+        from curation.decontam import DEFAULT_NGRAM, BenchmarkIndex, decontaminate
+        from curation.selection import Selection
+
+        name, items, source = self.decontam_benchmark(store)
+        if not items:
+            self.log(f"  decontamination skipped: nothing to check against "
+                     f"({source['described']})")
+            return
+        index = BenchmarkIndex.build(name, items, DEFAULT_NGRAM)
+        dc = decontaminate(store, index, Selection(where="kind IN ('meta', 'qa')"),
+                           source={k: v for k, v in source.items() if k != "described"},
+                           progress=self.task("decontam"))
+        self.result.counts["decontam run"] = dc.run_id
+        self.result.counts["decontam against"] = name
+        self.log(f"  decontamination against {source['described']}: {dc.flagged} of "
+                 f"{dc.selected} records flagged")
 
     def meta_snapshot(self) -> str:
         """Snapshot + Parquet export of the curated meta-skill corpus."""

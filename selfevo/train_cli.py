@@ -62,10 +62,10 @@ def train(data: str, base: str, out: str, show_masks: int, overrides: tuple[str,
         values.update(parse_overrides(overrides))
         if no_chat_template:
             values["chat_template"] = False
-        cfg = TrainConfig.from_dict({"data": data, "base": resolve_model(base), "out": out,
-                                     **values})
+        cfg = TrainConfig.from_dict({"data": data, "base": base, "out": out, **values})
     except (ValueError, TypeError) as exc:
         raise SelfevoError(f"{exc}; see `selfevo train --help` and docs/train.md") from None
+    cfg.base = resolve_model(base)  # an alias converts its model: only once settings check
     if show_masks:
         from trainer.show_masks import show_masks as show
 

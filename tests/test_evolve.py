@@ -4,7 +4,6 @@ kill-and-resume between stages redoes nothing finished."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -128,14 +127,15 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
 
 
 KILLED = -9
+KILL_AFTER_STAGE = Path(__file__).resolve().parent / "kill_after_stage.py"
 
 
 def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     make_store(db)
-    cmd = [sys.executable, "-m", "selfevo", *evolve_args(db, tiny, tmp_path / "out",
-                                                          "restart", rounds=1)]
-    env = {**os.environ, "SELFEVO_FAULT_KILL_AFTER": "r1:snapshot"}
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    args = evolve_args(db, tiny, tmp_path / "out", "restart", rounds=1)
+    cmd = [sys.executable, "-m", "selfevo", *args]
+    first = subprocess.run([sys.executable, str(KILL_AFTER_STAGE), "r1:snapshot", *args],
+                           capture_output=True, text=True)
     assert first.returncode == KILLED, first.stderr[-2000:]
     s = Store.open_readonly(db)
     before = s.query("SELECT command, run_id FROM runs WHERE command LIKE 'evolve %' "
@@ -162,6 +162,15 @@ def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     counts = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve' "
                                 "AND status = 'ok'")[0][0])
     assert counts == {"rounds": 1}
+
+
+def test_production_code_carries_no_fault_hook():
+    """Tests kill at a stage boundary with tests/kill_after_stage.py, not a switch in the app."""
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("corpus", "curation", "generation", "selfevo", "trainer", "schemas"):
+        for path in (repo / package).rglob("*.py"):
+            text = path.read_text("utf-8")
+            assert "signal.SIGKILL" not in text and "_FAULT_" not in text, path
 
 
 def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tiny, tmp_path):

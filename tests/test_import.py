@@ -119,10 +119,14 @@ def test_gsm8k_preset_takes_number_after_hashes_and_strips_calculator_notes(cli,
     f = write_jsonl(tmp_path / "train.jsonl", GSM8K_ROWS)
     cli("prompts", "import", str(f), "--db", db, "--preset", "gsm8k")
     rows = Store.open_readonly(db).query_dicts(
-        "SELECT gold_answer, gold_rationale, source, split FROM prompts ORDER BY gold_answer")
+        "SELECT gold_answer, gold_rationale, source, split, meta FROM prompts "
+        "ORDER BY gold_answer")
+    meta = json.loads(rows[0].pop("meta"))
     assert rows[0] == {"gold_answer": "1080", "source": "gsm8k", "split": "train",
                        "gold_rationale": "He has 3 * 360 = 1080 pens.\n#### 1,080"}
     assert rows[1]["gold_answer"] == "20"
+    # The annotations the rationale loses are kept for the verifying teacher.
+    assert meta == {"annotated_rationale": GSM8K_ROWS[0]["answer"]}
 
 
 def test_svamp_preset_joins_body_and_question_and_keeps_equation(cli, db, tmp_path):

@@ -87,9 +87,11 @@ def convert(out_dir: Path | None = None) -> Path:
         import gguf  # noqa: F401 - transformers needs it to read GGUF; fail with advice first
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
+        from schemas.install import install_hint
+
         raise GenerationError(
             f"converting {GGUF_FILE} needs transformers and gguf ({e.name} is missing): "
-            "pip install 'selfevo[hf]'"
+            + install_hint("transformers", "gguf")
         ) from None
     from corpus.display import progress
 
