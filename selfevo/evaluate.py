@@ -248,7 +248,8 @@ def evaluate(
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
-    in the run/evals config so comparisons and the report can order rounds.
+    in the run/evals config so comparisons and the report can order rounds. ``progress``
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:

@@ -71,9 +71,13 @@ def train(data: str, base: str, out: str, show_masks: int, overrides: tuple[str,
 
         show(cfg, show_masks)
         return
+    from corpus.display import progress
+    from selfevo.checkpoints import training_progress
     from trainer.train import train as run_training
 
-    result = run_training(cfg, log=click.echo)
+    with progress("train") as bar:
+        result = run_training(cfg, log=click.echo,
+                              on_step=training_progress(bar) if cfg.progress else None)
     click.echo(f"saved {result.final_dir} ({result.steps} steps, loss "
                f"{result.metrics.get('loss', float('nan')):.4f}, snapshot {result.snapshot_hash})")
     if result.merged_dir:

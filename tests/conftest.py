@@ -40,6 +40,20 @@ def cli():
     return run
 
 
+@pytest.fixture
+def tty():
+    """A rich console that counts as a terminal, drawing into ``tty.file.getvalue()``.
+
+    Progress bars are drawn only on a terminal, so tests that check a bar pass this as
+    ``corpus.display.progress(..., console=tty)``; CliRunner's output is not a terminal.
+    """
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
 def shared_data(*parts: str) -> Path:
     """A benchmark file found by the one lookup (corpus.presets.find_data_file:
     $SELFEVO_DATA, else shared/data above the checkout); skips the test when it is absent."""

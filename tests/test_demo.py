@@ -18,6 +18,13 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path, monkey
     out = tmp_path / "demo"
     run = cli("demo", "--quick", "--out", str(out))
     first = run.stdout
+    # each step ends with one readable line (what it did, its time); nothing prints a dict
+    said = {ln.split(":")[0]: ln for ln in run.stderr.splitlines() if ln[:1] != " "}
+    assert list(said) == ["base model", "prompts", "collect", "curate", "meta snapshot",
+                          "meta training", "self-evolution", "report"]
+    assert "8 meta records, 8 new, 8 qa records" in said["collect"]
+    assert said["meta training"].startswith("meta training: 2 steps, ")
+    assert "{" not in run.output
     assert "held-out accuracy" in first and first.count("selfevo sql --db") == 5
     for step in ("gold-match", "format", "dedup-exact", "dedup-near", "verdict"):
         assert step in first  # the curation funnels are printed

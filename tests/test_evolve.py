@@ -4,6 +4,7 @@ kill-and-resume between stages redoes nothing finished."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,7 +62,15 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     make_store(db)
     extra = ["--generate-prompts", "2"] if strategy == "continual" else []
-    cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra)
+    out = cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra).output
+    # one readable line per finished stage (no JSON), then the rounds table
+    assert "{" not in out
+    for t, stage in [(0, "eval")] + [(t, st) for t in (1, 2) for st in (
+            "generate", "filter", "snapshot", "export", "train", "eval")]:
+        assert f"round {t} {stage}: " in out
+    assert re.search(r"round 1 filter: \d+ selected, \d+ kept", out)
+    assert "round 2 train: 2 steps" in out
+    assert "round 0 eval: store:split = 'test' (n=3): direct " in out
     s = Store.open_readonly(db)
     # records of both rounds, made by the round's student, one per prompt of the round
     per_round = dict(s.query("SELECT round, count(*) FROM records WHERE kind = 'self' "
@@ -179,6 +188,40 @@ def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tin
                                 "count_star()": 3}]
     snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
     assert snaps["evolve-t-restart-r1"] == snaps["meta"]
+
+
+def test_stage_lines_read_as_words():
+    from selfevo.evolve import stage_line
+
+    assert stage_line("filter", 1, {"filter_run": "r9", "selected": 1200, "kept": 3}) == (
+        "round 1 filter: 1,200 selected, 3 kept, filter run r9")
+    assert stage_line("train", 2, {"steps": 20, "loss": 0.51234, "model_id": "h1:ab",
+                                   "final_dir": "/x/final", "base": "/b"}) == (
+        "round 2 train: 20 steps, 0.5123 loss, model h1:ab")
+    evals = [{"benchmark": "gsm8k", "mode": m, "n": 50, "accuracy": a, "ci_low": a - 0.1,
+              "ci_high": a + 0.1, "eval_id": "h1:e"} for m, a in (("direct", 0.3), ("refine", 0.4))]
+    assert stage_line("eval", 0, {"evals": evals}) == (
+        "round 0 eval: gsm8k (n=50): direct 30.0% [20.0, 40.0], refine 40.0% [30.0, 50.0]")
+
+
+def test_evolve_draws_a_bar_per_stage_on_a_terminal(db, tiny, tmp_path, tty):
+    from corpus.display import progress
+    from selfevo.evolve import EvolveConfig, evolve
+
+    make_store(db)
+    config = EvolveConfig(student=f"hf:{tiny}", base=tiny, prompts="split = 'train'",
+                          prompts_per_round=2, meta="meta", filters=["verdict:null=keep"],
+                          gen={"temperature": 0.0, "max_tokens": 4}, out=str(tmp_path / "o"),
+                          train={"max_steps": 2, "max_len": 256}, name="bars")
+    lines = []
+    with progress(console=tty) as display:
+        evolve(db, config, log=lines.append, display=display)
+    drawn = tty.file.getvalue()
+    for stage in ("generate: self-refinement", "filter", "snapshot", "export", "train"):
+        assert f"round 1 {stage}" in drawn
+    assert "2/2" in drawn and "loss " in drawn  # the train stage's steps
+    assert [ln.split(":")[0].strip() for ln in lines if ": " in ln][-5:] == [
+        f"round 1 {st}" for st in ("generate", "filter", "snapshot", "export", "train")]
 
 
 def test_bad_options_fail_before_anything_runs(cli, db):

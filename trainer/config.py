@@ -69,7 +69,7 @@ class TrainConfig:
     log_every: int = 1  # write a metrics.jsonl line every N steps
     resume: bool = False  # continue from the latest checkpoint in out/checkpoints/
     merge: bool = False  # also write merged full weights to out/merged (for serving, e.g. vLLM)
-    progress: bool = True  # rich progress bar (rank 0 only)
+    progress: bool = True  # rank 0 shows progress: selfevo train a bar, python -m trainer lines
 
     def resolved(self) -> dict[str, Any]:
         """The config as a plain JSON-able dict (what is saved with checkpoints)."""

@@ -93,9 +93,15 @@ def convert(out_dir: Path | None = None) -> Path:
             f"converting {GGUF_FILE} needs transformers and gguf ({e.name} is missing): "
             + install_hint("transformers", "gguf")
         ) from None
+    from corpus.display import progress
+
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    # transformers' own per-tensor bar is kept off the terminal by quiet_libraries (tqdm);
+    # this one line says why the first use takes tens of seconds.
+    with progress(f"convert {GGUF_FILE} (first use only)") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+        bar.finish()
     # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh one.
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from curation.answers import canonical_number
+from schemas.numbers import format_number
 
 #: How an operator is shown in feedback.
 SYMBOLS = {"+": "+", "-": "-", "*": "×", "/": "÷"}
@@ -52,7 +52,7 @@ _OPERATOR_BEFORE = re.compile(r"(?<!\*)[-+*/×÷=]\s*(?:[A-Za-z’']+\s*){1,2}$"
 
 def show(value: Fraction) -> str:
     """A value as feedback writes it: ``18``, ``2.5``, ``3.33 (rounded)`` for 10/3."""
-    text = canonical_number(f"{value.numerator}/{value.denominator}") or str(value)
+    text = format_number(value)
     return f"{float(value):.2f} (rounded)" if "/" in text else text
 
 

@@ -25,15 +25,10 @@ import operator
 import re
 from typing import Any
 
-<<<<<<< HEAD
 from curation.answers import answers_match, extract_answer
-from curation.verdicts import Verdict
-from schemas.numbers import canonical_number, format_number, parse_number
-=======
-from curation.answers import answers_match, canonical_number, extract_answer, parse_number
 from generation.teachers.arithmetic import evaluate_expression, show
 from generation.teachers.base import Critique
->>>>>>> verifying
+from schemas.numbers import canonical_number, parse_number
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _FINAL_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
@@ -61,24 +56,15 @@ def _arithmetic_error(response: str) -> str | None:
         found = evaluate_expression(m.group("lhs"))
         true = found[0] if found else None
         stated = parse_number(m.group("rhs"))
-<<<<<<< HEAD
-        if true is None or stated is None or answers_match(canonical_number(m.group("rhs")), format_number(true)):
-=======
         if true is None or stated is None or answers_match(canonical_number(m.group("rhs")),
                                                            show(true)):
->>>>>>> verifying
             continue
         # A result rounded to the places written (7 / 3 = 2.33) is not an error.
         places = len(m.group("rhs").split(".", 1)[1]) if "." in m.group("rhs") else 0
         if round(true, places) == stated:
             continue
         shown = " ".join(m.group(0).split())
-<<<<<<< HEAD
-        result = format_number(true) if "/" not in format_number(true) else f"{float(true):.2f} (rounded)"
-        return f"The step '{shown}' is wrong: {' '.join(m.group('lhs').split())} = {result}."
-=======
         return f"The step '{shown}' is wrong: {' '.join(m.group('lhs').split())} = {show(true)}."
->>>>>>> verifying
     return None
 
 
