@@ -435,7 +435,9 @@ def section_cost(store: Store) -> Data:
                   count(*) FILTER (WHERE status = 'pending'),
                   coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
                   coalesce(sum(cost), 0.0), avg(latency)
-           FROM calls GROUP BY 1, 2 ORDER BY 7 + 8 DESC, 1, 2""")
+           FROM calls GROUP BY 1, 2  -- most tokens first ("ORDER BY 7 + 8" is a constant)
+           ORDER BY coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) DESC,
+                    1, 2""")
     if not rows:
         return {"empty": "No model calls in the ledger yet.", "chart": None, "table": None}
     shared = {m for m, *_ in rows if sum(1 for r in rows if r[0] == m) > 1}

@@ -289,6 +289,24 @@ def test_empty_store_report(db, tmp_path, cli):
     assert "No responses yet." in section(text, "lengths")
 
 
+def test_cost_tells_same_named_checkpoints_apart_by_weights(db, tmp_path):
+    """Two rounds' adapters are both called 'final': their calls are two rows, by weights."""
+    with Store.open(db) as store, store.transaction() as con:
+        for i, (model, endpoint, tokens) in enumerate([
+                ("hf:base+final", "weights:aaaa1111" + "0" * 24, 10),
+                ("hf:base+final", "weights:bbbb2222" + "0" * 24, 30),
+                ("hf:base", "weights:cccc3333" + "0" * 24, 5),
+                ("openai:gpt-x", "https://api.example.com/v1", 7)]):
+            con.execute("INSERT INTO calls (call_id, model, endpoint, messages, params, status,"
+                        " prompt_tokens, completion_tokens, run_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                        [f"c{i}", model, endpoint, "[]", "{}", "ok", tokens, 0, "r0"])
+    cost = section(write_report(db, tmp_path / "r.html").read_text(), "cost")
+    labels = re.findall(r'<text x="214" y="\d+" text-anchor="end">([^<]*)</text>', cost)
+    assert labels == ["hf:base+final (bbbb2222)", "hf:base+final (aaaa1111)", "openai:gpt-x",
+                      "hf:base"]
+    assert "<td>https://api.example.com/v1</td>" not in cost  # a URL is not a weights id
+
+
 def test_report_on_missing_store_is_a_user_error(tmp_path, cli):
     res = cli("report", "--out", str(tmp_path / "x.html"), "--db", str(tmp_path / "nope.duckdb"),
               exit_code=1)

@@ -37,6 +37,23 @@ def test_old_store_migrates_forward_on_open(db):
         assert store.query("SELECT command FROM runs WHERE run_id = 'r0'") == [("old",)]
 
 
+def test_m006_names_old_models_and_moves_their_base_folder_to_base_path(db):
+    con = duckdb.connect(db)
+    migrate(con, upto=5)  # a store frozen at m005: models rows keyed by path, base a folder
+    con.execute(
+        "INSERT INTO models (model_id, base, path, adapter, run_id) VALUES "
+        "('h1:a', '/home/u/.cache/selfevo/models/smollm2-135m', '/runs/e1/r1/model/final',"
+        " true, 'r0'), ('h1:b', 'org/hub-model', '/ckpt/full/', false, 'r0')")
+    con.close()
+    with Store.open(db) as store:
+        rows = store.query("SELECT model_id, name, base, base_path, path, weights FROM models "
+                           "ORDER BY model_id")
+    assert rows == [
+        ("h1:a", "final", "smollm2-135m", "/home/u/.cache/selfevo/models/smollm2-135m",
+         "/runs/e1/r1/model/final", None),
+        ("h1:b", "full", "org/hub-model", None, "/ckpt/full/", None)]
+
+
 def test_run_rows_hold_status_config_and_counts(db):
     with Store.open(db) as store:
         with store.run("unit", {"k": 1}) as run:
