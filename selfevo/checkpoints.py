@@ -26,8 +26,9 @@ PATH_SETTINGS = ("data", "out", "base")
 def register_checkpoint(store: Store, run: Run, result: Any, cfg: Any) -> str:
     """Insert a finished checkpoint into ``models`` under ``run``; returns its model_id.
 
-    Registering the same checkpoint again (a resumed run, or the folder moved) keeps its
-    model_id and updates where it now lies.
+    Registering the same checkpoint again (a resumed run, the folder moved, or a training
+    that reproduced identical weights from the same snapshot and base) keeps its model_id and
+    the run that first registered it, and updates where it now lies.
     """
     from generation.backends.hf import readable_name, weights_fingerprint
 
@@ -39,10 +40,11 @@ def register_checkpoint(store: Store, run: Run, result: Any, cfg: Any) -> str:
     model_id = content_id({"weights": weights, "base": base,
                            "snapshot_hash": result.snapshot_hash})
     with store.transaction() as con:
-        con.execute(
-            "INSERT OR REPLACE INTO models (model_id, name, weights, base, base_path, path,"
+        con.execute(  # the same checkpoint again: it keeps the run that made it, moves
+            "INSERT INTO models (model_id, name, weights, base, base_path, path,"
             " adapter, snapshot_hash, config, metrics, run_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id) DO UPDATE SET"
+            " name = excluded.name, path = excluded.path, base_path = excluded.base_path",
             [model_id, readable_name(path), weights, base, base_path, path, not cfg.full,
              result.snapshot_hash, canonical_json(config), canonical_json(result.metrics),
              run.run_id],

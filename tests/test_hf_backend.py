@@ -242,6 +242,7 @@ def test_a_moved_model_hits_its_cache_and_the_store_holds_no_machine_path(
         cfg = TrainConfig(data=str(here / "export"), base=str(base), out=str(adapter.parent))
         model_id = register_checkpoint(store, run, SimpleNamespace(
             final_dir=adapter, snapshot_hash="h1:snap", metrics={"loss": 1.5}), cfg)
+        trained_by = run.run_id
     bench = tmp_path / "two.jsonl"
     bench.write_text('{"question": "2 + 3?", "answer": "5"}\n'
                      '{"question": "4 - 1?", "answer": "3"}\n')
@@ -269,7 +270,8 @@ def test_a_moved_model_hits_its_cache_and_the_store_holds_no_machine_path(
                 final_dir=there / "runs/e1/r1/final", snapshot_hash="h1:snap",
                 metrics={"loss": 1.5}), cfg)
         assert again == model_id
-        assert store.query("SELECT path FROM models") == [(str(there / "runs/e1/r1/final"),)]
+        assert store.query("SELECT path, run_id FROM models") == [
+            (str(there / "runs/e1/r1/final"), trained_by)]
         leaks = []
         for (table,) in store.query("SELECT table_name FROM information_schema.tables "
                                     "WHERE table_type = 'BASE TABLE'"):
