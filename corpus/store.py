@@ -35,6 +35,7 @@ import duckdb
 from corpus.errors import CorpusError, StoreBusy
 from corpus.migrations import MIGRATIONS, migrate, pending_migrations
 from corpus.version import code_version
+from schemas.errors import UserError
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -52,8 +53,11 @@ def new_run_id() -> str:
     return f"r{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
-def _is_lock_conflict(exc: BaseException) -> bool:
-    return "Could not set lock" in str(exc) or "Conflicting lock" in str(exc)
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether DuckDB refused to open the file because another process holds its lock: an
+    ``IOException`` from connecting, never an error in a user's SQL (whatever its text)."""
+    return isinstance(exc, duckdb.IOException) and str(exc).startswith(
+        "IO Error: Could not set lock on file")
 
 
 class Run:
@@ -169,8 +173,8 @@ class Store:
                 con = duckdb.connect(str(self.path), read_only=not self.write)
                 break
             except duckdb.IOException as exc:
-                if not _is_lock_conflict(exc) or time.monotonic() > deadline:
-                    if _is_lock_conflict(exc):
+                if not is_lock_conflict(exc) or time.monotonic() > deadline:
+                    if is_lock_conflict(exc):
                         raise StoreBusy(
                             f"store {self.path} stayed busy for {self.wait:.0f}s: {exc}. "
                             "Retry when the running job finishes a write."
@@ -274,12 +278,21 @@ class Store:
             self.finish_run(run, "interrupted", "interrupted by the user")
             raise
         except BaseException as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if os.environ.get("SELFEVO_DEBUG"):
-                msg += "\n" + traceback.format_exc()
-            self.finish_run(run, "failed", msg)
+            self.finish_run(run, "failed", run_error(exc))
             raise
         self.finish_run(run, "ok")
+
+
+def run_error(exc: BaseException) -> str:
+    """The one line a failed run keeps in ``runs.error``: a user error's message; for any
+    other exception (a bug) also its type and the innermost frame, so the row alone says
+    where it broke. Full tracebacks are for the terminal (``selfevo --debug``)."""
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, UserError):
+        return first or type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {first}{where}" if first else f"{type(exc).__name__}{where}"
 
 
 def latest_migration() -> str:

@@ -8,8 +8,7 @@ the store only briefly: readers get in between.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -118,15 +117,3 @@ def selection_options(f: Any) -> Any:
         return f(*args, selection=Selection(where, snapshot, kind, round_), **kwargs)
 
     return wrapper
-
-
-@contextlib.contextmanager
-def record_progress(label: str) -> Iterator[Callable[[int], None]]:
-    """A transient rich progress line on stderr; yields ``advance(n_records)``."""
-    from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-    with Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed:,} records"),
-                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda n: bar.advance(task, n)

@@ -61,7 +61,8 @@ def templates_show(name: str, template_set: str) -> None:
 
 @click.command("collect")
 @click.option("--teacher", required=True, metavar="SPEC",
-              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH or reference.")
+              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH, or an "
+                   "offline grader: reference (answer key) or verifying (re-derives the steps).")
 @click.option("--responder", metavar="SPEC",
               help="Who writes the initial responses; default: existing self/meta record responses.")
 @click.option("--where", metavar="SQL", help="Condition over the prompts table, e.g. \"split = 'train'\".")
@@ -95,6 +96,7 @@ def collect(teacher: str, responder: str | None, where: str | None, limit: int |
     \b
     Example:
       selfevo collect --teacher reference --responder hf:smollm2-135m --limit 100
+      selfevo collect --teacher verifying --where "source = 'generated'"
       selfevo collect --teacher openai:gpt-4o-mini --responder openai:my-student@http://localhost:8000/v1 \\
           --where "split = 'train'" --concurrency 32 --budget 5
     """

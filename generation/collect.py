@@ -14,7 +14,8 @@ For each selected prompt (``--where`` SQL over ``prompts``, ``--limit``), in chu
 3. **r̂**, the teacher's refinement (``refinement`` template).
 4. A ``meta`` record per (prompt, r) linking the three call ids and the template hashes.
 
-Teacher ``reference`` grades with :class:`generation.teachers.reference.ReferenceTeacher` (no calls).
+Offline teachers (``reference``, ``verifying``: :func:`generation.teachers.load_teacher`) grade
+without calls; the prompt's ``meta`` reaches them (the verifying teacher re-derives from it).
 Every model call goes through :class:`generation.ledger.Ledger`: cached when done before,
 pending before sent, resumable after a crash. A record is written only when all its parts
 exist; a prompt whose call failed gets its record on a later run (failed calls are retried).
@@ -24,6 +25,7 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -114,11 +116,11 @@ class Item:
 
 
 def call_stages(config: CollectConfig) -> tuple[str, ...]:
-    """The stages whose calls a collection sends (none to a ``reference`` teacher)."""
-    from generation.backends import is_reference
+    """The stages whose calls a collection sends (none to an offline teacher)."""
+    from generation.teachers import is_offline_teacher
 
     return (("response",) if config.responder else ()) + (
-        () if is_reference(config.teacher) else ("feedback", "refinement"))
+        () if is_offline_teacher(config.teacher) else ("feedback", "refinement"))
 
 
 def load_templates(config: CollectConfig) -> dict[str, Any]:
@@ -183,7 +185,7 @@ def make_backend(spec: str, options: OpenAIOptions) -> Backend:
 
 def select_prompts(ledger: Ledger, where: str | None, limit: int | None) -> list[dict[str, Any]]:
     """Prompts matching ``where`` (SQL over ``prompts``) in import order."""
-    sql = ("SELECT prompt_id, text, gold_answer, gold_rationale, source FROM prompts "
+    sql = ("SELECT prompt_id, text, gold_answer, gold_rationale, source, meta FROM prompts "
            f"WHERE {where or 'true'} ORDER BY created_at, prompt_id")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -192,8 +194,11 @@ def select_prompts(ledger: Ledger, where: str | None, limit: int | None) -> list
     except Exception as exc:  # duckdb's parser/binder errors: the user's SQL
         msg = str(exc).splitlines()[0]
         raise GenerationError(f"--where {where!r} is not valid SQL over prompts: {msg}") from None
-    cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source"]
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+    cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source", "meta"]
+    out = [dict(zip(cols, r, strict=True)) for r in rows]
+    for p in out:
+        p["meta"] = json.loads(p["meta"]) if p["meta"] else None
+    return out
 
 
 def existing_responses(ledger: Ledger, prompt_ids: list[str], kinds: tuple[str, ...]
@@ -223,7 +228,7 @@ class Collector:
     """Runs one collection against an open store (see the module docstring)."""
 
     def __init__(self, store: Store, config: CollectConfig, run_id: str):
-        from generation.backends import is_reference
+        from generation.teachers import load_teacher
 
         self.store = store
         self.config = config
@@ -232,7 +237,8 @@ class Collector:
             raise GenerationError("--samples must be at least 1")
         if config.samples > 1 and not config.responder:
             raise GenerationError("--samples needs --responder (samples are of the initial response)")
-        self.reference = is_reference(config.teacher)
+        self.offline = load_teacher(config.teacher)  # None: a model writes f and r̂
+        self.reference = self.offline is not None
         self.templates = load_templates(config)
         budget = Budget(config.options.budget)
         self.responder = make_backend(config.responder, config.options) if config.responder else None
@@ -352,13 +358,12 @@ class Collector:
         self._complete(ledger, self.teacher, "refinement", calls, on_refinement)
 
     def _grade(self, ledger: Ledger, items: list[Item]) -> None:
-        from generation.teachers.reference import ReferenceTeacher
-
-        teacher = ReferenceTeacher()
+        assert self.offline is not None
         rows = []
         for it in items:
             p = it.prompt
-            c = teacher.critique(p["text"], it.response, p["gold_answer"], p["gold_rationale"])
+            c = self.offline.critique(p["text"], it.response, p["gold_answer"],
+                                      p["gold_rationale"], p["meta"])
             if c.feedback is None:
                 self.summary.count("feedback", "failed")
                 continue
@@ -375,7 +380,7 @@ class Collector:
             prompt_id=it.prompt["prompt_id"], kind="meta", response=it.response,
             feedback=it.feedback, verdict=it.verdict, refinement=refinement,
             verdict_error=it.verdict_error, responder=it.responder,
-            teacher="reference" if self.reference else self.teacher.spec,  # type: ignore[union-attr]
+            teacher=self.offline.spec if self.offline else self.teacher.spec,  # type: ignore[union-attr]
             response_call_id=it.response_call_id, feedback_call_id=it.feedback_call_id,
             refinement_call_id=refinement_call_id, templates=self._template_hashes(it),
             source=it.prompt["source"], meta={"sample_index": it.sample_index},
@@ -385,10 +390,8 @@ class Collector:
         templates: dict[str, Any] = {"set": self.config.template_set}
         if it.response_call_id is not None and self.responder is not None:
             templates["response"] = self.templates["response"].hash
-        if self.reference:
-            from generation.teachers.reference import ReferenceTeacher
-
-            templates["teacher"] = ReferenceTeacher.version
+        if self.offline is not None:
+            templates["teacher"] = self.offline.version
         else:
             templates["feedback"] = self.templates["feedback"].hash
             templates["refinement"] = self.templates["refinement"].hash

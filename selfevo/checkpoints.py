@@ -66,3 +66,17 @@ def merge_adapter(base: str, adapter: str, out: Path) -> None:
     tok_dir = adapter if (Path(adapter) / "tokenizer_config.json").exists() else base
     AutoTokenizer.from_pretrained(tok_dir).save_pretrained(tmp)
     tmp.rename(out)
+
+
+def training_progress(tracker: Any) -> Any:
+    """An ``on_step`` for :func:`trainer.train.train` that moves a ``corpus.display`` bar.
+
+    The trainer sees only ``schemas``; this is where its steps meet the one progress helper
+    (``selfevo train``, evolve's train stage, the demo's meta training).
+    """
+
+    def on_step(step: int, total: int, metrics: dict[str, Any]) -> None:
+        info = f"loss {metrics['loss']:.4f}" if "loss" in metrics else None
+        tracker.update(completed=step, total=total, info=info, force=not metrics or step == total)
+
+    return on_step

@@ -77,17 +77,40 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
 
 @eval_group.command("compare")
 @click.option("--bench", help="Only this benchmark (as stored in evals.benchmark).")
+@click.option("--a", "a", metavar="EVAL_OR_MODEL",
+              help="Paired comparison: A is an eval_id (or its start) or a model spec (its "
+                   "latest evaluation in --mode). Alone: its direct vs refine evaluations.")
+@click.option("--b", "bs", multiple=True, metavar="EVAL_OR_MODEL",
+              help="Compare A with this evaluation (repeat for several; p-values Holm-adjusted).")
+@click.option("--mode", type=click.Choice(["direct", "refine"]), default="direct",
+              show_default=True, help="The mode a model spec in --a/--b stands for.")
 @db_option
-def compare_cmd(bench: str | None, db: str) -> None:
-    """Table of accuracy ± 95% CI across models and rounds, direct vs refine.
+def compare_cmd(bench: str | None, a: str | None, bs: tuple[str, ...], mode: str,
+                db: str) -> None:
+    """Accuracy ± 95% CI across models and rounds; with --a, a paired comparison.
+
+    Without --a: one row per evaluation run, direct and refine accuracy side by side.
+    With --a (and --b): both accuracies on the items both answered, the discordant counts,
+    the exact McNemar p-value, refine-vs-direct transitions and the critic's sensitivity and
+    specificity (see docs/evaluate.md).
 
     \b
     Example:
       selfevo eval compare --bench gsm8k
+      selfevo eval compare --a hf:smollm2-135m --b hf:smollm2-135m+out/r1 --bench gsm8k
+      selfevo eval compare --a hf:smollm2-135m+out/r1 --bench gsm8k   # direct vs refine
     """
     from corpus.store import Store
-    from selfevo.evaluate import compare_evals, print_comparison
 
+    if bs and not a:
+        raise click.UsageError("--b needs --a (the evaluation to compare with)")
     with Store.open_readonly(db) as store:
+        if a:
+            from selfevo.comparison import compare_evaluations, print_paired
+
+            print_paired(compare_evaluations(store, a, bs, bench=bench, mode=mode))
+            return
+        from selfevo.evaluate import compare_evals, print_comparison
+
         rows = compare_evals(store, bench)
     print_comparison(rows)

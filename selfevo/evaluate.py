@@ -12,7 +12,6 @@ call), so their difference is exactly what self-refinement changed.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
 from selfevo.refine import RefinePrompts, RefineResult, self_refine
+from selfevo.stats import wilson_interval  # re-exported: one implementation, in stats
 
 if TYPE_CHECKING:
     from corpus.store import Store
@@ -58,17 +58,6 @@ class EvalSummary:
     items: list[dict[str, Any]] = field(default_factory=list)
 
 
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sane at 0, n and small n)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 # -- benchmarks -----------------------------------------------------------------------------
 def load_items(
     bench: str,
@@ -80,9 +69,10 @@ def load_items(
 ) -> tuple[str, list[BenchItem]]:
     """(benchmark name, items) for ``gsm8k``, ``svamp``, ``store`` or a file path.
 
-    ``gsm8k``/``svamp`` read ``path`` (default: the shared test files when present) through
-    the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
-    anything else is a JSONL/JSON file read with the gsm8k preset's field names
+    ``gsm8k``/``svamp`` read ``path`` (default: the test file found by
+    :func:`corpus.presets.benchmark_file`: ``$SELFEVO_DATA``, else ``shared/data`` above the
+    checkout) through the prompt presets; ``store`` takes labelled prompts from the store
+    matching ``where``; anything else is a JSONL/JSON file read with the gsm8k preset's field names
     (``question``/``answer``).
     """
     if bench == "store":
@@ -90,8 +80,13 @@ def load_items(
             raise SelfevoError("--bench store needs a store (--db)")
         return f"store:{where or 'all'}", _store_items(store, where, limit)
     if bench in PRESETS:
-        file = path or _default_bench_path(bench)
-        name = bench
+        from corpus.presets import benchmark_file, data_lookup_hint
+
+        found, name = benchmark_file(bench, path), bench
+        if found is None:
+            raise SelfevoError(f"no {bench} test file found ({data_lookup_hint()}); pass "
+                               "--path FILE")
+        file = str(found)
     else:
         file, name = path or bench, Path(path or bench).name
     if not Path(file).exists():
@@ -105,13 +100,6 @@ def load_items(
             raise SelfevoError(f"{file}: item id {it.item_id!r} appears twice; ids must be unique")
         seen.add(it.item_id)
     return name, items[:limit] if limit else items
-
-
-def _default_bench_path(bench: str) -> str:
-    base = Path(os.environ.get("SELFEVO_DATA", Path(__file__).resolve().parents[2] / "shared"
-                               / "data"))
-    return str(base / "gsm8k" / "test.jsonl" if bench == "gsm8k" else base / "svamp" /
-               "SVAMP.json")
 
 
 def _file_items(file: str, preset: str | None) -> list[BenchItem]:
@@ -272,7 +260,8 @@ def evaluate(
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
-    in the run/evals config so comparisons and the report can order rounds.
+    in the run/evals config so comparisons and the report can order rounds. ``progress``
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:

@@ -20,29 +20,31 @@ and the round, and whose parent is the ``evolve`` run:
 Round 0 has only ``eval`` (the starting student). A stage that finished is never redone: a
 killed ``evolve`` re-run with the same options resumes at the first unfinished stage (the
 stage's outputs are kept in its run's ``counts``; generation resumes from the call cache).
+
+While a stage runs, a ``corpus.display`` bar shows it (one per stage, when a display is
+given); when it ends, ``log`` hears one readable line (:func:`stage_line`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.snapshots import sql_literal
 from corpus.store import Run, Store
-from schemas.identity import canonical_json, content_id
+from schemas.identity import content_id
 from selfevo import SelfevoError
+
+if TYPE_CHECKING:
+    from corpus.display import Display, Tracker
 
 STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
 STRATEGIES = ("restart", "continual")
-#: Test hook: ``r1:filter`` makes the process SIGKILL itself right after that stage finishes,
-#: so the resume tests kill at an exact point between stages.
-KILL_ENV = "SELFEVO_FAULT_KILL_AFTER"
 
 
 @dataclass
@@ -152,16 +154,22 @@ def _public_url(url: str | None) -> str | None:
 
 
 class Evolution:
-    """One evolve run over a store; :meth:`run` executes (or resumes) every round."""
+    """One evolve run over a store; :meth:`run` executes (or resumes) every round.
+
+    ``log`` hears one line per stage; ``display`` (a ``corpus.display`` Display) gets a bar
+    per stage while it runs.
+    """
 
     def __init__(self, store: Store, config: EvolveConfig,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, display: Display | None = None):
         config.check()
         self.store = store
         self.config = config
         self.name = config.resolved_name()
         self.out = Path(config.out) / self.name
         self.log = log
+        self.display = display
+        self.tracker: Tracker | None = None  # the running stage's bar
         self._backends: dict[str, Any] = {}
         self.run_id: str | None = None
 
@@ -187,14 +195,30 @@ class Evolution:
             self.log(f"  round {round} {stage}: already done, skipped")
             return done
         config = {"evolve": self.name, "round": round, "stage": stage, **(extra or {})}
+        self.tracker = self.display.task(f"round {round} {stage}") if self.display else None
         with self.store.run(f"evolve {stage}", config, parent_run_id=self.run_id) as run:
             fn(run)
-        self.log(f"  round {round} {stage}: {canonical_json(run.counts)}")
-        if os.environ.get(KILL_ENV) == f"r{round}:{stage}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.tracker is not None:
+            self.tracker.finish()
+        self.log(f"  {stage_line(stage, round, run.counts)}")
         return run.counts
+
+    def refine_progress(self, label: str) -> Any:
+        """A ``progress(stage, advance, total)`` for self-refine that moves the running
+        stage's one bar (or None without a display): each request phase (answer,
+        self-feedback, self-refinement) restarts it under its name, e.g.
+        ``round 1 generate: self-feedback 12/50``."""
+        tracker = self.tracker
+        if tracker is None:
+            return None
+
+        def on_progress(phase: str, advance: int, total: int) -> None:
+            if advance == 0:  # a phase starts
+                tracker.restart(f"{label}: {phase}", total)
+            else:
+                tracker.advance(advance)
+
+        return on_progress
 
     def backend(self, spec: str) -> Any:
         """The model behind ``spec`` (loaded once per process)."""
@@ -299,7 +323,8 @@ class Evolution:
             requests.append(ChatRequest(
                 template.render(examples=[s["text"] for s in shots]),
                 {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
-        out = ledger_generate(self.backend(student), self.store, run.run_id)(
+        out = ledger_generate(self.backend(student), self.store, run.run_id,
+                              self.refine_progress(f"round {t} generate"))(
             requests, "new-question", template.hash)
         rows = []
         for (res, call_id), ids in zip(out, seed_ids, strict=True):
@@ -335,7 +360,8 @@ class Evolution:
         self.log(f"  round {t} generate: {len(questions)} answers from {student}")
         results = self_refine(self.backend(student), [p["text"] for p in questions], steps=1,
                               params=cfg.gen, sample_indices=indices, prompts=tp,
-                              store=self.store, run_id=run.run_id)
+                              store=self.store, run_id=run.run_id,
+                              progress=self.refine_progress(f"round {t} generate"))
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
@@ -376,7 +402,7 @@ class Evolution:
         steps = [parse_step(s) for s in self.config.filters]
         check_labels(steps)
         fr = run_filters(self.store, steps, self.round_selection(t, student),
-                         parent_run_id=run.run_id)
+                         parent_run_id=run.run_id, progress=self.tracker)
         run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
         if fr.selected and not fr.kept:  # the round adds nothing: say so, and where to look
             self.log(f"  round {t} filter: kept none of {fr.selected} self records, so this "
@@ -415,6 +441,7 @@ class Evolution:
     def train(self, run: Run, t: int, student: str, data: str) -> None:
         """Stage 5: train M_{t+1} and register it in ``models``."""
         from generation.backends.aliases import resolve_model
+        from selfevo.checkpoints import training_progress
         from trainer.config import TrainConfig
         from trainer.train import train
 
@@ -425,10 +452,12 @@ class Evolution:
         else:
             base = self.merged_weights(student, t)
         overrides = dict(cfg.train)
+        # progress=False: the trainer's own output is off; the stage's bar shows the steps.
         tc = TrainConfig.from_dict({**overrides, "data": data, "base": base, "out": str(out),
                                     "seed": cfg.seed, "progress": False,
                                     "resume": (out / "checkpoints").exists()})
-        result = train(tc, log=lambda msg: None)
+        result = train(tc, log=lambda msg: None, on_step=training_progress(self.tracker)
+                       if self.tracker is not None else None)
         from selfevo.checkpoints import register_checkpoint
 
         model_id = register_checkpoint(self.store, run, result, tc)
@@ -479,11 +508,45 @@ class Evolution:
                                      limit=cfg.eval_limit, store=self.store)
             summaries += evaluate(self.store, self.backend(student), items, benchmark=name,
                                   modes=cfg.eval_modes, model_id=model_id, round=t,
-                                  params=cfg.gen, parent_run_id=self.run_id)
+                                  params=cfg.gen, parent_run_id=self.run_id,
+                                  progress=self.refine_progress(f"round {t} eval {name}"))
         run.counts["evals"] = [
             {"benchmark": s.benchmark, "mode": s.mode, "n": s.n, "accuracy": s.accuracy,
              "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id}
             for s in summaries]
+
+
+#: What each stage's line shows: counts key -> words (in this order).
+STAGE_LINE = {
+    "generate": {"prompts": "prompts", "records": "self records", "new_records": "new",
+                 "failed": "failed", "new_prompts": "new prompts",
+                 "new_prompts_failed": "new prompts failed"},
+    "filter": {"selected": "selected", "kept": "kept", "filter_run": "filter run"},
+    "snapshot": {"n": "records", "snapshot": "snapshot"},
+    "export": {"n": "records", "dir": "in"},
+    "train": {"steps": "steps", "loss": "loss", "model_id": "model", "served": "served as"},
+}
+
+
+def stage_line(stage: str, round: int, counts: dict[str, Any]) -> str:
+    """One readable line for a finished stage, e.g. ``round 1 filter: 12 selected, 3 kept, …``.
+
+    The eval stage lists each benchmark and mode with its accuracy and 95% interval.
+    """
+    from corpus.display import summary_line
+
+    label = f"round {round} {stage}"
+    if stage == "eval":
+        from selfevo.evaluate import format_accuracy
+
+        by_bench: dict[tuple[str, int], list[str]] = {}
+        for e in counts.get("evals", []):
+            by_bench.setdefault((e["benchmark"], e["n"]), []).append(
+                f"{e['mode']} {format_accuracy(e)}")
+        return f"{label}: " + "; ".join(f"{bench} (n={n}): {', '.join(modes)}"
+                                        for (bench, n), modes in by_bench.items())
+    shown = STAGE_LINE.get(stage, {})
+    return summary_line(label, {words: counts.get(key) for key, words in shown.items()})
 
 
 def _in_snapshot(name: str) -> str:
@@ -499,8 +562,8 @@ def _eval_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print
-           ) -> list[RoundResult]:
+def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print,
+           display: Display | None = None) -> list[RoundResult]:
     """Open the store and run (or resume) the evolve described by ``config``."""
     with Store.open(db, command="evolve") as store:
-        return Evolution(store, config, log).run()
+        return Evolution(store, config, log, display).run()

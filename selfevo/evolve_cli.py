@@ -59,6 +59,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
       selfevo evolve --student openai:meta@http://127.0.0.1:8000/v1 --base ./base \
         --serve http://127.0.0.1:8000/v1 --prompts "split = 'train'" --rounds 2 --meta meta-v1
     """
+    from corpus.display import progress
     from selfevo.evolve import EvolveConfig
     from selfevo.evolve import evolve as run_evolve
     from trainer.config import parse_overrides
@@ -76,7 +77,8 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
         train=train_settings(train_opts), out=out, name=name, seed=seed, serve=serve)
-    results = run_evolve(db, config, log=lambda m: click.echo(m, err=True))
+    with progress() as display:
+        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display)
     print_rounds(results)
 
 

@@ -15,7 +15,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -41,11 +40,28 @@ def cli():
     return run
 
 
+@pytest.fixture
+def tty():
+    """A rich console that counts as a terminal, drawing into ``tty.file.getvalue()``.
+
+    Progress bars are drawn only on a terminal, so tests that check a bar pass this as
+    ``corpus.display.progress(..., console=tty)``; CliRunner's output is not a terminal.
+    """
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
 def shared_data(*parts: str) -> Path:
-    """A benchmark file under ../shared/data; skips the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"benchmark data {path} not found")
+    """A benchmark file found by the one lookup (corpus.presets.find_data_file:
+    $SELFEVO_DATA, else shared/data above the checkout); skips the test when it is absent."""
+    from corpus.presets import data_lookup_hint, find_data_file
+
+    path = find_data_file(*parts)
+    if path is None:
+        pytest.skip(f"benchmark data {'/'.join(parts)} not found ({data_lookup_hint()})")
     return path
 
 

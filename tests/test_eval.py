@@ -128,6 +128,18 @@ def test_accuracy_equals_hand_count_and_rows_are_written(store):
     assert steps[0]["verdict"] == "incorrect" and steps[0]["feedback"].startswith("Checked.")
 
 
+def test_progress_draws_each_stage_on_a_terminal(store, tty):
+    from selfevo.refine_cli import stage_progress
+
+    with stage_progress(console=tty) as progress:
+        evaluate(store, ScriptedModel(fixture_script), items(), benchmark="fixture",
+                 modes=["direct", "refine"], progress=progress)
+    drawn = tty.file.getvalue()
+    for stage in ("answer", "self-feedback", "self-refinement"):
+        assert stage in drawn
+    assert "6/6" in drawn
+
+
 def test_stop_on_correct_keeps_accepted_answers(store):
     model = ScriptedModel(fixture_script)
     [refine] = evaluate(store, model, items(), benchmark="fixture", modes=["refine"],

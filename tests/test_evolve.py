@@ -4,7 +4,7 @@ kill-and-resume between stages redoes nothing finished."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +63,15 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     make_store(db)
     extra = ["--generate-prompts", "2"] if strategy == "continual" else []
-    cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra)
+    out = cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra).output
+    # one readable line per finished stage (no JSON), then the rounds table
+    assert "{" not in out
+    for t, stage in [(0, "eval")] + [(t, st) for t in (1, 2) for st in (
+            "generate", "filter", "snapshot", "export", "train", "eval")]:
+        assert f"round {t} {stage}: " in out
+    assert re.search(r"round 1 filter: \d+ selected, \d+ kept", out)
+    assert "round 2 train: 2 steps" in out
+    assert "round 0 eval: store:split = 'test' (n=3): direct " in out
     s = Store.open_readonly(db)
     # records of both rounds, made by the round's student, one per prompt of the round
     per_round = dict(s.query("SELECT round, count(*) FROM records WHERE kind = 'self' "
@@ -124,14 +132,15 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
 
 
 KILLED = -9
+KILL_AFTER_STAGE = Path(__file__).resolve().parent / "kill_after_stage.py"
 
 
 def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     make_store(db)
-    cmd = [sys.executable, "-m", "selfevo", *evolve_args(db, tiny, tmp_path / "out",
-                                                          "restart", rounds=1)]
-    env = {**os.environ, "SELFEVO_FAULT_KILL_AFTER": "r1:snapshot"}
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    args = evolve_args(db, tiny, tmp_path / "out", "restart", rounds=1)
+    cmd = [sys.executable, "-m", "selfevo", *args]
+    first = subprocess.run([sys.executable, str(KILL_AFTER_STAGE), "r1:snapshot", *args],
+                           capture_output=True, text=True)
     assert first.returncode == KILLED, first.stderr[-2000:]
     s = Store.open_readonly(db)
     before = s.query("SELECT command, run_id FROM runs WHERE command LIKE 'evolve %' "
@@ -158,6 +167,15 @@ def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     counts = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve' "
                                 "AND status = 'ok'")[0][0])
     assert counts == {"rounds": 1}
+
+
+def test_production_code_carries_no_fault_hook():
+    """Tests kill at a stage boundary with tests/kill_after_stage.py, not a switch in the app."""
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("corpus", "curation", "generation", "selfevo", "trainer", "schemas"):
+        for path in (repo / package).rglob("*.py"):
+            text = path.read_text("utf-8")
+            assert "signal.SIGKILL" not in text and "_FAULT_" not in text, path
 
 
 def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tiny, tmp_path):
@@ -200,6 +218,40 @@ def test_round_selection_finds_records_named_before_and_after_readable_names(db,
         evolution = Evolution(store, EvolveConfig(student=student, base="b", prompts="true",
                                                   name="x"))
         assert count_selected(store, evolution.round_selection(1, student)) == 2
+
+
+def test_stage_lines_read_as_words():
+    from selfevo.evolve import stage_line
+
+    assert stage_line("filter", 1, {"filter_run": "r9", "selected": 1200, "kept": 3}) == (
+        "round 1 filter: 1,200 selected, 3 kept, filter run r9")
+    assert stage_line("train", 2, {"steps": 20, "loss": 0.51234, "model_id": "h1:ab",
+                                   "final_dir": "/x/final", "base": "/b"}) == (
+        "round 2 train: 20 steps, 0.5123 loss, model h1:ab")
+    evals = [{"benchmark": "gsm8k", "mode": m, "n": 50, "accuracy": a, "ci_low": a - 0.1,
+              "ci_high": a + 0.1, "eval_id": "h1:e"} for m, a in (("direct", 0.3), ("refine", 0.4))]
+    assert stage_line("eval", 0, {"evals": evals}) == (
+        "round 0 eval: gsm8k (n=50): direct 30.0% [20.0, 40.0], refine 40.0% [30.0, 50.0]")
+
+
+def test_evolve_draws_a_bar_per_stage_on_a_terminal(db, tiny, tmp_path, tty):
+    from corpus.display import progress
+    from selfevo.evolve import EvolveConfig, evolve
+
+    make_store(db)
+    config = EvolveConfig(student=f"hf:{tiny}", base=tiny, prompts="split = 'train'",
+                          prompts_per_round=2, meta="meta", filters=["verdict:null=keep"],
+                          gen={"temperature": 0.0, "max_tokens": 4}, out=str(tmp_path / "o"),
+                          train={"max_steps": 2, "max_len": 256}, name="bars")
+    lines = []
+    with progress(console=tty) as display:
+        evolve(db, config, log=lines.append, display=display)
+    drawn = tty.file.getvalue()
+    for stage in ("generate: self-refinement", "filter", "snapshot", "export", "train"):
+        assert f"round 1 {stage}" in drawn
+    assert "2/2" in drawn and "loss " in drawn  # the train stage's steps
+    assert [ln.split(":")[0].strip() for ln in lines if ": " in ln][-5:] == [
+        f"round 1 {st}" for st in ("generate", "filter", "snapshot", "export", "train")]
 
 
 def test_bad_options_fail_before_anything_runs(cli, db):

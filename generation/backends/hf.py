@@ -175,8 +175,11 @@ class HFBackend(Backend):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
+            from schemas.install import install_hint
+
             raise GenerationError(
-                "the hf backend needs torch and transformers: pip install 'selfevo[hf]'"
+                "the hf backend needs torch and transformers: "
+                + install_hint("torch", "transformers")
             ) from None
         started = time.perf_counter()
         device = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -195,7 +198,9 @@ class HFBackend(Backend):
             try:
                 from peft import PeftModel
             except ImportError:
-                raise GenerationError("adapters need peft: pip install 'selfevo[hf]'") from None
+                from schemas.install import install_hint
+
+                raise GenerationError(f"adapters need peft: {install_hint('peft')}") from None
             model = PeftModel.from_pretrained(model, self.adapter_path)
             if self.options.merge_adapter:
                 model = model.merge_and_unload()
