@@ -145,15 +145,27 @@ def _store_items(store: Store, where: str | None, limit: int | None) -> list[Ben
 
 
 # -- model linkage --------------------------------------------------------------------------
-def registered_model_id(store: Store, spec: str) -> str | None:
-    """``models.model_id`` of the checkpoint an ``hf:PATH[+ADAPTER]`` spec loads, if any."""
-    if not spec.startswith("hf:"):
+def registered_model_id(store: Store, backend: Backend) -> str | None:
+    """``models.model_id`` of the checkpoint ``backend`` loads, if it is registered.
+
+    A local model is found by its weights fingerprint, wherever its folder lies now; rows
+    registered before fingerprints were kept (``weights`` NULL) by their folder. The adapter
+    is the checkpoint when there is one.
+    """
+    from generation.backends.hf import HFBackend, parse_spec, weights_fingerprint
+
+    if isinstance(backend, HFBackend):
+        folders = [backend.adapter_path, backend.base_path]
+    elif backend.spec.startswith("hf:"):  # another backend naming hf folders (test doubles)
+        model, adapter = parse_spec(backend.spec)
+        folders = [adapter, model]
+    else:
         return None
-    base, _, adapter = spec[3:].partition("+")
-    rows = store.query("SELECT model_id, path FROM models ORDER BY created_at DESC")
-    for c in (adapter, base):  # the adapter is the checkpoint when there is one
-        for model_id, path in rows:
-            if c and _same_path(path, c):
+    rows = store.query("SELECT model_id, path, weights FROM models ORDER BY created_at DESC")
+    for folder in filter(None, folders):
+        weights = weights_fingerprint(folder)
+        for model_id, path, stored in rows:
+            if (stored == weights) if stored else _same_path(path, folder):
                 return model_id
     return None
 
@@ -260,7 +272,7 @@ def evaluate(
     p = dict(params or {})
     if k > 1:
         p.setdefault("temperature", 0.7)
-    model_id = model_id or registered_model_id(store, backend.spec)
+    model_id = model_id or registered_model_id(store, backend)
     prompts = prompts or RefinePrompts()
     config = {
         "model": backend.spec, "benchmark": benchmark, "modes": list(modes), "steps": steps,

@@ -137,6 +137,16 @@ def _public(spec: str) -> str:
     return public_spec(spec)
 
 
+def _identity(spec: str) -> str:
+    """A model spec as records and prompts name it, like its calls do: ``hf:`` by readable
+    names (no machine paths), ``openai:`` without credentials."""
+    if spec.startswith("hf:"):
+        from generation.backends.hf import identity_spec
+
+        return identity_spec(spec)
+    return _public(spec)
+
+
 def _public_url(url: str | None) -> str | None:
     from generation.backends.openai_backend import strip_credentials
 
@@ -323,7 +333,7 @@ class Evolution:
                 run.add("new_prompts_failed")
                 continue
             rows.append(make_prompt(text, source=f"evolve:{self.name}", split="evolve", meta={
-                "evolve": self.name, "round": t, "model": _public(student), "seeds": ids,
+                "evolve": self.name, "round": t, "model": _identity(student), "seeds": ids,
                 "call_id": call_id, "template": template.hash}))
         with self.store.transaction() as con:
             run.add("new_prompts", insert_prompts(con, rows, run.run_id))
@@ -361,7 +371,8 @@ class Evolution:
             rows.append(make_record(
                 prompt_id=p["prompt_id"], kind="self", round=t, response=r.answer,
                 feedback=step.feedback, verdict=step.verdict, refinement=step.refinement,
-                verdict_error=step.verdict_error, responder=_public(student), teacher=_public(student),
+                verdict_error=step.verdict_error, responder=_identity(student),
+                teacher=_identity(student),
                 response_call_id=r.answer_call_id, feedback_call_id=step.feedback_call_id,
                 refinement_call_id=step.refinement_call_id,
                 templates={"response": hashes["answer"], "feedback": hashes["self_feedback"],
@@ -377,7 +388,9 @@ class Evolution:
         """The records of round ``t`` written by M_t for this evolve's prompts."""
         from curation.selection import Selection
 
-        where = (f"responder = {sql_literal(_public(student))} AND prompt_id IN (SELECT prompt_id FROM "
+        # _public: records a generate stage wrote before responders were readable names
+        who = ", ".join(sql_literal(s) for s in sorted({_identity(student), _public(student)}))
+        where = (f"responder IN ({who}) AND prompt_id IN (SELECT prompt_id FROM "
                  f"evolve_prompts WHERE evolve = {sql_literal(self.name)} AND round = {t})")
         return Selection(where=where, kind="self", round=t)
 

@@ -15,6 +15,7 @@ from corpus.importers import import_generated
 from corpus.records import insert_records, make_record
 from corpus.snapshots import create_snapshot, snapshot_record_ids
 from corpus.store import Store
+from generation.backends.hf import identity_spec
 from generation.teachers.reference import ReferenceTeacher
 
 TRAIN = ["max_steps=2", "batch_size=2", "max_len=256", "lr=1e-3"]
@@ -90,8 +91,12 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     # round 2 was answered by M_2, the checkpoint round 1 trained (base + its adapter)
     m2 = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve train' AND "
                             "CAST(json_extract(config, '$.round') AS INT) = 1")[0][0])["student"]
-    assert s.query("SELECT DISTINCT responder FROM records WHERE round = 2") == [(m2,)]
     assert m2.startswith("hf:") and m2.endswith("/t-" + strategy + "/r1/model/final")
+    # records name it as its calls do: readable names, no machine path
+    responders = s.query("SELECT DISTINCT responder FROM records WHERE round = 2")
+    assert responders == [(identity_spec(m2),)] and "/" not in responders[0][0]
+    assert s.query("SELECT DISTINCT c.model FROM records r JOIN calls c ON "
+                   "c.call_id = r.response_call_id WHERE r.round = 2") == responders
     # one stage run of each kind per round, children of the evolve run
     stages = s.query("SELECT command, CAST(json_extract(config, '$.round') AS INT), "
                      "parent_run_id FROM runs WHERE command LIKE 'evolve %' AND status = 'ok'")
@@ -188,6 +193,31 @@ def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tin
                                 "count_star()": 3}]
     snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
     assert snaps["evolve-t-restart-r1"] == snaps["meta"]
+
+
+def test_round_selection_finds_records_named_before_and_after_readable_names(db, tmp_path):
+    """A generate stage that ran before responders were readable names wrote the student's
+    path spec; after an upgrade the resumed filter stage must still select its records."""
+    from corpus.records import insert_prompts, make_prompt
+    from curation.selection import count_selected
+    from selfevo.evolve import Evolution, EvolveConfig
+
+    folder = tmp_path / "runs" / "final"
+    folder.mkdir(parents=True)
+    student = f"hf:{folder}"
+    prompt = make_prompt("Ann has 2 apples and buys 3. How many?")
+    with Store.open(db) as store:
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_prompts(con, [prompt], run.run_id)
+            insert_records(con, [make_record(prompt_id=prompt["prompt_id"], kind="self", round=1,
+                                             response=f"answer {i}", responder=who)
+                                 for i, who in enumerate([student, "hf:final", "hf:other"])],
+                           run.run_id)
+            con.execute("INSERT INTO evolve_prompts VALUES ('x', 1, ?, ?)",
+                        [prompt["prompt_id"], run.run_id])
+        evolution = Evolution(store, EvolveConfig(student=student, base="b", prompts="true",
+                                                  name="x"))
+        assert count_selected(store, evolution.round_selection(1, student)) == 2
 
 
 def test_stage_lines_read_as_words():

@@ -102,6 +102,23 @@ def test_todays_commands_work_on_a_first_release_store(cli, tmp_path):
     cli("show", "--db", db, rows[0]["record_id"])
 
 
+def test_m006_names_old_models_and_moves_their_base_folder_to_base_path(tmp_path):
+    db = v1_store(tmp_path)  # the first release's store: models rows keyed by path
+    con = duckdb.connect(db)
+    con.execute(
+        "INSERT INTO models (model_id, base, path, adapter, run_id) VALUES "
+        "('h1:a', '/home/u/.cache/selfevo/models/smollm2-135m', '/runs/e1/r1/model/final',"
+        " true, 'r0'), ('h1:b', 'org/hub-model', '/ckpt/full/', false, 'r0')")
+    con.close()
+    with Store.open(db) as store:
+        rows = store.query("SELECT model_id, name, base, base_path, path, weights FROM models "
+                           "ORDER BY model_id")
+    assert rows == [
+        ("h1:a", "final", "smollm2-135m", "/home/u/.cache/selfevo/models/smollm2-135m",
+         "/runs/e1/r1/model/final", None),
+        ("h1:b", "full", "org/hub-model", None, "/ckpt/full/", None)]
+
+
 def test_run_rows_hold_status_config_and_counts(db):
     with Store.open(db) as store:
         with store.run("unit", {"k": 1}) as run:
