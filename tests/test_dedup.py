@@ -237,6 +237,20 @@ def test_optimal_bands_match_datasketch():
         assert optimal_bands(t, p) == _optimal_param(t, p, 0.5, 0.5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(threshold=st.floats(0.05, 0.99), num_perm=st.sampled_from([8, 16, 32, 64, 128]),
+       fn_weight=st.sampled_from([0.2, 0.5, 0.8, 0.95]))
+def test_optimal_bands_minimise_the_documented_areas(threshold, num_perm, fn_weight):
+    from curation.dedup.minhash import false_negative_area, false_positive_area
+
+    optimal_bands.cache_clear()
+    errors = {(b, r): (1 - fn_weight) * false_positive_area(threshold, b, r)
+              + fn_weight * false_negative_area(threshold, b, r)
+              for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)}
+    want = min(errors, key=lambda br: (errors[br], br))  # first minimum in (b, r) order
+    assert optimal_bands(threshold, num_perm, 1 - fn_weight, fn_weight) == want
+
+
 def test_minhash_estimate_is_unbiased_with_binomial_spread():
     rng = np.random.default_rng(6)
     texts = []
