@@ -43,6 +43,7 @@ from typing import Any
 import duckdb
 
 from corpus.errors import CorpusError
+from corpus.extensions import offline_config
 
 #: Table functions a condition may use in a subquery: they only compute over their arguments.
 TABLE_FUNCTIONS = frozenset({"unnest", "range", "generate_series", "json_each", "json_tree"})
@@ -142,8 +143,7 @@ def _serialize(sql: str) -> dict[str, Any]:
     global _parser
     with _parser_lock:
         if _parser is None:
-            _parser = duckdb.connect(":memory:", config={
-                "autoinstall_known_extensions": False, "autoload_known_extensions": False})
+            _parser = duckdb.connect(":memory:", config=offline_config())
         out = _parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()
     return json.loads(out[0])
 

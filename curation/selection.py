@@ -129,7 +129,8 @@ def selection_options(f: Any) -> Any:
 
     import click
 
-    @click.option("--where", default=None, help="SQL condition over the records_full view.")
+    @click.option("--where", default=None,
+                  help="A condition: one SQL expression over the records_full view.")
     @click.option("--snapshot", default=None, help="Only records of this snapshot.")
     @click.option("--kind", type=click.Choice(["meta", "self", "qa"]), default=None,
                   help="Only records of this kind.")

@@ -24,7 +24,8 @@ def eval_group() -> None:
               help="gsm8k, svamp, store (prompts in the store, see --where) or a JSONL file.")
 @click.option("--path", type=click.Path(dir_okay=False),
               help="Benchmark file for gsm8k/svamp (default: the shared test files).")
-@click.option("--where", help="With --bench store: SQL condition over prompts, e.g. split='test'.")
+@click.option("--where", help="With --bench store: a condition, one SQL expression over prompts, "
+                              "e.g. split='test'.")
 @click.option("--limit", type=int, help="Evaluate the first N items only.")
 @click.option("--mode", type=click.Choice(["direct", "refine", "both"]), default="direct",
               show_default=True)
