@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
@@ -49,3 +53,28 @@ def store_rows(db: str) -> dict[str, list[tuple]]:
     """Every row of the store's tables, sorted: equal before and after means nothing changed."""
     with Store.open_readonly(db) as store:
         return {t: sorted(map(repr, store.query(f"SELECT * FROM {t}"))) for t in TABLES}
+
+
+@contextlib.contextmanager
+def recording_server() -> Iterator[tuple[str, list[str]]]:
+    """(base URL, paths requested so far) of a local HTTP server that answers 404 to all."""
+    hits: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}", hits
+    finally:
+        srv.shutdown()
+        srv.server_close()

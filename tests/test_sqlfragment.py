@@ -5,9 +5,7 @@ The reproductions are the issue's own strings; what matters is the store before 
 
 from __future__ import annotations
 
-import http.server
 import sys
-import threading
 from pathlib import Path
 
 import duckdb
@@ -15,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sqlstore import build_store, store_rows  # noqa: E402
+from sqlstore import build_store, recording_server, store_rows  # noqa: E402
 
 from corpus.sqlfragment import SqlCondition, SqlFragmentError, read_only  # noqa: E402
 from corpus.store import Store, connect_file  # noqa: E402
@@ -174,28 +172,11 @@ def test_curate_where_with_or_stays_inside_the_selection(db):
 
 
 # -- defect 7: no extension is ever fetched or loaded on its own ------------------------------
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_GET(self) -> None:
-        type(self).hits.append(self.path)
-        self.send_response(404)
-        self.end_headers()
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def recorder():
     """A local HTTP server that records every request it gets (and answers 404)."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _Recorder.hits = []
-    yield f"http://127.0.0.1:{srv.server_address[1]}", _Recorder.hits
-    srv.shutdown()
+    with recording_server() as server:
+        yield server
 
 
 def test_store_connections_never_download_an_extension(db, tmp_path, recorder):

@@ -11,9 +11,7 @@ opened for writing), with no extension installed and no request to the network.
 
 from __future__ import annotations
 
-import http.server
 import sys
-import threading
 from pathlib import Path
 
 import duckdb
@@ -23,7 +21,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sqlstore import build_store, file_digest, store_rows  # noqa: E402
+from sqlstore import build_store, file_digest, recording_server, store_rows  # noqa: E402
 
 from corpus.snapshots import select_record_ids  # noqa: E402
 from corpus.sqlfragment import SqlCondition, SqlFragmentError  # noqa: E402
@@ -31,7 +29,6 @@ from corpus.store import Store  # noqa: E402
 from curation.selection import Selection, count_selected, iter_selected  # noqa: E402
 from schemas.errors import UserError  # noqa: E402
 
-URL = "http://127.0.0.1:{port}"
 COLUMNS = ["kind", "round", "verdict", "response", "prompt", "record_id", "split", "source",
            "gold_answer", "feedback", "refinement", "prompt_id", "created_at"]
 DANGEROUS = [
@@ -134,62 +131,39 @@ class _anything:
         return False
 
 
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_GET(self) -> None:
-        type(self).hits.append(self.path)
-        self.send_response(404)
-        self.end_headers()
-
-    do_HEAD = do_GET
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def world(tmp_path, monkeypatch):
-    """(db, record ids, url of a recording HTTP server, home directory) for one property."""
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    _Recorder.hits = []
+    """(db, record ids, url of a recording HTTP server) for one property."""
     home = tmp_path / "home"
     monkeypatch.setenv("HOME", str(home))
     db = str(tmp_path / "props.duckdb")
     ids = build_store(db)
-    yield db, ids, URL.format(port=srv.server_address[1]), home
-    srv.shutdown()
-    assert _Recorder.hits == [], "a condition reached the network"
+    with recording_server() as (url, hits):
+        yield db, ids, url
+    assert hits == [], "a condition reached the network"
     assert not (home / ".duckdb").exists(), "an extension was installed"
 
 
 def _run(world, examples: int) -> None:
-    db, ids, url, _home = world
+    db, ids, url = world
     texts = st.one_of(expressions(url, db), adversarial(url))
 
-    # A read-only store: its file's bytes must not change.
-    digest = file_digest(db)
+    def check(store: Store) -> None:
+        @settings(max_examples=examples, deadline=None, database=None,
+                  suppress_health_check=[HealthCheck.too_slow])
+        @given(texts)
+        def condition(text: str) -> None:
+            evaluate_everywhere(store, text, ids)
+
+        condition()
+
+    digest = file_digest(db)  # a read-only store: its file's bytes must not change
     with Store.open_readonly(db) as store:
-        @settings(max_examples=examples, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow])
-        @given(texts)
-        def read_only_store(text: str) -> None:
-            evaluate_everywhere(store, text, ids)
-
-        read_only_store()
+        check(store)
     assert file_digest(db) == digest
-
-    # A store opened for writing (as curate, collect and snapshot open it): no row changes.
-    rows = store_rows(db)
+    rows = store_rows(db)  # opened for writing (as curate, collect, snapshot open it)
     with Store.open(db, command="props") as store:
-        @settings(max_examples=examples, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.too_slow])
-        @given(texts)
-        def writable_store(text: str) -> None:
-            evaluate_everywhere(store, text, ids)
-
-        writable_store()
+        check(store)
     assert store_rows(db) == rows
 
 
