@@ -85,7 +85,13 @@ class PostgresServer:
             if out.returncode and "password" in out.stderr:
                 return
             time.sleep(0.05)
-        raise RuntimeError(f"pg_hba.conf's password rule for {user} never took effect")
+        rules = self.psql("SELECT line_number, user_name, auth_method, error "
+                          "FROM pg_hba_file_rules ORDER BY line_number LIMIT 4")
+        log = Path(self.handle.pgdata) / "log"
+        tail = log.read_text()[-1500:] if log.is_file() else "(no log)"
+        raise RuntimeError(f"pg_hba.conf's password rule for {user} never took effect "
+                           f"(psql: rc {out.returncode}, {out.stderr.strip()!r}); rules: "
+                           f"{rules!r}; log: {tail}")
 
     def stop(self) -> None:
         """Stop the server and delete its data directory."""
