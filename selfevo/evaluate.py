@@ -26,6 +26,7 @@ from selfevo.refine import RefinePrompts, RefineResult, self_refine
 if TYPE_CHECKING:
     from corpus.store import Store
     from generation.backends.base import Backend
+    from generation.batches import BatchOptions
     from generation.ledger import Progress
 
 MODES = ("direct", "refine")
@@ -253,6 +254,7 @@ def evaluate(
     round: int | None = None,
     parent_run_id: str | None = None,
     progress: Progress | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
 
@@ -260,7 +262,8 @@ def evaluate(
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
-    in the run/evals config so comparisons and the report can order rounds.
+    in the run/evals config so comparisons and the report can order rounds. ``batch``
+    sends each stage as batches (``--mode batch|file``).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -285,7 +288,7 @@ def evaluate(
         results = self_refine(
             backend, questions, steps=steps if "refine" in modes else 0,
             stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
-            prompts=prompts, store=store, run_id=run.run_id, progress=progress,
+            prompts=prompts, store=store, run_id=run.run_id, progress=progress, batch=batch,
         )
         summaries = []
         for mode in modes:

@@ -145,10 +145,13 @@ class Evolution:
     """One evolve run over a store; :meth:`run` executes (or resumes) every round."""
 
     def __init__(self, store: Store, config: EvolveConfig,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, batch: Any = None):
         config.check()
         self.store = store
         self.config = config
+        # --mode batch|file for the generate stage (how requests travel, not what the
+        # evolve is: it is not part of the config or the name)
+        self.batch = batch
         self.name = config.resolved_name()
         self.out = Path(config.out) / self.name
         self.log = log
@@ -192,9 +195,9 @@ class Evolution:
             for old in self._backends.values():  # one model in memory at a time
                 old.close()
             self._backends.clear()
-            from generation.backends import load_backend
+            from generation.batches import load_backend_for
 
-            self._backends[spec] = load_backend(spec)
+            self._backends[spec] = load_backend_for(spec, self.batch)
         return self._backends[spec]
 
     def close(self) -> None:
@@ -289,7 +292,7 @@ class Evolution:
             requests.append(ChatRequest(
                 template.render(examples=[s["text"] for s in shots]),
                 {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
-        out = ledger_generate(self.backend(student), self.store, run.run_id)(
+        out = ledger_generate(self.backend(student), self.store, run.run_id, batch=self.batch)(
             requests, "new-question", template.hash)
         rows = []
         for (res, call_id), ids in zip(out, seed_ids, strict=True):
@@ -325,7 +328,7 @@ class Evolution:
         self.log(f"  round {t} generate: {len(questions)} answers from {student}")
         results = self_refine(self.backend(student), [p["text"] for p in questions], steps=1,
                               params=cfg.gen, sample_indices=indices, prompts=tp,
-                              store=self.store, run_id=run.run_id)
+                              store=self.store, run_id=run.run_id, batch=self.batch)
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
@@ -486,8 +489,13 @@ def _eval_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print
-           ) -> list[RoundResult]:
-    """Open the store and run (or resume) the evolve described by ``config``."""
+def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print,
+           batch: Any = None) -> list[RoundResult]:
+    """Open the store and run (or resume) the evolve described by ``config``.
+
+    ``batch`` (:class:`generation.batches.BatchOptions`): the generate stage's requests go
+    as batches; while they run the stage (and the command) stops ``waiting``, and the same
+    command run again resumes there.
+    """
     with Store.open(db, command="evolve") as store:
-        return Evolution(store, config, log).run()
+        return Evolution(store, config, log, batch).run()
