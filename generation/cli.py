@@ -254,9 +254,10 @@ def batches_ingest(files: tuple[str, ...], prices: str | None, db: str) -> None:
 def _batch_table(rows: list[dict], title: str) -> Table:
     """One row per batch: key, provider id, purpose, attempt, state, requests, done / failed."""
     table = Table(title=title)
+    widths = {"batch": 21, "provider id": 12, "state": 11}  # ids are copied, never truncated
     for col in ("batch", "provider id", "purpose", "try", "state", "requests", "done", "failed"):
-        table.add_column(col, no_wrap=True, justify="right" if col in (
-            "try", "requests", "done", "failed") else "left")
+        table.add_column(col, no_wrap=col != "purpose", min_width=widths.get(col),
+                         justify="right" if col in ("try", "requests", "done", "failed") else "left")
     for r in rows:
         table.add_row(r["batch_key"], r["batch_id"] or f"({r['provider']})", r["purpose"] or "",
                       str(r["attempt"]), r["state"], f"{r['n_requests']:,}",

@@ -24,6 +24,7 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -69,7 +70,7 @@ class CollectConfig:
 
     def as_config(self) -> dict[str, Any]:
         """JSON-able config for the ``runs`` row (no secrets: only the key's variable name)."""
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, batch=None))  # asdict would deep-copy its display
         d["batch"] = self.batch.as_config() if self.batch else None
         d["responses_from"] = list(self.responses_from)
         d["teacher"] = public_spec(self.teacher)
@@ -516,6 +517,10 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
             if config.batch is not None:
                 config.batch.display = display  # one task per batch while polling
             summary = collector.run(ledger, display)
+            if ledger.waiting:  # what is answered went on; the rest waits for its batches
+                from generation.batches.drive import stop_if_waiting
+
+                stop_if_waiting(ledger)
             # Asked through the writer: it runs after the queued records are written.
             summary.records_new = ledger.query(
                 "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]

@@ -47,8 +47,9 @@ from generation.backends.base import Backend, ChatRequest, ChatResult
 from generation.errors import GenerationError
 from schemas.identity import canonical_json, content_id
 
-#: Results that mean "never sent" (no attempt was made).
-UNSENT_KINDS = {"budget", "interrupted"}
+#: Results that mean "never sent" (no attempt was made), or "not answered yet" (``waiting``:
+#: in a batch that is still running, or in a shard file waiting for its results).
+UNSENT_KINDS = {"budget", "interrupted", "waiting"}
 
 
 def call_id(model: str, endpoint: str | None, request: ChatRequest) -> str:
@@ -437,6 +438,8 @@ class Ledger:
         self.run_id = run_id
         self.window = window  # pending rows ahead of an announcing sender (None: by concurrency)
         self.batch = batch  # BatchOptions, or None: online
+        #: batches whose calls this ledger's completions left waiting (``--no-wait``, files)
+        self.waiting: set[str] = set()
         self.counts = LedgerCounts()
         self.writer = Writer(store, run_id, interval=interval, hold=hold, gap=gap)
 
@@ -713,6 +716,10 @@ def ledger_generate(backend: Backend, store: Store | None = None, run_id: str | 
         with Ledger(store, run_id, batch=batch) as ledger:
             outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
                                        tick)
+            if ledger.waiting:  # a stage is answered whole or not at all
+                from generation.batches.drive import stop_if_waiting
+
+                stop_if_waiting(ledger)
         return [(o.to_result(), o.call_id) for o in outcomes]
 
     return generate

@@ -10,9 +10,11 @@ Steps 1-2 (look up, plan) are :class:`~generation.ledger.Completion`'s: a call a
    a miss already pending in an open batch is not written again, its batch is awaited;
 4. **send** drives the shards (:class:`~generation.batches.drive.Driver`): upload, create,
    poll, settle (results go into the ledger as they would online), re-submit leftovers;
-   ``--mode file`` stops after writing, ``--no-wait`` after submitting (both raise
-   :class:`~generation.batches.options.BatchesOpen`, and the next run picks the batches up);
-5. **outcomes** are read back from the settled ``calls`` rows.
+   ``--mode file`` stops after writing, ``--no-wait`` after submitting: the batches left
+   open are added to ``Ledger.waiting`` (the caller ends the command with
+   :func:`~generation.batches.drive.stop_if_waiting`, and the next run picks them up);
+5. **outcomes** are read back from the settled ``calls`` rows; a call still in an open
+   batch gets an outcome ``waiting`` (not a failure: the caller goes on with the others).
 
 ``--budget`` reserves each request's cost bound at batch prices before it goes into a
 shard; the first that does not fit stops the submission (those left are reported unsent).
@@ -27,6 +29,7 @@ from generation.backends.openai_backend import strip_credentials, upper_bound_to
 from generation.batches import tables
 from generation.batches.drive import Driver
 from generation.batches.faults import fault
+from generation.batches.options import BatchesOpen
 from generation.batches.shards import Shard, request_line, write_shards
 from generation.ledger import Completion, Outcome, insert_pending, mark_resend
 
@@ -52,6 +55,8 @@ class BatchCompletion(Completion):
         driver = Driver(self.ledger, self.options, self.backend)  # type: ignore[arg-type]
         try:
             driver.run(keys)
+        except BatchesOpen:
+            self.ledger.waiting |= driver.open
         finally:
             driver.close()
         self.deliver()
@@ -127,7 +132,10 @@ class BatchCompletion(Completion):
         for i in todo:
             cid = self.ids[i]
             row = rows.get(cid) or {"status": "pending"}
-            if row["status"] == "ok":
+            if row.get("in_batch"):
+                outcome = Outcome(cid, False, error_kind="waiting",
+                                  error="in a batch that is not settled yet")
+            elif row["status"] == "ok":
                 outcome = Outcome(cid, True, row["response"], row["finish_reason"],
                                   cost=row["cost"], prompt_tokens=row["prompt_tokens"],
                                   completion_tokens=row["completion_tokens"])

@@ -62,6 +62,7 @@ class Driver:
         self.prices = prices or (backend.prices if backend is not None else PriceTable.load())
         self.settler = Settler(ledger, self.prices, chunk=options.settle_chunk)
         self.settled = SettleCounts()  # over every batch settled by this driver
+        self.open: set[str] = set()  # the batches left unsettled when run() raised
         self._apis: dict[tuple[str, str], tuple[BatchAPI, OpenAIBackend | None]] = {}
         self._bars: dict[str, Any] = {}
 
@@ -95,6 +96,7 @@ class Driver:
             if progressed:
                 continue  # re-submissions to upload now
             if not self.options.wait or all(r["provider"] == "file" for r in rows):
+                self.open = {r["batch_key"] for r in rows}
                 raise BatchesOpen(waiting_message(rows))
             time.sleep(self.options.poll_interval)
 
@@ -321,6 +323,14 @@ def _attempt_rows(con: Any, key: str, attempt: int, status: str, run_id: str) ->
                 "latency, run_id) SELECT call_id, ?, ?, http_status, error_kind, error, NULL, ? "
                 "FROM batch_calls WHERE batch_key = ? AND status = 'retry'",
                 [attempt, status, run_id, key])
+
+
+def stop_if_waiting(ledger: Ledger) -> None:
+    """Raise :class:`BatchesOpen` naming the ledger's waiting batches that are still open."""
+    keys = sorted(ledger.waiting)
+    rows = ledger.writer.call(lambda con: tables.batch_rows(con, keys, unsettled=True))
+    if rows:
+        raise BatchesOpen(waiting_message(rows))
 
 
 def waiting_message(rows: list[dict[str, Any]]) -> str:

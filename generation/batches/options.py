@@ -12,7 +12,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +54,7 @@ class BatchOptions:
 
     def as_config(self) -> dict[str, Any]:
         """The settings as stored in ``runs.config``."""
-        d = asdict(self)
-        d.pop("display")
-        return d
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "display"}
 
     def directory(self, db_path: Path) -> Path:
         """Where shards and results go: ``dir``, else ``<store file>.batches/``."""
