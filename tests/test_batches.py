@@ -419,3 +419,68 @@ def _register_fake_batch(ledger, ids: list[str]) -> None:
         tables.insert_links(con, "bfake", ids)
 
     ledger.writer.call(run)
+
+
+def ledger_round_trip(db: str, server, n: int) -> dict:
+    """``n`` distinct requests through the ledger in batch mode (shards of 50,000)."""
+    from corpus.store import Store
+    from generation.backends.base import ChatRequest
+    from generation.backends.openai_backend import OpenAIBackend
+    from generation.batches import BatchOptions
+    from generation.ledger import Call, Ledger
+
+    backend = OpenAIBackend.from_spec(f"openai:m@{server.base_url}")
+    calls = [Call(ChatRequest([{"role": "user", "content": f"What is {i} + 1?"}],
+                              {"temperature": 0.0, "max_tokens": 16}), "response")
+             for i in range(n)]
+    try:
+        with Store.open(db) as store, store.run("t", {}) as run, \
+                Ledger(store, run.run_id, batch=BatchOptions(poll_interval=0.01)) as ledger:
+            outcomes = ledger.complete(backend, calls)
+            counts = ledger.counts.as_dict()
+    finally:
+        backend.close()
+    assert sum(o.ok for o in outcomes) == n and not any(o.cached for o in outcomes)
+    return counts
+
+
+def test_round_trip_through_the_ledger(db, server):
+    counts = ledger_round_trip(db, server, 2000)
+    assert counts["ok"] == 2000 and counts["attempts"] == 2000
+    assert_exactly_once(db, server, 2000)
+
+
+@pytest.mark.slow
+def test_100k_rows_round_trip(db, server):
+    counts = ledger_round_trip(db, server, 100_000)
+    assert counts["ok"] == 100_000
+    assert query(db, "SELECT count(*), sum(n_requests) FROM batches") == [(2, 100_000)]
+    assert_exactly_once(db, server, 100_000)
+
+
+@pytest.mark.slow
+def test_settling_100k_lines_holds_one_chunk_in_memory(db, tmp_path, monkeypatch):
+    monkeypatch.setenv("SELFEVO_TEST_SETTLE_ROWS", "100000")
+    test_settling_is_one_transaction_per_chunk_and_memory_stays_flat(db, tmp_path)
+
+
+def test_a_store_from_before_batches_migrates_and_keeps_flagging_dead_online_calls(db):
+    import duckdb
+
+    from corpus.migrations import MIGRATIONS, migrate
+    from corpus.store import Store
+
+    con = duckdb.connect(db)
+    migrate(con, upto=MIGRATIONS.index(next(m for m in MIGRATIONS
+                                            if m.__name__ == "m007_batches")))
+    con.execute("INSERT INTO calls (call_id, model, messages, params, status, run_id) "
+                "VALUES ('h1:dead', 'openai:m', '[]', '{}', 'pending', 'r0')")
+    con.close()
+    with Store.open(db) as store:
+        assert store.query("SELECT count(*) FROM batches") == [(0,)]
+        assert store.query("SELECT possibly_billed FROM calls") == [(True,)]
+        with pytest.raises(Exception, match="wait"), store.run("unit", {}):
+            from generation.batches import BatchesOpen
+
+            raise BatchesOpen("3 requests wait")
+        assert store.query("SELECT status, error FROM runs") == [("waiting", "3 requests wait")]

@@ -44,14 +44,23 @@ class BatchCompletion(Completion):
         self.options = self.ledger.batch
         self.directory = self.options.directory(self.ledger.store.path)
 
+    def run(self) -> list[Outcome]:
+        """Completion's steps; unsettled batches of these calls are driven even with no miss."""
+        self.look_up()
+        self.plan()
+        unsettled = self.ledger.writer.call(lambda con: tables.unsettled_keys(con, self.ids))
+        if self.misses or unsettled:
+            self.send(set(unsettled))
+        return [o for o in self.outcomes if o is not None]
+
     def register(self) -> None:
         """Nothing up front: each shard registers its calls when it is written."""
 
-    def send(self) -> None:
-        """Shard the new misses, then drive every batch they are in until settled."""
+    def send(self, unsettled: set[str] | None = None) -> None:
+        """Shard the new misses, then drive them and the ``unsettled`` batches until settled."""
         waiting = set(self.in_batch)
         fresh = self.within_budget([j for j in range(len(self.misses)) if j not in waiting])
-        keys = set(self.open_batches(sorted(waiting))) | self.write(fresh)
+        keys = (unsettled or set()) | self.write(fresh)
         driver = Driver(self.ledger, self.options, self.backend)  # type: ignore[arg-type]
         try:
             driver.run(keys)
@@ -60,11 +69,6 @@ class BatchCompletion(Completion):
         finally:
             driver.close()
         self.deliver()
-
-    def open_batches(self, js: list[int]) -> list[str]:
-        """The batches that hold ``misses[j]`` for j in ``js``."""
-        ids = [self.ids[self.misses[j]] for j in js]
-        return self.ledger.writer.call(lambda con: tables.pending_keys(con, ids)) if ids else []
 
     def within_budget(self, js: list[int]) -> list[int]:
         """The misses ``js`` that fit ``--budget`` at batch prices; the rest are reported unsent."""

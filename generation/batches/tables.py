@@ -78,13 +78,18 @@ def find_batches(con: Con, ref: str) -> list[dict[str, Any]]:
                       "OR starts_with(batch_id, ?)", params=[ref] * 4)
 
 
-def pending_keys(con: Con, call_ids: Sequence[str]) -> list[str]:
-    """The batches holding a pending link of any of ``call_ids``."""
+def unsettled_keys(con: Con, call_ids: Sequence[str]) -> list[str]:
+    """The batches not settled yet that hold any of ``call_ids``.
+
+    Those with the calls pending, and those a kill left half-settled (their calls may all
+    be answered already: the batch still needs its leftovers handled and its mark).
+    """
     con.register("_ids", pa.table({"call_id": pa.array(list(call_ids), pa.string())}))
     try:
         return [k for (k,) in con.execute(
-            "SELECT DISTINCT batch_key FROM batch_calls WHERE status = 'pending' "
-            "AND call_id IN (SELECT call_id FROM _ids) ORDER BY 1").fetchall()]
+            "SELECT DISTINCT l.batch_key FROM batch_calls l JOIN batches b USING (batch_key) "
+            "WHERE b.state <> 'settled' AND l.call_id IN (SELECT call_id FROM _ids) "
+            "ORDER BY 1").fetchall()]
     finally:
         con.unregister("_ids")
 
