@@ -68,6 +68,7 @@ class Settler:
         self.prices = prices
         self.chunk = chunk
         self.resubmit = resubmit  # False (ingest): a retryable failure is a failed call
+        self._prices: dict[str, tuple[float, float] | None] = {}  # batch price per model
 
     def settle_file(self, path: Path, key: str | None = None) -> SettleCounts:
         """Settle every line of ``path`` (``key``: only calls of that batch count as known)."""
@@ -136,7 +137,11 @@ class Settler:
             a.attempt = int(link["attempt"] or 1)
         if r.ok:
             model = str(link["model"]).removeprefix("openai:")
-            r.cost = self.prices.cost(model, r.prompt_tokens, r.completion_tokens, batch=True)
+            if model not in self._prices:
+                self._prices[model] = self.prices.price(model, batch=True)
+            p = self._prices[model]
+            if p is not None and r.prompt_tokens is not None and r.completion_tokens is not None:
+                r.cost = (p[0] * r.prompt_tokens + p[1] * r.completion_tokens) / 1e6
         return r
 
 
