@@ -484,3 +484,94 @@ def test_a_store_from_before_batches_migrates_and_keeps_flagging_dead_online_cal
 
             raise BatchesOpen("3 requests wait")
         assert store.query("SELECT status, error FROM runs") == [("waiting", "3 requests wait")]
+
+
+def test_a_prepared_shard_whose_file_is_gone_is_rebuilt_from_its_calls(db, tmp_path, server):
+    from corpus.store import Store
+    from generation.batches import BatchOptions, tables
+    from generation.batches.drive import Driver
+    from generation.batches.shards import request_line
+    from generation.ledger import Ledger, insert_pending
+
+    ids = [f"h1:{i:032x}" for i in range(3)]
+    with Store.open(db) as store, store.run("t", {}) as run, Ledger(store, run.run_id) as ledger:
+        def register(con):
+            insert_pending(con, [{"call_id": c, "model": "openai:m", "endpoint": "e",
+                                  "messages": json.dumps([{"role": "user", "content": c}]),
+                                  "params": '{"max_tokens":8}', "sample_index": 0,
+                                  "purpose": "t", "status": "pending", "run_id": run.run_id}
+                                 for c in ids])
+            tables.insert_batch(con, {
+                "batch_key": "bgone", "provider": "openai", "model": "openai:m",
+                "base_url": server.base_url, "api_key_env": "OPENAI_API_KEY", "attempt": 1,
+                "shard": 0, "path": str(tmp_path / "gone" / "bgone.jsonl"), "n_requests": 3,
+                "bytes": 0, "state": "prepared", "run_id": run.run_id})
+            tables.insert_links(con, "bgone", ids)
+
+        ledger.writer.call(register)
+        driver = Driver(ledger, BatchOptions(poll_interval=0.01))
+        driver.run({"bgone"})
+        driver.close()
+    (uploaded,) = [server.batches.contents[b.input_file_id] for b in server.batches.batches.values()]
+    assert uploaded == b"".join(request_line(c, "m", [{"role": "user", "content": c}],
+                                             {"max_tokens": 8}) for c in ids)
+    assert dict(query(db, "SELECT status, count(*) FROM calls GROUP BY 1")) == {"ok": 3}
+
+
+def test_evolve_generate_stage_waits_for_its_batches_then_resumes(db, server):
+    from corpus.store import Store
+    from generation.batches import BatchesOpen, BatchOptions
+    from selfevo.evolve import Evolution, EvolveConfig
+
+    seed(db, 3)
+    config = EvolveConfig(student=f"openai:m@{server.base_url}", base="b", prompts="true",
+                          name="ev", gen={"temperature": 0.0, "max_tokens": 32})
+    with Store.open(db) as store:
+        evo = Evolution(store, config, log=lambda _m: None,
+                        batch=BatchOptions(wait=False, poll_interval=0.01))
+        with pytest.raises(BatchesOpen, match="requests in batch"):
+            evo.stage("generate", 1, lambda run: evo.generate(run, 1, config.student))
+        evo.batch = BatchOptions(poll_interval=0.01)
+        counts = evo.stage("generate", 1, lambda run: evo.generate(run, 1, config.student))
+        evo.close()
+    assert counts["records"] == 3
+    assert query(db, "SELECT status FROM runs WHERE command = 'evolve generate' "
+                     "ORDER BY started_at") == [("waiting",), ("ok",)]
+    assert [p for (p,) in query(db, "SELECT DISTINCT purpose FROM batches ORDER BY 1")] == [
+        "answer", "self-feedback", "self-refinement"]
+    assert server.chat_requests() == [] and set(server.batches.answered.values()) == {1}
+
+
+def test_polling_shows_each_batch_with_its_state_and_counts(db, server):
+    import io
+
+    from rich.console import Console
+
+    from corpus.display import progress
+    from corpus.store import Store
+    from generation.backends.openai_backend import OpenAIOptions
+    from generation.batches import BatchOptions
+    from generation.collect import CollectConfig, Collector
+    from generation.ledger import Ledger
+
+    seed(db, 3)
+    batch = BatchOptions(poll_interval=0.01)
+    config = CollectConfig(teacher=f"openai:teacher@{server.base_url}",
+                           responder=f"openai:student@{server.base_url}", max_tokens=32,
+                           options=OpenAIOptions(), batch=batch)
+    tty = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with Store.open(db) as store, store.run("collect", {}) as run:
+        collector = Collector(store, config, run.run_id)
+        try:
+            with Ledger(store, run.run_id, batch=batch) as ledger, \
+                    progress(console=tty) as display:
+                batch.display = display
+                collector.run(ledger, display)
+        finally:
+            collector.close()
+    frames = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", tty.file.getvalue())
+    keys = [k for (k,) in query(db, "SELECT batch_key FROM batches")]
+    assert len(keys) == 3
+    for key in keys:  # the batch's line in the last frame drawn
+        line = [x for x in re.split(r"[\r\n]", frames) if f"batch {key}" in x][-1]
+        assert "3/3" in line and "settled" in line, line

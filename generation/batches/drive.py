@@ -64,7 +64,7 @@ class Driver:
         self.settled = SettleCounts()  # over every batch settled by this driver
         self.open: set[str] = set()  # the batches left unsettled when run() raised
         self._apis: dict[tuple[str, str], tuple[BatchAPI, OpenAIBackend | None]] = {}
-        self._bars: dict[str, Any] = {}
+        self._bars: dict[str, tuple[Any, int]] = {}  # key -> (progress task, requests)
 
     def close(self) -> None:
         """Release the clients this driver made."""
@@ -220,12 +220,8 @@ class Driver:
         key = row["batch_key"]
 
         def write(con: Any) -> list[Any]:
-            cur = con.execute(
-                "SELECT l.call_id, c.messages, c.params FROM batch_calls l JOIN calls c "
-                "USING (call_id) WHERE l.batch_key = ? AND l.status IN ('pending', 'retry') "
-                "ORDER BY l.call_id", [key])
             return list(write_shards(
-                Path(row["path"]).parent, _lines(cur, model), model=row["model"], endpoint=row["endpoint"],
+                Path(row["path"]).parent, _lines(con, key, model, ("pending", "retry")), model=row["model"], endpoint=row["endpoint"],
                 max_requests=self.options.max_requests, max_bytes=self.options.max_bytes,
                 attempt=int(row["attempt"]) + 1, salt=key, keep_ids=False))
 
@@ -236,12 +232,9 @@ class Driver:
         model = row["model"].removeprefix("openai:")
 
         def write(con: Any) -> None:
-            cur = con.execute(
-                "SELECT l.call_id, c.messages, c.params FROM batch_calls l JOIN calls c "
-                "USING (call_id) WHERE l.batch_key = ? ORDER BY l.call_id", [row["batch_key"]])
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "wb") as f:
-                for _, _, line in _lines(cur, model):
+                for _, _, line in _lines(con, row["batch_key"], model):
                     f.write(line)
 
         self.ledger.writer.call(write)
@@ -294,19 +287,30 @@ class Driver:
         for r in rows:
             key = r["batch_key"]
             if key not in self._bars:
-                self._bars[key] = display.task(f"batch {key} {r['purpose'] or ''}".strip(),
-                                               int(r["n_requests"]))
+                self._bars[key] = (display.task(f"batch {key} {r['purpose'] or ''}".strip(),
+                                                int(r["n_requests"])), int(r["n_requests"]))
             done, failed = r.get("n_completed") or 0, r.get("n_failed") or 0
-            self._bars[key].update(completed=done + failed, force=True,
-                                   info=f"{r['state']} [green]done {done}[/] [red]failed {failed}[/]")
+            self._bars[key][0].update(
+                completed=done + failed, force=True,
+                info=f"{r['state']} [green]done {done}[/] [red]failed {failed}[/]")
         live = {r["batch_key"] for r in rows}
-        for key, bar in self._bars.items():
+        for key, (bar, total) in self._bars.items():
             if key not in live:
-                bar.update(description=f"batch {key} settled", force=True)
+                bar.update(completed=total, info="settled", force=True)
 
 
-def _lines(cur: Any, model: str) -> Iterator[tuple[int, str, bytes]]:
-    """Batch lines of ``(call_id, messages, params)`` rows, fetched a thousand at a time."""
+def _lines(con: Any, key: str, model: str, statuses: tuple[str, ...] | None = None
+           ) -> Iterator[tuple[int, str, bytes]]:
+    """The request lines of a batch's calls (links in ``statuses``), in call id order.
+
+    Rebuilt from the ``calls`` rows (the messages and params their call id hashes), fetched
+    a thousand at a time.
+    """
+    cur = con.execute(
+        "SELECT l.call_id, c.messages, c.params FROM batch_calls l JOIN calls c USING (call_id) "
+        "WHERE l.batch_key = ? AND (? IS NULL OR list_contains(?, l.status)) ORDER BY l.call_id",
+        [key, None if statuses is None else list(statuses),
+         None if statuses is None else list(statuses)])
     n = 0
     while True:
         rows = cur.fetchmany(1000)
