@@ -20,6 +20,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from test_answers import ANSWER_CASES, RESPONSE_CASES  # noqa: E402
 
+from corpus.presets import find_data_file  # noqa: E402
 from curation.answers import answers_match, extract_answer  # noqa: E402
 
 
@@ -53,8 +54,8 @@ def score(fn: Callable[[str, str], bool], cases: list[tuple[str, str, bool]]) ->
 
 def gsm8k_cases() -> list[tuple[str, str, bool]]:
     """GSM8K test rationales: vs their own gold (correct) and vs gold + 1 (incorrect)."""
-    path = ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl"
-    if not path.exists():
+    path = find_data_file("gsm8k", "test.jsonl")
+    if path is None:
         return []
     cases = []
     for line in path.read_text().splitlines():

@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from corpus.presets import require_data_file  # noqa: E402
 from curation.decontam import BenchmarkIndex, load_benchmark, ngrams  # noqa: E402
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
 NAMES = ["Priya", "Tomasz", "Aiyana", "Oluwaseun", "Greta", "Mateo", "Yuki", "Fatima"]
 
@@ -103,8 +103,8 @@ def read_questions(path: Path) -> list[str]:
 
 def choose(args: argparse.Namespace) -> None:
     """Detection and false-positive rates per n and threshold."""
-    _, test, _ = load_benchmark("gsm8k-test", str(DATA / "gsm8k" / "test.jsonl"))
-    train = read_questions(DATA / "gsm8k" / "train.jsonl")
+    _, test, _ = load_benchmark("gsm8k-test", str(require_data_file("gsm8k", "test.jsonl")))
+    train = read_questions(require_data_file("gsm8k", "train.jsonl"))
     from corpus.wordproblems import generate_problems
 
     generated = [p["text"] for p in generate_problems(args.generated, seed=7)]
@@ -166,7 +166,7 @@ def run_store(args: argparse.Namespace) -> None:
     from curation.decontam import decontaminate
     from curation.selection import Selection
 
-    name, test, sha = load_benchmark("gsm8k-test", str(DATA / "gsm8k" / "test.jsonl"))
+    name, test, sha = load_benchmark("gsm8k-test", str(require_data_file("gsm8k", "test.jsonl")))
     rows = corpus_rows(args.n, test, args.per_kind)
     truth = {}
     with tempfile.TemporaryDirectory() as tmp:

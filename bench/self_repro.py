@@ -20,7 +20,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data"
 
 
 def main() -> None:
@@ -43,11 +42,13 @@ def main() -> None:
     args = ap.parse_args()
 
     from corpus.importers import import_prompts
+    from corpus.presets import require_data_file
     from corpus.store import Store
     from selfevo.evaluate import evaluate, load_items
     from selfevo.pipeline import TEST, Pipeline, PipelineConfig
 
-    gsm8k_train, gsm8k_test = DATA / "gsm8k" / "train.jsonl", DATA / "gsm8k" / "test.jsonl"
+    gsm8k_train = require_data_file("gsm8k", "train.jsonl")
+    gsm8k_test = require_data_file("gsm8k", "test.jsonl")
     quick = args.quick
     cfg = PipelineConfig(
         out=Path(args.out), model="tiny" if quick else "smollm2-135m",

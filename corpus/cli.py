@@ -26,10 +26,6 @@ def init_cmd(db: str) -> None:
 
 
 # -- prompts / records import ------------------------------------------------------------
-def _progress(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
 @click.group("prompts")
 def prompts() -> None:
     """Import prompts from files, or generate synthetic word problems.
@@ -69,18 +65,19 @@ def prompts_import(file: str | None, hf_name: str | None, preset: str | None,
       selfevo prompts import questions.csv --map question=text,answer=gold_answer --split train
       selfevo prompts import --hf openai/gsm8k:main --split test --preset gsm8k
     """
+    from corpus.display import progress
     from corpus.importers import import_hub_prompts, import_prompts, parse_map
 
     if (file is None) == (hf_name is None):
         raise click.UsageError("give FILE or --hf NAME (exactly one)")
     mapping = parse_map(map_spec)
-    with Store.open(db, command="prompts import") as store:
+    with Store.open(db, command="prompts import") as store, progress("import") as bar:
         if hf_name:
             result = import_hub_prompts(store, hf_name, preset=preset, mapping=mapping,
-                                        source=source, split=split, progress=_progress)
+                                        source=source, split=split, progress=bar)
         else:
             result = import_prompts(store, file, fmt=fmt, preset=preset, mapping=mapping,
-                                    source=source, split=split, progress=_progress)
+                                    source=source, split=split, progress=bar)
     click.echo(result.summary("prompts"))
 
 
@@ -96,10 +93,11 @@ def prompts_generate(n: int, seed: int, split: str | None, db: str) -> None:
     Example:
       selfevo prompts generate --n 500 --seed 0 --split train
     """
+    from corpus.display import progress
     from corpus.importers import import_generated
 
-    with Store.open(db, command="prompts generate") as store:
-        result = import_generated(store, n, seed=seed, split=split)
+    with Store.open(db, command="prompts generate") as store, progress("generate") as bar:
+        result = import_generated(store, n, seed=seed, split=split, progress=bar)
     click.echo(result.summary("prompts"))
 
 
@@ -131,12 +129,13 @@ def records_import(file: str, map_spec: str | None, source: str | None, fmt: str
     Example:
       selfevo records import exports/meta-ok/data.parquet
     """
+    from corpus.display import progress
     from corpus.importers import RECORD_FIELDS, import_records, parse_map
 
     mapping = parse_map(map_spec, RECORD_FIELDS)
-    with Store.open(db, command="records import") as store:
+    with Store.open(db, command="records import") as store, progress("import") as bar:
         result = import_records(store, file, fmt=fmt, mapping=mapping, source=source,
-                                progress=_progress)
+                                progress=bar)
     click.echo(result.summary("records"))
 
 
@@ -234,7 +233,8 @@ def snapshot() -> None:
 @snapshot.command("create")
 @click.argument("name")
 @click.option("--where", "where", required=True,
-              help="SQL condition over records_full (records + prompt, gold_answer, split …).")
+              help="A condition: one SQL expression over records_full (records + prompt, "
+                   "gold_answer, split …).")
 @click.option("--from", "base", metavar="SNAPSHOT", help="Select only within this snapshot.")
 @click.option("--note", help="Free text kept with the snapshot.")
 @db_option

@@ -25,23 +25,34 @@ from typing import Any
 
 #: Least seconds between two redraws caused by one task's updates (callers may update per item).
 MIN_INTERVAL = 0.1
+#: Widest a task's label is drawn (longer ones end in "…").
+MAX_LABEL = 40
 
 
 class Tracker:
     """One task of a :class:`Display`: advance it, or set its numbers."""
 
-    def __init__(self, display: Display, task_id: Any):
+    def __init__(self, display: Display, task_id: Any, total: int | None = None):
         self._display = display
         self._id = task_id
         self._last = 0.0
         self._pending = 0
+        # What the task will show once drawn: a step that reaches its total is drawn at
+        # once, so its bar is full and its clock stops when the work ends, not at the end
+        # of the display.
+        self._completed = 0
+        self._total = total
+
+    def _reaches_total(self) -> bool:
+        return self._total is not None and self._completed >= self._total
 
     def advance(self, n: int = 1) -> None:
         """Count ``n`` more items done (redraws at most every :data:`MIN_INTERVAL` s)."""
         with self._display.lock:
             self._pending += n
+            self._completed += n
             now = time.monotonic()
-            if now - self._last < MIN_INTERVAL:
+            if now - self._last < MIN_INTERVAL and not self._reaches_total():
                 return
             self._last = now
             n, self._pending = self._pending, 0
@@ -51,10 +62,16 @@ class Tracker:
                description: str | None = None, info: str | None = None,
                force: bool = False) -> None:
         """Set the task's numbers; unchanged fields stay as they are."""
-        now = time.monotonic()
-        if not force and completed is not None and now - self._last < MIN_INTERVAL:
-            return
-        self._last = now
+        with self._display.lock:
+            if total is not None:
+                self._total = total
+            if completed is not None:
+                self._completed, self._pending = completed, 0
+            now = time.monotonic()
+            if (not force and completed is not None and now - self._last < MIN_INTERVAL
+                    and not self._reaches_total()):
+                return
+            self._last = now
         fields: dict[str, Any] = {}
         if completed is not None:
             fields["completed"] = completed
@@ -66,12 +83,33 @@ class Tracker:
             fields["info"] = info
         self._display.bars.update(self._id, **fields)
 
+    def restart(self, description: str, total: int | None = None) -> None:
+        """Begin the task's next phase (read → write; answer → self-feedback → …): the count
+        starts again at 0 of ``total`` under a new label; the clock keeps running."""
+        with self._display.lock:
+            self._completed, self._pending = 0, 0
+            self._total = total if total is not None else self._total
+        bars = self._display.bars
+        bars.update(self._id, total=total, completed=0, description=description)
+        # A phase that filled the bar stopped the task's clock; the next one starts it again
+        # (Progress.reset would also zero it: the task's time is all its phases').
+        next(t for t in bars.tasks if t.id == self._id).finished_time = None
+
     def flush(self) -> None:
         """Draw what :meth:`advance` held back."""
         with self._display.lock:
             n, self._pending = self._pending, 0
         if n:
             self._display.bars.advance(self._id, n)
+
+    def finish(self, info: str | None = None) -> None:
+        """Show the task as done: a full bar (a spinner becomes a full bar of its count).
+
+        Without it a task with no total keeps spinning, and its clock running, to the end.
+        """
+        self.flush()
+        done = self._total if self._total is not None else max(1, self._completed)
+        self.update(total=done, completed=done, info=info, force=True)
 
 
 class Display:
@@ -86,17 +124,21 @@ class Display:
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.table import Column
 
         self.lock = threading.Lock()
         self.trackers: list[Tracker] = []
-        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
-                             MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        # Long labels (a benchmark given as SQL, a file path) are cut, not allowed to squeeze
+        # the bar and the numbers off the line.
+        label = Column(max_width=MAX_LABEL, no_wrap=True, overflow="ellipsis")
+        self.bars = Progress(SpinnerColumn(), TextColumn("{task.description}", table_column=label),
+                             BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                              TimeElapsedColumn(), console=console,
                              disable=not console.is_terminal, transient=False)
 
     def task(self, description: str, total: int | None = None, info: str = "") -> Tracker:
         """Add a task (a bar when ``total`` is known, else a spinner with a count)."""
-        tracker = Tracker(self, self.bars.add_task(description, total=total, info=info))
+        tracker = Tracker(self, self.bars.add_task(description, total=total, info=info), total)
         self.trackers.append(tracker)
         return tracker
 

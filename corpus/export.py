@@ -219,8 +219,10 @@ def _write_hf(tmp: Path, snap: Snapshot) -> None:
         import datasets
         import pyarrow.parquet as pq
     except ImportError:
+        from schemas.install import install_hint
+
         raise CorpusError(
-            "--format hf needs the 'datasets' package: pip install 'selfevo[hf]'"
+            f"--format hf needs the 'datasets' package: {install_hint('datasets')}"
         ) from None
     parquet = tmp / DATA_FILES["parquet"]
     table = pq.read_table(parquet)

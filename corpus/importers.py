@@ -16,10 +16,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 from pydantic import ValidationError
@@ -30,6 +30,9 @@ from corpus.store import Store
 from schemas.identity import canonical_json, file_sha256
 from schemas.records import PromptIn, RecordIn
 
+if TYPE_CHECKING:
+    from corpus.display import Tracker
+
 PROMPT_FIELDS = tuple(PromptIn.model_fields)  # text, gold_answer, gold_rationale, source, split, meta
 RECORD_FIELDS = tuple(RecordIn.model_fields)
 # Columns of a snapshot export that are derived (ids, chat layout) or point at rows of
@@ -39,10 +42,8 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-PROGRESS_EVERY = 100_000
+PROGRESS_EVERY = 1_000  # rows between two advances of the progress bar while reading
 BATCH_ROWS = 10_000  # rows per staged Arrow table and per INSERT
-
-Progress = Callable[[str], None]
 
 
 class ImportInputError(CorpusError):
@@ -174,8 +175,10 @@ def _datasets_module() -> Any:
     try:
         import datasets
     except ImportError:
+        from schemas.install import install_hint
+
         raise ImportInputError(
-            "reading HF datasets needs the datasets package: pip install 'selfevo[hf]'"
+            f"reading HF datasets needs the datasets package: {install_hint('datasets')}"
         ) from None
     return datasets
 
@@ -406,20 +409,21 @@ class _Staged:
     they take about what their text does, and come back as dict batches for the insert.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Tracker | None = None) -> None:
         self.tables: list[pa.Table] = []
         self.pending: list[dict[str, Any]] = []
         self.n = 0
+        self.progress = progress  # counts the rows read and validated
 
-    def append(self, row: dict[str, Any], progress: Progress | None = None) -> None:
-        """Stage one row; every PROGRESS_EVERY rows tell ``progress`` how far reading got."""
+    def append(self, row: dict[str, Any]) -> None:
+        """Stage one row (the progress bar moves every PROGRESS_EVERY rows)."""
         for c in ("meta", "templates"):
             if row.get(c) is not None and not isinstance(row[c], str):
                 row[c] = canonical_json(row[c])
         self.pending.append(row)
         self.n += 1
-        if progress and self.n % PROGRESS_EVERY == 0:
-            progress(f"read and validated {self.n:,} rows …")
+        if self.progress is not None and self.n % PROGRESS_EVERY == 0:
+            self.progress.advance(PROGRESS_EVERY)
         if len(self.pending) >= BATCH_ROWS:
             self._pack()
 
@@ -436,16 +440,30 @@ class _Staged:
             yield table.to_pylist()
 
 
-def _write(store: Store, run_id: str, prompts: _Staged, records: _Staged) -> tuple[int, int]:
+def _reading(progress: Tracker | None, label: str) -> None:
+    if progress is not None:
+        progress.update(description=f"read {label}", info="rows read and validated",
+                        force=True)
+
+
+def _write(store: Store, run_id: str, prompts: _Staged, records: _Staged, label: str,
+           progress: Tracker | None) -> tuple[int, int]:
     from corpus.records import insert_prompts, insert_records
 
+    if progress is not None:
+        progress.restart(f"write {label}", prompts.n + records.n)
+        progress.update(info="rows written")
     new_p = new_r = 0
     # One transaction: the file lands whole or not at all (see the module docstring).
     with store.transaction() as con:
         for batch in prompts.batches():
             new_p += insert_prompts(con, batch, run_id)
+            if progress is not None:
+                progress.advance(len(batch))
         for batch in records.batches():
             new_r += insert_records(con, batch, run_id)
+            if progress is not None:
+                progress.advance(len(batch))
     return new_p, new_r
 
 
@@ -459,19 +477,19 @@ def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
 
 def _land_prompts(
     store: Store, command: str, config: dict[str, Any], label: Path,
-    fields: Iterable[dict[str, Any]], progress: Progress | None,
+    fields: Iterable[dict[str, Any]], progress: Tracker | None,
 ) -> ImportResult:
     """Validate every row first, then write them all in one transaction under one run."""
     from corpus.records import make_prompt
 
     with store.run(command, config) as run:
-        rows = _Staged()
+        name = label.name if label.exists() else str(label)  # a file, or hf:NAME
+        _reading(progress, name)
+        rows = _Staged(progress)
         for f in fields:
-            rows.append(make_prompt(**f), progress)
+            rows.append(make_prompt(**f))
         _require_rows(label, rows.n)
-        if progress:
-            progress(f"validated {rows.n} rows of {label}; writing to the store")
-        new_p, _ = _write(store, run.run_id, rows, _Staged())
+        new_p, _ = _write(store, run.run_id, rows, _Staged(), name, progress)
         run.add("rows", rows.n)
         run.add("prompts", new_p)
     return ImportResult(str(label), run.run_id, rows.n, new_prompts=new_p, config=config)
@@ -480,9 +498,12 @@ def _land_prompts(
 def import_prompts(
     store: Store, path: str | Path, *, fmt: str | None = None, preset: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None,
-    split: str | None = None, progress: Progress | None = None,
+    split: str | None = None, progress: Tracker | None = None,
 ) -> ImportResult:
-    """Import a prompt file atomically; returns counts (re-importing adds 0 new)."""
+    """Import a prompt file atomically; returns counts (re-importing adds 0 new).
+
+    ``progress`` (a ``corpus.display`` tracker) counts rows read and validated, then written.
+    """
 
     path = Path(path)
     if not path.exists():
@@ -497,7 +518,7 @@ def import_prompts(
 def import_hub_prompts(
     store: Store, name: str, *, preset: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None,
-    split: str | None = None, progress: Progress | None = None,
+    split: str | None = None, progress: Tracker | None = None,
 ) -> ImportResult:
     """Import prompts from ``datasets.load_dataset(NAME[:CONFIG])`` atomically (``--hf``)."""
 
@@ -511,6 +532,7 @@ def import_hub_prompts(
 
 def import_generated(
     store: Store, n: int, *, seed: int = 0, split: str | None = None,
+    progress: Tracker | None = None,
 ) -> ImportResult:
     """Generate ``n`` synthetic word problems (source ``generated``) and import them."""
     from corpus.wordproblems import generate_problems
@@ -522,13 +544,13 @@ def import_generated(
                "gold_rationale": p["gold_rationale"], "source": "generated", "split": split,
                "meta": p["meta"]} for p in generate_problems(n, seed))
     return _land_prompts(store, "prompts generate", config,
-                         Path(f"generated(n={n}, seed={seed})"), fields, None)
+                         Path(f"generated(n={n}, seed={seed})"), fields, progress)
 
 
 def import_records(
     store: Store, path: str | Path, *, fmt: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None,
-    progress: Progress | None = None,
+    progress: Tracker | None = None,
 ) -> ImportResult:
     """Import (p, r, f, r̂) records (``RecordIn`` rows) and their prompts, atomically."""
     from corpus.records import make_prompt, make_record
@@ -539,7 +561,8 @@ def import_records(
     mapping = mapping or {}
     config = _file_config(path, fmt) | {"map": mapping, "source": source}
     with store.run("records import", config) as run:
-        prompts, records = _Staged(), _Staged()
+        _reading(progress, path.name)
+        prompts, records = _Staged(), _Staged(progress)
         pids: dict[str, str] = {}  # prompt text -> id: hash each distinct prompt once
         default_source = source or path.stem
         for where, raw in read_rows(path, fmt):
@@ -556,12 +579,10 @@ def import_records(
                 refinement=rec["refinement"], parent_record_id=rec.get("parent_record_id"),
                 responder=rec.get("responder"), teacher=rec.get("teacher"),
                 templates=rec.get("templates"), source=src, meta=rec["meta"],
-            ), progress)
+            ))
         del pids
         _require_rows(path, records.n)
-        if progress:
-            progress(f"validated {records.n} rows of {path}; writing to the store")
-        new_p, new_r = _write(store, run.run_id, prompts, records)
+        new_p, new_r = _write(store, run.run_id, prompts, records, path.name, progress)
         run.add("rows", records.n)
         run.add("prompts", new_p)
         run.add("records", new_r)

@@ -261,6 +261,28 @@ def m005_evolve_prompts(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m006_model_identity(con: duckdb.DuckDBPyConnection) -> None:
+    """Models identified by content and named readably; their folders in path columns only.
+
+    From now on ``models.model_id`` is hash(weights, base, snapshot_hash) (it was
+    hash(path, snapshot_hash, config)), ``base`` is the base's readable name (an alias, or its
+    folder's name) and ``config`` holds the trainer settings without its folder settings
+    (``selfevo/checkpoints.py``). Rows written before keep their ids; their absolute base
+    folder moves to ``base_path`` and they get a ``name`` from their folder. ``weights`` of
+    those rows stays NULL (a migration reads no files): they are matched by ``path``.
+    """
+    con.execute(
+        """
+        ALTER TABLE models ADD COLUMN name VARCHAR;      -- readable name, as hf: specs call it (the folder's name)
+        ALTER TABLE models ADD COLUMN weights VARCHAR;   -- weights:<sha> of the checkpoint's files (= calls.endpoint of its calls)
+        ALTER TABLE models ADD COLUMN base_path VARCHAR; -- local folder of the base model, NULL for a hub name
+        UPDATE models SET name = regexp_extract(rtrim(path, '/'), '[^/]*$');
+        UPDATE models SET base_path = base, base = regexp_extract(rtrim(base, '/'), '[^/]*$')
+        WHERE base LIKE '/%';
+        """
+    )
+
+
 def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
     """Batch generation (``--mode batch|file``): each shard of requests, and its calls.
 
@@ -316,8 +338,10 @@ def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-MIGRATIONS: list[Migration] = [m001_initial, m002_views, m003_decision_views, m004_audit_views,
-                              m005_evolve_prompts, m007_batches]
+MIGRATIONS: list[Migration] = [
+    m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
+    m006_model_identity, m007_batches,
+]
 
 
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

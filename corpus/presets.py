@@ -7,11 +7,14 @@ parsers serve ``selfevo prompts import --preset …`` and the evaluation code
 GSM8K (``{"question", "answer"}``; the answer is a worked solution ending ``#### 18``):
 
 * ``text`` = question; ``gold_answer`` = the number after ``####`` with thousands commas
-  removed (``1,080`` → ``1080``), canonical (see :func:`canonical_answer`);
+  removed (``1,080`` → ``1080``), canonical (:func:`schemas.numbers.canonical_answer`);
 * ``gold_rationale`` = the full answer text, *without* the calculator annotations
   ``<<16-3-4=9>>``. They are a tool-call artefact of GSM8K's collection, not reasoning; the
   rationale is used as the reference refinement r̂, and a student trained on it would learn to
-  emit ``<<…>>`` it has no calculator for. The original file keeps them.
+  emit ``<<…>>`` it has no calculator for.
+* ``meta`` = ``{"annotated_rationale": <the answer text with its annotations>}`` when it has
+  any: the annotations are the exact computation of each line, which the ``verifying``
+  teacher re-derives the solution from (``generation/teachers/derivation.py``).
 
 SVAMP (a JSON array of ``{"ID", "Body", "Question", "Equation", "Answer", "Type"}``):
 
@@ -21,38 +24,17 @@ SVAMP (a JSON array of ``{"ID", "Body", "Question", "Equation", "Answer", "Type"
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 from corpus.errors import CorpusError
+from schemas.numbers import canonical_answer
 
 CALCULATOR_ANNOTATION = re.compile(r"<<[^<>]*>>")
-_NUMBER = re.compile(r"[-+]?\$?\s*[\d,]*\.?\d+")
-
-
-def canonical_answer(value: Any) -> str:
-    """Canonical text of a gold answer: ``27.0`` → ``27``, ``"1,080"`` → ``1080``, ``2.50`` → ``2.5``.
-
-    Numbers lose thousands commas, a leading ``$``, trailing zeros and ``+``; anything that is
-    not a number is returned stripped, unchanged.
-    """
-    if isinstance(value, bool):
-        raise ValueError("a gold answer cannot be a boolean")
-    text = str(value).strip()
-    candidate = text.replace(",", "").replace("$", "").replace(" ", "")
-    try:
-        d = Decimal(candidate)
-    except InvalidOperation:
-        return text
-    if not d.is_finite():
-        return text
-    if d == d.to_integral_value():
-        return str(int(d))
-    return format(d.normalize(), "f")
 
 
 def strip_calculator_annotations(text: str) -> str:
@@ -81,8 +63,13 @@ def _text(row: dict[str, Any], field: str) -> str:
 
 def gsm8k_prompt(row: dict[str, Any]) -> dict[str, Any]:
     """Prompt fields of one GSM8K row."""
-    gold, rationale = parse_gsm8k_answer(_text(row, "answer"))
-    return {"text": _text(row, "question"), "gold_answer": gold, "gold_rationale": rationale}
+    answer = _text(row, "answer")
+    gold, rationale = parse_gsm8k_answer(answer)
+    fields: dict[str, Any] = {"text": _text(row, "question"), "gold_answer": gold,
+                              "gold_rationale": rationale}
+    if CALCULATOR_ANNOTATION.search(answer):
+        fields["meta"] = {"annotated_rationale": answer.strip()}
+    return fields
 
 
 def svamp_prompt(row: dict[str, Any]) -> dict[str, Any]:
@@ -154,3 +141,59 @@ def load_benchmark_items(path: str | Path, preset: str) -> list[dict[str, Any]]:
             "meta": fields.get("meta"),
         })
     return items
+
+
+#: Environment variable naming the folder that holds benchmark data (``gsm8k/test.jsonl``,
+#: ``svamp/SVAMP.json``); when set, it is the only place looked.
+DATA_ENV = "SELFEVO_DATA"
+#: The test file of each benchmark, relative to a data folder.
+BENCHMARK_FILES = {"gsm8k": ("gsm8k", "test.jsonl"), "svamp": ("svamp", "SVAMP.json")}
+
+
+def data_dirs() -> list[Path]:
+    """The folders searched for benchmark data, in order.
+
+    ``$SELFEVO_DATA`` alone when it is set; otherwise ``shared/data`` in each folder above the
+    selfevo checkout, nearest first (``../shared/data`` next to a checkout, and next to the
+    folder holding a git worktree), then the same above the current directory.
+    """
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return [Path(env)]
+    checkout = Path(__file__).resolve().parents[1]
+    out: list[Path] = []
+    for start in (checkout, Path.cwd().resolve()):
+        for folder in start.parents:
+            if folder / "shared" / "data" not in out:
+                out.append(folder / "shared" / "data")
+    return out
+
+
+def find_data_file(*parts: str, path: str | Path | None = None) -> Path | None:
+    """The benchmark file ``parts`` (e.g. ``"gsm8k", "test.jsonl"``): ``path`` when given
+    (the caller's explicit choice, returned as is), else the first :func:`data_dirs` folder
+    that has it, else None."""
+    if path is not None:
+        return Path(path)
+    return next((d.joinpath(*parts) for d in data_dirs() if d.joinpath(*parts).is_file()), None)
+
+
+def benchmark_file(name: str, path: str | Path | None = None) -> Path | None:
+    """The test file of benchmark ``name`` (``gsm8k`` or ``svamp``); see :func:`find_data_file`."""
+    return find_data_file(*BENCHMARK_FILES[name], path=path)
+
+
+def data_lookup_hint() -> str:
+    """Where benchmark files were looked for, for an error message."""
+    env = os.environ.get(DATA_ENV)
+    if env:
+        return f"looked in ${DATA_ENV}={env}"
+    return f"looked for shared/data above the checkout and the current directory; set {DATA_ENV}"
+
+
+def require_data_file(*parts: str) -> Path:
+    """:func:`find_data_file`, or a CorpusError saying where it looked."""
+    found = find_data_file(*parts)
+    if found is None:
+        raise CorpusError(f"benchmark data {'/'.join(parts)} not found ({data_lookup_hint()})")
+    return found

@@ -34,8 +34,9 @@ import duckdb
 
 from corpus.errors import CorpusError, StoreBusy
 from corpus.migrations import MIGRATIONS, migrate, pending_migrations
+from corpus.redaction import redact, redact_optional
 from corpus.version import code_version
-from schemas.errors import Waiting
+from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -53,8 +54,47 @@ def new_run_id() -> str:
     return f"r{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
 
 
-def _is_lock_conflict(exc: BaseException) -> bool:
-    return "Could not set lock" in str(exc) or "Conflicting lock" in str(exc)
+def is_lock_conflict(exc: BaseException) -> bool:
+    """Whether DuckDB refused to open the file because another process holds its lock: an
+    ``IOException`` from connecting, never an error in a user's SQL (whatever its text)."""
+    return isinstance(exc, duckdb.IOException) and str(exc).startswith(
+        "IO Error: Could not set lock on file")
+
+
+#: Network file systems a store connection refuses, should an extension ever register one.
+NETWORK_FILESYSTEMS = ("HTTPFileSystem", "S3FileSystem", "GCSFileSystem", "HuggingFaceFileSystem",
+                       "AzureBlobStorageFileSystem", "AzureDfsStorageFileSystem")
+
+
+def connect_file(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to a store file that never fetches or loads code on its own.
+
+    Extension auto-install and auto-load are off (``sqlite_scan``, ``read_csv('https://…')``
+    or a SQLite file fail instead of downloading a native extension), Python variables are not
+    scanned as tables, and network file systems are disabled.
+    """
+    from corpus.extensions import offline_config
+
+    config = offline_config() | {"python_enable_replacements": False}
+    try:
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.Error as exc:
+        if not is_lock_conflict(exc) and _not_duckdb(Path(path)):
+            raise CorpusError(f"{path} is not a DuckDB file (a selfevo store is one); "
+                              "pass another --db") from None
+        raise
+    con.execute(f"SET disabled_filesystems = '{','.join(NETWORK_FILESYSTEMS)}'")
+    return con
+
+
+def _not_duckdb(path: Path) -> bool:
+    """Whether ``path`` holds bytes but not DuckDB's file header (``DUCK`` at offset 8)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return len(head) > 0 and head[8:12] != b"DUCK"
 
 
 class Run:
@@ -170,11 +210,11 @@ class Store:
         delay = 0.005
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=not self.write)
+                con = connect_file(self.path, read_only=not self.write)
                 break
             except duckdb.IOException as exc:
-                if not _is_lock_conflict(exc) or time.monotonic() > deadline:
-                    if _is_lock_conflict(exc):
+                if not is_lock_conflict(exc) or time.monotonic() > deadline:
+                    if is_lock_conflict(exc):
                         raise StoreBusy(
                             f"store {self.path} stayed busy for {self.wait:.0f}s: {exc}. "
                             "Retry when the running job finishes a write."
@@ -252,8 +292,8 @@ class Store:
             con.execute(
                 "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
                 " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-                [run.run_id, command, canonical_json(config), code_version(), os.getpid(),
-                 parent_run_id],
+                [run.run_id, command, redact(canonical_json(config)), code_version(),
+                 os.getpid(), parent_run_id],
             )
         return run
 
@@ -263,7 +303,8 @@ class Store:
             con.execute(
                 "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
                 "WHERE run_id = ?",
-                [status, json.dumps(run.counts, sort_keys=True), error, run.run_id],
+                [status, json.dumps(run.counts, sort_keys=True), redact_optional(error),
+                 run.run_id],
             )
 
     @contextlib.contextmanager
@@ -282,12 +323,21 @@ class Store:
             self.finish_run(run, "waiting", str(exc).splitlines()[0])
             raise
         except BaseException as exc:
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if os.environ.get("SELFEVO_DEBUG"):
-                msg += "\n" + traceback.format_exc()
-            self.finish_run(run, "failed", msg)
+            self.finish_run(run, "failed", run_error(exc))
             raise
         self.finish_run(run, "ok")
+
+
+def run_error(exc: BaseException) -> str:
+    """The one line a failed run keeps in ``runs.error``: a user error's message; for any
+    other exception (a bug) also its type and the innermost frame, so the row alone says
+    where it broke. Full tracebacks are for the terminal (``selfevo --debug``)."""
+    first = str(exc).splitlines()[0] if str(exc).strip() else ""
+    if isinstance(exc, UserError):
+        return first or type(exc).__name__
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {first}{where}" if first else f"{type(exc).__name__}{where}"
 
 
 def latest_migration() -> str:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from schemas.numbers import format_number, terminates
+
 Number = int | Fraction
 
 NAMES = [
@@ -43,28 +45,12 @@ ACTIVITIES = ["reading", "practising the piano", "jogging", "drawing", "swimming
               "studying Spanish"]
 
 
-def canonical_number(x: Number) -> str:
-    """Canonical text of an exact number: ``18``, ``2.5``, ``-3``; never ``18.0``."""
-    x = Fraction(x)
-    if x.denominator == 1:
-        return str(x.numerator)
-    den = x.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    if den != 1:
+def decimal_text(x: Number) -> str:
+    """A number as a problem text shows it (canonical: ``18``, ``2.5``, ``-3``; never
+    ``18.0``); a value without a finite decimal (``1/3``) is a template bug and refused."""
+    if not terminates(Fraction(x)):
         raise ValueError(f"{x} has no finite decimal representation")
-    sign = "-" if x < 0 else ""
-    x = abs(x)
-    whole, frac = divmod(x.numerator, x.denominator)
-    digits = ""
-    rest = Fraction(frac, x.denominator)
-    while rest:
-        rest *= 10
-        d = int(rest)
-        digits += str(d)
-        rest -= d
-    return f"{sign}{whole}.{digits}"
+    return format_number(x)
 
 
 def _finite(x: Number, places: int = 2) -> bool:
@@ -72,8 +58,7 @@ def _finite(x: Number, places: int = 2) -> bool:
     return (Fraction(x) * 10**places).denominator == 1
 
 
-def _n(x: Number) -> str:
-    return canonical_number(x)
+_n = decimal_text
 
 
 def _money(x: Number) -> str:
@@ -321,7 +306,7 @@ def generate_problems(n: int, seed: int = 0) -> list[dict[str, Any]]:
         else:  # pragma: no cover - the templates have far more than 1000 variants each
             raise RuntimeError(f"template {template} ran out of distinct problems")
         seen.add(draft.text)
-        answer = canonical_number(draft.answer)
+        answer = decimal_text(draft.answer)
         out.append({
             "text": draft.text,
             "gold_answer": answer,

@@ -11,14 +11,9 @@ appears **last** in the text:
 * "The (final) answer is N", "Answer: N", "Final answer: N" (markdown bold tolerated);
 
 and otherwise falls back to the last number in the text. The answer is the first number that
-follows the marker. Numbers may carry thousands commas (``1,000``), a currency sign
-(``$``, ``€``, ``£``, ``¥``), a unit or percent sign after them (dropped: GSM8K gold answers are
-bare numbers), a sign (``-`` or the Unicode minus), decimals, fractions (``3/4``,
-``\\frac{3}{4}``, ``\\dfrac``) and mixed numbers (``2 1/2``).
-
-Numbers are held as exact :class:`fractions.Fraction` values; :func:`canonical_number` writes
-one canonical string (``"1,000.00"`` → ``"1000"``, ``"0.50"`` → ``"0.5"``, ``"3/4"`` →
-``"0.75"``, ``"1/3"`` → ``"1/3"``: a decimal when it is exact, else ``p/q``).
+follows the marker, read and written by :mod:`schemas.numbers` (the one number reader and
+canonical spelling of selfevo: thousands commas, currency, signs, decimals, fractions, mixed
+numbers; ``"1,000.00"`` → ``"1000"``, ``"3/4"`` → ``"0.75"``, ``"1/3"`` → ``"1/3"``).
 :func:`answers_match` compares numerically with a small relative tolerance and falls back to
 ``math-verify`` for answers that are not plain numbers (symbolic expressions, sets). See
 docs/backends.md for the measured comparison with math-verify alone.
@@ -29,28 +24,21 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from schemas.numbers import (
+    canonical_number,
+    format_number,
+    iter_numbers,
+    parse_number,
+    terminates,
+    untex,
+)
+
+__all__ = ["REL_TOL", "answers_match", "canonical_number", "extract_answer", "parse_number"]
+
 #: Relative tolerance of numeric comparison (absolute near zero): absorbs float round-off of
 #: answers such as ``0.30000000000000004`` written by a model, never a real difference
 #: (1e-6 would equate 1450000 and 1450001).
 REL_TOL = 1e-9
-
-# A signed number: thousands-grouped or plain integer part, optional decimals, or ".5".
-# The sign is accepted only when it is glued to the number and not to a preceding word or
-# digit: "16-3" and "5 - 3" are subtractions, "-3", "(-3)", "−4" and "-$5" are negatives.
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
-_SIGN = r"(?:(?<![\w.)\]}])[-−–](?=[$€£¥]\s?[\d.]|[\d.]))?"
-_CURRENCY = r"(?:[$€£¥]\s?)?"
-_NUMBER_RE = re.compile(
-    rf"""
-    (?P<frac>\\[dt]?frac\s*\{{\s*(?P<fn>{_SIGN}\s?{_NUM})\s*\}}\s*\{{\s*(?P<fd>{_NUM})\s*\}})
-    | (?P<sign>{_SIGN}) \s? {_CURRENCY}
-      (?:
-        (?P<whole>{_NUM})\s+(?P<mn>\d+)\s*/\s*(?P<md>\d+)(?![\d/])     # mixed number 2 1/2
-        | (?P<num>{_NUM})(?:\s*/\s*(?P<den>{_NUM}))?(?![\d/])
-      )
-    """,
-    re.VERBOSE,
-)
 
 # (pattern, is_boxed): where an explicit final answer starts.
 _MARKERS = [
@@ -79,75 +67,6 @@ _WORDS = {
 _WORD_RE = re.compile(r"\b(" + "|".join(_WORDS) + r")\b", re.IGNORECASE)
 
 
-def _to_fraction(text: str) -> Fraction:
-    return Fraction(text.replace(",", ""))
-
-
-def _match_value(m: re.Match[str]) -> Fraction | None:
-    """The exact value of one match of ``_NUMBER_RE`` (None for a division by zero)."""
-    if m.group("frac"):
-        num = m.group("fn").replace("−", "-").replace("–", "-").replace(" ", "")
-        den = _to_fraction(m.group("fd"))
-        return None if den == 0 else _to_fraction(num) / den
-    negative = bool(m.group("sign"))
-    if m.group("whole") is not None:
-        den = int(m.group("md"))
-        if den == 0:
-            return None
-        value = _to_fraction(m.group("whole")) + Fraction(int(m.group("mn")), den)
-    else:
-        value = _to_fraction(m.group("num"))
-        if m.group("den") is not None:
-            den = _to_fraction(m.group("den"))
-            if den == 0:
-                return None
-            value /= den
-    return -value if negative else value
-
-
-def _format(value: Fraction) -> str:
-    """Canonical string of an exact value: integer, exact decimal, else ``p/q``."""
-    if value.denominator == 1:
-        return str(value.numerator)
-    den = value.denominator
-    twos = fives = 0
-    while den % 2 == 0:
-        den //= 2
-        twos += 1
-    while den % 5 == 0:
-        den //= 5
-        fives += 1
-    if den != 1:  # not a terminating decimal: keep it exact
-        return f"{value.numerator}/{value.denominator}"
-    places = max(twos, fives)
-    scaled = value * 10**places
-    sign = "-" if scaled < 0 else ""
-    digits = str(abs(scaled.numerator)).rjust(places + 1, "0")
-    return f"{sign}{digits[:-places]}.{digits[-places:]}".rstrip("0").rstrip(".")
-
-
-def _untex(text: str) -> str:
-    """Undo LaTeX number spelling that hides digits from the number pattern: ``1{,}000``."""
-    return text.replace("{,}", ",").replace("\\!", "")
-
-
-def parse_number(text: str) -> Fraction | None:
-    """The exact value of the first number in ``text`` (None when there is none)."""
-    for m in _NUMBER_RE.finditer(text):
-        value = _match_value(m)
-        if value is not None:
-            return value
-    return None
-
-
-def canonical_number(text: str | None) -> str | None:
-    """Canonical string of the first number in ``text``: ``"1,000.00"`` → ``"1000"``."""
-    if text is None:
-        return None
-    value = parse_number(_untex(text))
-    return None if value is None else _format(value)
-
-
 def _boxed_content(text: str, start: int) -> str:
     """The content of a ``\\boxed{`` whose opening brace ends at ``start`` (nesting aware)."""
     depth = 1
@@ -169,7 +88,7 @@ def extract_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
-    text = _untex(text)
+    text = untex(text)
     candidates: list[tuple[int, str]] = []
     for marker, boxed in _MARKERS:
         for m in marker.finditer(text):
@@ -181,12 +100,8 @@ def extract_answer(text: str | None) -> str | None:
                 candidates.append((m.start(), value))
     if candidates:
         return max(candidates)[1]
-    last = None
-    for m in _NUMBER_RE.finditer(text):
-        value = _match_value(m)
-        if value is not None:
-            last = value
-    return None if last is None else _format(last)
+    numbers = list(iter_numbers(text))
+    return format_number(numbers[-1]) if numbers else None
 
 
 def _answer_after(tail: str) -> str | None:
@@ -202,23 +117,16 @@ def _answer_after(tail: str) -> str | None:
     return value
 
 
-def _terminates(value: Fraction) -> bool:
-    """Whether ``value`` has a finite decimal expansion (denominator of only 2s and 5s)."""
-    den = value.denominator
-    for p in (2, 5):
-        while den % p == 0:
-            den //= p
-    return den == 1
-
-
 def _close(a: Fraction, b: Fraction) -> bool:
     """Equal up to float noise, or a rounded decimal of a repeating fraction (0.33 ~ 1/3)."""
+    if a.denominator == b.denominator == 1:  # two integers carry no float noise
+        return a == b
     if abs(a - b) <= REL_TOL * max(1, abs(a), abs(b)):
         return True
     for exact, rounded in ((a, b), (b, a)):
-        if _terminates(exact) or not _terminates(rounded):
+        if terminates(exact) or not terminates(rounded):
             continue
-        text = _format(rounded)
+        text = format_number(rounded)
         places = len(text.split(".", 1)[1]) if "." in text else 0
         # Only a written-out decimal of 2+ places counts as rounding "1/3" (0.3 does not).
         if places >= 2 and round(exact, places) == rounded:
@@ -251,11 +159,13 @@ def _normalise_text(s: str) -> str:
 
 
 def _math_verify(pred: str, gold: str) -> bool:
-    """math-verify's verdict on two non-numeric answers; False when it is not installed."""
-    try:
-        from math_verify import parse, verify  # sympy-heavy: import only when needed
-    except ImportError:  # pragma: no cover - math-verify is a declared dependency
-        return False
+    """math-verify's verdict on two non-numeric answers.
+
+    math-verify is a runtime dependency: an install without it fails here rather than
+    grading differently from the tests.
+    """
+    from math_verify import parse, verify  # sympy-heavy: import only when needed
+
     try:
         return bool(verify(parse(gold), parse(pred)))
     except Exception:  # noqa: BLE001 - math-verify raises on unparseable input; that is "no match"

@@ -6,9 +6,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from corpus.display import progress
 from corpus.options import db_option
 from corpus.store import Store
-from curation.selection import Selection, record_progress, selection_options
+from curation.selection import Selection, selection_options
 
 
 @click.group("curate")
@@ -43,7 +44,7 @@ def filter_cmd(steps: tuple[str, ...], chunk_size: int, selection: Selection, db
     from curation.filters import parse_step
 
     parsed = [parse_step(s) for s in steps]
-    with Store.open(db, command="curate filter") as store, record_progress("filter") as bar:
+    with Store.open(db, command="curate filter") as store, progress("filter") as bar:
         result = run_filters(store, parsed, selection, chunk_size=chunk_size, progress=bar)
         with store.connection() as con:
             funnel = run_funnel(con, result.run_id)
@@ -112,7 +113,8 @@ def decontam_cmd(against: str, path: str | None, fields: tuple[str, ...], ngram:
     name, items, sha = load_benchmark(against, path)
     index = BenchmarkIndex.build(name, items, ngram)
     built = time.perf_counter() - t0
-    with Store.open(db, command="curate decontam") as store, record_progress(name) as bar:
+    with Store.open(db, command="curate decontam") as store, \
+            progress(f"decontam-{name}") as bar:
         result = decontaminate(store, index, selection, fields=fields, min_overlap=min_overlap,
                                source={"path": str(path or against), "sha256": sha},
                                index_seconds=built, progress=bar)
@@ -168,10 +170,8 @@ def dedup_cmd(exact: bool, near: bool, semantic: bool, field_: str, threshold: f
                          num_perm=num_perm, bands=bands, fn_weight=fn_weight, ngram=ngram,
                          semantic_threshold=semantic_threshold)
     config.validate()
-    console = Console(stderr=True)
-    with Store.open(db, command="curate dedup") as store:
-        result = dedup_records(store, config, selection,
-                               progress=lambda s: console.log(f"running {s} …"))
+    with Store.open(db, command="curate dedup") as store, progress("dedup") as bar:
+        result = dedup_records(store, config, selection, progress=bar)
         with store.connection() as con:
             funnel = run_funnel(con, result.run_id)
     Console().print(funnel_table(funnel))

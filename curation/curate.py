@@ -11,13 +11,17 @@ the run when it passed every step (the ``record_passed`` view: ``passed_all``).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from corpus.decisions import insert_decisions
 from corpus.store import Store
 from curation.filters.base import Result, Step, StepError
 from curation.selection import Selection, count_selected, iter_selected
+
+if TYPE_CHECKING:
+    from corpus.display import Tracker
 
 
 @dataclass
@@ -52,14 +56,14 @@ def run_filters(
     selection: Selection,
     *,
     chunk_size: int = 50_000,
-    progress: Callable[[int], None] | None = None,
+    progress: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> FilterRun:
     """Run ``steps`` over the selected records as one ``curate filter`` run.
 
-    Each chunk's decisions of all steps land in one short transaction. ``progress`` is called
-    with the number of records done after each chunk; ``parent_run_id`` links the run to
-    the one it belongs to (e.g. an ``evolve`` round).
+    Each chunk's decisions of all steps land in one short transaction. ``progress`` (a
+    ``corpus.display`` tracker) counts the records done and names the step running;
+    ``parent_run_id`` links the run to the one it belongs to (e.g. an ``evolve`` round).
     """
     if not steps:
         raise StepError("give at least one --step (see 'selfevo curate steps')")
@@ -70,10 +74,14 @@ def run_filters(
               "chunk_size": chunk_size}
     seconds = {s.label: 0.0 for s in steps}
     kept = 0
+    if progress is not None:
+        progress.update(total=selected, force=True)
     with store.run("curate filter", config, parent_run_id) as run:
         for chunk in iter_selected(store, selection, columns, chunk_size):
             per_step: list[list[Result]] = []
             for step in steps:
+                if progress is not None:
+                    progress.update(info=step.label)
                 t0 = time.perf_counter()
                 results = step.filter.check_batch(chunk)
                 seconds[step.label] += time.perf_counter() - t0
@@ -92,8 +100,8 @@ def run_filters(
                     )
             kept += sum(all(res[i].passed for res in per_step) for i in range(len(chunk)))
             run.add("records", len(chunk))
-            if progress:
-                progress(len(chunk))
+            if progress is not None:
+                progress.advance(len(chunk))
         run.counts["selected"] = selected
         run.counts["kept"] = kept
         run.counts["seconds"] = {k: round(v, 4) for k, v in seconds.items()}

@@ -26,15 +26,18 @@ import re
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.decisions import insert_decisions
 from corpus.store import Store
 from curation.errors import CurationError
 from curation.selection import Selection, count_selected, iter_selected
+
+if TYPE_CHECKING:
+    from corpus.display import Tracker
 
 DEFAULT_NGRAM = 8
 DEFAULT_MIN_OVERLAP = 0.5
@@ -208,13 +211,14 @@ def decontaminate(
     source: dict[str, Any] | None = None,
     chunk_size: int = 50_000,
     index_seconds: float = 0.0,
-    progress: Callable[[int], None] | None = None,
+    progress: Tracker | None = None,
     parent_run_id: str | None = None,
 ) -> DecontamRun:
     """Write one ``decontam-<benchmark>`` decision per selected record (passed = clean).
 
     The score is the best coverage over ``fields``; the detail names the field, benchmark
-    item id, one shared n-gram and the counts.
+    item id, one shared n-gram and the counts. ``progress`` (a ``corpus.display`` tracker)
+    counts the records checked.
     """
     bad = [f for f in fields if f not in FIELDS]
     if bad or not fields:
@@ -229,6 +233,8 @@ def decontaminate(
               "selection": selection.as_dict(), "index": {"items": len(index.item_ids),
                                                            "ngrams": len(index.grams)}}
     flagged, seconds = 0, 0.0
+    if progress is not None:
+        progress.update(total=selected, force=True)
     with store.run("curate decontam", config, parent_run_id) as run:
         for chunk in iter_selected(store, selection, fields, chunk_size):
             t0 = time.perf_counter()
@@ -238,8 +244,9 @@ def decontaminate(
                 insert_decisions(con, rows, run_id=run.run_id, step=step, params=params)
             flagged += sum(not r["passed"] for r in rows)
             run.add("records", len(chunk))
-            if progress:
-                progress(len(chunk))
+            if progress is not None:
+                progress.advance(len(chunk))
+                progress.update(info=f"{flagged:,} flagged")
         run.counts.update(selected=selected, flagged=flagged,
                           seconds={step: round(seconds + index_seconds, 4)},
                           index_seconds=round(index_seconds, 4))

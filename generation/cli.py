@@ -62,10 +62,12 @@ def templates_show(name: str, template_set: str) -> None:
 
 @click.command("collect")
 @click.option("--teacher", required=True, metavar="SPEC",
-              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH or reference.")
+              help="Who writes feedback and refinements: openai:MODEL[@URL,...], hf:PATH, or an "
+                   "offline grader: reference (answer key) or verifying (re-derives the steps).")
 @click.option("--responder", metavar="SPEC",
               help="Who writes the initial responses; default: existing self/meta record responses.")
-@click.option("--where", metavar="SQL", help="Condition over the prompts table, e.g. \"split = 'train'\".")
+@click.option("--where", metavar="SQL",
+              help="A condition: one SQL expression over prompts, e.g. \"split = 'train'\".")
 @click.option("--limit", type=int, help="At most this many prompts.")
 @click.option("--template-set", default="default", show_default=True, help="Template set name or folder.")
 @click.option("--samples", default=1, show_default=True, help="Responses per prompt (use --temperature > 0).")
@@ -100,6 +102,7 @@ def collect(teacher: str, responder: str | None, where: str | None, limit: int |
     \b
     Example:
       selfevo collect --teacher reference --responder hf:smollm2-135m --limit 100
+      selfevo collect --teacher verifying --where "source = 'generated'"
       selfevo collect --teacher openai:gpt-4o-mini --responder openai:my-student@http://localhost:8000/v1 \\
           --where "split = 'train'" --concurrency 32 --budget 5
       selfevo collect --teacher openai:gpt-4o --mode batch --no-wait --budget 50

@@ -14,7 +14,8 @@ For each selected prompt (``--where`` SQL over ``prompts``, ``--limit``), in chu
 3. **r̂**, the teacher's refinement (``refinement`` template).
 4. A ``meta`` record per (prompt, r) linking the three call ids and the template hashes.
 
-Teacher ``reference`` grades with :class:`generation.teachers.reference.ReferenceTeacher` (no calls).
+Offline teachers (``reference``, ``verifying``: :func:`generation.teachers.load_teacher`) grade
+without calls; the prompt's ``meta`` reaches them (the verifying teacher re-derives from it).
 Every model call goes through :class:`generation.ledger.Ledger`: cached when done before,
 pending before sent, resumable after a crash. A record is written only when all its parts
 exist; a prompt whose call failed gets its record on a later run (failed calls are retried).
@@ -25,12 +26,16 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from corpus.records import make_record
+from corpus.sqlfragment import SqlCondition, first_line, read_only
 from corpus.store import Store
 from generation.backends.base import Backend, ChatRequest
 from generation.backends.openai_backend import (
@@ -42,6 +47,7 @@ from generation.backends.openai_backend import (
 )
 from generation.batches import BatchesOpen, BatchOptions
 from generation.errors import GenerationError
+from generation.failures import Failures
 from generation.ledger import UNSENT_KINDS, Call, Ledger, LedgerCounts, Outcome
 
 if TYPE_CHECKING:
@@ -99,6 +105,7 @@ class CollectSummary:
     elapsed: float = 0.0
     sent: int = 0
     stopped: str | None = None  # budget | interrupted
+    failures: Failures = field(default_factory=Failures)  # failed requests, by kind
 
     def count(self, stage: str, key: str, n: int = 1) -> None:
         """Add to a per-stage call count."""
@@ -122,11 +129,11 @@ class Item:
 
 
 def call_stages(config: CollectConfig) -> tuple[str, ...]:
-    """The stages whose calls a collection sends (none to a ``reference`` teacher)."""
-    from generation.backends import is_reference
+    """The stages whose calls a collection sends (none to an offline teacher)."""
+    from generation.teachers import is_offline_teacher
 
     return (("response",) if config.responder else ()) + (
-        () if is_reference(config.teacher) else ("feedback", "refinement"))
+        () if is_offline_teacher(config.teacher) else ("feedback", "refinement"))
 
 
 def load_templates(config: CollectConfig) -> dict[str, Any]:
@@ -189,19 +196,32 @@ def make_backend(spec: str, options: OpenAIOptions) -> Backend:
     return load_backend(spec)
 
 
-def select_prompts(ledger: Ledger, where: str | None, limit: int | None) -> list[dict[str, Any]]:
-    """Prompts matching ``where`` (SQL over ``prompts``) in import order."""
-    sql = ("SELECT prompt_id, text, gold_answer, gold_rationale, source FROM prompts "
-           f"WHERE {where or 'true'} ORDER BY created_at, prompt_id")
+def select_prompts(ledger: Ledger, where: str | SqlCondition | None, limit: int | None
+                   ) -> list[dict[str, Any]]:
+    """Prompts matching ``where`` (a checked condition over ``prompts``) in import order.
+
+    The condition is evaluated read-only, on the ledger's writer thread (the store's only user
+    during a collection)."""
+    cond = SqlCondition.of(where, "--where")
+    sql = ("SELECT prompt_id, text, gold_answer, gold_rationale, source, meta FROM prompts "
+           f"WHERE {cond.sql if cond else 'true'} ORDER BY created_at, prompt_id")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
+
+    def read(con: Any) -> list[tuple[Any, ...]]:
+        with read_only(con) as cur:
+            return cur.execute(sql).fetchall()
+
     try:
-        rows = ledger.query(sql)
-    except Exception as exc:  # duckdb's parser/binder errors: the user's SQL
-        msg = str(exc).splitlines()[0]
-        raise GenerationError(f"--where {where!r} is not valid SQL over prompts: {msg}") from None
-    cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source"]
-    return [dict(zip(cols, r, strict=True)) for r in rows]
+        rows = ledger.writer.call(read)
+    except duckdb.Error as exc:  # the binder's errors: the user's SQL
+        raise GenerationError(f"--where {cond.text if cond else ''!r} is not valid SQL over "
+                              f"prompts: {first_line(exc)}") from None
+    cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source", "meta"]
+    out = [dict(zip(cols, r, strict=True)) for r in rows]
+    for p in out:
+        p["meta"] = json.loads(p["meta"]) if p["meta"] else None
+    return out
 
 
 def existing_responses(ledger: Ledger, prompt_ids: list[str], kinds: tuple[str, ...]
@@ -231,7 +251,7 @@ class Collector:
     """Runs one collection against an open store (see the module docstring)."""
 
     def __init__(self, store: Store, config: CollectConfig, run_id: str):
-        from generation.backends import is_reference
+        from generation.teachers import load_teacher
 
         self.store = store
         self.config = config
@@ -240,7 +260,8 @@ class Collector:
             raise GenerationError("--samples must be at least 1")
         if config.samples > 1 and not config.responder:
             raise GenerationError("--samples needs --responder (samples are of the initial response)")
-        self.reference = is_reference(config.teacher)
+        self.offline = load_teacher(config.teacher)  # None: a model writes f and r̂
+        self.reference = self.offline is not None
         self.templates = load_templates(config)
         budget = Budget(config.options.budget)
         self.responder = make_backend(config.responder, config.options) if config.responder else None
@@ -365,13 +386,12 @@ class Collector:
         self._complete(ledger, self.teacher, "refinement", calls, on_refinement)
 
     def _grade(self, ledger: Ledger, items: list[Item]) -> None:
-        from generation.teachers.reference import ReferenceTeacher
-
-        teacher = ReferenceTeacher()
+        assert self.offline is not None
         rows = []
         for it in items:
             p = it.prompt
-            c = teacher.critique(p["text"], it.response, p["gold_answer"], p["gold_rationale"])
+            c = self.offline.critique(p["text"], it.response, p["gold_answer"],
+                                      p["gold_rationale"], p["meta"])
             if c.feedback is None:
                 self.summary.count("feedback", "failed")
                 continue
@@ -388,7 +408,7 @@ class Collector:
             prompt_id=it.prompt["prompt_id"], kind="meta", response=it.response,
             feedback=it.feedback, verdict=it.verdict, refinement=refinement,
             verdict_error=it.verdict_error, responder=it.responder,
-            teacher="reference" if self.reference else self.teacher.spec,  # type: ignore[union-attr]
+            teacher=self.offline.spec if self.offline else self.teacher.spec,  # type: ignore[union-attr]
             response_call_id=it.response_call_id, feedback_call_id=it.feedback_call_id,
             refinement_call_id=refinement_call_id, templates=self._template_hashes(it),
             source=it.prompt["source"], meta={"sample_index": it.sample_index},
@@ -398,10 +418,8 @@ class Collector:
         templates: dict[str, Any] = {"set": self.config.template_set}
         if it.response_call_id is not None and self.responder is not None:
             templates["response"] = self.templates["response"].hash
-        if self.reference:
-            from generation.teachers.reference import ReferenceTeacher
-
-            templates["teacher"] = ReferenceTeacher.version
+        if self.offline is not None:
+            templates["teacher"] = self.offline.version
         else:
             templates["feedback"] = self.templates["feedback"].hash
             templates["refinement"] = self.templates["refinement"].hash
@@ -419,6 +437,8 @@ class Collector:
                 self.summary.count(stage, "ok")
             elif o.error_kind not in UNSENT_KINDS:
                 self.summary.count(stage, "failed")
+            if o.error_kind not in UNSENT_KINDS:
+                self.summary.failures.add(o.ok, o.error_kind, o.error)
             if then is not None:
                 then(i, o)
             if self.bars is not None:
@@ -490,6 +510,7 @@ def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
 # -- running it from the command line -----------------------------------------------------
 def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> CollectSummary | DryRun:
     """Open the store, run (or dry-run) a collection under a ``runs`` row, show progress."""
+    SqlCondition.of(config.where, "--where")  # a bad condition is refused before any write
     with Store.open(db, command="collect") as store:
         with store.run("collect", {**config.as_config(), "dry_run": dry}) as run:
             if dry:
@@ -500,6 +521,10 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
                 return result
             summary = _collect(store, config, run)
             check_budget_stop(summary, config)
+            summary.failures.check_any_succeeded(
+                "requests", summary.records,
+                "Check that the server is up and the API key variable is set, then rerun "
+                "(failed calls are retried).")
             return summary
 
 
@@ -544,6 +569,7 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
 def summary_table(s: CollectSummary) -> Any:
     """The final summary of a collection: calls per stage, then the totals."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="selfevo collect")
@@ -568,6 +594,9 @@ def summary_table(s: CollectSummary) -> Any:
         ("requests", f"{s.sent} in {s.elapsed:.1f}s ({rate:.1f}/s); re-sent possibly billed: "
                      f"{s.resent_possibly_billed}"),
     ]
+    if s.failures.failed:
+        rows.append(("failed", f"[red]{escape(s.failures.describe())}[/]; failed calls are "
+                               "retried on the next run"))
     if s.stopped:
         rows.append(("stopped", s.stopped))
     for k, v in rows:

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.numbers import canonical_answer
+
 Kind = Literal["meta", "self", "qa"]
 Verdict = Literal["correct", "incorrect"]
 
@@ -36,15 +38,10 @@ class PromptIn(_Strict):
 
     @field_validator("gold_answer", mode="before")
     @classmethod
-    def _number_to_text(cls, v: Any) -> Any:
-        # Numeric gold answers (SVAMP's 27.0) are stored as text; integral floats lose ".0".
-        if isinstance(v, bool):
-            raise ValueError("gold_answer must be text or a number, not a boolean")
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        if isinstance(v, int | float):
-            return str(v)
-        return v
+    def _canonical_gold(cls, v: Any) -> Any:
+        # One spelling of a gold answer however it arrives: SVAMP's 27.0, "1,080", " $5 "
+        # all store canonical (schemas.numbers); text that is not a lone number is kept.
+        return None if v is None else canonical_answer(v)
 
 
 class RecordIn(_Strict):
@@ -61,8 +58,8 @@ class RecordIn(_Strict):
     source: str | None = Field(None, description="Where the record came from.")
     meta: dict[str, Any] | None = Field(None, description="Free-form extra fields.")
 
-    _number_to_text = field_validator("gold_answer", mode="before")(
-        PromptIn._number_to_text.__func__  # type: ignore[attr-defined]
+    _canonical_gold = field_validator("gold_answer", mode="before")(
+        PromptIn._canonical_gold.__func__  # type: ignore[attr-defined]
     )
 
 

@@ -86,7 +86,10 @@ class LazyGroup(click.Group):
         except UserError as exc:
             if debug_enabled(ctx):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+            from corpus.redaction import redact
+
+            line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise click.ClickException(redact(line)) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -106,8 +109,19 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="selfevo")
+    """Console-script entry point. An unexpected error's traceback is printed redacted
+    (:func:`corpus.redaction.redact`): no secret reaches the terminal, even from a bug."""
+    try:
+        cli(prog_name="selfevo")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        import traceback
+
+        from corpus.redaction import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

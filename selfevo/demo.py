@@ -99,5 +99,9 @@ def demo(out: str, quick: bool, seed: int) -> None:
       selfevo demo --out demo-out
       selfevo demo --quick --out /tmp/demo
     """
-    result = run_pipeline(demo_config(out, quick, seed), log=lambda m: click.echo(m, err=True))
+    from corpus.display import progress
+
+    with progress() as display:
+        result = run_pipeline(demo_config(out, quick, seed), log=lambda m: click.echo(m, err=True),
+                              display=display)
     print_summary(result)

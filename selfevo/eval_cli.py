@@ -25,7 +25,8 @@ def eval_group() -> None:
               help="gsm8k, svamp, store (prompts in the store, see --where) or a JSONL file.")
 @click.option("--path", type=click.Path(dir_okay=False),
               help="Benchmark file for gsm8k/svamp (default: the shared test files).")
-@click.option("--where", help="With --bench store: SQL condition over prompts, e.g. split='test'.")
+@click.option("--where", help="With --bench store: a condition, one SQL expression over prompts, "
+                              "e.g. split='test'.")
 @click.option("--limit", type=int, help="Evaluate the first N items only.")
 @click.option("--mode", type=click.Choice(["direct", "refine", "both"]), default="direct",
               show_default=True)
@@ -56,6 +57,7 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
       selfevo eval run --model openai:gpt-4o-mini --bench gsm8k --mode both --gen-mode batch
     """
+    from corpus.sqlfragment import SqlCondition
     from corpus.store import Store
     from generation.batches import batch_display, load_backend_for
     from selfevo.evaluate import evaluate, load_items, print_summaries
@@ -66,8 +68,9 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     if temperature is not None:
         params["temperature"] = temperature
     modes = ["direct", "refine"] if mode == "both" else [mode]
+    condition = SqlCondition.of(where, "--where")  # refused before the store is opened
     with Store.open(db, command="eval run") as store:
-        name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
+        name, items = load_items(bench, path=path, limit=limit, store=store, where=condition)
         backend = load_backend_for(model, batch)
         try:
             with batch_display(batch), stage_progress(batch is None) as progress:
@@ -83,17 +86,40 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
 
 @eval_group.command("compare")
 @click.option("--bench", help="Only this benchmark (as stored in evals.benchmark).")
+@click.option("--a", "a", metavar="EVAL_OR_MODEL",
+              help="Paired comparison: A is an eval_id (or its start) or a model spec (its "
+                   "latest evaluation in --mode). Alone: its direct vs refine evaluations.")
+@click.option("--b", "bs", multiple=True, metavar="EVAL_OR_MODEL",
+              help="Compare A with this evaluation (repeat for several; p-values Holm-adjusted).")
+@click.option("--mode", type=click.Choice(["direct", "refine"]), default="direct",
+              show_default=True, help="The mode a model spec in --a/--b stands for.")
 @db_option
-def compare_cmd(bench: str | None, db: str) -> None:
-    """Table of accuracy ± 95% CI across models and rounds, direct vs refine.
+def compare_cmd(bench: str | None, a: str | None, bs: tuple[str, ...], mode: str,
+                db: str) -> None:
+    """Accuracy ± 95% CI across models and rounds; with --a, a paired comparison.
+
+    Without --a: one row per evaluation run, direct and refine accuracy side by side.
+    With --a (and --b): both accuracies on the items both answered, the discordant counts,
+    the exact McNemar p-value, refine-vs-direct transitions and the critic's sensitivity and
+    specificity (see docs/evaluate.md).
 
     \b
     Example:
       selfevo eval compare --bench gsm8k
+      selfevo eval compare --a hf:smollm2-135m --b hf:smollm2-135m+out/r1 --bench gsm8k
+      selfevo eval compare --a hf:smollm2-135m+out/r1 --bench gsm8k   # direct vs refine
     """
     from corpus.store import Store
-    from selfevo.evaluate import compare_evals, print_comparison
 
+    if bs and not a:
+        raise click.UsageError("--b needs --a (the evaluation to compare with)")
     with Store.open_readonly(db) as store:
+        if a:
+            from selfevo.comparison import compare_evaluations, print_paired
+
+            print_paired(compare_evaluations(store, a, bs, bench=bench, mode=mode))
+            return
+        from selfevo.evaluate import compare_evals, print_comparison
+
         rows = compare_evals(store, bench)
     print_comparison(rows)

@@ -12,16 +12,18 @@ call), so their difference is exactly what self-refinement changed.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corpus.sqlfragment import SqlCondition
+from generation.failures import Failures
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
 from selfevo.refine import RefinePrompts, RefineResult, self_refine
+from selfevo.stats import wilson_interval  # re-exported: one implementation, in stats
 
 if TYPE_CHECKING:
     from corpus.store import Store
@@ -57,17 +59,8 @@ class EvalSummary:
     ci_high: float
     model_id: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
-
-
-def wilson_interval(correct: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (sane at 0, n and small n)."""
-    if n <= 0:
-        return 0.0, 0.0
-    p = correct / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    failed: int = 0  # items not scored: their requests failed (not counted in n)
+    failure: str | None = None  # "3 of 50 items failed (connection 3): …"
 
 
 # -- benchmarks -----------------------------------------------------------------------------
@@ -77,22 +70,29 @@ def load_items(
     path: str | None = None,
     limit: int | None = None,
     store: Store | None = None,
-    where: str | None = None,
+    where: str | SqlCondition | None = None,
 ) -> tuple[str, list[BenchItem]]:
     """(benchmark name, items) for ``gsm8k``, ``svamp``, ``store`` or a file path.
 
-    ``gsm8k``/``svamp`` read ``path`` (default: the shared test files when present) through
-    the prompt presets; ``store`` takes labelled prompts from the store matching ``where``;
-    anything else is a JSONL/JSON file read with the gsm8k preset's field names
+    ``gsm8k``/``svamp`` read ``path`` (default: the test file found by
+    :func:`corpus.presets.benchmark_file`: ``$SELFEVO_DATA``, else ``shared/data`` above the
+    checkout) through the prompt presets; ``store`` takes labelled prompts from the store
+    matching ``where``; anything else is a JSONL/JSON file read with the gsm8k preset's field names
     (``question``/``answer``).
     """
     if bench == "store":
         if store is None:
             raise SelfevoError("--bench store needs a store (--db)")
-        return f"store:{where or 'all'}", _store_items(store, where, limit)
+        text = where.text if isinstance(where, SqlCondition) else where
+        return f"store:{text or 'all'}", _store_items(store, where, limit)
     if bench in PRESETS:
-        file = path or _default_bench_path(bench)
-        name = bench
+        from corpus.presets import benchmark_file, data_lookup_hint
+
+        found, name = benchmark_file(bench, path), bench
+        if found is None:
+            raise SelfevoError(f"no {bench} test file found ({data_lookup_hint()}); pass "
+                               "--path FILE")
+        file = str(found)
     else:
         file, name = path or bench, Path(path or bench).name
     if not Path(file).exists():
@@ -106,13 +106,6 @@ def load_items(
             raise SelfevoError(f"{file}: item id {it.item_id!r} appears twice; ids must be unique")
         seen.add(it.item_id)
     return name, items[:limit] if limit else items
-
-
-def _default_bench_path(bench: str) -> str:
-    base = Path(os.environ.get("SELFEVO_DATA", Path(__file__).resolve().parents[2] / "shared"
-                               / "data"))
-    return str(base / "gsm8k" / "test.jsonl" if bench == "gsm8k" else base / "svamp" /
-               "SVAMP.json")
 
 
 def _file_items(file: str, preset: str | None) -> list[BenchItem]:
@@ -142,31 +135,52 @@ def _file_items(file: str, preset: str | None) -> list[BenchItem]:
     return out
 
 
-def _store_items(store: Store, where: str | None, limit: int | None) -> list[BenchItem]:
+def _store_items(store: Store, where: str | SqlCondition | None, limit: int | None
+                 ) -> list[BenchItem]:
+    """Labelled prompts matching ``where`` (a checked condition, evaluated read-only)."""
+    import duckdb
+
+    from corpus.sqlfragment import first_line, read_only
+
+    cond = SqlCondition.of(where, "--where")
+    shown = f"{cond.flag} {cond.text!r}" if cond else "--where"
     sql = (
         "SELECT prompt_id, text, gold_answer FROM prompts WHERE gold_answer IS NOT NULL"
-        + (f" AND ({where})" if where else "") + " ORDER BY prompt_id"
+        + (f" AND {cond.sql}" if cond else "") + " ORDER BY prompt_id"
         + (f" LIMIT {int(limit)}" if limit else "")
     )
     try:
-        rows = store.query(sql)
-    except Exception as exc:  # a user's WHERE clause: say which one failed
-        raise SelfevoError(f"--where {where!r} failed: {str(exc).splitlines()[0]}") from None
+        with store.connection() as con, read_only(con) as cur:
+            rows = cur.execute(sql).fetchall()
+    except duckdb.Error as exc:  # a user's WHERE clause: say which one failed
+        raise SelfevoError(f"{shown} failed: {first_line(exc)}") from None
     if not rows:
-        raise SelfevoError(f"no labelled prompts match --where {where!r}")
+        raise SelfevoError(f"no labelled prompts match {shown}")
     return [BenchItem(pid, text, gold) for pid, text, gold in rows]
 
 
 # -- model linkage --------------------------------------------------------------------------
-def registered_model_id(store: Store, spec: str) -> str | None:
-    """``models.model_id`` of the checkpoint an ``hf:PATH[+ADAPTER]`` spec loads, if any."""
-    if not spec.startswith("hf:"):
+def registered_model_id(store: Store, backend: Backend) -> str | None:
+    """``models.model_id`` of the checkpoint ``backend`` loads, if it is registered.
+
+    A local model is found by its weights fingerprint, wherever its folder lies now; rows
+    registered before fingerprints were kept (``weights`` NULL) by their folder. The adapter
+    is the checkpoint when there is one.
+    """
+    from generation.backends.hf import HFBackend, parse_spec, weights_fingerprint
+
+    if isinstance(backend, HFBackend):
+        folders = [backend.adapter_path, backend.base_path]
+    elif backend.spec.startswith("hf:"):  # another backend naming hf folders (test doubles)
+        model, adapter = parse_spec(backend.spec)
+        folders = [adapter, model]
+    else:
         return None
-    base, _, adapter = spec[3:].partition("+")
-    rows = store.query("SELECT model_id, path FROM models ORDER BY created_at DESC")
-    for c in (adapter, base):  # the adapter is the checkpoint when there is one
-        for model_id, path in rows:
-            if c and _same_path(path, c):
+    rows = store.query("SELECT model_id, path, weights FROM models ORDER BY created_at DESC")
+    for folder in filter(None, folders):
+        weights = weights_fingerprint(folder)
+        for model_id, path, stored in rows:
+            if (stored == weights) if stored else _same_path(path, folder):
                 return model_id
     return None
 
@@ -204,6 +218,28 @@ def _score(gold: str, outputs: list[str | None]) -> tuple[str | None, bool, list
     preds = [extract_answer(o) if o else None for o in outputs]
     pred = preds[0] if len(preds) == 1 else majority_vote(preds)
     return pred, bool(pred is not None and answers_match(pred, gold)), preds
+
+
+def _failed(r: RefineResult, mode: str) -> bool:
+    """Whether ``r``'s requests failed in ``mode`` (direct: its answer; refine: any stage)."""
+    return r.request_failed and (mode == "refine" or r.answer is None)
+
+
+def split_failed(items: Sequence[BenchItem], results: Sequence[RefineResult], samples: int,
+                 mode: str) -> tuple[list[BenchItem], list[RefineResult], Failures]:
+    """The items every request of which got an answer in ``mode`` (with their results), and
+    the failures of the others: a failed request is never scored as a wrong answer."""
+    failures = Failures()
+    kept_items: list[BenchItem] = []
+    kept_results: list[RefineResult] = []
+    for k, item in enumerate(items):
+        group = list(results[k * samples:(k + 1) * samples])
+        bad = next((r for r in group if _failed(r, mode)), None)
+        failures.add(bad is None, bad and bad.error_kind, bad and bad.error)
+        if bad is None:
+            kept_items.append(item)
+            kept_results += group
+    return kept_items, kept_results, failures
 
 
 def score_results(
@@ -262,7 +298,8 @@ def evaluate(
     0.7 unless ``params`` sets one) and scores the majority answer; in refine mode each sample
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
-    in the run/evals config so comparisons and the report can order rounds. ``batch``
+    in the run/evals config so comparisons and the report can order rounds. ``progress``
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`). ``batch``
     sends each stage as batches (``--mode batch|file``).
     """
     bad = [m for m in modes if m not in MODES]
@@ -274,7 +311,7 @@ def evaluate(
     p = dict(params or {})
     if k > 1:
         p.setdefault("temperature", 0.7)
-    model_id = model_id or registered_model_id(store, backend.spec)
+    model_id = model_id or registered_model_id(store, backend)
     prompts = prompts or RefinePrompts()
     config = {
         "model": backend.spec, "benchmark": benchmark, "modes": list(modes), "steps": steps,
@@ -292,7 +329,13 @@ def evaluate(
         )
         summaries = []
         for mode in modes:
-            rows = score_results(items, results, k, mode)
+            scored, answered, failures = split_failed(items, results, k, mode)
+            failures.check_any_succeeded(
+                f"items ({mode})", len(scored), f"Is {backend.spec} reachable? Rerun the same "
+                "command to retry (answered calls are cached).")
+            if failures.failed:
+                run.add(f"failed_items_{mode}", failures.failed)
+            rows = score_results(scored, answered, k, mode)
             correct = sum(r["correct"] for r in rows)
             lo, hi = wilson_interval(correct, len(rows))
             eval_id = content_id({"run_id": run.run_id, "mode": mode, "benchmark": benchmark,
@@ -300,7 +343,8 @@ def evaluate(
             summaries.append(EvalSummary(
                 eval_id=eval_id, model=backend.spec, benchmark=benchmark, mode=mode,
                 n=len(rows), correct=correct, accuracy=correct / len(rows), ci_low=lo,
-                ci_high=hi, model_id=model_id, items=rows,
+                ci_high=hi, model_id=model_id, items=rows, failed=failures.failed,
+                failure=failures.describe("items") if failures.failed else None,
             ))
         _write(store, summaries, config, run.run_id)
         run.add("evals", len(summaries))
@@ -367,6 +411,7 @@ def print_summaries(summaries: Sequence[EvalSummary]) -> None:
     """A rich table of one evaluation's modes (fits 80 columns)."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -381,6 +426,9 @@ def print_summaries(summaries: Sequence[EvalSummary]) -> None:
     for s in summaries:
         table.add_row(s.mode, f"{s.correct} / {s.n}", format_accuracy(vars(s)), s.eval_id)
     console.print(table)
+    for s in summaries:  # partial failure: said with counts, never scored as wrong answers
+        if s.failure:
+            console.print(f"[yellow]{s.mode}: not scored: {escape(s.failure)}[/]")
 
 
 def print_comparison(rows: Sequence[dict[str, Any]]) -> None:

@@ -20,29 +20,31 @@ and the round, and whose parent is the ``evolve`` run:
 Round 0 has only ``eval`` (the starting student). A stage that finished is never redone: a
 killed ``evolve`` re-run with the same options resumes at the first unfinished stage (the
 stage's outputs are kept in its run's ``counts``; generation resumes from the call cache).
+
+While a stage runs, a ``corpus.display`` bar shows it (one per stage, when a display is
+given); when it ends, ``log`` hears one readable line (:func:`stage_line`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.snapshots import sql_literal
 from corpus.store import Run, Store
-from schemas.identity import canonical_json, content_id
+from schemas.identity import content_id
 from selfevo import SelfevoError
+
+if TYPE_CHECKING:
+    from corpus.display import Display, Tracker
 
 STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
 STRATEGIES = ("restart", "continual")
-#: Test hook: ``r1:filter`` makes the process SIGKILL itself right after that stage finishes,
-#: so the resume tests kill at an exact point between stages.
-KILL_ENV = "SELFEVO_FAULT_KILL_AFTER"
 
 
 @dataclass
@@ -135,6 +137,16 @@ def _public(spec: str) -> str:
     return public_spec(spec)
 
 
+def _identity(spec: str) -> str:
+    """A model spec as records and prompts name it, like its calls do: ``hf:`` by readable
+    names (no machine paths), ``openai:`` without credentials."""
+    if spec.startswith("hf:"):
+        from generation.backends.hf import identity_spec
+
+        return identity_spec(spec)
+    return _public(spec)
+
+
 def _public_url(url: str | None) -> str | None:
     from generation.backends.openai_backend import strip_credentials
 
@@ -142,10 +154,15 @@ def _public_url(url: str | None) -> str | None:
 
 
 class Evolution:
-    """One evolve run over a store; :meth:`run` executes (or resumes) every round."""
+    """One evolve run over a store; :meth:`run` executes (or resumes) every round.
+
+    ``log`` hears one line per stage; ``display`` (a ``corpus.display`` Display) gets a bar
+    per stage while it runs.
+    """
 
     def __init__(self, store: Store, config: EvolveConfig,
-                 log: Callable[[str], None] = print, batch: Any = None):
+                 log: Callable[[str], None] = print, display: Display | None = None,
+                 batch: Any = None):
         config.check()
         self.store = store
         self.config = config
@@ -155,6 +172,8 @@ class Evolution:
         self.name = config.resolved_name()
         self.out = Path(config.out) / self.name
         self.log = log
+        self.display = display
+        self.tracker: Tracker | None = None  # the running stage's bar
         self._backends: dict[str, Any] = {}
         self.run_id: str | None = None
 
@@ -180,14 +199,30 @@ class Evolution:
             self.log(f"  round {round} {stage}: already done, skipped")
             return done
         config = {"evolve": self.name, "round": round, "stage": stage, **(extra or {})}
+        self.tracker = self.display.task(f"round {round} {stage}") if self.display else None
         with self.store.run(f"evolve {stage}", config, parent_run_id=self.run_id) as run:
             fn(run)
-        self.log(f"  round {round} {stage}: {canonical_json(run.counts)}")
-        if os.environ.get(KILL_ENV) == f"r{round}:{stage}":
-            import signal
-
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self.tracker is not None:
+            self.tracker.finish()
+        self.log(f"  {stage_line(stage, round, run.counts)}")
         return run.counts
+
+    def refine_progress(self, label: str) -> Any:
+        """A ``progress(stage, advance, total)`` for self-refine that moves the running
+        stage's one bar (or None without a display): each request phase (answer,
+        self-feedback, self-refinement) restarts it under its name, e.g.
+        ``round 1 generate: self-feedback 12/50``."""
+        tracker = self.tracker
+        if tracker is None:
+            return None
+
+        def on_progress(phase: str, advance: int, total: int) -> None:
+            if advance == 0:  # a phase starts
+                tracker.restart(f"{label}: {phase}", total)
+            else:
+                tracker.advance(advance)
+
+        return on_progress
 
     def backend(self, spec: str) -> Any:
         """The model behind ``spec`` (loaded once per process)."""
@@ -265,14 +300,21 @@ class Evolution:
     # -- stages ----------------------------------------------------------------------------
     def round_prompts(self, t: int) -> list[dict[str, Any]]:
         """The pool's prompts for round ``t``: all, or a deterministic per-round sample."""
+        import duckdb
+
+        from corpus.sqlfragment import SqlCondition, first_line, read_only
+
         cfg = self.config
+        pool = SqlCondition(cfg.prompts, "--prompts")
         limit = f"LIMIT {int(cfg.prompts_per_round)}" if cfg.prompts_per_round else ""
         try:
-            return self.store.query_dicts(
-                f"SELECT prompt_id, text FROM prompts WHERE ({cfg.prompts}) "
-                f"ORDER BY md5(prompt_id || ?) {limit}", [f"{self.name}/{t}/{cfg.seed}"])
-        except Exception as exc:  # a bad --prompts condition is the user's to fix
-            raise SelfevoError(f"--prompts failed: {str(exc).splitlines()[0]}") from None
+            with self.store.connection() as con, read_only(con) as cur:
+                rows = cur.execute(f"SELECT prompt_id, text FROM prompts WHERE {pool.sql} "
+                                   f"ORDER BY md5(prompt_id || ?) {limit}",
+                                   [f"{self.name}/{t}/{cfg.seed}"]).fetchall()
+        except duckdb.Error as exc:  # a bad --prompts condition is the user's to fix
+            raise SelfevoError(f"--prompts failed: {first_line(exc)}") from None
+        return [{"prompt_id": pid, "text": text} for pid, text in rows]
 
     def new_prompts(self, run: Run, t: int, student: str, seeds: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
@@ -292,7 +334,8 @@ class Evolution:
             requests.append(ChatRequest(
                 template.render(examples=[s["text"] for s in shots]),
                 {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
-        out = ledger_generate(self.backend(student), self.store, run.run_id, batch=self.batch)(
+        out = ledger_generate(self.backend(student), self.store, run.run_id,
+                              self.refine_progress(f"round {t} generate"), batch=self.batch)(
             requests, "new-question", template.hash)
         rows = []
         for (res, call_id), ids in zip(out, seed_ids, strict=True):
@@ -301,14 +344,18 @@ class Evolution:
                 run.add("new_prompts_failed")
                 continue
             rows.append(make_prompt(text, source=f"evolve:{self.name}", split="evolve", meta={
-                "evolve": self.name, "round": t, "model": _public(student), "seeds": ids,
+                "evolve": self.name, "round": t, "model": _identity(student), "seeds": ids,
                 "call_id": call_id, "template": template.hash}))
         with self.store.transaction() as con:
             run.add("new_prompts", insert_prompts(con, rows, run.run_id))
         return [{"prompt_id": r["prompt_id"], "text": r["text"]} for r in rows]
 
     def generate(self, run: Run, t: int, student: str) -> None:
-        """Stage 1: M_t answers, criticises and refines; records kind=self, round=t."""
+        """Stage 1: M_t answers, criticises and refines; records kind=self, round=t.
+
+        When every request failed (the student's server is down) the stage fails instead of
+        going on with no records."""
+        from generation.failures import Failures
         from selfevo.refine import RefinePrompts, self_refine
 
         cfg = self.config
@@ -328,7 +375,9 @@ class Evolution:
         self.log(f"  round {t} generate: {len(questions)} answers from {student}")
         results = self_refine(self.backend(student), [p["text"] for p in questions], steps=1,
                               params=cfg.gen, sample_indices=indices, prompts=tp,
-                              store=self.store, run_id=run.run_id, batch=self.batch)
+                              store=self.store, run_id=run.run_id,
+                              progress=self.refine_progress(f"round {t} generate"),
+                              batch=self.batch)
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
@@ -338,13 +387,19 @@ class Evolution:
             rows.append(make_record(
                 prompt_id=p["prompt_id"], kind="self", round=t, response=r.answer,
                 feedback=step.feedback, verdict=step.verdict, refinement=step.refinement,
-                verdict_error=step.verdict_error, responder=_public(student), teacher=_public(student),
+                verdict_error=step.verdict_error, responder=_identity(student),
+                teacher=_identity(student),
                 response_call_id=r.answer_call_id, feedback_call_id=step.feedback_call_id,
                 refinement_call_id=step.refinement_call_id,
                 templates={"response": hashes["answer"], "feedback": hashes["self_feedback"],
                            "refinement": hashes["self_refinement"]},
                 source=f"evolve:{self.name}",
                 meta={"evolve": self.name, "sample_index": r.sample_index}))
+        failures = Failures()
+        for r in results:
+            failures.add(not r.request_failed, r.error_kind, r.error)
+        failures.check_any_succeeded(f"round {t} questions", len(rows),
+                                     f"Is {_public(student)} reachable? Rerun to continue.")
         with self.store.transaction() as con:
             run.add("new_records", insert_records(con, rows, run.run_id))
         run.add("records", len(rows))
@@ -354,7 +409,9 @@ class Evolution:
         """The records of round ``t`` written by M_t for this evolve's prompts."""
         from curation.selection import Selection
 
-        where = (f"responder = {sql_literal(_public(student))} AND prompt_id IN (SELECT prompt_id FROM "
+        # _public: records a generate stage wrote before responders were readable names
+        who = ", ".join(sql_literal(s) for s in sorted({_identity(student), _public(student)}))
+        where = (f"responder IN ({who}) AND prompt_id IN (SELECT prompt_id FROM "
                  f"evolve_prompts WHERE evolve = {sql_literal(self.name)} AND round = {t})")
         return Selection(where=where, kind="self", round=t)
 
@@ -366,7 +423,7 @@ class Evolution:
         steps = [parse_step(s) for s in self.config.filters]
         check_labels(steps)
         fr = run_filters(self.store, steps, self.round_selection(t, student),
-                         parent_run_id=run.run_id)
+                         parent_run_id=run.run_id, progress=self.tracker)
         run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
         if fr.selected and not fr.kept:  # the round adds nothing: say so, and where to look
             self.log(f"  round {t} filter: kept none of {fr.selected} self records, so this "
@@ -405,6 +462,7 @@ class Evolution:
     def train(self, run: Run, t: int, student: str, data: str) -> None:
         """Stage 5: train M_{t+1} and register it in ``models``."""
         from generation.backends.aliases import resolve_model
+        from selfevo.checkpoints import training_progress
         from trainer.config import TrainConfig
         from trainer.train import train
 
@@ -415,10 +473,12 @@ class Evolution:
         else:
             base = self.merged_weights(student, t)
         overrides = dict(cfg.train)
+        # progress=False: the trainer's own output is off; the stage's bar shows the steps.
         tc = TrainConfig.from_dict({**overrides, "data": data, "base": base, "out": str(out),
                                     "seed": cfg.seed, "progress": False,
                                     "resume": (out / "checkpoints").exists()})
-        result = train(tc, log=lambda msg: None)
+        result = train(tc, log=lambda msg: None, on_step=training_progress(self.tracker)
+                       if self.tracker is not None else None)
         from selfevo.checkpoints import register_checkpoint
 
         model_id = register_checkpoint(self.store, run, result, tc)
@@ -465,15 +525,50 @@ class Evolution:
         for spec in cfg.evals:
             bench, arg = _eval_spec(spec)
             name, items = load_items(bench, path=None if bench == "store" else arg,
-                                     where=arg if bench == "store" else None,
+                                     where=_store_condition(bench, arg),
                                      limit=cfg.eval_limit, store=self.store)
             summaries += evaluate(self.store, self.backend(student), items, benchmark=name,
                                   modes=cfg.eval_modes, model_id=model_id, round=t,
-                                  params=cfg.gen, parent_run_id=self.run_id)
+                                  params=cfg.gen, parent_run_id=self.run_id,
+                                  progress=self.refine_progress(f"round {t} eval {name}"))
         run.counts["evals"] = [
             {"benchmark": s.benchmark, "mode": s.mode, "n": s.n, "accuracy": s.accuracy,
-             "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id}
+             "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id, "failed": s.failed}
             for s in summaries]
+
+
+#: What each stage's line shows: counts key -> words (in this order).
+STAGE_LINE = {
+    "generate": {"prompts": "prompts", "records": "self records", "new_records": "new",
+                 "failed": "failed", "new_prompts": "new prompts",
+                 "new_prompts_failed": "new prompts failed"},
+    "filter": {"selected": "selected", "kept": "kept", "filter_run": "filter run"},
+    "snapshot": {"n": "records", "snapshot": "snapshot"},
+    "export": {"n": "records", "dir": "in"},
+    "train": {"steps": "steps", "loss": "loss", "model_id": "model", "served": "served as"},
+}
+
+
+def stage_line(stage: str, round: int, counts: dict[str, Any]) -> str:
+    """One readable line for a finished stage, e.g. ``round 1 filter: 12 selected, 3 kept, …``.
+
+    The eval stage lists each benchmark and mode with its accuracy and 95% interval.
+    """
+    from corpus.display import summary_line
+
+    label = f"round {round} {stage}"
+    if stage == "eval":
+        from selfevo.evaluate import format_accuracy
+
+        by_bench: dict[tuple[str, int], list[str]] = {}
+        for e in counts.get("evals", []):
+            failed = f" ({e['failed']} not scored: requests failed)" if e.get("failed") else ""
+            by_bench.setdefault((e["benchmark"], e["n"]), []).append(
+                f"{e['mode']} {format_accuracy(e)}{failed}")
+        return f"{label}: " + "; ".join(f"{bench} (n={n}): {', '.join(modes)}"
+                                        for (bench, n), modes in by_bench.items())
+    shown = STAGE_LINE.get(stage, {})
+    return summary_line(label, {words: counts.get(key) for key, words in shown.items()})
 
 
 def _in_snapshot(name: str) -> str:
@@ -489,13 +584,25 @@ def _eval_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def _store_condition(bench: str, arg: str | None) -> Any:
+    """The checked condition of a ``store:SQL`` eval spec (None for other benchmarks)."""
+    from corpus.sqlfragment import SqlCondition
+
+    return SqlCondition.of(arg, "--eval store:SQL") if bench == "store" else None
+
+
 def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print,
-           batch: Any = None) -> list[RoundResult]:
+           display: Display | None = None, batch: Any = None) -> list[RoundResult]:
     """Open the store and run (or resume) the evolve described by ``config``.
 
-    ``batch`` (:class:`generation.batches.BatchOptions`): the generate stage's requests go
-    as batches; while they run the stage (and the command) stops ``waiting``, and the same
-    command run again resumes there.
-    """
+    Its SQL conditions (``--prompts``, ``--eval store:SQL``) are checked before the store is
+    opened. ``batch`` (:class:`generation.batches.BatchOptions`): the generate stage's
+    requests go as batches; while they run the stage (and the command) stops ``waiting``,
+    and the same command run again resumes there."""
+    from corpus.sqlfragment import SqlCondition
+
+    SqlCondition(config.prompts, "--prompts")
+    for spec in config.evals:
+        _store_condition(*_eval_spec(spec))
     with Store.open(db, command="evolve") as store:
-        return Evolution(store, config, log, batch).run()
+        return Evolution(store, config, log, display, batch).run()

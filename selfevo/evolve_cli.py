@@ -13,7 +13,7 @@ from selfevo import SelfevoError
 @click.option("--student", required=True, help="M_1 spec, e.g. hf:BASE+ADAPTER or openai:M@URL.")
 @click.option("--base", required=True, help="Base model folder (or smollm2-135m) for training.")
 @click.option("--prompts", "prompts_where", required=True,
-              help="SQL condition over prompts: the unlabeled pool.")
+              help="The unlabeled pool: a condition, one SQL expression over prompts.")
 @click.option("--rounds", default=1, show_default=True, help="Self-evolution rounds T.")
 @click.option("--meta", help="Meta-skill snapshot replayed in every round's training data.")
 @click.option("--strategy", type=click.Choice(["restart", "continual"]), default="restart",
@@ -25,7 +25,8 @@ from selfevo import SelfevoError
 @click.option("--generate-prompts", default=0, show_default=True,
               help="New questions the student writes per round.")
 @click.option("--eval", "evals", multiple=True,
-              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL.")
+              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL "
+                   "(a condition over prompts).")
 @click.option("--eval-mode", type=click.Choice(["direct", "refine", "both"]), default="both",
               show_default=True)
 @click.option("--eval-limit", type=int, help="Items per benchmark.")
@@ -62,6 +63,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
       selfevo evolve --student openai:meta@http://127.0.0.1:8000/v1 --base ./base \
         --serve http://127.0.0.1:8000/v1 --prompts "split = 'train'" --rounds 2 --meta meta-v1
     """
+    from corpus.display import progress
     from selfevo.evolve import EvolveConfig
     from selfevo.evolve import evolve as run_evolve
     from trainer.config import parse_overrides
@@ -79,10 +81,11 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
         train=train_settings(train_opts), out=out, name=name, seed=seed, serve=serve)
-    from generation.batches import batch_display
-
-    with batch_display(batch):
-        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), batch=batch)
+    with progress() as display:
+        if batch is not None:
+            batch.display = display  # one task per batch while the generate stage polls
+        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display,
+                             batch=batch)
     print_rounds(results)
 
 

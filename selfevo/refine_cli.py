@@ -75,7 +75,7 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
     from generation.batches import batch_display
-    from selfevo.refine import RefinePrompts, refine_and_store
+    from selfevo.refine import RefinePrompts, refine_and_store, request_failures
 
     questions = read_questions(question, input_file)
     with batch_display(batch), stage_progress(len(questions) > 1 and batch is None) as progress:
@@ -89,6 +89,9 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
         render_results(results)
+    failures = request_failures(results)
+    if failures.failed:  # some answered (none answered is an error): say so with counts
+        click.echo(f"warning: {failures.describe('questions')}", err=True)
 
 
 @contextlib.contextmanager

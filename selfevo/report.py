@@ -1,8 +1,11 @@
 """The audit report: one self-contained HTML file built from the store alone.
 
-Everything is inline (CSS, SVG charts drawn here in Python, a few lines of JS that check the
-page rendered), so the file opens offline, can be mailed or archived next to a snapshot, and
-never fetches anything. Every piece of text from the store goes through :func:`html.escape`.
+Python gathers the data: one function per section, returning plain data (counts, formatted
+cells, chart geometry). The markup lives in ``selfevo/templates/report.html.j2``, rendered by
+Jinja2 with autoescaping on, so every piece of text from the store is escaped by the template
+engine and never by hand. Everything is inline (CSS, SVG charts, a few lines of JS that check
+the page rendered), so the file opens offline, can be mailed or archived next to a snapshot,
+and never fetches anything.
 
 Sections: corpus at a glance, curation funnel (per run and step), verdict agreement (teacher
 verdict vs the gold answer, and LLM teacher vs reference grader on the same response), dedup
@@ -13,21 +16,23 @@ for it yet.
 
 from __future__ import annotations
 
-import html
-import json
-import os
+import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import jinja2
+
     from corpus.store import Store
 
 #: Most records scored in Python for the verdict-agreement section (answer extraction costs
 #: ~0.1 ms a record): above it, a seeded random sample of this size is scored, and said so.
 AGREEMENT_LIMIT = 20_000
 
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 COLOURS = {"a": "#3b6ea8", "b": "#e07b39", "ok": "#4a9a5b", "bad": "#c44e52", "grid": "#ddd"}
 
 SECTIONS = [
@@ -41,29 +46,39 @@ SECTIONS = [
     ("lengths", "Length histograms"),
 ]
 
-
-def esc(value: Any) -> str:
-    """HTML-escaped text of any value (None → empty)."""
-    return "" if value is None else html.escape(str(value), quote=True)
+Data = dict[str, Any]
 
 
-# -- small HTML/SVG builders ----------------------------------------------------------------
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
-    """An HTML table; cells are escaped, numbers right-aligned."""
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for v in row:
-            num = isinstance(v, int | float) and not isinstance(v, bool)
-            if num:
-                cells.append(f'<td class="num">{esc(_fmt(v))}</td>')
-            elif any(len(w) > 30 for w in str(v).split()):  # ids, hashes, paths: may break
-                cells.append(f'<td class="long">{esc(v)}</td>')
-            else:
-                cells.append(f"<td>{esc(v)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+# -- tables and chart geometry (the template draws them) ------------------------------------
+@dataclass
+class Cell:
+    """One table cell: its text and CSS class (``num`` right-aligned, ``long`` may break)."""
+
+    text: str
+    cls: str = ""
+
+
+@dataclass
+class Table:
+    """A table's headers and rows of cells."""
+
+    headers: list[str]
+    rows: list[list[Cell]]
+    cls: str = ""
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> Table:
+    """A table of values: numbers formatted and right-aligned, long words allowed to break."""
+    return Table(list(headers), [[_cell(v) for v in row] for row in rows], cls)
+
+
+def _cell(v: Any) -> Cell:
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        return Cell(_fmt(v), "num")
+    text = "" if v is None else str(v)
+    if any(len(w) > 30 for w in text.split()):  # ids, hashes, paths: may break anywhere
+        return Cell(text, "long")
+    return Cell(text)
 
 
 def _fmt(v: Any) -> str:
@@ -74,101 +89,115 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def empty(message: str) -> str:
-    """The placeholder of a section with no data."""
-    return f'<p class="empty">{esc(message)}</p>'
+@dataclass
+class Bar:
+    """One horizontal bar: where it is, how long, and what it says."""
+
+    label: str  # clipped to fit left of the bar
+    title: str  # the tooltip: full label and value
+    value: str
+    y: float
+    w: float
 
 
-def svg_hbars(rows: Sequence[tuple[str, float]], *, unit: str = "", width: int = 720,
-              colour: str = COLOURS["a"]) -> str:
+@dataclass
+class HBars:
     """Horizontal bar chart: one labelled bar per (label, value)."""
+
+    width: int
+    height: int
+    label_width: int
+    bar_height: int
+    colour: str
+    bars: list[Bar]
+
+
+def hbars(rows: Sequence[tuple[str, float]], *, unit: str = "", width: int = 720,
+          colour: str = COLOURS["a"]) -> HBars | None:
+    """Geometry of a horizontal bar chart (None when there are no rows)."""
     if not rows:
-        return ""
+        return None
     top = max((v for _, v in rows), default=0) or 1
     lw, bar_h, gap = 220, 18, 6
-    h = len(rows) * (bar_h + gap) + gap
-    parts = []
+    bars = []
     for i, (label, v) in enumerate(rows):
-        y = gap + i * (bar_h + gap)
-        w = max(0.0, (width - lw - 90) * v / top)
-        parts.append(
-            f'<text x="{lw - 6}" y="{y + 13}" text-anchor="end">{esc(_clip(label, 34))}</text>'
-            f'<rect x="{lw}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colour}">'
-            f"<title>{esc(label)}: {esc(_fmt(v))}{esc(unit)}</title></rect>"
-            f'<text x="{lw + w + 4:.1f}" y="{y + 13}">{esc(_fmt(v))}{esc(unit)}</text>'
-        )
-    return _svg(width, h, "".join(parts))
+        value = f"{_fmt(v)}{unit}"
+        bars.append(Bar(label=_clip(label, 34), title=f"{label}: {value}", value=value,
+                        y=gap + i * (bar_h + gap), w=round(max(0.0, (width - lw - 90) * v / top), 1)))
+    return HBars(width, len(rows) * (bar_h + gap) + gap, lw, bar_h, colour, bars)
 
 
-def svg_histogram(bins: Sequence[tuple[float, float, int]], *, xlabel: str, width: int = 340,
-                  colour: str = COLOURS["a"]) -> str:
-    """Vertical histogram of (low, high, count) bins with the range on the x axis."""
+@dataclass
+class Histogram:
+    """Vertical histogram: bars of (low, high, count) bins, the range on the x axis."""
+
+    width: int
+    height: int
+    pad: int
+    xlabel: str
+    low: str
+    high: str
+    top: int
+    colour: str
+    bars: list[dict[str, Any]] = field(default_factory=list)  # x, y, w, h, title
+
+
+def histogram(bins: Sequence[tuple[float, float, int]], *, xlabel: str, width: int = 340,
+              colour: str = COLOURS["a"]) -> Histogram | None:
+    """Geometry of a histogram (None when there are no bins)."""
     if not bins:
-        return ""
+        return None
     height, pad = 160, 28
     top = max(c for _, _, c in bins) or 1
     bw = (width - 2 * pad) / len(bins)
-    parts = [f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" '
-             f'stroke="#888"/>']
+    chart = Histogram(width, height, pad, xlabel, _fmt(bins[0][0]), _fmt(bins[-1][1]), top,
+                      colour)
     for i, (lo, hi, c) in enumerate(bins):
         bh = (height - 2 * pad) * c / top
-        x, y = pad + i * bw, height - pad - bh
-        parts.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{max(bw - 1, 1):.1f}" '
-                     f'height="{bh:.1f}" fill="{colour}"><title>{esc(_fmt(lo))}–{esc(_fmt(hi))}'
-                     f": {c}</title></rect>")
-    parts.append(f'<text x="{pad}" y="{height - 10}">{esc(_fmt(bins[0][0]))}</text>')
-    parts.append(f'<text x="{width - pad}" y="{height - 10}" text-anchor="end">'
-                 f"{esc(_fmt(bins[-1][1]))}</text>")
-    parts.append(f'<text x="{width / 2:.0f}" y="{height - 2}" text-anchor="middle" '
-                 f'class="axis">{esc(xlabel)}</text>')
-    parts.append(f'<text x="{pad}" y="14">max {top:,}</text>')
-    return _svg(width, height, "".join(parts))
+        chart.bars.append({"x": round(pad + i * bw, 1), "y": round(height - pad - bh, 1),
+                           "w": round(max(bw - 1, 1), 1), "h": round(bh, 1),
+                           "title": f"{_fmt(lo)}–{_fmt(hi)}: {c}"})
+    return chart
 
 
-def svg_accuracy(rows: Sequence[tuple[str, dict[str, Any] | None, dict[str, Any] | None]],
-                 width: int = 760) -> str:
+@dataclass
+class AccuracyChart:
     """Grouped horizontal bars (direct, refine) with 95% interval whiskers, 0–100 %."""
+
+    width: int
+    height: int
+    label_width: int
+    grid: list[dict[str, Any]]  # x, label of the 0/25/50/75/100 % lines
+    rows: list[dict[str, Any]]  # y, label, bars: [y, w, h, colour, title, lo, hi, mid, top, bottom]
+    colours: dict[str, str]
+
+
+def accuracy_chart(rows: Sequence[tuple[str, Data | None, Data | None]],
+                   width: int = 760) -> AccuracyChart | None:
+    """Geometry of the accuracy chart: per row a direct and a refine bar with whiskers."""
     if not rows:
-        return ""
+        return None
     lw, bar_h, gap = 260, 12, 10
     scale = (width - lw - 70) / 100
-    h = len(rows) * (2 * bar_h + gap) + gap + 24
-    parts = []
-    for t in range(0, 101, 25):
-        x = lw + t * scale
-        parts.append(f'<line x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{h - 20}" '
-                     f'stroke="{COLOURS["grid"]}"/><text x="{x:.1f}" y="{h - 6}" '
-                     f'text-anchor="middle">{t}%</text>')
+    height = len(rows) * (2 * bar_h + gap) + gap + 24
+    grid = [{"x": round(lw + t * scale, 1), "label": f"{t}%"} for t in range(0, 101, 25)]
+    out = []
     for i, (label, direct, refine) in enumerate(rows):
         y0 = gap + i * (2 * bar_h + gap)
-        parts.append(f'<text x="{lw - 6}" y="{y0 + bar_h + 4}" text-anchor="end">'
-                     f"{esc(_clip(label, 40))}</text>")
+        bars = []
         for j, (mode, cell, colour) in enumerate(
                 (("direct", direct, COLOURS["a"]), ("refine", refine, COLOURS["b"]))):
             if not cell:
                 continue
             y = y0 + j * bar_h
             acc, lo, hi = (100 * (cell.get(k) or 0) for k in ("accuracy", "ci_low", "ci_high"))
-            tip = f"{label} {mode}: {acc:.1f}% [{lo:.1f}, {hi:.1f}]"
-            parts.append(
-                f'<rect x="{lw}" y="{y}" width="{acc * scale:.1f}" height="{bar_h - 2}" '
-                f'fill="{colour}"><title>{esc(tip)}</title></rect>'
-                f'<line x1="{lw + lo * scale:.1f}" y1="{y + bar_h / 2 - 1}" '
-                f'x2="{lw + hi * scale:.1f}" y2="{y + bar_h / 2 - 1}" stroke="#222"/>'
-                f'<line x1="{lw + lo * scale:.1f}" y1="{y + 1}" x2="{lw + lo * scale:.1f}" '
-                f'y2="{y + bar_h - 3}" stroke="#222"/>'
-                f'<line x1="{lw + hi * scale:.1f}" y1="{y + 1}" x2="{lw + hi * scale:.1f}" '
-                f'y2="{y + bar_h - 3}" stroke="#222"/>'
-            )
-    legend = (f'<p class="legend"><span style="background:{COLOURS["a"]}"></span>direct '
-              f'<span style="background:{COLOURS["b"]}"></span>refine — whiskers: 95% Wilson '
-              "interval</p>")
-    return _svg(width, h, "".join(parts)) + legend
-
-
-def _svg(width: int, height: float, body: str) -> str:
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0f}" '
-            f'viewBox="0 0 {width} {height:.0f}" role="img">{body}</svg>')
+            bars.append({"y": y, "w": round(acc * scale, 1), "h": bar_h - 2, "colour": colour,
+                         "title": f"{label} {mode}: {acc:.1f}% [{lo:.1f}, {hi:.1f}]",
+                         "lo": round(lw + lo * scale, 1), "hi": round(lw + hi * scale, 1),
+                         "mid": y + bar_h / 2 - 1, "top": y + 1, "bottom": y + bar_h - 3})
+        out.append({"y": y0 + bar_h + 4, "label": _clip(label, 40), "bars": bars})
+    return AccuracyChart(width, height, lw, grid, out,
+                         {"direct": COLOURS["a"], "refine": COLOURS["b"]})
 
 
 def _clip(text: Any, n: int) -> str:
@@ -180,8 +209,8 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-# -- sections -------------------------------------------------------------------------------
-def section_corpus(store: Store) -> str:
+# -- sections: one function each, returning plain data for the template --------------------
+def section_corpus(store: Store) -> Data:
     """Totals, records by kind / round / source / verdict, prompts by source and split."""
     totals = store.query(
         "SELECT (SELECT count(*) FROM prompts), (SELECT count(*) FROM records),"
@@ -189,12 +218,11 @@ def section_corpus(store: Store) -> str:
         " (SELECT count(*) FROM snapshots), (SELECT count(*) FROM models),"
         " (SELECT count(*) FROM evals)")[0]
     names = ["prompts", "records", "calls", "runs", "snapshots", "models", "evals"]
-    out = ['<div class="cards">' + "".join(
-        f'<div class="card"><b data-count="{n}">{v:,}</b><span>{n}</span></div>'
-        for n, v in zip(names, totals, strict=True)) + "</div>"]
+    data: Data = {"cards": [(n, f"{v:,}") for n, v in zip(names, totals, strict=True)],
+                  "empty": None, "charts": [], "snapshots": None}
     if not totals[1] and not totals[0]:
-        return "".join(out) + empty("The store has no prompts or records yet.")
-    grids = []
+        data["empty"] = "The store has no prompts or records yet."
+        return data
     for title, sql in (
         ("records by kind", "SELECT kind, count(*) FROM records GROUP BY 1 ORDER BY 2 DESC"),
         ("records by round", "SELECT 'round ' || round, count(*) FROM records GROUP BY round "
@@ -210,19 +238,16 @@ def section_corpus(store: Store) -> str:
     ):
         rows = store.query(sql)
         if rows:
-            grids.append(f"<div><h3>{esc(title)}</h3>"
-                         + svg_hbars([(str(k), v) for k, v in rows], width=460) + "</div>")
-    out.append('<div class="grid">' + "".join(grids) + "</div>")
+            data["charts"].append((title, hbars([(str(k), v) for k, v in rows], width=460)))
     snaps = store.query("SELECT name, n, content_hash, parent, created_at FROM snapshots "
                         "ORDER BY created_at")
     if snaps:
-        out.append("<h3>snapshots</h3>" + table(
-            ["name", "records", "content hash", "parent", "created"],
-            [(n, k, h, p, str(c)[:19]) for n, k, h, p, c in snaps]))
-    return "".join(out)
+        data["snapshots"] = table(["name", "records", "content hash", "parent", "created"],
+                                  [(n, k, h, p, str(c)[:19]) for n, k, h, p, c in snaps])
+    return data
 
 
-def section_funnel(store: Store) -> str:
+def section_funnel(store: Store) -> Data:
     """Per run that wrote decisions: records selected, then what each step kept and dropped."""
     from corpus.funnel import run_funnel
 
@@ -231,27 +256,24 @@ def section_funnel(store: Store) -> str:
             "SELECT r.run_id FROM runs r WHERE EXISTS (SELECT 1 FROM decisions d "
             "WHERE d.run_id = r.run_id) ORDER BY r.started_at, r.run_id").fetchall()]
         funnels = [run_funnel(con, i) for i in ids]
-    if not funnels:
-        return empty("No curation decisions yet (run 'selfevo curate filter' or 'curate dedup').")
-    out = []
+    runs = []
     for f in funnels:
         bars = [("selected", float(f.selected))] + [
             (f"after {r.step}", float(r.remaining)) for r in f.rows]
         rows = [(i, r.step, r.checked, r.passed, r.dropped, r.remaining,
                  _pct(r.remaining / f.selected if f.selected else None))
                 for i, r in enumerate(f.rows, 1)]
-        out.append(
-            f'<div class="run"><h3>run {esc(f.run_id)} <small>({esc(f.command)}, '
-            f"{esc(f.status)})</small></h3>" + svg_hbars(bars, colour=COLOURS["ok"])
-            + table(["#", "step", "checked", "passed", "dropped here", "remaining", "kept"],
-                    rows) + "</div>")
-    return "".join(out)
+        runs.append({"run_id": f.run_id, "command": f.command, "status": f.status,
+                     "chart": hbars(bars, colour=COLOURS["ok"]),
+                     "table": table(["#", "step", "checked", "passed", "dropped here",
+                                     "remaining", "kept"], rows)})
+    empty = None if runs else ("No curation decisions yet (run 'selfevo curate filter' or "
+                               "'curate dedup').")
+    return {"empty": empty, "runs": runs}
 
 
-def section_agreement(store: Store) -> str:
+def section_agreement(store: Store) -> Data:
     """Teacher verdict vs the gold answer (per teacher), and LLM teacher vs reference grader."""
-    from curation.answers import answers_match, extract_answer
-
     where = "gold_answer IS NOT NULL AND kind IN ('meta', 'self')"
     total = store.query(f"SELECT count(*) FROM records_full WHERE {where}")[0][0]
     sample = (f" USING SAMPLE reservoir({AGREEMENT_LIMIT} ROWS) REPEATABLE (42)"
@@ -261,42 +283,17 @@ def section_agreement(store: Store) -> str:
                    gold_answer
             FROM (SELECT * FROM records_full WHERE {where}){sample}"""
     )
-    out = []
+    data: Data = {"empty": None, "note": None, "table": None, "pairs": None}
     if not rows:
-        out.append(empty("No meta/self records with a gold answer yet."))
+        data["empty"] = "No meta/self records with a gold answer yet."
     else:
         if sample:
-            out.append(f'<p class="note">Scored on a seeded random sample of '
-                       f"{len(rows):,} of {total:,} labelled records.</p>")
-        stats: dict[tuple[str, str], dict[str, int]] = {}
-        for teacher, kind, verdict, response, refinement, gold in rows:
-            s = stats.setdefault((teacher, kind), dict.fromkeys(
-                ("n", "tp", "fp", "fn", "tn", "none", "ref_ok", "ref_n"), 0))
-            s["n"] += 1
-            gold_ok = answers_match(extract_answer(response), gold)
-            if verdict is None:
-                s["none"] += 1
-            else:
-                said_ok = verdict == "correct"
-                s[{(True, True): "tp", (True, False): "fp", (False, True): "fn",
-                   (False, False): "tn"}[(said_ok, gold_ok)]] += 1
-            if refinement:
-                s["ref_n"] += 1
-                s["ref_ok"] += answers_match(extract_answer(refinement), gold)
-        table_rows = []
-        for (teacher, kind), s in sorted(stats.items()):
-            judged = s["tp"] + s["fp"] + s["fn"] + s["tn"]
-            table_rows.append((
-                teacher, kind, s["n"], _pct((s["tp"] + s["tn"]) / judged if judged else None),
-                s["tp"], s["fp"], s["fn"], s["tn"], s["none"],
-                _pct(s["ref_ok"] / s["ref_n"] if s["ref_n"] else None)))
-        out.append(
-            "<p>Verdict says whether the <em>response</em> is correct; gold = the extracted "
-            "final answer of the response matches the prompt's gold answer "
-            "(curation.answers).</p>" + table(
-                ["teacher", "kind", "records", "agreement", "correct & gold ✓",
-                 "correct & gold ✗", "incorrect & gold ✓", "incorrect & gold ✗",
-                 "no verdict", "refinement matches gold"], table_rows, cls="agreement"))
+            data["note"] = (f"Scored on a seeded random sample of {len(rows):,} of {total:,} "
+                            "labelled records.")
+        data["table"] = table(
+            ["teacher", "kind", "records", "agreement", "correct & gold ✓", "correct & gold ✗",
+             "incorrect & gold ✓", "incorrect & gold ✗", "no verdict",
+             "refinement matches gold"], _agreement_rows(rows), cls="agreement")
     pairs = store.query(
         """SELECT t.teacher, count(*),
                   count(*) FILTER (WHERE t.verdict = r.verdict)
@@ -306,20 +303,50 @@ def section_agreement(store: Store) -> str:
              AND t.verdict IS NOT NULL AND r.verdict IS NOT NULL
            GROUP BY 1 ORDER BY 1""")
     if pairs:
-        out.append("<h3>LLM teacher vs reference grader (same prompt and response)</h3>" + table(
-            ["teacher", "pairs", "same verdict", "agreement"],
-            [(t, n, k, _pct(k / n)) for t, n, k in pairs]))
-    return "".join(out)
+        data["pairs"] = table(["teacher", "pairs", "same verdict", "agreement"],
+                              [(t, n, k, _pct(k / n)) for t, n, k in pairs])
+    return data
 
 
-def section_dedup(store: Store) -> str:
+def _agreement_rows(rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Per (teacher, kind): verdict vs gold counts, agreement and refinement accuracy."""
+    from curation.answers import answers_match, extract_answer
+
+    stats: dict[tuple[str, str], dict[str, int]] = {}
+    for teacher, kind, verdict, response, refinement, gold in rows:
+        s = stats.setdefault((teacher, kind), dict.fromkeys(
+            ("n", "tp", "fp", "fn", "tn", "none", "ref_ok", "ref_n"), 0))
+        s["n"] += 1
+        gold_ok = answers_match(extract_answer(response), gold)
+        if verdict is None:
+            s["none"] += 1
+        else:
+            said_ok = verdict == "correct"
+            s[{(True, True): "tp", (True, False): "fp", (False, True): "fn",
+               (False, False): "tn"}[(said_ok, gold_ok)]] += 1
+        if refinement:
+            s["ref_n"] += 1
+            s["ref_ok"] += answers_match(extract_answer(refinement), gold)
+    out = []
+    for (teacher, kind), s in sorted(stats.items()):
+        judged = s["tp"] + s["fp"] + s["fn"] + s["tn"]
+        out.append((teacher, kind, s["n"],
+                    _pct((s["tp"] + s["tn"]) / judged if judged else None),
+                    s["tp"], s["fp"], s["fn"], s["tn"], s["none"],
+                    _pct(s["ref_ok"] / s["ref_n"] if s["ref_n"] else None)))
+    return out
+
+
+def section_dedup(store: Store) -> Data:
     """Cluster-size histogram and drop counts of the dedup steps (latest decision per record)."""
     rows = store.query(
         """SELECT step, count(*), count(*) FILTER (WHERE NOT passed)
            FROM latest_decisions WHERE step LIKE 'dedup%' GROUP BY 1 ORDER BY 1""")
+    data: Data = {"empty": None, "table": None, "no_clusters": None, "steps": []}
     if not rows:
-        return empty("No dedup decisions yet (run 'selfevo curate dedup').")
-    out = [table(["step", "records", "dropped as duplicates"], rows)]
+        data["empty"] = "No dedup decisions yet (run 'selfevo curate dedup')."
+        return data
+    data["table"] = table(["step", "records", "dropped as duplicates"], rows)
     clusters = store.query(
         """WITH c AS (
              SELECT step,
@@ -331,8 +358,8 @@ def section_dedup(store: Store) -> str:
            SELECT step, coalesce(size, members) AS s, count(*) FROM c
            WHERE cid IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2""")
     if not clusters:
-        out.append(empty("The dedup decisions carry no cluster ids."))
-        return "".join(out)
+        data["no_clusters"] = "The dedup decisions carry no cluster ids."
+        return data
     by_step: dict[str, list[tuple[str, float]]] = {}
     singletons: dict[str, int] = {}
     for step, size, n in clusters:
@@ -341,192 +368,176 @@ def section_dedup(store: Store) -> str:
         else:
             by_step.setdefault(step, []).append((f"size {size}", float(n)))
     for step in sorted(set(by_step) | set(singletons)):
-        out.append(f"<h3>{esc(step)}: duplicate clusters by size <small>"
-                   f"({singletons.get(step, 0):,} singletons)</small></h3>")
-        out.append(svg_hbars(by_step[step], unit=" clusters") if step in by_step
-                   else empty("No duplicate clusters."))
-    return "".join(out)
+        data["steps"].append({"step": step, "singletons": f"{singletons.get(step, 0):,}",
+                              "chart": hbars(by_step.get(step, []), unit=" clusters")})
+    return data
 
 
-def section_decontam(store: Store) -> str:
+def section_decontam(store: Store) -> Data:
     """How many records matched a benchmark, per benchmark, with the first matches."""
     rows = store.query(
         """SELECT coalesce(detail->>'benchmark', detail->>'against', params->>'against', '?'),
                   count(*), count(*) FILTER (WHERE NOT passed)
            FROM latest_decisions WHERE step LIKE 'decontam%' GROUP BY 1 ORDER BY 1""")
     if not rows:
-        return empty("No decontamination decisions yet (run 'selfevo curate decontam').")
-    out = [table(["against", "records checked", "hits (dropped)"], rows)]
+        return {"empty": "No decontamination decisions yet (run 'selfevo curate decontam').",
+                "table": None, "hits": None}
     hits = store.query(
         """SELECT d.record_id, p.text, d.reason, d.detail FROM latest_decisions d
            LEFT JOIN records r USING (record_id) LEFT JOIN prompts p USING (prompt_id)
            WHERE d.step LIKE 'decontam%' AND NOT d.passed ORDER BY d.record_id LIMIT 25""")
-    if hits:
-        out.append("<h3>first hits</h3>" + table(
-            ["record", "prompt", "reason", "detail"],
-            [(rid, _clip(text, 160), reason, _clip(detail, 200))
-             for rid, text, reason, detail in hits]))
-    else:
-        out.append(empty("No record matched a benchmark."))
-    return "".join(out)
+    return {"empty": None,
+            "table": table(["against", "records checked", "hits (dropped)"], rows),
+            "hits": table(["record", "prompt", "reason", "detail"],
+                          [(rid, _clip(text, 160), reason, _clip(detail, 200))
+                           for rid, text, reason, detail in hits]) if hits else None}
 
 
-def section_accuracy(store: Store) -> str:
+def section_accuracy(store: Store) -> Data:
     """evals: direct vs refine accuracy with 95% intervals, per benchmark, oldest first."""
     from selfevo.evaluate import compare_evals, format_accuracy
 
     rows = compare_evals(store)
-    if not rows:
-        return empty("No evaluations yet (run 'selfevo eval run').")
-    out = []
-    benches = sorted({r["benchmark"] for r in rows})
-    for bench in benches:
+    benchmarks = []
+    for bench in sorted({r["benchmark"] for r in rows}):
         group = [r for r in rows if r["benchmark"] == bench]
         labels = [(f"round {r['round']} · " if r["round"] is not None else "")
                   + f"{_model_label(r)} · {r['run_id'][-6:]}" for r in group]
-        out.append(f"<h3>{esc(bench)}</h3>" + svg_accuracy(
-            [(lab, r["direct"], r["refine"]) for lab, r in zip(labels, group, strict=True)]))
-        out.append(table(
-            ["round", "model", "model_id", "snapshot", "eval run", "n", "direct", "refine"],
-            [("-" if r["round"] is None else r["round"], r["model"], r["model_id"] or "-",
-              r["snapshot_hash"] or "-", r["run_id"], r["n"],
-              format_accuracy(r["direct"]), format_accuracy(r["refine"])) for r in group],
-            cls="acc"))
-    return "".join(out)
+        benchmarks.append({
+            "name": bench,
+            "chart": accuracy_chart([(lab, r["direct"], r["refine"])
+                                     for lab, r in zip(labels, group, strict=True)]),
+            "table": table(
+                ["round", "model", "model_id", "snapshot", "eval run", "n", "direct", "refine"],
+                [("-" if r["round"] is None else r["round"], r["model"], r["model_id"] or "-",
+                  r["snapshot_hash"] or "-", r["run_id"], r["n"],
+                  format_accuracy(r["direct"]), format_accuracy(r["refine"])) for r in group],
+                cls="acc")})
+    return {"empty": None if rows else "No evaluations yet (run 'selfevo eval run').",
+            "benchmarks": benchmarks}
 
 
-def _model_label(r: dict[str, Any]) -> str:
+def _model_label(r: Data) -> str:
     model = r["model"]
     return model if len(model) <= 28 else "…" + model[-27:]
 
 
-def section_cost(store: Store) -> str:
-    """Per model: calls by status, tokens, cost and mean latency from the call ledger."""
+def section_cost(store: Store) -> Data:
+    """Per model (and local weights): calls by status, tokens, cost and mean latency.
+
+    Local models are told apart by their weights fingerprint (``calls.endpoint``), so two
+    checkpoints with the same readable name (two rounds' ``final``) are two rows.
+    """
     rows = store.query(
-        """SELECT model, count(*), count(*) FILTER (WHERE status = 'ok'),
+        """SELECT model, CASE WHEN endpoint LIKE 'weights:%' THEN endpoint END AS weights,
+                  count(*), count(*) FILTER (WHERE status = 'ok'),
                   count(*) FILTER (WHERE status = 'failed'),
                   count(*) FILTER (WHERE status = 'pending'),
                   coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
                   coalesce(sum(cost), 0.0), avg(latency)
-           FROM calls GROUP BY model ORDER BY 6 + 7 DESC""")
+           FROM calls GROUP BY 1, 2  -- most tokens first ("ORDER BY 7 + 8" is a constant)
+           ORDER BY coalesce(sum(prompt_tokens), 0) + coalesce(sum(completion_tokens), 0) DESC,
+                    1, 2""")
     if not rows:
-        return empty("No model calls in the ledger yet.")
-    bars = [(m, float(pt + ct)) for m, _, _, _, _, pt, ct, _, _ in rows]
-    return svg_hbars(bars, unit=" tokens") + table(
-        ["model", "calls", "ok", "failed", "pending", "prompt tokens", "completion tokens",
-         "cost (USD)", "mean latency (s)"],
-        [(m, n, ok, f, p, pt, ct, round(c, 6), round(lat, 3) if lat is not None else "-")
-         for m, n, ok, f, p, pt, ct, c, lat in rows], cls="cost")
+        return {"empty": "No model calls in the ledger yet.", "chart": None, "table": None}
+    shared = {m for m, *_ in rows if sum(1 for r in rows if r[0] == m) > 1}
+    labels = [m if m not in shared else f"{m} ({(w or '-').removeprefix('weights:')[:8]})"
+              for m, w, *_ in rows]
+    return {"empty": None,
+            "chart": hbars([(lab, float(r[6] + r[7])) for lab, r in zip(labels, rows,
+                                                                         strict=True)],
+                           unit=" tokens"),
+            "table": table(
+                ["model", "weights", "calls", "ok", "failed", "pending", "prompt tokens",
+                 "completion tokens", "cost (USD)", "mean latency (s)"],
+                [(m, w or "-", n, ok, f, p, pt, ct, round(c, 6),
+                  round(lat, 3) if lat is not None else "-")
+                 for m, w, n, ok, f, p, pt, ct, c, lat in rows], cls="cost")}
 
 
-def section_lengths(store: Store) -> str:
+def section_lengths(store: Store) -> Data:
     """Histograms of response, feedback and refinement lengths in characters."""
-    out = []
+    columns = []
     for col in ("response", "feedback", "refinement"):
-        stats = store.query(
+        n, lo, hi, med = store.query(
             f"SELECT count({col}), min(length({col})), max(length({col})),"
             f" median(length({col})) FROM records WHERE {col} IS NOT NULL")[0]
-        n, lo, hi, med = stats
         if not n:
-            out.append(f"<div><h3>{col}</h3>{empty(f'No {col}s yet.')}</div>")
+            columns.append({"name": col, "empty": f"No {col}s yet.", "n": "0", "median": "-",
+                            "chart": None})
             continue
         width = max(1, -(-(hi - lo + 1) // 20))  # ceil: 20 bins at most
         counts = dict(store.query(
             f"SELECT (length({col}) - ?) // ?, count(*) FROM records"
             f" WHERE {col} IS NOT NULL GROUP BY 1", [lo, width]))
-        nbins = (hi - lo) // width + 1
         bins = [(lo + b * width, lo + (b + 1) * width - 1, int(counts.get(b, 0)))
-                for b in range(nbins)]
-        out.append(f"<div><h3>{col} <small>n={n:,}, median {med:,.0f} chars</small></h3>"
-                   + svg_histogram(bins, xlabel="characters") + "</div>")
-    return '<div class="grid">' + "".join(out) + "</div>"
+                for b in range((hi - lo) // width + 1)]
+        columns.append({"name": col, "empty": None, "n": f"{n:,}", "median": f"{med:,.0f}",
+                        "chart": histogram(bins, xlabel="characters")})
+    return {"columns": columns}
 
 
-BUILDERS: dict[str, Callable[[Store], str]] = {
+#: Section id -> the function that gathers its data (the template draws it).
+GATHERERS: dict[str, Callable[[Store], Data]] = {
     "corpus": section_corpus, "funnel": section_funnel, "agreement": section_agreement,
     "dedup": section_dedup, "decontam": section_decontam, "accuracy": section_accuracy,
     "cost": section_cost, "lengths": section_lengths,
 }
 
-CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;
-background:#fafafa}
-header{background:#23344d;color:#fff;padding:14px 28px}header h1{margin:0;font-size:22px}
-header p{margin:4px 0 0;opacity:.85}nav{padding:8px 28px;background:#e9edf3}
-nav a{margin-right:14px;color:#23344d}main{padding:0 28px 40px}
-section{background:#fff;border:1px solid #e3e3e3;border-radius:6px;padding:6px 18px 14px;
-margin:18px 0}h2{font-size:18px;border-bottom:1px solid #eee;padding-bottom:4px}
-h3{font-size:14px;margin:14px 0 6px}small{color:#777;font-weight:normal}
-table{border-collapse:collapse;margin:6px 0;font-size:13px}
-th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;max-width:520px;
-overflow-wrap:break-word}td.long{overflow-wrap:anywhere}th{background:#f2f4f7}td.num{text-align:right;
-font-variant-numeric:tabular-nums}
-.cards{display:flex;flex-wrap:wrap;gap:10px;margin:10px 0}.card{background:#f2f4f7;
-border-radius:6px;padding:8px 14px;min-width:90px}.card b{display:block;font-size:20px}
-.card span{color:#666}.grid{display:flex;flex-wrap:wrap;gap:18px}
-.empty{color:#777;font-style:italic}svg text{font-size:11px;fill:#333}
-svg .axis{fill:#666}.legend span{display:inline-block;width:12px;height:12px;
-margin:0 4px 0 10px;vertical-align:middle}#selfcheck{color:#777;font-size:12px}
-"""
 
-# Runs in the browser: every section must have rendered and every chart must have sane
-# geometry; problems go to console.error (the headless-browser test fails on them).
-CHECK_JS = """
-(function(){
-  var problems=[];
-  var ids=%s;
-  ids.forEach(function(id){
-    var s=document.getElementById(id);
-    if(!s||!s.querySelector('h2')){problems.push('missing section '+id);}
-  });
-  document.querySelectorAll('svg rect, svg line').forEach(function(el){
-    ['x','y','width','height','x1','x2','y1','y2'].forEach(function(a){
-      var v=el.getAttribute(a);
-      if(v!==null&&!isFinite(parseFloat(v))){problems.push('bad '+a+' in chart');}
-    });
-  });
-  problems.forEach(function(p){console.error('report check: '+p);});
-  var out=document.getElementById('selfcheck');
-  out.textContent=problems.length?('check failed: '+problems.join('; ')):'check ok';
-  document.body.setAttribute('data-check',problems.length?'failed':'ok');
-})();
-"""
+# -- rendering ------------------------------------------------------------------------------
+@functools.cache
+def environment() -> jinja2.Environment:
+    """The Jinja2 environment of the report template: autoescaping on, undefined is an error."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+        keep_trailing_newline=True)
 
 
-def render_report(store: Store, *, title: str | None = None) -> str:
-    """The whole report as one HTML string."""
-    from corpus.version import code_version
+def gather(store: Store, *, debug: bool = False) -> list[Data]:
+    """Every section's data in order; a section that fails carries its error instead.
 
-    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    body = []
+    ``debug`` re-raises the failure (``selfevo --debug report``) instead of reporting it in
+    the page, where one broken section would otherwise hide nothing else.
+    """
+    out = []
     with store.connection():  # one connection for all queries (a second or so at most)
         for sid, heading in SECTIONS:
             try:
-                content = BUILDERS[sid](store)
-            except Exception as exc:  # one broken section must not hide the others
-                if os.environ.get("SELFEVO_DEBUG"):
+                data, error = GATHERERS[sid](store), None
+            except Exception as exc:
+                if debug:
                     raise
-                content = f'<p class="error">could not build this section: {esc(exc)}</p>'
-            body.append(f'<section id="{sid}"><h2>{esc(heading)}</h2>{content}</section>')
-    nav = "".join(f'<a href="#{sid}">{esc(h)}</a>' for sid, h in SECTIONS)
-    title = title or f"selfevo report — {store.path.name}"
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>store {esc(store.path)} · generated {esc(now)} · "
-        f"selfevo {esc(code_version())}</p></header><nav>{nav}</nav><main>{''.join(body)}"
-        '<p id="selfcheck">check not run</p></main>'
-        f"<script>{CHECK_JS % json.dumps([s for s, _ in SECTIONS])}</script></body></html>\n"
-    )
+                data, error = {}, str(exc)
+            out.append({"id": sid, "heading": heading, "data": data, "error": error})
+    return out
 
 
-def write_report(db: str, out: str | Path) -> Path:
+def render_report(store: Store, *, title: str | None = None, debug: bool = False) -> str:
+    """The whole report as one HTML string."""
+    return render_page(gather(store, debug=debug), store_path=store.path, title=title)
+
+
+def render_page(sections: list[Data], *, store_path: Path, title: str | None = None) -> str:
+    """The HTML page of gathered ``sections`` (what :func:`gather` returns)."""
+    from corpus.version import code_version
+
+    return environment().get_template("report.html.j2").render(
+        title=title or f"selfevo report — {store_path.name}", store=str(store_path),
+        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), version=code_version(),
+        sections=sections)
+
+
+def write_report(db: str, out: str | Path, *, debug: bool = False) -> Path:
     """Render the store at ``db`` to ``out`` (read-only; works while a job runs)."""
     from corpus.store import Store
 
     out = Path(out)
     with Store.open_readonly(db) as store:
-        text = render_report(store)
+        text = render_report(store, debug=debug)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text, encoding="utf-8")
     return out

@@ -16,13 +16,15 @@ def report(out: str, db: str) -> None:
 
     Sections: corpus at a glance, curation funnel, verdict agreement, dedup clusters,
     decontamination hits, accuracy per model/round, tokens and cost, length histograms.
+    A section that fails says so in the page; with --debug its traceback is shown instead.
 
     \b
     Example:
       selfevo report --out report.html --db selfevo.duckdb
       xdg-open report.html
     """
+    from selfevo.cli import debug_enabled
     from selfevo.report import write_report
 
-    path = write_report(db, out)
+    path = write_report(db, out, debug=debug_enabled())
     click.echo(f"wrote {path} ({path.stat().st_size:,} bytes); open it in any browser")

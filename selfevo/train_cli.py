@@ -62,18 +62,22 @@ def train(data: str, base: str, out: str, show_masks: int, overrides: tuple[str,
         values.update(parse_overrides(overrides))
         if no_chat_template:
             values["chat_template"] = False
-        cfg = TrainConfig.from_dict({"data": data, "base": resolve_model(base), "out": out,
-                                     **values})
+        cfg = TrainConfig.from_dict({"data": data, "base": base, "out": out, **values})
     except (ValueError, TypeError) as exc:
         raise SelfevoError(f"{exc}; see `selfevo train --help` and docs/train.md") from None
+    cfg.base = resolve_model(base)  # an alias converts its model: only once settings check
     if show_masks:
         from trainer.show_masks import show_masks as show
 
         show(cfg, show_masks)
         return
+    from corpus.display import progress
+    from selfevo.checkpoints import training_progress
     from trainer.train import train as run_training
 
-    result = run_training(cfg, log=click.echo)
+    with progress("train") as bar:
+        result = run_training(cfg, log=click.echo,
+                              on_step=training_progress(bar) if cfg.progress else None)
     click.echo(f"saved {result.final_dir} ({result.steps} steps, loss "
                f"{result.metrics.get('loss', float('nan')):.4f}, snapshot {result.snapshot_hash})")
     if result.merged_dir:

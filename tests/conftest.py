@@ -15,7 +15,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -41,11 +40,28 @@ def cli():
     return run
 
 
+@pytest.fixture
+def tty():
+    """A rich console that counts as a terminal, drawing into ``tty.file.getvalue()``.
+
+    Progress bars are drawn only on a terminal, so tests that check a bar pass this as
+    ``corpus.display.progress(..., console=tty)``; CliRunner's output is not a terminal.
+    """
+    import io
+
+    from rich.console import Console
+
+    return Console(file=io.StringIO(), force_terminal=True, width=100)
+
+
 def shared_data(*parts: str) -> Path:
-    """A benchmark file under ../shared/data; skips the test when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"benchmark data {path} not found")
+    """A benchmark file found by the one lookup (corpus.presets.find_data_file:
+    $SELFEVO_DATA, else shared/data above the checkout); skips the test when it is absent."""
+    from corpus.presets import data_lookup_hint, find_data_file
+
+    path = find_data_file(*parts)
+    if path is None:
+        pytest.skip(f"benchmark data {'/'.join(parts)} not found ({data_lookup_hint()})")
     return path
 
 
@@ -90,3 +106,25 @@ def close_openai_backends(monkeypatch):
     yield
     for b in made:
         b.close()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real Postgres server for the session (tests/postgres.py), stopped and deleted after."""
+    from postgres import PostgresUnavailable, start_postgres
+
+    try:
+        server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    except PostgresUnavailable as exc:
+        pytest.skip(f"cannot start Postgres on this machine: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def lake_db(postgres, tmp_path: Path) -> str:
+    """A ``--db`` spec of a new DuckLake: a fresh Postgres database, Parquet under tmp_path."""
+    import secrets
+
+    conninfo = postgres.create_database(f"lake_{secrets.token_hex(6)}")
+    return f"ducklake:postgres:{conninfo} data_path={tmp_path / 'lake'}"

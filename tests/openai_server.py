@@ -2,15 +2,16 @@
 
 It listens on 127.0.0.1 (ephemeral port by default) and serves ``POST /v1/chat/completions``
 and ``GET /v1/models``, and the Files and Batches endpoints (``server.batches``, a
-:class:`openai_batches.BatchService`: scripted batch states and rows). Each request gets a :class:`Behaviour`: taken from a scripted queue
-(one per request received, in arrival order), else from ``handler(body, n)``, else the
+:class:`openai_batches.BatchService`: scripted batch states and rows). Each request gets a
+:class:`Behaviour`: taken from a scripted queue (one per request received, in arrival order), else from ``handler(body, n)``, else the
 default — a deterministic answer derived from the messages after ``latency`` seconds. The
 default answer ends with ``The answer is 42.`` and, when the request asks for a verdict, with
 ``Verdict: correct``, so feedback parses.
 
 Faults it can play: latency, 429 with ``Retry-After`` / ``retry-after-ms``,
 ``insufficient_quota``, any status (500/502/503/401 …), a hang past the client's timeout,
-an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason.
+an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason, a
+200 page echoing the request's headers.
 
 Every request is recorded (``server.requests``) with arrival/finish times and its outcome; the
 server measures the most requests it had in flight at once (``max_in_flight``) and counts
@@ -49,7 +50,8 @@ class Behaviour:
     answer normally), ``html`` (a 200 with an HTML page), ``malformed`` (a 200 with broken
     JSON), ``wrong_shape`` (a 200 with JSON that is not a chat completion), ``empty`` (a
     completion whose content is ""), ``no_finish_reason`` (finish_reason null), ``close``
-    (drop the connection without answering).
+    (drop the connection without answering), ``echo_headers`` (a 200 text/plain page listing
+    the request's headers, Authorization included, as a misconfigured gateway does).
     """
 
     kind: str = "ok"
@@ -374,6 +376,13 @@ class OpenAIServer:
                 if b.kind == "html":
                     log.status = 200
                     self._send(200, b"<html><body>Gateway says hi</body></html>", "text/html")
+                    return
+                if b.kind == "echo_headers":
+                    log.status = 200
+                    items = sorted(self.headers.items(),
+                                   key=lambda kv: kv[0].lower() != "authorization")
+                    page = "".join(f"{k}: {v}\n" for k, v in items)
+                    self._send(200, page.encode(), "text/plain")
                     return
                 if b.kind == "malformed":
                     log.status = 200

@@ -158,3 +158,19 @@ def test_gsm8k_gold_answers_parse() -> None:
     for row in rows:
         gold = row["answer"].rsplit("####", 1)[1].strip()
         assert extract_answer(row["answer"]) == canonical_number(gold), row["answer"]
+
+
+def test_symbolic_answers_are_graded_the_same_by_every_install(monkeypatch) -> None:
+    """math-verify decides answers without a number: it is a runtime dependency, and a
+    missing one fails loudly instead of silently grading such answers wrong."""
+    import sys
+    from importlib.metadata import requires
+
+    core = [r for r in requires("selfevo") or [] if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("math-verify") for r in core), core
+    assert answers_match("$a+b$", "$b+a$") and answers_match("$\\{a,b\\}$", "$\\{b,a\\}$")
+    assert not answers_match("$a+b$", "$a-b$")
+    monkeypatch.setitem(sys.modules, "math_verify", None)  # an install without it
+    with pytest.raises(ImportError):
+        answers_match("$a+b$", "$b+a$")
+    assert answers_match("1,000", "1000")  # numbers never need it

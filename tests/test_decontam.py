@@ -82,6 +82,24 @@ def make_store(db: str, texts: dict[str, str]) -> dict[str, str]:
     return ids
 
 
+def test_decontam_draws_records_checked_on_a_terminal(db, tmp_path, tty):
+    from corpus.display import progress
+
+    bench = tmp_path / "held-out.jsonl"  # project-written items, not benchmark text
+    bench.write_text(json.dumps({"id": "h-1", "question": "A farmer plants 12 rows of 9 "
+                                 "cabbages each and sells a third of them at the market."}) + "\n")
+    ids = make_store(db, {"leak": "A farmer plants 40 rows of 7 cabbages each and sells a "
+                          "third of them at the market. How many are left?",
+                          "clean": "What is 2 + 2?"})
+    name, items, _ = load_benchmark(str(bench), None)
+    with Store.open(db) as store, progress("decontam", console=tty) as bar:
+        res = decontaminate(store, BenchmarkIndex.build(name, items, 8), Selection(),
+                            progress=bar)
+    assert (res.selected, res.flagged) == (2, 1) and len(ids) == 2
+    drawn = tty.file.getvalue()
+    assert "2/2" in drawn and "1 flagged" in drawn
+
+
 def test_cli_decontam_writes_decisions_with_item_and_ngram(cli, db, gsm8k_test):
     _, items = gsm8k_test
     item_id, q = items[7]

@@ -286,3 +286,17 @@ def test_big_buckets_stay_linear_and_connected():
     # ... still links the whole bucket into one cluster.
     labels = connected_components(len(texts), res.left, res.right)
     assert set(labels[:150].tolist()) == {0} and len(set(labels[150:].tolist())) == 5
+
+
+def test_dedup_draws_one_bar_over_its_steps_on_a_terminal(db, cli, tty):
+    from corpus.display import progress
+
+    make_store(db, ["a b c d e", "A b c d e!", "f g h i j"])
+    with Store.open(db) as store, progress("dedup", console=tty) as bar:
+        res = dedup_records(store, DedupConfig(field="response"), Selection(), progress=bar)
+    drawn = tty.file.getvalue()
+    assert res.kept == 2
+    assert "dedup" in drawn and "6/6" in drawn and "dedup-near" in drawn  # 3 records x 2 steps
+    out = cli("curate", "dedup", "--db", db, "--field", "response").output
+    assert "{" not in out and "━" not in out  # readable lines, and no bar off a terminal
+    assert "dedup-exact: 1 clusters" in out and "kept 2 of 3 records" in out

@@ -3,6 +3,8 @@ linked rows, and a re-run redoes nothing."""
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 
 from corpus import Store
@@ -10,9 +12,19 @@ from corpus.export import verify_export
 from schemas.conversation import record_messages
 
 
-def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
+def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path, monkeypatch):
+    """On a fresh machine: the benchmark lookup finds nothing (an empty SELFEVO_DATA)."""
+    monkeypatch.setenv("SELFEVO_DATA", str(tmp_path / "no-benchmarks"))
     out = tmp_path / "demo"
-    first = cli("demo", "--quick", "--out", str(out)).stdout
+    run = cli("demo", "--quick", "--out", str(out))
+    first = run.stdout
+    # each step ends with one readable line (what it did, its time); nothing prints a dict
+    said = {ln.split(":")[0]: ln for ln in run.stderr.splitlines() if ln[:1] != " "}
+    assert list(said) == ["base model", "prompts", "collect", "curate", "meta snapshot",
+                          "meta training", "self-evolution", "report"]
+    assert "8 meta records, 8 new, 8 qa records" in said["collect"]
+    assert said["meta training"].startswith("meta training: 2 steps, ")
+    assert "{" not in run.output
     assert "held-out accuracy" in first and first.count("selfevo sql --db") == 5
     for step in ("gold-match", "format", "dedup-exact", "dedup-near", "verdict"):
         assert step in first  # the curation funnels are printed
@@ -27,7 +39,17 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
     steps = dict(s.query("SELECT step, count(DISTINCT record_id) FROM decisions GROUP BY 1"))
     assert steps["gold-match"] == 8 and steps["format"] == 8 and steps["verdict"] == 6
     assert steps["dedup-exact"] == 16 and steps["dedup-near"] == 16
-    assert steps.get("decontam-gsm8k-test", 16) == 16
+    # decontamination still ran, against the held-out generated test problems, and said so
+    assert steps["decontam-generated-test"] == 16 and "decontam-gsm8k-test" not in steps
+    assert "decontamination against the held-out generated test problems" in run.stderr
+    flagged = s.query_dicts("SELECT d.reason, d.detail, r.prompt_id FROM decisions d JOIN "
+                            "records r USING (record_id) WHERE step = 'decontam-generated-test' "
+                            "AND NOT passed")
+    test_ids = {i for (i,) in s.query("SELECT prompt_id FROM prompts WHERE split = 'test'")}
+    assert flagged and f"{len(flagged)} of 16 records flagged" in run.stderr
+    for f in flagged:  # each names the held-out problem it overlaps, never itself
+        item = json.loads(f["detail"])["item_id"]
+        assert item in test_ids and item != f["prompt_id"] and item in f["reason"]
     # the meta snapshot holds exactly the records that passed every latest step
     passed = s.query("SELECT count(*) FROM records r JOIN record_latest_passed p "
                      "USING (record_id) WHERE kind IN ('meta', 'qa') AND passed_all")[0][0]
@@ -45,11 +67,13 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
             kind=row["kind"], prompt=row["prompt"], response=row["response"],
             feedback=row["feedback"], refinement=row["refinement"])
     # two checkpoints, each trained on its snapshot; evals for round 0 and 1, both modes
-    # (with the tiny model the verdict filter may keep nothing: then r1 == meta in content)
-    trained = sorted(h for (h,) in s.query("SELECT snapshot_hash FROM models"))
-    hashes = sorted(h for (h,) in s.query("SELECT content_hash FROM snapshots "
-                                          "WHERE name IN ('meta', 'evolve-demo-r1')"))
+    # (with the tiny model the verdict filter may keep nothing: then r1 == meta in content,
+    # training reproduces the meta weights, and models, identified by content, has one row)
+    trained = sorted({h for (h,) in s.query("SELECT snapshot_hash FROM models")})
+    hashes = sorted({h for (h,) in s.query("SELECT content_hash FROM snapshots "
+                                           "WHERE name IN ('meta', 'evolve-demo-r1')")})
     assert trained == hashes
+    models = s.query("SELECT count(*) FROM models")[0][0]
     evals = s.query("SELECT CAST(json_extract(config, '$.round') AS INT) AS r, mode, n "
                     "FROM evals ORDER BY r, mode")
     assert evals == [(0, "direct", 6), (0, "refine", 6), (1, "direct", 6), (1, "refine", 6)]
@@ -63,7 +87,7 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path):
     s = Store.open_readonly(out / "selfevo.duckdb")
     assert dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1")) == kinds
     assert s.query("SELECT count(*) FROM calls")[0][0] == calls
-    assert s.query("SELECT count(*) FROM models")[0][0] == 2
+    assert s.query("SELECT count(*) FROM models")[0][0] == models
 
 
 def test_correct_meta_adds_the_correct_side_and_survives_dedup(tmp_path):
@@ -103,3 +127,32 @@ def test_correct_meta_adds_the_correct_side_and_survives_dedup(tmp_path):
     gold = s.query_dicts("SELECT feedback, refinement, response FROM records "
                          "WHERE responder = 'gold' AND kind = 'meta'")
     assert all(g["feedback"].rstrip().endswith("Verdict: correct") for g in gold)
+
+
+def test_demo_decontaminates_against_gsm8k_test_when_the_lookup_finds_it(tmp_path, monkeypatch):
+    """With a GSM8K test file in SELFEVO_DATA the corpus is checked against it; a training
+    question planted in that file (written here, no benchmark text) is the one flagged."""
+    from selfevo.pipeline import Pipeline, PipelineConfig
+
+    p = Pipeline(PipelineConfig(out=tmp_path, model="tiny", n_train=4, n_pool=0,
+                                n_test=2), log=lambda _: None)
+    p.prompts()
+    p.add_qa_records()
+    with Store.open_readonly(p.db) as store:
+        train = store.query("SELECT prompt_id, text FROM prompts WHERE split = 'train' "
+                            "ORDER BY prompt_id")
+    data = tmp_path / "data" / "gsm8k"
+    data.mkdir(parents=True)
+    lines = [{"question": train[0][1], "answer": "planted\n#### 1"},
+             {"question": "An unrelated question about trains and clocks?", "answer": "#### 2"}]
+    (data / "test.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    monkeypatch.setenv("SELFEVO_DATA", str(tmp_path / "data"))
+    logs: list[str] = []
+    p.log = logs.append
+    p.curate()
+    s = Store.open_readonly(p.db)
+    rows = s.query("SELECT r.prompt_id, d.passed FROM decisions d JOIN records r "
+                   "USING (record_id) WHERE d.step = 'decontam-gsm8k-test'")
+    assert len(rows) == 4  # the 4 qa records (no meta: nothing was collected)
+    assert {pid for pid, passed in rows if not passed} == {train[0][0]}
+    assert any(f"GSM8K test ({data / 'test.jsonl'})" in m and "1 of 4" in m for m in logs), logs

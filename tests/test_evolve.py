@@ -4,7 +4,7 @@ kill-and-resume between stages redoes nothing finished."""
 from __future__ import annotations
 
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +15,7 @@ from corpus.importers import import_generated
 from corpus.records import insert_records, make_record
 from corpus.snapshots import create_snapshot, snapshot_record_ids
 from corpus.store import Store
+from generation.backends.hf import identity_spec
 from generation.teachers.reference import ReferenceTeacher
 
 TRAIN = ["max_steps=2", "batch_size=2", "max_len=256", "lr=1e-3"]
@@ -62,7 +63,15 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     make_store(db)
     extra = ["--generate-prompts", "2"] if strategy == "continual" else []
-    cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra)
+    out = cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra).output
+    # one readable line per finished stage (no JSON), then the rounds table
+    assert "{" not in out
+    for t, stage in [(0, "eval")] + [(t, st) for t in (1, 2) for st in (
+            "generate", "filter", "snapshot", "export", "train", "eval")]:
+        assert f"round {t} {stage}: " in out
+    assert re.search(r"round 1 filter: \d+ selected, \d+ kept", out)
+    assert "round 2 train: 2 steps" in out
+    assert "round 0 eval: store:split = 'test' (n=3): direct " in out
     s = Store.open_readonly(db)
     # records of both rounds, made by the round's student, one per prompt of the round
     per_round = dict(s.query("SELECT round, count(*) FROM records WHERE kind = 'self' "
@@ -82,8 +91,12 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     # round 2 was answered by M_2, the checkpoint round 1 trained (base + its adapter)
     m2 = json.loads(s.query("SELECT counts FROM runs WHERE command = 'evolve train' AND "
                             "CAST(json_extract(config, '$.round') AS INT) = 1")[0][0])["student"]
-    assert s.query("SELECT DISTINCT responder FROM records WHERE round = 2") == [(m2,)]
     assert m2.startswith("hf:") and m2.endswith("/t-" + strategy + "/r1/model/final")
+    # records name it as its calls do: readable names, no machine path
+    responders = s.query("SELECT DISTINCT responder FROM records WHERE round = 2")
+    assert responders == [(identity_spec(m2),)] and "/" not in responders[0][0]
+    assert s.query("SELECT DISTINCT c.model FROM records r JOIN calls c ON "
+                   "c.call_id = r.response_call_id WHERE r.round = 2") == responders
     # one stage run of each kind per round, children of the evolve run
     stages = s.query("SELECT command, CAST(json_extract(config, '$.round') AS INT), "
                      "parent_run_id FROM runs WHERE command LIKE 'evolve %' AND status = 'ok'")
@@ -119,14 +132,15 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
 
 
 KILLED = -9
+KILL_AFTER_STAGE = Path(__file__).resolve().parent / "kill_after_stage.py"
 
 
 def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     make_store(db)
-    cmd = [sys.executable, "-m", "selfevo", *evolve_args(db, tiny, tmp_path / "out",
-                                                          "restart", rounds=1)]
-    env = {**os.environ, "SELFEVO_FAULT_KILL_AFTER": "r1:snapshot"}
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    args = evolve_args(db, tiny, tmp_path / "out", "restart", rounds=1)
+    cmd = [sys.executable, "-m", "selfevo", *args]
+    first = subprocess.run([sys.executable, str(KILL_AFTER_STAGE), "r1:snapshot", *args],
+                           capture_output=True, text=True)
     assert first.returncode == KILLED, first.stderr[-2000:]
     s = Store.open_readonly(db)
     before = s.query("SELECT command, run_id FROM runs WHERE command LIKE 'evolve %' "
@@ -155,6 +169,15 @@ def test_killed_evolve_resumes_without_redoing_stages(db, tiny, tmp_path):
     assert counts == {"rounds": 1}
 
 
+def test_production_code_carries_no_fault_hook():
+    """Tests kill at a stage boundary with tests/kill_after_stage.py, not a switch in the app."""
+    repo = Path(__file__).resolve().parent.parent
+    for package in ("corpus", "curation", "generation", "selfevo", "trainer", "schemas"):
+        for path in (repo / package).rglob("*.py"):
+            text = path.read_text("utf-8")
+            assert "signal.SIGKILL" not in text and "_FAULT_" not in text, path
+
+
 def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tiny, tmp_path):
     make_store(db)
     args = evolve_args(db, tiny, tmp_path / "out", "restart", rounds=1)
@@ -170,6 +193,65 @@ def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tin
                                 "count_star()": 3}]
     snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
     assert snaps["evolve-t-restart-r1"] == snaps["meta"]
+
+
+def test_round_selection_finds_records_named_before_and_after_readable_names(db, tmp_path):
+    """A generate stage that ran before responders were readable names wrote the student's
+    path spec; after an upgrade the resumed filter stage must still select its records."""
+    from corpus.records import insert_prompts, make_prompt
+    from curation.selection import count_selected
+    from selfevo.evolve import Evolution, EvolveConfig
+
+    folder = tmp_path / "runs" / "final"
+    folder.mkdir(parents=True)
+    student = f"hf:{folder}"
+    prompt = make_prompt("Ann has 2 apples and buys 3. How many?")
+    with Store.open(db) as store:
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_prompts(con, [prompt], run.run_id)
+            insert_records(con, [make_record(prompt_id=prompt["prompt_id"], kind="self", round=1,
+                                             response=f"answer {i}", responder=who)
+                                 for i, who in enumerate([student, "hf:final", "hf:other"])],
+                           run.run_id)
+            con.execute("INSERT INTO evolve_prompts VALUES ('x', 1, ?, ?)",
+                        [prompt["prompt_id"], run.run_id])
+        evolution = Evolution(store, EvolveConfig(student=student, base="b", prompts="true",
+                                                  name="x"))
+        assert count_selected(store, evolution.round_selection(1, student)) == 2
+
+
+def test_stage_lines_read_as_words():
+    from selfevo.evolve import stage_line
+
+    assert stage_line("filter", 1, {"filter_run": "r9", "selected": 1200, "kept": 3}) == (
+        "round 1 filter: 1,200 selected, 3 kept, filter run r9")
+    assert stage_line("train", 2, {"steps": 20, "loss": 0.51234, "model_id": "h1:ab",
+                                   "final_dir": "/x/final", "base": "/b"}) == (
+        "round 2 train: 20 steps, 0.5123 loss, model h1:ab")
+    evals = [{"benchmark": "gsm8k", "mode": m, "n": 50, "accuracy": a, "ci_low": a - 0.1,
+              "ci_high": a + 0.1, "eval_id": "h1:e"} for m, a in (("direct", 0.3), ("refine", 0.4))]
+    assert stage_line("eval", 0, {"evals": evals}) == (
+        "round 0 eval: gsm8k (n=50): direct 30.0% [20.0, 40.0], refine 40.0% [30.0, 50.0]")
+
+
+def test_evolve_draws_a_bar_per_stage_on_a_terminal(db, tiny, tmp_path, tty):
+    from corpus.display import progress
+    from selfevo.evolve import EvolveConfig, evolve
+
+    make_store(db)
+    config = EvolveConfig(student=f"hf:{tiny}", base=tiny, prompts="split = 'train'",
+                          prompts_per_round=2, meta="meta", filters=["verdict:null=keep"],
+                          gen={"temperature": 0.0, "max_tokens": 4}, out=str(tmp_path / "o"),
+                          train={"max_steps": 2, "max_len": 256}, name="bars")
+    lines = []
+    with progress(console=tty) as display:
+        evolve(db, config, log=lines.append, display=display)
+    drawn = tty.file.getvalue()
+    for stage in ("generate: self-refinement", "filter", "snapshot", "export", "train"):
+        assert f"round 1 {stage}" in drawn
+    assert "2/2" in drawn and "loss " in drawn  # the train stage's steps
+    assert [ln.split(":")[0].strip() for ln in lines if ": " in ln][-5:] == [
+        f"round 1 {st}" for st in ("generate", "filter", "snapshot", "export", "train")]
 
 
 def test_bad_options_fail_before_anything_runs(cli, db):

@@ -216,7 +216,7 @@ def test_bad_where_and_snapshot_are_clear_errors(db):
     with Store.open(db) as store:
         with pytest.raises(CurationError, match="bad --where"):
             run_filters(store, [parse_step("verdict")], Selection(where="nosuchcol = 1"))
-        with pytest.raises(UserError, match="single SQL condition"):
+        with pytest.raises(UserError, match="one SQL condition, without"):
             run_filters(store, [parse_step("verdict")],
                         Selection(where="true; DELETE FROM records"))
         assert store.query("SELECT count(*) FROM records") == [(4,)]
@@ -235,10 +235,20 @@ def test_cli_filter_prints_funnel_and_writes_rows(cli, db):
     out = cli("curate", "filter", "--db", db, "--step", "verdict:null=keep",
               "--step", "length:max_chars=50,as=short", "--kind", "self").output
     assert "verdict" in out and "short" in out and "remaining" in out
-    assert "kept 3 of 4 records" in out
+    assert "kept 3 of 4 records" in out and "{" not in out
     rows = cli("sql", "--db", db, "--format", "json",
                "SELECT step, count(*) AS n FROM decisions GROUP BY step ORDER BY step").output
     assert json.loads(rows) == [{"step": "short", "n": 4}, {"step": "verdict", "n": 4}]
+
+
+def test_filter_draws_records_done_on_a_terminal(db, tty):
+    from corpus.display import progress
+
+    make_store(db)
+    with Store.open(db) as store, progress("filter", console=tty) as bar:
+        res = run_filters(store, [parse_step("verdict:null=keep")], Selection(kind="self"),
+                          progress=bar, chunk_size=3)
+    assert res.selected == 4 and "4/4" in tty.file.getvalue()
 
 
 def test_cli_errors_and_steps_listing(cli, db):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import random
+import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from generation.backends import ChatRequest, is_reference, load_backend
-from generation.backends.hf import HFBackend, parse_spec
+from generation.backends.hf import HFBackend, identity_spec, parse_spec, readable_name
 from generation.errors import GenerationError
 from schemas.conversation import record_messages
 
@@ -38,7 +41,7 @@ def test_spec_parsing_and_dispatch(tiny_model_dir: Path) -> None:
     with pytest.raises(GenerationError, match="grader"):
         load_backend("reference")
     b = load_backend(f"hf:{tiny_model_dir}")
-    assert b.spec == f"hf:{tiny_model_dir}" and b.endpoint.startswith("weights:")
+    assert b.spec == f"hf:{tiny_model_dir.name}" and b.endpoint.startswith("weights:")
 
 
 def test_batched_greedy_equals_one_by_one_and_keeps_order(backend: HFBackend) -> None:
@@ -195,6 +198,93 @@ def test_endpoint_changes_with_weights(tiny_model_dir: Path, tmp_path: Path) -> 
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
     assert load_backend(f"hf:{copy}").endpoint != load_backend(f"hf:{tiny_model_dir}").endpoint
+
+
+def test_identity_names_folders_by_their_own_name_never_by_path(tmp_path, monkeypatch):
+    """Generated folder trees: wherever a model lies and however it is written (absolute,
+    relative, ./, trailing slash, symlink), its spec in the store is its folder's name."""
+    rng = random.Random(7)
+    monkeypatch.chdir(tmp_path)
+    for i in range(20):
+        parts = [f"{rng.choice(['runs', 'out', 'ckpt', 'a b', 'models'])}{rng.randint(0, 9)}"
+                 for _ in range(rng.randint(1, 4))]
+        base = tmp_path.joinpath(*parts, f"base-{i}")
+        adapter = tmp_path.joinpath(*reversed(parts), "final")
+        base.mkdir(parents=True, exist_ok=True)
+        adapter.mkdir(parents=True, exist_ok=True)
+        rel_base, rel_adapter = base.relative_to(tmp_path), adapter.relative_to(tmp_path)
+        for model, adp in ((str(base), str(adapter)), (str(rel_base), f"./{rel_adapter}/"),
+                           (f"{base}/", str(rel_adapter))):
+            assert identity_spec(f"hf:{model}+{adp}") == f"hf:base-{i}+final"
+            assert identity_spec(f"hf:{model}") == f"hf:base-{i}"
+    link = tmp_path / "latest"
+    link.symlink_to(adapter)
+    assert readable_name(str(link)) == "final"
+    # aliases and hub names are names already; an absolute path never survives
+    assert readable_name("smollm2-135m") == readable_name("SmolLM2-135M") == "smollm2-135m"
+    assert readable_name("org/model") == "org/model"
+    assert readable_name("/elsewhere/not/here/m7") == "m7"
+
+
+def test_a_moved_model_hits_its_cache_and_the_store_holds_no_machine_path(
+        cli, db, tiny_model_dir, adapter_dir, tmp_path):
+    """The same base and adapter copied to another machine's folders: the same call ids (the
+    second eval sends nothing), the same registered model, and no absolute path in any stored
+    row except the path columns of ``models``."""
+    from corpus.store import Store
+    from selfevo.checkpoints import register_checkpoint
+    from trainer.config import TrainConfig
+
+    here = tmp_path / "machine-a"
+    base = shutil.copytree(tiny_model_dir, here / "models" / "tiny")
+    adapter = shutil.copytree(adapter_dir, here / "runs" / "e1" / "r1" / "final")
+    with Store.open(db) as store, store.run("train", {}) as run:
+        cfg = TrainConfig(data=str(here / "export"), base=str(base), out=str(adapter.parent))
+        model_id = register_checkpoint(store, run, SimpleNamespace(
+            final_dir=adapter, snapshot_hash="h1:snap", metrics={"loss": 1.5}), cfg)
+        trained_by = run.run_id
+    bench = tmp_path / "two.jsonl"
+    bench.write_text('{"question": "2 + 3?", "answer": "5"}\n'
+                     '{"question": "4 - 1?", "answer": "3"}\n')
+
+    def evaluate(folder: Path) -> None:
+        cli("eval", "run", "--model", f"hf:{folder / 'models/tiny'}+{folder / 'runs/e1/r1/final'}",
+            "--bench", str(bench), "--mode", "direct", "--max-tokens", "4", "--db", db)
+
+    evaluate(here)
+    with Store.open_readonly(db) as store:
+        calls = store.query("SELECT call_id, model, endpoint FROM calls ORDER BY call_id")
+    there = tmp_path / "machine-b"
+    shutil.move(here, there)
+    evaluate(there)
+    with Store.open(db) as store:
+        assert store.query("SELECT call_id, model, endpoint FROM calls ORDER BY call_id") == calls
+        assert {m for _, m, _ in calls} == {"hf:tiny+final"}
+        assert store.query("SELECT DISTINCT model, model_id FROM evals") == [
+            ("hf:tiny+final", model_id)]
+        assert store.query("SELECT name, base FROM models") == [("final", "tiny")]
+        # registering the moved checkpoint keeps its id and says where it lies now
+        with store.run("train", {}) as run:
+            cfg.base, cfg.out = str(there / "models" / "tiny"), str(there / "runs/e1/r1")
+            again = register_checkpoint(store, run, SimpleNamespace(
+                final_dir=there / "runs/e1/r1/final", snapshot_hash="h1:snap",
+                metrics={"loss": 1.5}), cfg)
+        assert again == model_id
+        assert store.query("SELECT path, run_id FROM models") == [
+            (str(there / "runs/e1/r1/final"), trained_by)]
+        leaks = []
+        for (table,) in store.query("SELECT table_name FROM information_schema.tables "
+                                    "WHERE table_type = 'BASE TABLE'"):
+            columns = [c for (c,) in store.query(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                "AND data_type IN ('VARCHAR', 'JSON')", [table])]
+            for column in columns:
+                if (table, column) in {("models", "path"), ("models", "base_path")}:
+                    continue
+                leaks += [(table, column, v) for (v,) in store.query(
+                    f'SELECT "{column}" FROM "{table}" WHERE contains("{column}"::VARCHAR, ?)',
+                    [str(tmp_path)])]
+    assert not leaks, leaks
 
 
 @pytest.mark.slow

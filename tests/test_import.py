@@ -5,10 +5,10 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -63,7 +63,8 @@ def test_jsonl_with_map_lands_once_and_records_its_run(cli, db, tmp_path):
     ])
     out = cli("prompts", "import", str(f), "--db", db, "--map",
               "question=text,answer=gold_answer,difficulty=meta.level", "--split", "train").output
-    assert "2 new" in out
+    [line] = out.strip().splitlines()  # the summary line alone: no bar off a terminal
+    assert line.startswith(f"2 prompts read from {f}: 2 new (run r")
     assert "0 new" in cli("prompts", "import", str(f), "--db", db, "--map",
                           "question=text,answer=gold_answer,difficulty=meta.level",
                           "--split", "train").output
@@ -118,10 +119,14 @@ def test_gsm8k_preset_takes_number_after_hashes_and_strips_calculator_notes(cli,
     f = write_jsonl(tmp_path / "train.jsonl", GSM8K_ROWS)
     cli("prompts", "import", str(f), "--db", db, "--preset", "gsm8k")
     rows = Store.open_readonly(db).query_dicts(
-        "SELECT gold_answer, gold_rationale, source, split FROM prompts ORDER BY gold_answer")
+        "SELECT gold_answer, gold_rationale, source, split, meta FROM prompts "
+        "ORDER BY gold_answer")
+    meta = json.loads(rows[0].pop("meta"))
     assert rows[0] == {"gold_answer": "1080", "source": "gsm8k", "split": "train",
                        "gold_rationale": "He has 3 * 360 = 1080 pens.\n#### 1,080"}
     assert rows[1]["gold_answer"] == "20"
+    # The annotations the rationale loses are kept for the verifying teacher.
+    assert meta == {"annotated_rationale": GSM8K_ROWS[0]["answer"]}
 
 
 def test_svamp_preset_joins_body_and_question_and_keeps_equation(cli, db, tmp_path):
@@ -259,6 +264,25 @@ def test_library_error_type_and_csv_non_utf8(db, tmp_path):
         import_prompts(store, f)
 
 
+# -- progress ------------------------------------------------------------------------------
+
+
+def test_import_draws_rows_read_then_written_on_a_terminal(db, tmp_path, tty):
+    from corpus.display import progress
+    from corpus.importers import PROGRESS_EVERY
+
+    n = 2 * PROGRESS_EVERY + 7
+    f = write_jsonl(tmp_path / "many.jsonl", [{"text": f"Question {i}?"} for i in range(n)])
+    with Store.open(db) as store, progress("import", console=tty) as bar:
+        res = import_prompts(store, f, progress=bar)
+    drawn = tty.file.getvalue()
+    assert res.new_prompts == n
+    assert "write many.jsonl" in drawn and f"{n}/{n}" in drawn and "rows written" in drawn
+    with Store.open(db) as store, progress("import", console=tty) as bar:
+        import_records(store, write_jsonl(tmp_path / "recs.jsonl", RECORDS), progress=bar)
+    assert "write recs.jsonl" in tty.file.getvalue()
+
+
 # -- SIGKILL mid-import --------------------------------------------------------------------
 
 KILLED_IMPORT = """
@@ -276,14 +300,20 @@ def test_sigkill_mid_import_leaves_store_openable_and_empty(db, tmp_path):
             fh.write(json.dumps({"text": f"Synthetic question number {i}?", "gold_answer": str(i)}))
             fh.write("\n")
     Store.open(db).close()
+    # TTY_COMPATIBLE=1: rich treats the pipe as a terminal, so the import draws its bar there
+    # and the test sees the write phase advancing inside the single insert transaction.
     proc = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, str(big), db],
-                            stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parent.parent)
-    lines = []
-    while not lines or "writing to the store" not in lines[-1]:  # progress lines come first
-        lines.append(proc.stderr.readline())
-        assert lines[-1], f"the import ended early: {lines}"
-    assert "read and validated 100,000 rows" in lines[0]
-    time.sleep(0.15)  # inside the single insert transaction
+                            stderr=subprocess.PIPE, env={**os.environ, "TTY_COMPATIBLE": "1"},
+                            cwd=Path(__file__).parent.parent)
+    drawn, written = b"", 0
+    while not 0 < written < 150_000:
+        chunk = os.read(proc.stderr.fileno(), 65536)
+        assert chunk, f"the import ended before it could be killed: {drawn[-500:]!r}"
+        drawn += chunk
+        text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn)  # the bar without its colours
+        counts = re.findall(rb"write big\.jsonl\D*?(\d+)/150000", text)
+        written = int(counts[-1]) if counts else 0
+    assert b"read big.jsonl" in drawn  # the read phase was drawn first
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the import finished before it could be killed"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import html.parser
 import json
 import os
+import random
 import re
 import shutil
 import subprocess
@@ -14,7 +16,7 @@ import pytest
 from corpus.decisions import insert_decisions
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.store import Store
-from selfevo.report import SECTIONS, write_report
+from selfevo.report import SECTIONS, render_report, write_report
 
 EVIL = "<script>alert('x')</script>"
 
@@ -156,11 +158,122 @@ def test_report_sections_and_values(db, tmp_path):
 def test_report_escapes_store_text_and_is_self_contained(db, tmp_path):
     build_fixture_store(db)
     text = write_report(db, tmp_path / "report.html").read_text()
-    assert EVIL not in text and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text
+    assert EVIL not in text and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in text
     assert text.count("<script>") == 1  # only the page's own check
     # nothing fetched: no external src/href, no stylesheet links, no imports
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", text)
     assert "<link" not in text and "@import" not in text
+
+
+#: Pieces of hostile text: markup, script, template syntax, quotes, entities, comment tricks.
+HOSTILE = ["<script>alert(1)</script>", "<img src=x onerror=alert(2)>", '{{ "zz" ~ "qq" }}',
+           "{% raw %}", "{# c #}", "\"dq\"", "'sq'", "</td></tr></table>", "&amp;", "<!--",
+           "]]>", "<svg onload=alert(3)>", "`${x}`", "</style><b>", "\\u003c"]
+#: The tags the report itself writes; anything else in the page was injected.
+OWN_TAGS = {"html", "head", "meta", "title", "style", "body", "header", "h1", "h2", "h3", "p",
+            "nav", "a", "main", "section", "small", "div", "b", "span", "em", "svg", "text",
+            "rect", "line", "table", "thead", "tbody", "tr", "th", "td", "script"}
+
+
+class PageParser(html.parser.HTMLParser):
+    """Start tags, their attribute names, and the page's text as a browser would read it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.attributes: set[str] = set()
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attributes |= {name for name, _ in attrs}
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def hostile_strings(seed: int, n: int) -> list[str]:
+    """``n`` distinct strings, each two or three hostile pieces around a unique marker."""
+    rng = random.Random(seed)
+    return [f"{rng.choice(HOSTILE)}m{i}{''.join(rng.sample(HOSTILE, rng.randint(1, 2)))}"
+            for i in range(n)]
+
+
+def build_hostile_store(db: str, texts: list[str]) -> dict[str, str]:
+    """A store whose every text field the report shows holds one of ``texts``; returns
+    field -> the text put there."""
+    it = iter(texts)
+    put = {f: next(it) for f in ("prompt", "source", "split", "teacher",
+                                 "record_source", "step", "reason", "benchmark", "snapshot",
+                                 "model", "eval_model", "eval_bench", "command")}
+    prompt = make_prompt(put["prompt"], gold_answer="5", source=put["source"],
+                         split=put["split"])
+    rec = make_record(prompt_id=prompt["prompt_id"], kind="meta", response="The answer is 5.",
+                      feedback="ok\nVerdict: correct", verdict="correct", refinement="5",
+                      teacher=put["teacher"],
+                      source=put["record_source"])
+    with Store.open(db) as store:
+        with store.run(put["command"], {}) as run, store.transaction() as con:
+            insert_prompts(con, [prompt], run.run_id)
+            insert_records(con, [rec], run.run_id)
+            insert_decisions(con, [{"record_id": rec["record_id"], "passed": False,
+                                    "reason": put["reason"], "detail": {"cluster_id": 1,
+                                                                        "cluster_size": 2}}],
+                             run_id=run.run_id, step="dedup-" + put["step"])
+            insert_decisions(con, [{"record_id": rec["record_id"], "passed": False,
+                                    "reason": put["reason"],
+                                    "detail": {"benchmark": put["benchmark"]}}],
+                             run_id=run.run_id, step="decontam")
+            con.execute("INSERT INTO snapshots (snapshot_id, name, selection, n, content_hash,"
+                        " run_id) VALUES ('s1', ?, '{}', 1, 'h1:x', ?)",
+                        [put["snapshot"], run.run_id])
+            con.execute("INSERT INTO calls (call_id, model, messages, params, status, run_id)"
+                        " VALUES ('c1', ?, '[]', '{}', 'ok', ?)", [put["model"], run.run_id])
+            con.execute("INSERT INTO evals (eval_id, model, benchmark, mode, n, correct, "
+                        "accuracy, ci_low, ci_high, run_id) VALUES ('e1', ?, ?, 'direct', 2, 1,"
+                        " 0.5, 0.1, 0.9, ?)", [put["eval_model"], put["eval_bench"], run.run_id])
+    return put
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hostile_store_text_is_escaped_everywhere(tmp_path, seed):
+    """Generated text with markup, script, template syntax and quotes, in every field the
+    report shows and in the store's file name: shown as text, never as markup or template."""
+    texts = hostile_strings(seed, 14)
+    db = str(tmp_path / f"{texts[-1].replace('/', '_')}.duckdb")
+    put = build_hostile_store(db, texts)
+    with Store.open_readonly(db) as store:
+        page = render_report(store)
+    parsed = PageParser()
+    parsed.feed(page)
+    assert set(parsed.tags) <= OWN_TAGS, set(parsed.tags) - OWN_TAGS
+    assert parsed.tags.count("script") == 1 and parsed.tags.count("style") == 1
+    assert not {a for a in parsed.attributes if a.startswith("on")}
+    shown = "".join(parsed.text)
+    for field, text in put.items():
+        assert text in shown, f"{field}: {text!r} not shown as text"
+    assert texts[-1] in shown  # the store's file name, in the title and header
+    assert "zzqq" not in shown  # template syntax in the data was never evaluated
+    assert "could not build" not in page
+
+
+def test_a_failing_section_is_reported_in_the_page_or_raised_with_debug(db, tmp_path, cli,
+                                                                          monkeypatch):
+    build_fixture_store(db)
+    with Store.open(db) as store, store.transaction() as con:
+        con.execute("DROP VIEW records_full")  # the agreement section reads it
+    monkeypatch.setenv("SELFEVO_DEBUG", "1")  # the library reads no environment for this
+    text = write_report(db, tmp_path / "r.html").read_text()
+    assert "could not build this section" in section(text, "agreement")
+    assert "records_full" in section(text, "agreement")
+    assert "could not build" not in section(text, "funnel")
+    with pytest.raises(Exception, match="records_full"):
+        write_report(db, tmp_path / "r.html", debug=True)
+    monkeypatch.delenv("SELFEVO_DEBUG")
+    cli("report", "--out", str(tmp_path / "cli.html"), "--db", db)
+    assert "could not build" in (tmp_path / "cli.html").read_text()
+    with pytest.raises(Exception, match="records_full"):
+        cli("--debug", "report", "--out", str(tmp_path / "cli.html"), "--db", db)
 
 
 def test_empty_store_report(db, tmp_path, cli):
@@ -174,6 +287,24 @@ def test_empty_store_report(db, tmp_path, cli):
         assert 'class="empty"' in section(text, sid), sid
     assert "could not build" not in text
     assert "No responses yet." in section(text, "lengths")
+
+
+def test_cost_tells_same_named_checkpoints_apart_by_weights(db, tmp_path):
+    """Two rounds' adapters are both called 'final': their calls are two rows, by weights."""
+    with Store.open(db) as store, store.transaction() as con:
+        for i, (model, endpoint, tokens) in enumerate([
+                ("hf:base+final", "weights:aaaa1111" + "0" * 24, 10),
+                ("hf:base+final", "weights:bbbb2222" + "0" * 24, 30),
+                ("hf:base", "weights:cccc3333" + "0" * 24, 5),
+                ("openai:gpt-x", "https://api.example.com/v1", 7)]):
+            con.execute("INSERT INTO calls (call_id, model, endpoint, messages, params, status,"
+                        " prompt_tokens, completion_tokens, run_id) VALUES (?,?,?,?,?,?,?,?,?)",
+                        [f"c{i}", model, endpoint, "[]", "{}", "ok", tokens, 0, "r0"])
+    cost = section(write_report(db, tmp_path / "r.html").read_text(), "cost")
+    labels = re.findall(r'<text x="214" y="\d+" text-anchor="end">([^<]*)</text>', cost)
+    assert labels == ["hf:base+final (bbbb2222)", "hf:base+final (aaaa1111)", "openai:gpt-x",
+                      "hf:base"]
+    assert "<td>https://api.example.com/v1</td>" not in cost  # a URL is not a weights id
 
 
 def test_report_on_missing_store_is_a_user_error(tmp_path, cli):

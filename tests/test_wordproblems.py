@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import pytest
 
-from corpus.wordproblems import TEMPLATES, canonical_number, generate_problems
+from corpus.wordproblems import TEMPLATES, decimal_text, generate_problems
 
 STEP = re.compile(r"(\d+(?:\.\d+)?(?: [-+*/] \d+(?:\.\d+)?)+) = (\d+(?:\.\d+)?)")
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
@@ -92,10 +92,10 @@ def test_deterministic_and_prefix_stable():
     (18, "18"), (Fraction(5, 2), "2.5"), (Fraction(-3), "-3"), (Fraction(1, 8), "0.125"),
     (Fraction(595, 1), "595"),
 ])
-def test_canonical_number(value, text):
-    assert canonical_number(value) == text
+def test_decimal_text(value, text):
+    assert decimal_text(value) == text
 
 
-def test_canonical_number_refuses_repeating_decimals():
+def test_decimal_text_refuses_repeating_decimals():
     with pytest.raises(ValueError):
-        canonical_number(Fraction(1, 3))
+        decimal_text(Fraction(1, 3))

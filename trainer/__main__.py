@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+from typing import Any
 
 from trainer.config import TrainConfig
 
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from trainer.train import train
 
-        result = train(cfg)
+        result = train(cfg, on_step=step_printer(cfg.log_every) if cfg.progress else None)
     except TrainerError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -65,6 +66,20 @@ def main(argv: list[str] | None = None) -> int:
     _leave_process_group()
     print(f"saved {result.final_dir} (snapshot {result.snapshot_hash}, {result.steps} steps)")
     return 0
+
+
+def step_printer(every: int) -> Any:
+    """An ``on_step`` that prints a plain line every ``every`` steps and at the last one.
+
+    Plain lines, not a bar: torchrun interleaves the ranks' output and often writes to a log.
+    """
+
+    def on_step(step: int, total: int, metrics: dict[str, Any]) -> None:
+        if metrics and (step % every == 0 or step == total):
+            print(f"step {step}/{total}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.3g}  "
+                  f"{metrics['tokens_per_s']:,.0f} tok/s", flush=True)
+
+    return on_step
 
 
 def _leave_process_group() -> None:

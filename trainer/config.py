@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,7 +69,7 @@ class TrainConfig:
     log_every: int = 1  # write a metrics.jsonl line every N steps
     resume: bool = False  # continue from the latest checkpoint in out/checkpoints/
     merge: bool = False  # also write merged full weights to out/merged (for serving, e.g. vLLM)
-    progress: bool = True  # rich progress bar (rank 0 only)
+    progress: bool = True  # rank 0 shows progress: selfevo train a bar, python -m trainer lines
 
     def resolved(self) -> dict[str, Any]:
         """The config as a plain JSON-able dict (what is saved with checkpoints)."""
@@ -103,6 +104,8 @@ class TrainConfig:
                   float: isinstance(value, (int, float)) and not isinstance(value, bool)}.get(hint)
             if ok is False:
                 raise ValueError(f"trainer setting {f.name}={value!r}: expected {hint.__name__}")
+            if hint is float and not math.isfinite(value):
+                raise ValueError(f"trainer setting {f.name}={value!r}: must be a finite number")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"trainer setting {name}={getattr(self, name)!r}: use one of "
@@ -113,7 +116,7 @@ class TrainConfig:
         for name in NON_NEGATIVE:
             if getattr(self, name) < 0:
                 raise ValueError(f"trainer setting {name}={getattr(self, name)!r}: must be >= 0")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):  # NaN fails too
             raise ValueError(f"trainer setting betas={list(self.betas)}: two numbers in [0, 1)")
         bad = sorted(set(self.kinds) - {"meta", "self", "qa"})
         if bad or not self.kinds:
@@ -140,8 +143,14 @@ def parse_value(name: str, raw: str) -> Any:
     if hint is str:
         return text
     # kinds (list of names) and betas (two floats): JSON or comma-separated
-    items = json.loads(text) if text.startswith("[") else [x for x in text.split(",") if x]
-    return [float(x) for x in items] if name == "betas" else [str(x) for x in items]
+    try:
+        items = json.loads(text) if text.startswith("[") else [x for x in text.split(",") if x]
+        if not isinstance(items, list):
+            raise ValueError(text)
+        return [float(x) for x in items] if name == "betas" else [str(x).strip() for x in items]
+    except (ValueError, TypeError):
+        raise ValueError(f"trainer setting {name}={raw!r}: expected a list, e.g. "
+                         f"{name}={'0.9,0.999' if name == 'betas' else 'meta,qa'}") from None
 
 
 def parse_overrides(items: typing.Iterable[str]) -> dict[str, Any]:

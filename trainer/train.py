@@ -22,6 +22,7 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,12 @@ from trainer.sequences import Example, build_examples
 
 META_FILE = "selfevo_train.json"
 STATE_FILE = "trainer_state.pt"
+
+#: ``on_step(step, total_steps, metrics)``: called on rank 0 once before the first step
+#: (``step`` = where a resumed run starts, ``metrics`` empty) and after every step with that
+#: step's metrics (loss, lr, grad_norm, tokens_per_s, …). How progress is shown is the
+#: caller's business: ``selfevo train`` draws a bar, ``python -m trainer`` prints lines.
+OnStep = Callable[[int, int, dict[str, Any]], None]
 
 
 @dataclass
@@ -339,13 +346,17 @@ def backward_window(
 # --------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
-    """Train on ``cfg.data`` from ``cfg.base`` into ``cfg.out``; see the module docstring."""
+def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) -> TrainResult:
+    """Train on ``cfg.data`` from ``cfg.base`` into ``cfg.out``; see the module docstring.
+
+    ``log`` hears a few lines (data, resume) on rank 0; ``on_step`` hears every step (see
+    :data:`OnStep`).
+    """
     import torch
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own bar (or none) instead of per-file load bars
+    hf_logging.disable_progress_bar()  # the caller's progress (or none), not per-file load bars
     if not cfg.data or not cfg.base or not cfg.out:
         raise TrainerError("data, base and out are required (--data EXPORT_DIR --base MODEL --out DIR)")
     dist = init_distributed()
@@ -377,9 +388,10 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         1, math.ceil(cfg.epochs * len(rows) / rows_per_step))
     if dist.main:
         log(
-            f"{len(export.rows)} records -> {stats.examples} examples ({stats.by_part}; "
+            f"{len(export.rows)} records -> {stats.examples} examples "
+            f"({', '.join(f'{k} {v}' for k, v in stats.by_part.items())}; "
             f"{stats.dropped_too_long} longer than {cfg.max_len} dropped), {len(rows)} rows, "
-            f"{stats.trained_tokens}/{stats.tokens} tokens trained; {total_steps} steps"
+            f"{stats.trained_tokens:,}/{stats.tokens:,} tokens trained; {total_steps} steps"
         )
 
     # 2. Model, optimizer, schedule; resume restores all of them and the RNG.
@@ -435,7 +447,9 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
     last: dict[str, Any] = {}
     if resume_dir is not None:  # a finished run resumed again reports its last metrics
         last = json.loads((resume_dir / META_FILE).read_text()).get("metrics", {})
-    progress = _progress(cfg.progress and dist.main, total_steps, start_step)
+    report = on_step if dist.main else None
+    if report is not None:
+        report(start_step, total_steps, {})
     for step in range(start_step, total_steps):
         t0 = time.perf_counter()
         window = step_window(rows, cfg, dist, step)
@@ -482,13 +496,11 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         if dist.main and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
             with metrics_path.open("a") as f:
                 f.write(json.dumps(last) + "\n")
-        if progress is not None:
-            progress.update(progress.task_ids[0], advance=1, description=f"loss {loss:.4f}")
+        if report is not None:
+            report(step + 1, total_steps, last)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
             _save_step(out, step + 1, raw_model, tokenizer, meta_base, last, optimizer,
                        scheduler, tokens_seen, dist, scaler)
-    if progress is not None:
-        progress.stop()
 
     # 4. Final checkpoint (resumable), final/ for serving and registering, optional merge.
     _save_step(out, total_steps, raw_model, tokenizer, meta_base, last, optimizer, scheduler,
@@ -533,23 +545,3 @@ def _save_step(out: Path, step: int, model: Any, tokenizer: Any, meta_base: dict
         meta = {**meta_base, "step": step, "metrics": metrics}
         save_checkpoint(out / "checkpoints" / f"step-{step:06d}", model, tokenizer, meta, state)
 
-
-def _progress(enabled: bool, total: int, done: int) -> Any:
-    """A started rich progress bar, or None."""
-    if not enabled:
-        return None
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-        TimeRemainingColumn(),
-    )
-    progress.add_task("", total=total, completed=done)
-    progress.start()
-    return progress

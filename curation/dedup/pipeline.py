@@ -14,7 +14,7 @@ import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
@@ -30,7 +30,10 @@ from curation.dedup.clusters import (
     keeper_rank,
 )
 from curation.errors import CurationError
-from curation.selection import Selection, count_selected
+from curation.selection import Selection, count_selected, iter_selected_tables
+
+if TYPE_CHECKING:
+    from corpus.display import Tracker
 
 FIELDS = ("prompt", "response", "refinement", "feedback")
 METHODS = ("exact", "near", "semantic")
@@ -127,20 +130,9 @@ def load_records(store: Store, selection: Selection, text_field: str,
 
     Read in keyset-paginated Arrow chunks so the store is opened only briefly each time.
     """
-    cond, params = selection.sql()
-    tables, last = [], ""
-    while True:
-        with store.connection() as con:
-            t = con.execute(
-                f"SELECT record_id, {text_field} AS text, "
-                "epoch_us(created_at) AS created, coalesce(verdict = 'correct', false) AS correct "
-                f"FROM records_full WHERE {cond} AND record_id > ? "
-                f"ORDER BY record_id LIMIT {int(chunk_size)}", [*params, last]
-            ).to_arrow_table()
-        if t.num_rows == 0:
-            break
-        tables.append(t)
-        last = t.column("record_id")[-1].as_py()
+    tables = list(iter_selected_tables(
+        store, selection, f"record_id, {text_field} AS text, epoch_us(created_at) AS created, "
+        "coalesce(verdict = 'correct', false) AS correct", chunk_size))
     if not tables:
         return pl.DataFrame(schema={"record_id": pl.String, "text": pl.String,
                                     "created": pl.Int64, "correct": pl.Boolean,
@@ -242,10 +234,14 @@ def dedup_records(
     config: DedupConfig,
     selection: Selection,
     *,
-    progress: Callable[[str], None] | None = None,
+    progress: Tracker | None = None,
     batch_rows: int = 100_000,
 ) -> DedupRun:
-    """Run the configured dedup steps over the selected records as one ``curate dedup`` run."""
+    """Run the configured dedup steps over the selected records as one ``curate dedup`` run.
+
+    ``progress`` (a ``corpus.display`` tracker) names the step running and counts the
+    decisions written, one per record and step.
+    """
     config.validate()
     selected = count_selected(store, selection)
     run_config = {"dedup": asdict(config), "selection": selection.as_dict(),
@@ -259,9 +255,11 @@ def dedup_records(
                            created=df["created"].to_numpy(), correct=df["correct"].to_numpy())
         texts = df["text"]
         kept_all = np.ones(len(ids), dtype=bool)
+        if progress is not None:
+            progress.update(total=len(ids) * len(config.methods), force=True)
         for method in config.methods:
-            if progress:
-                progress(f"dedup-{method}")
+            if progress is not None:
+                progress.update(info=f"dedup-{method}", force=True)
             out = RUNNERS[method](texts, rank, config)
             # One short transaction per batch, as in curate filter: readers get in between.
             # A run that dies half-way is marked failed/killed in runs, so its partial
@@ -271,6 +269,8 @@ def dedup_records(
                 with store.transaction() as con:
                     insert_decisions(con, batch, run_id=run.run_id, step=out.step,
                                      params=out.params)
+                if progress is not None:
+                    progress.advance(len(batch))
             kept_all &= out.clusters.kept
             outcomes.append(out)
             run.counts.setdefault("seconds", {})[out.step] = round(out.seconds, 4)

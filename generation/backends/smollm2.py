@@ -87,13 +87,21 @@ def convert(out_dir: Path | None = None) -> Path:
         import gguf  # noqa: F401 - transformers needs it to read GGUF; fail with advice first
         from transformers import AutoModelForCausalLM, AutoTokenizer
     except ImportError as e:
+        from schemas.install import install_hint
+
         raise GenerationError(
             f"converting {GGUF_FILE} needs transformers and gguf ({e.name} is missing): "
-            "pip install 'selfevo[hf]'"
+            + install_hint("transformers", "gguf")
         ) from None
+    from corpus.display import progress
+
     started = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-    loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+    # transformers' own per-tensor bar is kept off the terminal by quiet_libraries (tqdm);
+    # this one line says why the first use takes tens of seconds.
+    with progress(f"convert {GGUF_FILE} (first use only)") as bar:
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        loaded = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+        bar.finish()
     # A GGUF-loaded model refuses save_pretrained: copy its weights into a fresh one.
     fresh = AutoModelForCausalLM.from_config(loaded.config)
     fresh.load_state_dict(loaded.state_dict())

@@ -70,9 +70,9 @@ class BatchAPI:
     @classmethod
     def for_backend(cls, backend: Any) -> BatchAPI:
         """The API at an :class:`~generation.backends.openai_backend.OpenAIBackend`'s first URL."""
-        from generation.backends.openai_backend import redact
+        from corpus.redaction import redact
 
-        return cls(backend.sync_client(), lambda text: redact(text, [backend._api_key]))
+        return cls(backend.sync_client(), redact)
 
     def close(self) -> None:
         """Close the client's connections."""

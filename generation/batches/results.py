@@ -24,13 +24,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from corpus.redaction import redact
 from generation.backends.base import AttemptInfo, ChatResult
-from generation.backends.openai_backend import (
-    Failure,
-    classify_status,
-    completion_fields,
-    redact,
-)
+from generation.backends.openai_backend import Failure, classify_status, completion_fields
 
 #: Row error codes that a new batch may fix (others are permanent).
 RETRYABLE_CODES = {"batch_expired", "batch_failed", "missing", "server_error", "rate_limit_exceeded",

@@ -13,6 +13,8 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus.redaction import redact_optional
+
 Con = duckdb.DuckDBPyConnection
 
 #: Where a batch is not finished with: it still needs uploading, creating, polling or settling.
@@ -28,7 +30,9 @@ _INT = {"attempt", "shard", "n_requests", "http_status"}
 
 
 def _arrow(rows: Sequence[dict[str, Any]], columns: list[str]) -> pa.Table:
-    return pa.table({c: pa.array([r.get(c) for r in rows],
+    # error texts pass the one redaction, as the ledger's own rows do
+    return pa.table({c: pa.array([redact_optional(r.get(c)) if c == "error" else r.get(c)
+                                  for r in rows],
                                  type=pa.int64() if c in _INT or c == "bytes" else pa.string())
                      for c in columns})
 
@@ -52,6 +56,8 @@ def insert_links(con: Con, key: str, call_ids: Sequence[str]) -> None:
 
 def update_batch(con: Con, key: str, fields: dict[str, Any], stamps: Sequence[str] = ()) -> None:
     """Set columns of a batch (``stamps``: timestamp columns set to now())."""
+    if fields.get("error"):  # a provider's message: the one redaction
+        fields = {**fields, "error": redact_optional(fields["error"])}
     sets = [f"{c} = ?" for c in fields] + [f"{c} = now()" for c in stamps]
     con.execute(f"UPDATE batches SET {', '.join(sets)} WHERE batch_key = ?",
                 [*fields.values(), key])

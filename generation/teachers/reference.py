@@ -23,11 +23,12 @@ from __future__ import annotations
 import ast
 import operator
 import re
-from dataclasses import dataclass
-from fractions import Fraction
+from typing import Any
 
-from curation.answers import answers_match, canonical_number, extract_answer, parse_number
-from curation.verdicts import Verdict
+from curation.answers import answers_match, extract_answer
+from generation.teachers.arithmetic import evaluate_expression, show
+from generation.teachers.base import Critique
+from schemas.numbers import canonical_number, parse_number
 
 _ANNOTATION = re.compile(r"<<([^<>]*)>>")
 _FINAL_LINE = re.compile(r"^\s*####\s*(.*?)\s*$", re.MULTILINE)
@@ -45,36 +46,6 @@ _PRECEDED = re.compile(r"(?:[-+*/×÷=(.,\d$]|\b[A-Za-z])$")
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
 
-@dataclass(frozen=True)
-class Critique:
-    """A teacher's output for one (prompt, response)."""
-
-    feedback: str | None
-    verdict: Verdict | None
-    verdict_error: str | None  # why there is no verdict (None when there is one)
-    refinement: str | None
-
-
-def _evaluate(expression: str) -> Fraction | None:
-    """Exact value of a small arithmetic expression, or None when it is not one."""
-    text = expression.replace(",", "").replace("$", "").replace("×", "*").replace("÷", "/")
-    text = re.sub(r"(?<=[\d)\s])x(?=[\s(\d])", "*", text)
-
-    def value(node: ast.AST) -> Fraction:
-        if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-            return Fraction(str(node.value))
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            return _OPS[type(node.op)](value(node.left), value(node.right))
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -value(node.operand)
-        raise ValueError(expression)
-
-    try:
-        return value(ast.parse(text.strip(), mode="eval").body)
-    except (SyntaxError, ValueError, ZeroDivisionError):
-        return None
-
-
 def _arithmetic_error(response: str) -> str | None:
     """The first ``a op b = c`` in the response whose result is wrong, explained."""
     for m in _EQUATION.finditer(response):
@@ -82,22 +53,19 @@ def _arithmetic_error(response: str) -> str | None:
             continue
         if m.group("lhs").count("/") + m.group("lhs").count("÷") > 1:
             continue  # "60 / 3/4" means 60 ÷ ¾ to a person and 20/4 to a parser: skip it
-        true = _evaluate(m.group("lhs"))
+        found = evaluate_expression(m.group("lhs"))
+        true = found[0] if found else None
         stated = parse_number(m.group("rhs"))
-        if true is None or stated is None or answers_match(canonical_number(m.group("rhs")), _fmt(true)):
+        if true is None or stated is None or answers_match(canonical_number(m.group("rhs")),
+                                                           show(true)):
             continue
         # A result rounded to the places written (7 / 3 = 2.33) is not an error.
         places = len(m.group("rhs").split(".", 1)[1]) if "." in m.group("rhs") else 0
         if round(true, places) == stated:
             continue
         shown = " ".join(m.group(0).split())
-        result = _fmt(true) if "/" not in _fmt(true) else f"{float(true):.2f} (rounded)"
-        return f"The step '{shown}' is wrong: {' '.join(m.group('lhs').split())} = {result}."
+        return f"The step '{shown}' is wrong: {' '.join(m.group('lhs').split())} = {show(true)}."
     return None
-
-
-def _fmt(value: Fraction) -> str:
-    return canonical_number(f"{value.numerator}/{value.denominator}") or str(value)
 
 
 def _missed_intermediate(response: str, gold_rationale: str | None) -> str | None:
@@ -148,7 +116,9 @@ class ReferenceTeacher:
 
     spec = "reference"
     #: Bump whenever the feedback or refinement text for the same inputs would change.
-    version = "reference-v2"
+    # v3: steps are evaluated by generation.teachers.arithmetic (a malformed "13,2000" is no
+    # longer read as 132000).
+    version = "reference-v3"
 
     def critique(
         self,
@@ -156,9 +126,10 @@ class ReferenceTeacher:
         response: str | None,
         gold_answer: str | None,
         gold_rationale: str | None = None,
+        meta: dict[str, Any] | None = None,
     ) -> Critique:
         """Feedback, verdict and refinement for one response (see the module docstring)."""
-        del prompt  # the grade depends on the answer key only; kept for the teacher interface
+        del prompt, meta  # the grade depends on the answer key only; kept for the interface
         if gold_answer is None and gold_rationale:
             final = _FINAL_LINE.search(gold_rationale)
             gold_answer = final.group(1) if final else None

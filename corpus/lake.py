@@ -1,0 +1,145 @@
+"""A DuckLake attached in this process: commit-conflict retries, identity, schema.
+
+Building blocks for the team store (docs/store.md, "Teams"); ``corpus.store`` wires them in.
+Facts they rest on, all checked against duckdb 1.5.5 + ducklake 1.5.5 on PostgreSQL 18:
+
+* DuckLake tables take no PRIMARY KEY, UNIQUE, CHECK, index or sequence; NOT NULL, DEFAULT
+  (``now()`` too), JSON, TIMESTAMPTZ, UPDATE/DELETE (… FROM), ALTER TABLE, views and macros
+  work. ``INSERT OR IGNORE/REPLACE`` and ``ON CONFLICT`` need a key, so they fail.
+* With ``ducklake_max_retry_count = 0`` a commit fails when ANY other commit landed after
+  the transaction's first statement: first committer wins, over the whole lake. Re-running
+  the transaction then makes read-dependent writes (anti-join inserts) exact. With DuckLake's
+  own retries (the default, 10) a commit is rebased onto newer snapshots without re-running
+  its reads: two anti-join inserts of the same id both land. The setting is per DuckDB
+  instance, not per connection, hence one :class:`Lake` per retry policy.
+* A failed COMMIT has already ended the transaction; ROLLBACK then raises.
+* Loading the two extensions costs about 0.5 s per DuckDB instance; a cursor costs 1 ms.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import duckdb
+
+from corpus.errors import CorpusError
+from corpus.extensions import DUCKLAKE, POSTGRES, load_extension, offline_config
+from corpus.storespec import LAKE_ALIAS, StoreSpec
+
+T = TypeVar("T")
+_CONFLICT_MARKS = ("Failed to commit DuckLake transaction", "Transaction conflict")
+
+
+class CommitConflict(CorpusError):
+    """A DuckLake transaction kept losing to other writers' commits."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter: attempt k sleeps U(0, min(cap, base * 2**k))."""
+
+    attempts: int = 12
+    base: float = 0.02  # seconds
+    cap: float = 2.0    # seconds
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (0-based)."""
+        return rng.uniform(0, min(self.cap, self.base * 2 ** attempt))
+
+
+def is_commit_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is DuckLake refusing a commit because another writer got there first."""
+    return isinstance(exc, duckdb.TransactionException) and any(
+        m in str(exc) for m in _CONFLICT_MARKS)
+
+
+class Lake:
+    """One DuckDB instance with the spec's lake attached as ``lake``; hand out cursors.
+
+    ``ducklake_retries=0`` (the default) makes every transaction first-committer-wins, which
+    :meth:`transact` turns into "re-run until it commits". A bulk append too long to ever win
+    that race (a big import) uses a second Lake with DuckLake's own rebasing retries, then
+    :func:`reconcile` for the ids it wrote.
+    """
+
+    def __init__(self, spec: StoreSpec, *, read_only: bool = False, version: int | None = None,
+                 ducklake_retries: int = 0) -> None:
+        if not spec.is_lake:
+            raise CorpusError(f"{spec} is a DuckDB file, not a DuckLake")
+        self.spec = spec
+        self._db = duckdb.connect(":memory:", config=offline_config())
+        try:
+            load_extension(self._db, DUCKLAKE)
+            if spec.catalog == "postgres":
+                load_extension(self._db, POSTGRES)
+            secret = spec.secret_sql()
+            if secret:
+                self._db.execute(secret)
+            self._db.execute(spec.attach_sql(read_only=read_only or version is not None,
+                                             version=version))
+            self._db.execute(f"SET ducklake_max_retry_count = {int(ducklake_retries)}")
+        except duckdb.Error as exc:
+            self._db.close()
+            raise CorpusError(f"cannot open {spec}: {spec.redact(str(exc).splitlines()[0])}"
+                              ) from None
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        """A new connection to the instance, with ``lake`` as the default database."""
+        cur = self._db.cursor()
+        cur.execute(f"USE {LAKE_ALIAS}")
+        return cur
+
+    def close(self) -> None:
+        """Detach the lake and close the instance."""
+        self._db.close()
+
+    def __enter__(self) -> Lake:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *,
+                 policy: RetryPolicy = RetryPolicy(), rng: random.Random | None = None) -> T:
+        """Run ``fn(con)`` in one transaction, re-running it (backoff + jitter) on conflicts.
+
+        ``fn`` may run several times: it must only read and write the lake, with no other
+        side effect, and return what the caller needs.
+        """
+        rng = rng or random.Random()
+        cur = self.cursor()
+        last: BaseException | None = None
+        try:
+            for attempt in range(policy.attempts):
+                cur.execute("BEGIN TRANSACTION")
+                try:
+                    result = fn(cur)
+                    cur.execute("COMMIT")
+                    return result
+                except BaseException as exc:
+                    _rollback(cur)
+                    if not is_commit_conflict(exc):
+                        raise
+                    last = exc
+                time.sleep(policy.delay(attempt, rng))
+            raise CommitConflict(
+                f"{self.spec}: gave up after {policy.attempts} commit conflicts with other "
+                f"writers ({str(last).splitlines()[0]})")
+        finally:
+            cur.close()
+
+
+def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
+    try:
+        cur.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass  # a failed COMMIT has ended the transaction already
+
+
+def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:
+    """The DuckLake snapshot id this connection's transaction reads."""
+    return int(con.execute(f"SELECT id FROM {LAKE_ALIAS}.current_snapshot()").fetchone()[0])

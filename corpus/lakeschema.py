@@ -1,0 +1,146 @@
+"""The team store's schema and identity: the file store's schema without its constraints.
+
+DuckLake takes no PRIMARY KEY, UNIQUE or CHECK. :func:`schema_statements` therefore runs the
+migrations (``corpus.migrations``, the one source of truth) on an in-memory DuckDB and
+replays what they built (every table's columns, types, NOT NULL and DEFAULTs, then the views
+and macros verbatim, in creation order) as DDL a lake accepts. The keys the constraints
+enforced on a file become :func:`identity_keys`: a lake keeps them by anti-join inserts in
+first-committer-wins transactions, and :func:`reconcile` restores them deterministically
+where a rebased bulk append raced another writer.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import duckdb
+
+from corpus.errors import CorpusError
+from corpus.extensions import offline_config
+from corpus.migrations import MIGRATIONS, migrate
+from corpus.storespec import sql_literal
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _reference() -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect(":memory:", config=offline_config())
+    migrate(con)
+    return con
+
+
+def schema_statements() -> list[str]:
+    """DDL creating the current schema on a DuckLake: tables, then views and macros."""
+    con = _reference()
+    out = []
+    for name, oid in con.execute("SELECT table_name, table_oid FROM duckdb_tables() "
+                                 "WHERE NOT internal ORDER BY table_oid").fetchall():
+        cols = con.execute(
+            "SELECT column_name, data_type, is_nullable, column_default FROM duckdb_columns() "
+            f"WHERE table_oid = {int(oid)} ORDER BY column_index").fetchall()
+        out.append(f'CREATE TABLE "{name}" (' + ", ".join(
+            f'"{c}" {t}' + ("" if nullable else " NOT NULL")
+            + ("" if default is None else f" DEFAULT {default}")
+            for c, t, nullable, default in cols) + ")")
+    # Views and macros in creation order, so each one's dependencies exist before it.
+    objects = con.execute("""
+        SELECT oid, sql, name, params, body FROM (
+            SELECT view_oid AS oid, sql, NULL AS name, NULL AS params, NULL AS body
+            FROM duckdb_views() WHERE NOT internal
+            UNION ALL
+            SELECT function_oid, NULL, function_name, parameters, macro_definition
+            FROM duckdb_functions() WHERE function_type = 'macro' AND NOT internal
+                AND database_name = 'memory')
+        ORDER BY oid""").fetchall()
+    for _, sql, name, params, body in objects:
+        out.append(sql if sql else f"CREATE MACRO {name}({', '.join(params)}) AS {body}")
+    return out
+
+
+def identity_keys() -> dict[str, tuple[str, ...]]:
+    """Each table's identity (its PRIMARY KEY on the file store), e.g. prompts → (prompt_id,)."""
+    return dict(_identity_keys())
+
+
+@functools.cache
+def _identity_keys() -> tuple[tuple[str, tuple[str, ...]], ...]:
+    rows = _reference().execute(
+        "SELECT table_name, constraint_column_names FROM duckdb_constraints() "
+        "WHERE constraint_type = 'PRIMARY KEY'").fetchall()
+    return tuple((table, tuple(cols)) for table, cols in rows)
+
+
+def create_schema(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Create the current schema in the (empty) lake ``con`` uses; record the migrations.
+
+    Run it inside a transaction. Returns the migration names recorded as applied.
+    """
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = "
+                   "current_database()").fetchone()[0]:
+        raise CorpusError("the lake already has tables; create the schema in an empty lake")
+    for sql in schema_statements():
+        con.execute(sql)
+    names = [m.__name__ for m in MIGRATIONS]
+    con.executemany("INSERT INTO _migrations (name) VALUES (?)", [[n] for n in names])
+    return names
+
+
+def _check(*names: str) -> None:
+    for n in names:
+        if not _IDENT.fullmatch(n):
+            raise CorpusError(f"not a plain identifier: {n!r}")
+
+
+def winners_order(columns: set[str]) -> str:
+    """The documented tie-break among rows of one id: the smallest run_id, then rowid.
+
+    ``run_id`` starts with the run's UTC start time, so the earliest run keeps the row; rowid
+    (assigned by DuckLake at commit, never reused) settles rows of one run.
+    """
+    return "run_id, rowid" if "run_id" in columns else "rowid"
+
+
+def reconcile(con: duckdb.DuckDBPyConnection, table: str, *, run_id: str | None = None,
+              keys: dict[str, tuple[str, ...]] | None = None) -> int:
+    """Delete duplicate rows of ``table`` (same identity), keeping one per id; returns how many.
+
+    ``run_id`` limits the work to ids that run wrote (a writer reconciles after its own
+    append). The result does not depend on the order in which writers committed.
+    """
+    key = (keys or identity_keys()).get(table)
+    if not key:
+        raise CorpusError(f"table {table!r} has no identity to reconcile")
+    _check(table, *key)
+    cols = {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() "
+        f"AND table_name = '{table}'").fetchall()}
+    ids = ", ".join(key)
+    scope = ""
+    if run_id is not None:
+        if "run_id" not in cols:
+            raise CorpusError(f"table {table!r} has no run_id to scope reconciliation by")
+        scope = (f"SEMI JOIN (SELECT {ids} FROM {table} WHERE run_id = {sql_literal(run_id)}) "
+                 f"USING ({ids})")
+    row = con.execute(f"""
+        DELETE FROM {table} WHERE rowid IN (
+            SELECT rowid FROM (
+                SELECT rowid, row_number() OVER (
+                    PARTITION BY {ids} ORDER BY {winners_order(cols)}) AS k
+                FROM {table} {scope})
+            WHERE k > 1)""").fetchone()
+    return int(row[0]) if row else 0
+
+
+def duplicate_ids(con: duckdb.DuckDBPyConnection,
+                  keys: dict[str, tuple[str, ...]] | None = None) -> dict[str, int]:
+    """Per table, how many ids have more than one row (empty when the lake is consistent)."""
+    out = {}
+    for table, key in (keys or identity_keys()).items():
+        _check(table, *key)
+        ids = ", ".join(key)
+        n = con.execute(f"SELECT count(*) FROM (SELECT {ids} FROM {table} GROUP BY ALL "
+                        "HAVING count(*) > 1)").fetchone()[0]
+        if n:
+            out[table] = int(n)
+    return out
