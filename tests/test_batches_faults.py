@@ -1,7 +1,7 @@
 """Exactly once under SIGKILL: ``selfevo collect --mode batch`` killed at each phase, then rerun.
 
-The process kills itself at an exact point (``SELFEVO_FAULT_BATCH_KILL``, see
-:mod:`generation.batches.faults`): after writing a shard file but before registering it,
+The process is killed at an exact point by a test-only wrapper of the batch path's methods
+(``tests/kill_at_batch_phase.py``; production code carries no fault hook): after writing a shard file but before registering it,
 after an upload before its file id is recorded, after creating a batch before its id is
 recorded, after a poll, and after the first chunk of an output file is settled. The rerun
 must finish the collection with every request submitted in exactly one batch, answered
@@ -27,11 +27,15 @@ REPO = Path(__file__).resolve().parent.parent
 N = 6  # prompts: 18 calls
 
 
-def run_collect(db: str, server, env_extra: dict[str, str], *extra: str
-                ) -> subprocess.CompletedProcess:
-    env = {**os.environ, "SELFEVO_DB": db, "SELFEVO_BATCH_SETTLE_CHUNK": "2", **env_extra}
-    cmd = [sys.executable, "-m", "selfevo", *batch_args(db, server, *extra)]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+KILL_AT = Path(__file__).resolve().parent / "kill_at_batch_phase.py"
+
+
+def run_collect(db: str, server, point: str, *extra: str) -> subprocess.CompletedProcess:
+    """``selfevo collect --mode batch`` in a process killed at ``point`` (``none``: not
+    killed), settling two result lines per transaction."""
+    cmd = [sys.executable, str(KILL_AT), point, "2", *batch_args(db, server, *extra)]
+    return subprocess.run(cmd, cwd=REPO, env={**os.environ, "SELFEVO_DB": db},
+                          capture_output=True, text=True, timeout=180)
 
 
 # Two phases in the default suite (about 8 s each: two selfevo processes); all under -m slow.
@@ -43,11 +47,10 @@ SLOW = pytest.mark.slow
                                    pytest.param("poll:2", marks=SLOW), "settle:2"])
 def test_killed_at_any_phase_the_rerun_settles_everything_exactly_once(db, server, point):
     seed(db, N)
-    killed = run_collect(db, server, {"SELFEVO_FAULT_BATCH_KILL": point},
-                         "--shard-requests", "4")
+    killed = run_collect(db, server, point, "--shard-requests", "4")
     assert killed.returncode == -9, killed.stderr[-2000:]
     before = query(db, "SELECT state, count(*) FROM batches GROUP BY 1")
-    done = run_collect(db, server, {}, "--shard-requests", "4")
+    done = run_collect(db, server, "none", "--shard-requests", "4")
     assert done.returncode == 0, done.stderr[-3000:]
     assert query(db, "SELECT count(DISTINCT prompt_id) FROM records")[0][0] == N
     assert query(db, "SELECT count(*) FROM records")[0][0] == N

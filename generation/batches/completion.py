@@ -28,7 +28,6 @@ from generation.backends.base import ChatResult
 from generation.backends.openai_backend import strip_credentials, upper_bound_tokens
 from generation.batches import tables
 from generation.batches.drive import Driver
-from generation.batches.faults import fault
 from generation.batches.options import BatchesOpen
 from generation.batches.shards import Shard, request_line, write_shards
 from generation.ledger import Completion, Outcome, insert_pending, mark_resend
@@ -97,7 +96,6 @@ class BatchCompletion(Completion):
         for shard in write_shards(self.directory, lines, model=backend.spec,
                                   endpoint=backend.endpoint, max_requests=self.options.max_requests,
                                   max_bytes=self.options.max_bytes, salt=f"run:{self.ledger.run_id}"):
-            fault("shard")
             self.ledger.writer.call(lambda con, s=shard: self._register(con, s))
             keys.add(shard.key)
         return keys

@@ -28,7 +28,6 @@ from typing import Any
 
 from generation.backends.openai_backend import OpenAIBackend, OpenAIOptions, strip_credentials
 from generation.batches import tables
-from generation.batches.faults import fault
 from generation.batches.options import BatchesOpen, BatchOptions
 from generation.batches.provider import FINAL_STATES, OPEN_STATES, BatchAPI, RemoteBatch
 from generation.batches.settle import SettleCounts, Settler
@@ -127,7 +126,6 @@ class Driver:
         if not path.exists():
             self.rewrite(row, path)
         file_id = self.api(row).upload(path)
-        fault("upload")
         return self.update(row, {"state": "uploaded", "input_file_id": file_id})
 
     def create(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -136,16 +134,13 @@ class Driver:
         since = row["created_at"].timestamp() if row.get("created_at") else None
         remote = api.find(row["input_file_id"], since) or api.create(
             row["input_file_id"], row["batch_key"], self.options.completion_window, since)
-        fault("create")
         return self.update(row, self.remote_fields(remote), ["submitted_at"])
 
     def poll(self, row: dict[str, Any]) -> dict[str, Any]:
         """Ask the provider how the batch is doing; record it."""
         remote = self.api(row).retrieve(row["batch_id"])
         stamps = ["polled_at"] + (["completed_at"] if remote.status in FINAL_STATES else [])
-        row = self.update(row, self.remote_fields(remote), stamps)
-        fault("poll")
-        return row
+        return self.update(row, self.remote_fields(remote), stamps)
 
     def settle(self, row: dict[str, Any]) -> set[str]:
         """A finished batch: its output and error files into the ledger, then its leftovers."""

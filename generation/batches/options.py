@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -37,9 +36,7 @@ class BatchOptions:
     poll_interval: float = 30.0  # seconds between two polls of the open batches
     max_attempts: int = 3  # submissions per request: expired / failed rows go into a new batch
     completion_window: str = "24h"  # the only window the OpenAI Batch API offers
-    # result lines per ledger transaction while settling (SELFEVO_BATCH_SETTLE_CHUNK)
-    settle_chunk: int = field(default_factory=lambda: int(
-        os.environ.get("SELFEVO_BATCH_SETTLE_CHUNK", "2000")))
+    settle_chunk: int = 2000  # result lines per ledger transaction while settling
     #: a :class:`corpus.display.Display` to draw one task per batch on (not configuration)
     display: Any = field(default=None, compare=False, repr=False)
 

@@ -26,7 +26,6 @@ from typing import Any
 
 from generation.backends.base import ChatResult
 from generation.batches import tables
-from generation.batches.faults import fault
 from generation.batches.results import LineResult, read_line
 from generation.ledger import Ledger, attempt_rows, done_row
 from generation.prices import PriceTable
@@ -118,7 +117,6 @@ class Settler:
                                 "error_kind": result.error_kind, "error": result.error,
                                 "settled_run": run_id})
         self.ledger.writer.write(done=done, attempts=attempts, then=tables.set_links(settled))
-        fault("settle", self.ledger.writer.flush)
 
     def _status(self, line: LineResult, counts: SettleCounts) -> str:
         assert line.result is not None
