@@ -36,7 +36,7 @@ from corpus.errors import CorpusError, StoreBusy
 from corpus.migrations import MIGRATIONS, migrate, pending_migrations
 from corpus.redaction import redact, redact_optional
 from corpus.version import code_version
-from schemas.errors import UserError
+from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -145,8 +145,11 @@ class Store:
                     "error = 'process ended without finishing the run' "
                     "WHERE status = 'running'"
                 )
+                # A call pending in a batch was handed to the provider on purpose: its batch
+                # answers it (once), so it is not a request a dead job left in flight.
                 con.execute(
-                    "UPDATE calls SET possibly_billed = true WHERE status = 'pending'"
+                    "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
+                    "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
                 )
         except BaseException:
             store.close()
@@ -308,12 +311,16 @@ class Store:
     def run(
         self, command: str, config: dict[str, Any], parent_run_id: str | None = None
     ) -> Iterator[Run]:
-        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, else ``failed``."""
+        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, ``waiting`` when it
+        stopped to wait for work outside (:class:`schemas.errors.Waiting`), else ``failed``."""
         run = self.start_run(command, config, parent_run_id)
         try:
             yield run
         except KeyboardInterrupt:
             self.finish_run(run, "interrupted", "interrupted by the user")
+            raise
+        except Waiting as exc:  # e.g. batches still running: the next run continues
+            self.finish_run(run, "waiting", str(exc).splitlines()[0])
             raise
         except BaseException as exc:
             self.finish_run(run, "failed", run_error(exc))
