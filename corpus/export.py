@@ -19,7 +19,6 @@ thread, a fixed row-group size and compression, and metadata derived only from t
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
 import os
 import re
@@ -36,11 +35,18 @@ from corpus.store import Store
 from schemas.conversation import (
     CONVERSATION_VERSION,
     FEEDBACK_INSTRUCTION,
+    PLACEHOLDERS,
     REFINE_INSTRUCTION,
-    record_messages,
+    layout_patterns,
 )
 from schemas.identity import file_sha256
-from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, ManifestFile, SnapshotManifest
+from schemas.records import (
+    EXPORT_SCHEMA_VERSION,
+    ExportRow,
+    ManifestFile,
+    SnapshotManifest,
+    current_training_hash,
+)
 
 FORMATS = ("parquet", "jsonl", "hf")
 DATA_FILES = {"parquet": "records.parquet", "jsonl": "records.jsonl"}
@@ -56,32 +62,25 @@ EXPORT_THREADS = 1
 def _messages_case() -> str:
     """SQL for the ``messages`` column, derived from ``record_messages`` itself.
 
-    One CASE branch per pattern of present texts (qa with or without an answer; meta/self
-    with any of r, f, r̂ missing), each a list literal: record_messages() is called with
-    placeholders and its output translated to SQL, so the column cannot drift from the
-    Python layout, and a flat list literal is cheaper in DuckDB than concatenating lists.
+    One CASE branch per pattern of present texts (``schemas.conversation.layout_patterns``:
+    qa with or without an answer; meta/self with any of r, f, r̂ missing), each a list
+    literal: the placeholders of record_messages()' output are translated to SQL, so the
+    column cannot drift from the Python layout, and a flat list literal is cheaper in DuckDB
+    than concatenating lists.
     """
-    placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
-                    "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
-                    REFINE_INSTRUCTION: "$refine_instruction"}
+    sql = {PLACEHOLDERS["prompt"]: "p.text", PLACEHOLDERS["response"]: "r.response",
+           PLACEHOLDERS["feedback"]: "r.feedback", PLACEHOLDERS["refinement"]: "r.refinement",
+           FEEDBACK_INSTRUCTION: "$feedback_instruction",
+           REFINE_INSTRUCTION: "$refine_instruction"}
     branches = []
-    for qa in (True, False):
-        for has_r, has_f, has_rr in itertools.product((True, False), repeat=3):
-            if qa and not (has_f and has_rr):
-                continue  # qa ignores f and r̂: one branch per response state
-            msgs = record_messages(
-                kind="qa" if qa else "meta", prompt="\x00p",
-                response="\x00r" if has_r else None, feedback="\x00f" if has_f else None,
-                refinement="\x00rr" if has_rr else None)
-            conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'",
-                     f"r.response IS {'NOT ' if has_r else ''}NULL"]
-            if not qa:
-                conds += [f"r.feedback IS {'NOT ' if has_f else ''}NULL",
-                          f"r.refinement IS {'NOT ' if has_rr else ''}NULL"]
-            items = ", ".join(
-                f"{{'role': '{m['role']}', 'content': {placeholders[m['content']]}, "
-                f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
-            branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
+    for qa, present, msgs in layout_patterns():
+        conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'"]
+        for part in (("response",) if qa else ("response", "feedback", "refinement")):
+            conds.append(f"r.{part} IS {'NOT ' if present[part] else ''}NULL")
+        items = ", ".join(
+            f"{{'role': '{m['role']}', 'content': {sql[m['content']]}, "
+            f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
+        branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
     return "CASE\n        " + "\n        ".join(branches) + "\n    END"
 
 
@@ -291,6 +290,7 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
         manifest = SnapshotManifest(
             schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
             name=snap.name, snapshot_id=snap.snapshot_id, content_hash=snap.content_hash,
+            training_hash=current_training_hash(snap.content_hash),
             parent=snap.parent, selection=snap.selection, format=fmt, n=snap.n, counts=counts,
             files=_file_entries(tmp, fmt, snap.n), runs=runs,
             code_version=version[0] if version else "unknown",
@@ -328,8 +328,14 @@ def read_manifest(directory: str | os.PathLike[str]) -> SnapshotManifest:
 
 
 def verify_export(directory: str | os.PathLike[str]) -> SnapshotManifest:
-    """Check every file of an export against its manifest (size and sha256)."""
+    """Check an export's manifest (its training_hash) and every file (size and sha256)."""
     manifest = read_manifest(directory)
+    if manifest.training_hash != current_training_hash(manifest.content_hash):
+        raise CorpusError(
+            f"{Path(directory) / MANIFEST}: training_hash does not match its content_hash and "
+            "this selfevo's layout; the manifest was edited (or made by another version) — "
+            "re-export the snapshot"
+        )
     for f in manifest.files:
         path = Path(directory) / f.path
         if not path.is_file():

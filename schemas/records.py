@@ -13,13 +13,22 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.conversation import CONVERSATION_VERSION, layout_hash
+from schemas.identity import training_hash
 from schemas.numbers import canonical_answer
 
 Kind = Literal["meta", "self", "qa"]
 Verdict = Literal["correct", "incorrect"]
 
 #: Version of the export row / manifest layout. Bump on any incompatible change.
-EXPORT_SCHEMA_VERSION = 1
+#: 2: the manifest carries ``training_hash`` (the records and the layout they train in).
+EXPORT_SCHEMA_VERSION = 2
+
+
+def current_training_hash(content_hash: str) -> str:
+    """The ``training_hash`` an export of these records has when written by this code."""
+    return training_hash(content_hash, schema_version=EXPORT_SCHEMA_VERSION,
+                         conversation_version=CONVERSATION_VERSION, layout=layout_hash())
 
 
 class _Strict(BaseModel):
@@ -140,6 +149,9 @@ class SnapshotManifest(_Strict):
     name: str
     snapshot_id: str
     content_hash: str = Field(description="selection_hash of the exported record ids.")
+    training_hash: str = Field(
+        description="schemas.identity.training_hash: content_hash plus schema version, "
+        "conversation version and layout hash; the trainer recomputes it.")
     parent: str | None
     selection: dict[str, Any] = Field(description="The where clause, base snapshot and note.")
     format: Literal["parquet", "jsonl", "hf"]
