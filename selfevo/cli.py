@@ -37,6 +37,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: What an interrupted command says (exit status 130, as shells report SIGINT).
+INTERRUPTED = ("interrupted (Ctrl-C): work committed before it is kept, the open write was "
+               "rolled back and the run is marked 'interrupted'; re-run the command to go on")
+
+
 def _available(name: str) -> bool:
     module = COMMANDS[name][0].split(":")[0]
     try:
@@ -83,6 +88,19 @@ class LazyGroup(click.Group):
             if debug_enabled(ctx):
                 raise
             raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+        except (Exception, KeyboardInterrupt) as exc:
+            # Not bugs: the user's Ctrl-C, or a disk that is full / read-only. One line each.
+            from corpus.errors import is_interrupt, storage_error
+
+            if debug_enabled(ctx):
+                raise
+            if is_interrupt(exc):
+                click.echo(f"Error: {INTERRUPTED}", err=True)
+                ctx.exit(130)
+            converted = storage_error(exc)
+            if converted is None:
+                raise
+            raise click.ClickException(str(converted)) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
