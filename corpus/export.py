@@ -19,17 +19,20 @@ thread, a fixed row-group size and compression, and metadata derived only from t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
 import duckdb
 
-from corpus.errors import CorpusError
+from corpus.errors import CorpusError, storage_error
 from corpus.snapshots import Snapshot, get_snapshot, sql_literal
 from corpus.store import Store
 from schemas.conversation import (
@@ -142,8 +145,9 @@ def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt:
             f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
 
 
-def _check_out(out: Path, snap: Snapshot) -> None:
-    """Refuse an output that exists and is not a previous export of this snapshot."""
+def _check_out(out: Path, snap: Snapshot, fmt: str) -> None:
+    """Refuse an output that exists and is not an identical export (same snapshot, format and
+    training hash: the bytes it would be rewritten with are the bytes it has)."""
     if not out.exists():
         if not out.parent.exists():
             raise CorpusError(f"--out {out}: parent directory {out.parent} does not exist")
@@ -152,15 +156,48 @@ def _check_out(out: Path, snap: Snapshot) -> None:
         raise CorpusError(f"--out {out} is a file; give a directory")
     if not any(out.iterdir()):
         return
-    manifest = out / MANIFEST
-    previous = None
-    with contextlib.suppress(OSError, ValueError):
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_id")
-    if previous != snap.snapshot_id:
+    previous: dict[str, object] = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    if previous.get("snapshot_id") != snap.snapshot_id:
         raise CorpusError(
             f"--out {out} is not empty and is not an export of snapshot '{snap.name}'; "
             "choose a new or empty directory"
         )
+    if (previous.get("format") != fmt
+            or previous.get("training_hash") != current_training_hash(snap.content_hash)):
+        raise CorpusError(
+            f"--out {out} holds an export of '{snap.name}' as {previous.get('format')} "
+            f"(schema {previous.get('schema_version')}), not the {fmt} export this would "
+            "write; choose a new or empty directory"
+        )
+
+
+@contextlib.contextmanager
+def _destination_lock(out: Path, wait: float = 600.0) -> Iterator[None]:
+    """Exclusive hold on ``out``'s parent directory (its inode, whatever path names it) from
+    the check of ``out`` to the rename into it, so a concurrent export cannot slip in between
+    and be silently replaced; a second export waits, then finds the first one's result."""
+    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + wait
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CorpusError(
+                        f"another export into {out.parent} ran for {wait:.0f}s; wait for it "
+                        "to finish, or choose another --out") from None
+                if not said:
+                    print(f"waiting for another export into {out.parent} …", file=sys.stderr)
+                    said = True
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def _remove_stale_partials(out: Path) -> None:
@@ -262,15 +299,30 @@ def manifest_json(manifest: SnapshotManifest) -> str:
 def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str]) -> SnapshotManifest:
     """Export snapshot ``name`` as ``fmt`` (parquet, jsonl or hf) into directory ``out``.
 
-    ``out`` must be new, empty, or a previous export of the same snapshot (which is
-    replaced). Everything is written into a hidden sibling directory first and renamed into
-    place, so a crash never leaves a half-written export at ``out``.
+    ``out`` must be new, empty, or an identical export (same snapshot, format and training
+    hash), which is rewritten with the same bytes. Everything is written into a hidden
+    sibling directory first and renamed into place, so a crash never leaves a half-written
+    export at ``out``; the check and the rename happen under an exclusive lock of ``out``'s
+    parent directory, so of two exports racing to one ``out`` the second either finds the
+    first's identical result or is refused. A full disk is a one-line CorpusError.
     """
     if fmt not in FORMATS:
         raise CorpusError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = Path(out).absolute()
     snap = get_snapshot(store, name)
-    _check_out(out, snap)
+    _check_out(out, snap, fmt)  # at once, before waiting for the lock; again under it
+    try:
+        with _destination_lock(out):
+            _check_out(out, snap, fmt)
+            return _export_into(store, snap, fmt, out)
+    except (OSError, duckdb.Error) as exc:
+        converted = storage_error(exc)
+        if converted is None:
+            raise
+        raise converted from None
+
+
+def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path) -> SnapshotManifest:
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
