@@ -272,7 +272,7 @@ def test_any_encoding_imports_as_utf8_or_says_to_re_encode(scratch, text, enc, f
     if enc in ("utf-8", "utf-8-sig"):
         assert result is not None
     try:
-        as_utf8 = data.decode("utf-8-sig")
+        data.decode("utf-8-sig")
     except UnicodeDecodeError:
         assert result is None  # refused, with "re-encode the file as UTF-8"
 
