@@ -14,8 +14,6 @@ from typing import Any
 
 import click
 
-from schemas.errors import UserError
-
 # name -> ("module:attribute", one-line help shown by `selfevo --help` without importing).
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("corpus.cli:init_cmd", "Create or migrate a store."),
@@ -38,8 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 #: What an interrupted command says (exit status 130, as shells report SIGINT).
-INTERRUPTED = ("interrupted (Ctrl-C): work committed before it is kept, the open write was "
-               "rolled back and the run is marked 'interrupted'; re-run the command to go on")
+INTERRUPTED = ("interrupted (Ctrl-C): work committed before it is kept, nothing half-written "
+               "is (a run in progress is marked 'interrupted'); re-run the command to go on")
 
 
 def _available(name: str) -> bool:
@@ -82,6 +80,8 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from schemas.errors import UserError  # here, not at import: a fast, small entry point
+
         try:
             return super().invoke(ctx)
         except UserError as exc:
@@ -121,7 +121,11 @@ def cli(debug: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    cli(prog_name="selfevo")
+    try:
+        cli(prog_name="selfevo")
+    except KeyboardInterrupt:  # before a command started (or under --debug, after its traceback)
+        click.echo(f"Error: {INTERRUPTED}", err=True)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
