@@ -2,6 +2,7 @@
 
 import errno
 import re
+from typing import Any
 
 from schemas.errors import UserError
 
@@ -50,10 +51,45 @@ def storage_error(exc: BaseException) -> CorpusError | None:
                        f"{advice}, then re-run the command")
 
 
+_sigint_seen = False
+
+
+def _mark_sigint(signum: int, frame: Any) -> None:
+    global _sigint_seen
+    _sigint_seen = True
+    # Never inside an import: a KeyboardInterrupt there can leave the module's import lock
+    # held, and the next thread importing it (the ledger's writer) waits forever. Ask again
+    # in a moment instead; the import finishes first.
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            import os
+            import threading
+
+            threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+            return
+        frame = frame.f_back
+    raise KeyboardInterrupt
+
+
+def mark_interrupts() -> None:
+    """Remember that Ctrl-C was pressed, then raise KeyboardInterrupt as Python does.
+
+    A KeyboardInterrupt raised at an arbitrary instruction surfaces as whatever the code it
+    hit makes of it: DuckDB's "Query interrupted", or an AttributeError from a module whose
+    import it cut short. The CLI installs this handler so that any failure after a Ctrl-C is
+    reported as the interruption it is (:func:`is_interrupt`)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _mark_sigint)
+
+
 def is_interrupt(exc: BaseException) -> bool:
-    """Ctrl-C, however it surfaced: KeyboardInterrupt, or DuckDB's interrupted query (an
-    InterruptException, or a RuntimeError "Query interrupted" from its Arrow/Polars paths)."""
-    if isinstance(exc, KeyboardInterrupt | StoreInterrupted):
+    """Ctrl-C, however it surfaced: KeyboardInterrupt, DuckDB's interrupted query (an
+    InterruptException, or a RuntimeError "Query interrupted" from its Arrow/Polars paths),
+    or any error after a Ctrl-C was seen (:func:`mark_interrupts`)."""
+    if isinstance(exc, KeyboardInterrupt | StoreInterrupted) or _sigint_seen:
         return True
     import duckdb
 

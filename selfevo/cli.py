@@ -121,6 +121,9 @@ def cli(debug: bool) -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    from corpus.errors import mark_interrupts
+
+    mark_interrupts()
     try:
         cli(prog_name="selfevo")
     except KeyboardInterrupt:  # before a command started (or under --debug, after its traceback)
