@@ -223,9 +223,12 @@ class Store:
         try:
             yield self._con
         finally:
-            self._depth -= 1
+            self._depth = max(self._depth - 1, 0)  # 0 already if the connection was discarded
             if self._depth == 0 and self._con is not None:
-                self._con.close()
+                # Closing checkpoints the WAL into the file: a Ctrl-C in there could leave the
+                # database instance locked for the next connect of this process (it hung).
+                with _deferred_sigint():
+                    self._con.close()
                 self._con = None
 
     @contextlib.contextmanager
@@ -261,14 +264,17 @@ class Store:
     def start_run(self, command: str, config: dict[str, Any], parent_run_id: str | None = None) -> Run:
         """Insert a ``running`` row in ``runs`` and return it."""
         run = Run(self, new_run_id(), command, config)
+        self._insert_run(run, parent_run_id)
+        return run
+
+    def _insert_run(self, run: Run, parent_run_id: str | None) -> None:
         with self.transaction() as con:
             con.execute(
                 "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
                 " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-                [run.run_id, command, canonical_json(config), code_version(), os.getpid(),
-                 parent_run_id],
+                [run.run_id, run.command, canonical_json(run.config), code_version(),
+                 os.getpid(), parent_run_id],
             )
-        return run
 
     def finish_run(self, run: Run, status: str = "ok", error: str | None = None) -> None:
         """Mark a run finished with its counts."""
@@ -289,8 +295,11 @@ class Store:
         DuckDB surfaced it, becomes KeyboardInterrupt. When even the final UPDATE is refused,
         the final state goes to the lock file for the next writer (corpus.joblock).
         """
-        run = self.start_run(command, config, parent_run_id)
+        run = Run(self, new_run_id(), command, config)
         try:
+            # Inside the try: a Ctrl-C that lands while the row is being written still ends
+            # it as 'interrupted' (an UPDATE of a row that never landed changes nothing).
+            self._insert_run(run, parent_run_id)
             yield run
         except BaseException as exc:
             if is_interrupt(exc):
@@ -303,18 +312,30 @@ class Store:
             if converted is not None:
                 raise converted from exc
             raise
-        self.finish_run(run, "ok")
+        with _deferred_sigint():  # the work is done: a Ctrl-C now must not leave it 'running'
+            self.finish_run(run, "ok")
 
     def _finish_anyway(self, run: Run, status: str, error: str) -> None:
         """finish_run, deaf to a second Ctrl-C; if the store refuses the UPDATE, the final
         state is left in the lock file and the next writer applies it."""
         with _deferred_sigint():
-            try:
-                self.finish_run(run, status, error)
-            except Exception:
-                if self._lock is None or not self._lock.leave_last_word(run.run_id, status, error):
-                    print(f"warning: could not record run {run.run_id} as {status}",
-                          file=sys.stderr)
+            for _attempt in range(2):
+                try:
+                    self.finish_run(run, status, error)
+                    return
+                except Exception:
+                    # The interrupted job may have left its connection inside an aborted
+                    # transaction: drop it and try once more on a fresh one.
+                    self._discard_connection()
+            if self._lock is None or not self._lock.leave_last_word(run.run_id, status, error):
+                print(f"warning: could not record run {run.run_id} as {status}", file=sys.stderr)
+
+    def _discard_connection(self) -> None:
+        if self._con is not None:
+            with contextlib.suppress(duckdb.Error):
+                self._con.close()
+            self._con = None
+            self._depth = 0
 
 
 @contextlib.contextmanager

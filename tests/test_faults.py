@@ -159,7 +159,8 @@ _durations: dict[str, float] = {}
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "selfevo.cli", *args], cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "selfevo.cli", *args],
+                            cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -207,7 +208,12 @@ def kill_at_random(name: str, seed: int, sig: int, base, tmp: Path,
     left = max(0.05, duration - (time.monotonic() - t0))
     time.sleep(random.Random(seed).uniform(0.02, 1.0) * left)
     p.send_signal(sig)
-    _, err = p.communicate(timeout=120)
+    try:
+        _, err = p.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # a hang: fail with every thread's stack
+        p.send_signal(signal.SIGABRT)
+        _, err = p.communicate()
+        pytest.fail(f"{name} hung after signal {sig}:\n{err[-6000:]}")
     return p, err
 
 
@@ -259,7 +265,7 @@ def test_ctrl_c_at_any_point_is_one_line_and_the_run_interrupted(name, seed, bas
     db = str(tmp_path / f"s{seed}.duckdb")
     mine = _new_statuses(db, name)
     if p.returncode == 130:
-        assert mine in ([], ["interrupted"]), mine
+        assert mine in ([], ["interrupted"]), (mine, err)
     else:
         assert mine == ["ok"], (p.returncode, mine)
     check_invariants(db)
