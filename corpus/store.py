@@ -51,6 +51,7 @@ from corpus.migrations import (
     pending_migrations,
     unknown_migrations,
 )
+from corpus.redaction import redact, redact_optional
 from corpus.version import code_version
 from schemas.errors import UserError
 from schemas.identity import canonical_json
@@ -75,6 +76,42 @@ def is_lock_conflict(exc: BaseException) -> bool:
     ``IOException`` from connecting, never an error in a user's SQL (whatever its text)."""
     return isinstance(exc, duckdb.IOException) and str(exc).startswith(
         "IO Error: Could not set lock on file")
+
+
+#: Network file systems a store connection refuses, should an extension ever register one.
+NETWORK_FILESYSTEMS = ("HTTPFileSystem", "S3FileSystem", "GCSFileSystem", "HuggingFaceFileSystem",
+                       "AzureBlobStorageFileSystem", "AzureDfsStorageFileSystem")
+
+
+def connect_file(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to a store file that never fetches or loads code on its own.
+
+    Extension auto-install and auto-load are off (``sqlite_scan``, ``read_csv('https://…')``
+    or a SQLite file fail instead of downloading a native extension), Python variables are not
+    scanned as tables, and network file systems are disabled.
+    """
+    from corpus.extensions import offline_config
+
+    config = offline_config() | {"python_enable_replacements": False}
+    try:
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.Error as exc:
+        if not is_lock_conflict(exc) and _not_duckdb(Path(path)):
+            raise CorpusError(f"{path} is not a DuckDB file (a selfevo store is one); "
+                              "pass another --db") from None
+        raise
+    con.execute(f"SET disabled_filesystems = '{','.join(NETWORK_FILESYSTEMS)}'")
+    return con
+
+
+def _not_duckdb(path: Path) -> bool:
+    """Whether ``path`` holds bytes but not DuckDB's file header (``DUCK`` at offset 8)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return len(head) > 0 and head[8:12] != b"DUCK"
 
 
 class Run:
@@ -171,7 +208,7 @@ class Store:
         delay = 0.005
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=not self.write)
+                con = connect_file(self.path, read_only=not self.write)
                 break
             except duckdb.IOException as exc:
                 if not is_lock_conflict(exc) or time.monotonic() > deadline:
@@ -272,7 +309,7 @@ class Store:
             con.execute(
                 "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
                 " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-                [run.run_id, run.command, canonical_json(run.config), code_version(),
+                [run.run_id, run.command, redact(canonical_json(run.config)), code_version(),
                  os.getpid(), parent_run_id],
             )
 
@@ -282,7 +319,8 @@ class Store:
             con.execute(
                 "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
                 "WHERE run_id = ?",
-                [status, json.dumps(run.counts, sort_keys=True), error, run.run_id],
+                [status, json.dumps(run.counts, sort_keys=True), redact_optional(error),
+                 run.run_id],
             )
 
     @contextlib.contextmanager

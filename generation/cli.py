@@ -65,7 +65,8 @@ def templates_show(name: str, template_set: str) -> None:
                    "offline grader: reference (answer key) or verifying (re-derives the steps).")
 @click.option("--responder", metavar="SPEC",
               help="Who writes the initial responses; default: existing self/meta record responses.")
-@click.option("--where", metavar="SQL", help="Condition over the prompts table, e.g. \"split = 'train'\".")
+@click.option("--where", metavar="SQL",
+              help="A condition: one SQL expression over prompts, e.g. \"split = 'train'\".")
 @click.option("--limit", type=int, help="At most this many prompts.")
 @click.option("--template-set", default="default", show_default=True, help="Template set name or folder.")
 @click.option("--samples", default=1, show_default=True, help="Responses per prompt (use --temperature > 0).")

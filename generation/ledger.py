@@ -35,20 +35,19 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from corpus.records import insert_records
+from corpus.redaction import redact_optional
 from corpus.store import Store
 from generation.backends.base import Backend, ChatRequest, ChatResult
 from generation.errors import GenerationError
+from generation.failures import UNSENT_KINDS  # results that mean "never sent" (re-exported)
 from schemas.identity import canonical_json, content_id
-
-#: Results that mean "never sent" (no attempt was made).
-UNSENT_KINDS = {"budget", "interrupted"}
 
 
 def call_id(model: str, endpoint: str | None, request: ChatRequest) -> str:
@@ -131,8 +130,22 @@ _TYPES = {"sample_index": pa.int32(), "prompt_tokens": pa.int32(), "completion_t
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
-    return pa.table({c: pa.array([r.get(c) for r in rows], type=_TYPES.get(c, pa.string()))
-                     for c in columns})
+    # Every ledger row reaches the store through here: no error text lands unredacted.
+    def column(c: str) -> list[Any]:
+        values = [r.get(c) for r in rows]
+        return [redact_optional(v) for v in values] if c == "error" else values
+
+    return pa.table({c: pa.array(column(c), type=_TYPES.get(c, pa.string())) for c in columns})
+
+
+def redact_result(result: ChatResult) -> ChatResult:
+    """``result`` with its error texts redacted (:func:`corpus.redaction.redact`): a server
+    may echo the request's ``Authorization`` header in any answer. Responses are model output
+    and stay as they are."""
+    if result.error is None and not any(a.error for a in result.attempts):
+        return result
+    return replace(result, error=redact_optional(result.error), attempts=[
+        replace(a, error=redact_optional(a.error)) for a in result.attempts])
 
 
 @dataclass
@@ -561,6 +574,7 @@ class Completion:
     def on_result(self, j: int, result: ChatResult) -> None:
         """``misses[j]`` is answered (or was never sent): store it, tell every duplicate."""
         cid = self.ids[self.misses[j]]
+        result = redact_result(result)  # the one way a backend's text enters the ledger
         if not result.attempts and result.error_kind in UNSENT_KINDS:
             outcome = Outcome(cid, False, error_kind=result.error_kind, error=result.error)
             self.restore(cid, registered=j < self.registered)
@@ -647,7 +661,7 @@ def ledger_generate(backend: Backend, store: Store | None = None, run_id: str | 
                 progress(purpose, 1, total)
 
         if store is None or run_id is None:
-            return [(r, None) for r in backend.generate(requests, tick)]
+            return [(redact_result(r), None) for r in backend.generate(requests, tick)]
         with Ledger(store, run_id) as ledger:
             outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
                                        tick)

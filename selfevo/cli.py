@@ -87,10 +87,14 @@ class LazyGroup(click.Group):
         except UserError as exc:
             if debug_enabled(ctx):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+            from corpus.redaction import redact
+
+            line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise click.ClickException(redact(line)) from exc
         except (Exception, KeyboardInterrupt) as exc:
             # Not bugs: the user's Ctrl-C, or a disk that is full / read-only. One line each.
             from corpus.errors import is_interrupt, storage_error
+            from corpus.redaction import redact
 
             if debug_enabled(ctx):
                 raise
@@ -100,7 +104,7 @@ class LazyGroup(click.Group):
             converted = storage_error(exc)
             if converted is None:
                 raise
-            raise click.ClickException(str(converted)) from exc
+            raise click.ClickException(redact(str(converted))) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -120,7 +124,8 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. An unexpected error's traceback is printed redacted
+    (:func:`corpus.redaction.redact`): no secret reaches the terminal, even from a bug."""
     from corpus.errors import mark_interrupts
 
     mark_interrupts()
@@ -129,6 +134,15 @@ def main() -> None:
     except KeyboardInterrupt:  # before a command started (or under --debug, after its traceback)
         click.echo(f"Error: {INTERRUPTED}", err=True)
         sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        from corpus.redaction import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

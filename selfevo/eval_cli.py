@@ -24,7 +24,8 @@ def eval_group() -> None:
               help="gsm8k, svamp, store (prompts in the store, see --where) or a JSONL file.")
 @click.option("--path", type=click.Path(dir_okay=False),
               help="Benchmark file for gsm8k/svamp (default: the shared test files).")
-@click.option("--where", help="With --bench store: SQL condition over prompts, e.g. split='test'.")
+@click.option("--where", help="With --bench store: a condition, one SQL expression over prompts, "
+                              "e.g. split='test'.")
 @click.option("--limit", type=int, help="Evaluate the first N items only.")
 @click.option("--mode", type=click.Choice(["direct", "refine", "both"]), default="direct",
               show_default=True)
@@ -50,6 +51,7 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
       selfevo eval run --model hf:smollm2-135m --bench svamp --limit 100 --mode both
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
     """
+    from corpus.sqlfragment import SqlCondition
     from corpus.store import Store
     from generation.backends import load_backend
     from selfevo.evaluate import evaluate, load_items, print_summaries
@@ -60,8 +62,9 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     if temperature is not None:
         params["temperature"] = temperature
     modes = ["direct", "refine"] if mode == "both" else [mode]
+    condition = SqlCondition.of(where, "--where")  # refused before the store is opened
     with Store.open(db, command="eval run") as store:
-        name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
+        name, items = load_items(bench, path=path, limit=limit, store=store, where=condition)
         backend = load_backend(model)
         try:
             with stage_progress() as progress:

@@ -12,7 +12,7 @@ from selfevo import SelfevoError
 @click.option("--student", required=True, help="M_1 spec, e.g. hf:BASE+ADAPTER or openai:M@URL.")
 @click.option("--base", required=True, help="Base model folder (or smollm2-135m) for training.")
 @click.option("--prompts", "prompts_where", required=True,
-              help="SQL condition over prompts: the unlabeled pool.")
+              help="The unlabeled pool: a condition, one SQL expression over prompts.")
 @click.option("--rounds", default=1, show_default=True, help="Self-evolution rounds T.")
 @click.option("--meta", help="Meta-skill snapshot replayed in every round's training data.")
 @click.option("--strategy", type=click.Choice(["restart", "continual"]), default="restart",
@@ -24,7 +24,8 @@ from selfevo import SelfevoError
 @click.option("--generate-prompts", default=0, show_default=True,
               help="New questions the student writes per round.")
 @click.option("--eval", "evals", multiple=True,
-              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL.")
+              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL "
+                   "(a condition over prompts).")
 @click.option("--eval-mode", type=click.Choice(["direct", "refine", "both"]), default="both",
               show_default=True)
 @click.option("--eval-limit", type=int, help="Items per benchmark.")

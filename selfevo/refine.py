@@ -28,6 +28,7 @@ from generation.backends.base import Backend, ChatRequest, ChatResult
 
 if TYPE_CHECKING:
     from corpus.store import Store
+    from generation.failures import Failures
     from generation.ledger import Generate, Progress
 
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512}
@@ -58,6 +59,15 @@ class RefineResult:
     answer_call_id: str | None = None
     error: str | None = None
     sample_index: int = 0
+    error_kind: str | None = None  # of the failed request (connection, timeout, auth, empty …)
+
+    @property
+    def request_failed(self) -> bool:
+        """Whether a request failed (transport, not the model's own empty answer): the result
+        is then no answer of the model's (:mod:`generation.failures`)."""
+        from generation.failures import is_request_failure
+
+        return self.stopped == "failed" and is_request_failure(False, self.error_kind)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (eval_items.detail, ``--json`` output)."""
@@ -184,7 +194,7 @@ class _Stages:
             if res.ok and res.text is not None:
                 r.answer = res.text
             else:
-                r.stopped, r.error = "failed", res.error or "no answer"
+                r.stopped, r.error, r.error_kind = "failed", res.error or "no answer", res.error_kind
         for r in results:
             if r.stopped != "failed":
                 r.final = r.answer
@@ -201,7 +211,7 @@ class _Stages:
             r.steps.append(step)
             if not res.ok or res.text is None:
                 step.error = res.error or "no feedback"
-                r.stopped, r.error = "failed", step.error
+                r.stopped, r.error, r.error_kind = "failed", step.error, res.error_kind
                 continue
             step.feedback = res.text
             step.verdict, step.verdict_error = parse_verdict(res.text)
@@ -220,10 +230,28 @@ class _Stages:
             step.refinement_call_id = call_id
             if not res.ok or res.text is None:
                 step.error = res.error or "no refinement"
-                r.stopped, r.error = "failed", step.error
+                r.stopped, r.error, r.error_kind = "failed", step.error, res.error_kind
                 continue
             step.refinement = res.text
             r.final = res.text
+
+
+def request_failures(results: Sequence[RefineResult]) -> Failures:
+    """The results whose requests failed (:mod:`generation.failures`), by kind."""
+    from generation.failures import Failures
+
+    failures = Failures()
+    for r in results:
+        failures.add(not r.request_failed, r.error_kind, r.error)
+    return failures
+
+
+def _check_any_answered(results: Sequence[RefineResult], model: str) -> None:
+    from generation.backends.openai_backend import public_spec
+
+    failures = request_failures(results)
+    failures.check_any_succeeded("questions", failures.total - failures.failed,
+                                 f"Is {public_spec(model)} reachable?")
 
 
 def refine_and_store(
@@ -237,7 +265,10 @@ def refine_and_store(
     db: str | None = None,
     progress: Progress | None = None,
 ) -> list[RefineResult]:
-    """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger."""
+    """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger.
+
+    When every question's requests failed this raises
+    :class:`generation.failures.RequestsFailed` (the run row, with ``db``, is ``failed``)."""
     prompts = prompts or RefinePrompts()
     kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
                               "params": params, "prompts": prompts, "progress": progress}
@@ -246,7 +277,9 @@ def refine_and_store(
     backend = load_backend(model)
     try:
         if db is None:
-            return self_refine(backend, questions, **kwargs)
+            results = self_refine(backend, questions, **kwargs)
+            _check_any_answered(results, model)
+            return results
         from corpus.store import Store
 
         config = {"model": model, "steps": steps, "stop_on_correct": stop_on_correct,
@@ -255,6 +288,7 @@ def refine_and_store(
         with Store.open(db, command="refine") as store, store.run("refine", config) as run:
             results = self_refine(backend, questions, store=store, run_id=run.run_id, **kwargs)
             run.add("questions", len(results))
+            _check_any_answered(results, model)
             return results
     finally:
         backend.close()

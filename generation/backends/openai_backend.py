@@ -22,7 +22,9 @@ The official ``openai`` async client does the HTTP with its own retries off
   fit is not sent, so the spend never exceeds the budget.
 * **Secrets.** The API key comes from the environment (``OPENAI_API_KEY`` or a named
   variable), is never part of the spec, endpoint, errors or logs; credentials in a base URL
-  are stripped from everything stored.
+  (``http://user:password@host/v1``) are sent as HTTP Basic auth in place of the key and
+  stripped from everything stored. Both are registered with :mod:`corpus.redaction`, which
+  the ledger, the runs table and the CLI apply to every error text.
 
 * **Speed.** Requests run on the backend's own event-loop thread, kept across ``generate``
   calls (connections, pacing and the adaptive limit carry over); the client runs on its
@@ -36,6 +38,7 @@ finishes so the call ledger persists it at once. Call :meth:`OpenAIBackend.close
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import json
@@ -47,8 +50,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
+from corpus.redaction import redact as redact_text
+from corpus.redaction import register_secret
 from generation.backends.base import (
     AttemptInfo,
     Backend,
@@ -97,24 +102,54 @@ class OpenAIOptions:
 
 # -- spec, endpoint and secrets -----------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, list[str]]:
-    """``openai:MODEL[@URL[,URL…]]`` → (model, base URLs). URLs are split at ``@http``."""
+    """``openai:MODEL[@URL[,URL…]]`` → (model, base URLs). URLs are split at ``@http``.
+
+    Each URL is checked (scheme, host, port) with a one-line error that never shows its
+    credentials; a URL's password is registered as a secret (:mod:`corpus.redaction`).
+    """
     if not spec.startswith("openai:"):
-        raise GenerationError(f"not an openai spec: {spec!r}; expected openai:MODEL[@BASE_URL]")
+        raise GenerationError(f"not an openai spec: {redact_text(spec)!r}; expected "
+                              "openai:MODEL[@BASE_URL]")
     rest = spec[len("openai:"):]
     m = re.search(r"@(?=https?://)", rest)
     model, urls = (rest[: m.start()], rest[m.end():]) if m else (rest, "")
     if not model:
-        raise GenerationError(f"model name missing in {spec!r}; e.g. openai:gpt-4o-mini")
+        raise GenerationError(f"model name missing in {redact_text(spec)!r}; e.g. "
+                              "openai:gpt-4o-mini")
     if "@" in model and not m:
         raise GenerationError(
-            f"cannot read the base URL in {spec!r}: it must start with http:// or https://, "
-            "e.g. openai:my-model@http://localhost:8000/v1"
+            f"cannot read the base URL in {redact_text(spec)!r}: it must start with http:// or "
+            "https://, e.g. openai:my-model@http://localhost:8000/v1"
         )
     base_urls = [u.strip() for u in urls.split(",") if u.strip()] or [DEFAULT_BASE_URL]
     for u in base_urls:
-        if not re.match(r"https?://[^/\s]+", u):
-            raise GenerationError(f"bad base URL {strip_credentials(u)!r} in the spec")
+        check_base_url(u)
     return model, base_urls
+
+
+_SECRET_QUERY = re.compile(r"key|token|sig|secret|pass|auth", re.IGNORECASE)
+
+
+def check_base_url(url: str) -> None:
+    """Refuse (GenerationError, one line, no credentials) a base URL that is not
+    ``http(s)://HOST[:PORT][/PATH]``: a bad port, a broken IPv6 address, no host. Its
+    password and key-like query values become registered secrets."""
+    shown = redact_text(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise GenerationError(f"bad base URL {shown!r} in the spec: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c.isspace() for c in url):
+        raise GenerationError(f"bad base URL {shown!r} in the spec: expected "
+                              "http(s)://HOST[:PORT][/PATH]")
+    if parts.password:
+        register_secret(parts.password)
+        register_secret(unquote(parts.password), user=unquote(parts.username or ""))
+    for name, value in parse_qsl(parts.query):
+        if _SECRET_QUERY.search(name):
+            register_secret(value)
 
 
 def spec_identity(spec: str) -> tuple[str, str]:
@@ -126,10 +161,26 @@ def spec_identity(spec: str) -> tuple[str, str]:
 def strip_credentials(url: str) -> str:
     """The URL without user:password@ and without a query string (keys hide in both)."""
     parts = urlsplit(url)
+    return urlunsplit((parts.scheme, _host_port(parts), parts.path.rstrip("/"), "", ""))
+
+
+def _host_port(parts: SplitResult) -> str:
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def transport_url(url: str) -> tuple[str, dict[str, str]]:
+    """(URL to connect to, headers) for a base URL: credentials in the URL travel as an HTTP
+    Basic ``Authorization`` header (instead of the API key's Bearer header), never in the URL
+    (the aiohttp transport refuses URL credentials beside an Authorization header)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    plain = urlunsplit((parts.scheme, _host_port(parts), parts.path, parts.query, parts.fragment))
+    user_pass = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return plain, {"Authorization": "Basic " + base64.b64encode(user_pass.encode()).decode()}
 
 
 def public_spec(spec: str) -> str:
@@ -145,20 +196,16 @@ def public_spec(spec: str) -> str:
     return f"openai:{model}@{','.join(strip_credentials(u) for u in urls)}"
 
 
-_KEYLIKE = re.compile(r"\b(sk|key|api|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
-
-
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with the given secrets and anything key-shaped removed, shortened to 300 chars."""
+    """``text`` without secrets (:func:`corpus.redaction.redact`, plus ``secrets``), on one
+    line, shortened to 300 characters."""
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "[redacted]")
-    text = _KEYLIKE.sub("[redacted]", text)
-    text = " ".join(text.split())
+    text = " ".join(redact_text(text).split())
     return text[:300]
 
 
-# -- budget -------------------------------------------------------------------------------
 class Budget:
     """Spend so far plus reservations of requests in flight; never above ``limit``."""
 
@@ -420,6 +467,7 @@ class OpenAIBackend(Backend):
         name = self.options.api_key_env
         key = os.environ.get(name)
         if key:
+            register_secret(key)  # removed from everything stored or printed from now on
             return key
         if name != DEFAULT_KEY_ENV:
             raise GenerationError(f"environment variable {name} (from --api-key-env) is not set")
@@ -502,13 +550,13 @@ class OpenAIBackend(Backend):
                                max_keepalive_connections=opts.concurrency + 4)
         http = (openai.DefaultAioHttpClient if opts.transport == "aiohttp"
                 else openai.DefaultAsyncHttpx2Client)
-        self._clients = [
-            openai.AsyncOpenAI(
+        self._clients = []
+        for base_url in self.base_urls:
+            url, headers = transport_url(base_url)
+            self._clients.append(openai.AsyncOpenAI(
                 api_key=self._api_key, base_url=url, max_retries=0, timeout=opts.timeout,
-                http_client=http(limits=limits, timeout=opts.timeout),
-            )
-            for url in self.base_urls
-        ]
+                default_headers=headers, http_client=http(limits=limits, timeout=opts.timeout),
+            ))
         self._loads = [0] * len(self._clients)
         self._gate = Gate(opts.concurrency)
         self._pacer = Pacer(opts.rpm, opts.tpm)
