@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m ''
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -m ''
 
 # selfevo against a real vLLM server (CPU). vLLM lives in its own venv (docs/backends.md, "vLLM").
 SELFEVO_VLLM_PYTHON ?= /work/vllm-venv/bin/python

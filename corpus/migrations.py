@@ -354,6 +354,22 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
 
 
+def unknown_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Migrations applied to this store that this code does not know: a newer selfevo made
+    them, and this one must not write to it."""
+    known = {m.__name__ for m in MIGRATIONS}
+    return [name for name in applied_migrations(con) if name not in known]
+
+
+def foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tables and views of a DuckDB file that has no ``_migrations``: someone else's
+    database (empty when the file is new, or is a selfevo store)."""
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_catalog = current_database() ORDER BY table_name").fetchall()]
+    return [] if "_migrations" in names else names
+
+
 def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:
     """Migrations not yet applied, in order."""
     done = set(applied_migrations(con))

@@ -14,8 +14,6 @@ from typing import Any
 
 import click
 
-from schemas.errors import UserError, Waiting
-
 # name -> ("module:attribute", one-line help shown by `selfevo --help` without importing).
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("corpus.cli:init_cmd", "Create or migrate a store."),
@@ -36,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("selfevo.report_cli:report", "Write a self-contained HTML audit report."),
     "demo": ("selfevo.demo:demo", "Run the pipeline on the embedded default data."),
 }
+
+
+#: What an interrupted command says (exit status 130, as shells report SIGINT).
+INTERRUPTED = ("interrupted (Ctrl-C): work committed before it is kept, nothing half-written "
+               "is (a run in progress is marked 'interrupted'); re-run the command to go on")
 
 
 def _available(name: str) -> bool:
@@ -78,6 +81,8 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from schemas.errors import UserError, Waiting  # here, not at import: a small entry point
+
         try:
             return super().invoke(ctx)
         except Waiting as exc:  # not an error: say what waits and how to go on
@@ -90,6 +95,20 @@ class LazyGroup(click.Group):
 
             line = str(exc).splitlines()[0] if str(exc) else repr(exc)
             raise click.ClickException(redact(line)) from exc
+        except (Exception, KeyboardInterrupt) as exc:
+            # Not bugs: the user's Ctrl-C, or a disk that is full / read-only. One line each.
+            from corpus.errors import is_interrupt, storage_error
+            from corpus.redaction import redact
+
+            if debug_enabled(ctx):
+                raise
+            if is_interrupt(exc):
+                click.echo(f"Error: {INTERRUPTED}", err=True)
+                ctx.exit(130)
+            converted = storage_error(exc)
+            if converted is None:
+                raise
+            raise click.ClickException(redact(str(converted))) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -111,9 +130,15 @@ def cli(debug: bool) -> None:
 def main() -> None:
     """Console-script entry point. An unexpected error's traceback is printed redacted
     (:func:`corpus.redaction.redact`): no secret reaches the terminal, even from a bug."""
+    from corpus.errors import mark_interrupts
+
+    mark_interrupts()
     try:
         cli(prog_name="selfevo")
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:  # before a command started (or under --debug, after its traceback)
+        click.echo(f"Error: {INTERRUPTED}", err=True)
+        sys.exit(130)
+    except SystemExit:
         raise
     except BaseException:
         import traceback

@@ -136,3 +136,12 @@ def lake_db(postgres, tmp_path: Path) -> str:
 
     conninfo = postgres.create_database(f"lake_{secrets.token_hex(6)}")
     return f"ducklake:postgres:{conninfo} data_path={tmp_path / 'lake'}"
+
+
+# Property tests (Hypothesis): a quick pass in `make test`, a long one in `make test-all`
+# (HYPOTHESIS_PROFILE=thorough). Tests that set max_examples themselves keep their own.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("fast", max_examples=40, deadline=None)
+_hypothesis_settings.register_profile("thorough", max_examples=1000, deadline=None)
+_hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
