@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-all: $(STAMP)
-	$(PY) -m pytest -m ''
+	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -m ''
 
 # selfevo against a real vLLM server (CPU). vLLM lives in its own venv (docs/backends.md, "vLLM").
 SELFEVO_VLLM_PYTHON ?= /work/vllm-venv/bin/python
@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) bench/store_bench.py
 	$(PY) bench/collect_bench.py
+	$(PY) bench/batch_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/decontam_bench.py

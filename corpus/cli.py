@@ -233,7 +233,8 @@ def snapshot() -> None:
 @snapshot.command("create")
 @click.argument("name")
 @click.option("--where", "where", required=True,
-              help="SQL condition over records_full (records + prompt, gold_answer, split …).")
+              help="A condition: one SQL expression over records_full (records + prompt, "
+                   "gold_answer, split …).")
 @click.option("--from", "base", metavar="SNAPSHOT", help="Select only within this snapshot.")
 @click.option("--note", help="Free text kept with the snapshot.")
 @db_option
@@ -307,7 +308,7 @@ def snapshot_diff(a: str, b: str, show: int, db: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl", "hf"]),
               default="parquet", show_default=True, help="Data file format.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="New or empty directory (or a previous export of NAME, replaced).")
+              help="New or empty directory (or an identical export of NAME, rewritten).")
 @db_option
 def snapshot_export(name: str, fmt: str, out: str, db: str) -> None:
     """Export snapshot NAME with manifest.json and a dataset card (byte-reproducible).

@@ -19,28 +19,37 @@ thread, a fixed row-group size and compression, and metadata derived only from t
 from __future__ import annotations
 
 import contextlib
-import itertools
+import fcntl
 import json
 import os
 import re
 import shutil
+import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
 import duckdb
 
-from corpus.errors import CorpusError
+from corpus.errors import CorpusError, storage_error
 from corpus.snapshots import Snapshot, get_snapshot, sql_literal
 from corpus.store import Store
 from schemas.conversation import (
     CONVERSATION_VERSION,
     FEEDBACK_INSTRUCTION,
+    PLACEHOLDERS,
     REFINE_INSTRUCTION,
-    record_messages,
+    layout_patterns,
 )
 from schemas.identity import file_sha256
-from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, ManifestFile, SnapshotManifest
+from schemas.records import (
+    EXPORT_SCHEMA_VERSION,
+    ExportRow,
+    ManifestFile,
+    SnapshotManifest,
+    current_training_hash,
+)
 
 FORMATS = ("parquet", "jsonl", "hf")
 DATA_FILES = {"parquet": "records.parquet", "jsonl": "records.jsonl"}
@@ -56,32 +65,25 @@ EXPORT_THREADS = 1
 def _messages_case() -> str:
     """SQL for the ``messages`` column, derived from ``record_messages`` itself.
 
-    One CASE branch per pattern of present texts (qa with or without an answer; meta/self
-    with any of r, f, r̂ missing), each a list literal: record_messages() is called with
-    placeholders and its output translated to SQL, so the column cannot drift from the
-    Python layout, and a flat list literal is cheaper in DuckDB than concatenating lists.
+    One CASE branch per pattern of present texts (``schemas.conversation.layout_patterns``:
+    qa with or without an answer; meta/self with any of r, f, r̂ missing), each a list
+    literal: the placeholders of record_messages()' output are translated to SQL, so the
+    column cannot drift from the Python layout, and a flat list literal is cheaper in DuckDB
+    than concatenating lists.
     """
-    placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
-                    "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
-                    REFINE_INSTRUCTION: "$refine_instruction"}
+    sql = {PLACEHOLDERS["prompt"]: "p.text", PLACEHOLDERS["response"]: "r.response",
+           PLACEHOLDERS["feedback"]: "r.feedback", PLACEHOLDERS["refinement"]: "r.refinement",
+           FEEDBACK_INSTRUCTION: "$feedback_instruction",
+           REFINE_INSTRUCTION: "$refine_instruction"}
     branches = []
-    for qa in (True, False):
-        for has_r, has_f, has_rr in itertools.product((True, False), repeat=3):
-            if qa and not (has_f and has_rr):
-                continue  # qa ignores f and r̂: one branch per response state
-            msgs = record_messages(
-                kind="qa" if qa else "meta", prompt="\x00p",
-                response="\x00r" if has_r else None, feedback="\x00f" if has_f else None,
-                refinement="\x00rr" if has_rr else None)
-            conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'",
-                     f"r.response IS {'NOT ' if has_r else ''}NULL"]
-            if not qa:
-                conds += [f"r.feedback IS {'NOT ' if has_f else ''}NULL",
-                          f"r.refinement IS {'NOT ' if has_rr else ''}NULL"]
-            items = ", ".join(
-                f"{{'role': '{m['role']}', 'content': {placeholders[m['content']]}, "
-                f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
-            branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
+    for qa, present, msgs in layout_patterns():
+        conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'"]
+        for part in (("response",) if qa else ("response", "feedback", "refinement")):
+            conds.append(f"r.{part} IS {'NOT ' if present[part] else ''}NULL")
+        items = ", ".join(
+            f"{{'role': '{m['role']}', 'content': {sql[m['content']]}, "
+            f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
+        branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
     return "CASE\n        " + "\n        ".join(branches) + "\n    END"
 
 
@@ -143,8 +145,9 @@ def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt:
             f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
 
 
-def _check_out(out: Path, snap: Snapshot) -> None:
-    """Refuse an output that exists and is not a previous export of this snapshot."""
+def _check_out(out: Path, snap: Snapshot, fmt: str) -> None:
+    """Refuse an output that exists and is not an identical export (same snapshot, format and
+    training hash: the bytes it would be rewritten with are the bytes it has)."""
     if not out.exists():
         if not out.parent.exists():
             raise CorpusError(f"--out {out}: parent directory {out.parent} does not exist")
@@ -153,15 +156,48 @@ def _check_out(out: Path, snap: Snapshot) -> None:
         raise CorpusError(f"--out {out} is a file; give a directory")
     if not any(out.iterdir()):
         return
-    manifest = out / MANIFEST
-    previous = None
-    with contextlib.suppress(OSError, ValueError):
-        previous = json.loads(manifest.read_text(encoding="utf-8")).get("snapshot_id")
-    if previous != snap.snapshot_id:
+    previous: dict[str, object] = {}
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        previous = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    if previous.get("snapshot_id") != snap.snapshot_id:
         raise CorpusError(
             f"--out {out} is not empty and is not an export of snapshot '{snap.name}'; "
             "choose a new or empty directory"
         )
+    if (previous.get("format") != fmt
+            or previous.get("training_hash") != current_training_hash(snap.content_hash)):
+        raise CorpusError(
+            f"--out {out} holds an export of '{snap.name}' as {previous.get('format')} "
+            f"(schema {previous.get('schema_version')}), not the {fmt} export this would "
+            "write; choose a new or empty directory"
+        )
+
+
+@contextlib.contextmanager
+def _destination_lock(out: Path, wait: float = 600.0) -> Iterator[None]:
+    """Exclusive hold on ``out``'s parent directory (its inode, whatever path names it) from
+    the check of ``out`` to the rename into it, so a concurrent export cannot slip in between
+    and be silently replaced; a second export waits, then finds the first one's result."""
+    fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        deadline = time.monotonic() + wait
+        said = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CorpusError(
+                        f"another export into {out.parent} ran for {wait:.0f}s; wait for it "
+                        "to finish, or choose another --out") from None
+                if not said:
+                    print(f"waiting for another export into {out.parent} …", file=sys.stderr)
+                    said = True
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
 
 
 def _remove_stale_partials(out: Path) -> None:
@@ -263,15 +299,30 @@ def manifest_json(manifest: SnapshotManifest) -> str:
 def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str]) -> SnapshotManifest:
     """Export snapshot ``name`` as ``fmt`` (parquet, jsonl or hf) into directory ``out``.
 
-    ``out`` must be new, empty, or a previous export of the same snapshot (which is
-    replaced). Everything is written into a hidden sibling directory first and renamed into
-    place, so a crash never leaves a half-written export at ``out``.
+    ``out`` must be new, empty, or an identical export (same snapshot, format and training
+    hash), which is rewritten with the same bytes. Everything is written into a hidden
+    sibling directory first and renamed into place, so a crash never leaves a half-written
+    export at ``out``; the check and the rename happen under an exclusive lock of ``out``'s
+    parent directory, so of two exports racing to one ``out`` the second either finds the
+    first's identical result or is refused. A full disk is a one-line CorpusError.
     """
     if fmt not in FORMATS:
         raise CorpusError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
     out = Path(out).absolute()
     snap = get_snapshot(store, name)
-    _check_out(out, snap)
+    _check_out(out, snap, fmt)  # at once, before waiting for the lock; again under it
+    try:
+        with _destination_lock(out):
+            _check_out(out, snap, fmt)
+            return _export_into(store, snap, fmt, out)
+    except (OSError, duckdb.Error) as exc:
+        converted = storage_error(exc)
+        if converted is None:
+            raise
+        raise converted from None
+
+
+def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path) -> SnapshotManifest:
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -291,6 +342,7 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
         manifest = SnapshotManifest(
             schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
             name=snap.name, snapshot_id=snap.snapshot_id, content_hash=snap.content_hash,
+            training_hash=current_training_hash(snap.content_hash),
             parent=snap.parent, selection=snap.selection, format=fmt, n=snap.n, counts=counts,
             files=_file_entries(tmp, fmt, snap.n), runs=runs,
             code_version=version[0] if version else "unknown",
@@ -328,8 +380,14 @@ def read_manifest(directory: str | os.PathLike[str]) -> SnapshotManifest:
 
 
 def verify_export(directory: str | os.PathLike[str]) -> SnapshotManifest:
-    """Check every file of an export against its manifest (size and sha256)."""
+    """Check an export's manifest (its training_hash) and every file (size and sha256)."""
     manifest = read_manifest(directory)
+    if manifest.training_hash != current_training_hash(manifest.content_hash):
+        raise CorpusError(
+            f"{Path(directory) / MANIFEST}: training_hash does not match its content_hash and "
+            "this selfevo's layout; the manifest was edited (or made by another version) — "
+            "re-export the snapshot"
+        )
     for f in manifest.files:
         path = Path(directory) / f.path
         if not path.is_file():

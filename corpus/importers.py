@@ -13,6 +13,7 @@ are insert-or-ignore, so importing the same file twice adds nothing.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -28,7 +29,7 @@ from corpus.errors import CorpusError
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
 from schemas.identity import canonical_json, file_sha256
-from schemas.records import PromptIn, RecordIn
+from schemas.records import MAX_DEPTH, PromptIn, RecordIn
 
 if TYPE_CHECKING:
     from corpus.display import Tracker
@@ -44,6 +45,8 @@ PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 PROGRESS_EVERY = 1_000  # rows between two advances of the progress bar while reading
 BATCH_ROWS = 10_000  # rows per staged Arrow table and per INSERT
+# A prompt may be long, but one cell is never more than this (csv's default is 128 KiB).
+csv.field_size_limit(64 * 1024 * 1024)
 
 
 class ImportInputError(CorpusError):
@@ -96,21 +99,32 @@ def _utf8_error(path: Path, exc: UnicodeDecodeError, data: bytes, offset: int = 
     )
 
 
+def _loads(path: Path, text: str, where: str) -> Any:
+    """``json.loads`` with its failures as one line naming the file and line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        line = f"line {exc.lineno}" if where == "" else where
+        raise ImportInputError(
+            f"{path}: {line}: malformed JSON at column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ImportInputError(
+            f"{path}: {where or 'line 1'}: JSON nested too deeply to read (the limit for a "
+            f"field is {MAX_DEPTH} levels); flatten it") from None
+
+
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]  # a BOM is accepted as in CSV and JSON
             if not raw.strip():
                 continue
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")  # error columns stay on this line
             except UnicodeDecodeError as exc:
                 raise _utf8_error(path, exc, raw, lineno - 1) from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ImportInputError(
-                    f"{path}: line {lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
-                ) from None
+            obj = _loads(path, line, f"line {lineno}")
             if not isinstance(obj, dict):
                 raise ImportInputError(
                     f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
@@ -127,12 +141,7 @@ def _decode_all(path: Path) -> str:
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    try:
-        obj = json.loads(_decode_all(path))
-    except json.JSONDecodeError as exc:
-        raise ImportInputError(
-            f"{path}: line {exc.lineno}: malformed JSON at column {exc.colno}: {exc.msg}"
-        ) from None
+    obj = _loads(path, _decode_all(path), "")
     if isinstance(obj, dict):
         obj = [obj]
     if not isinstance(obj, list):
@@ -146,15 +155,31 @@ def _read_json(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    reader = csv.DictReader(io.StringIO(_decode_all(path), newline=""))
-    for row in reader:
+    # strict: a quote left open must not swallow the rest of the file into one cell.
+    reader = csv.DictReader(io.StringIO(_decode_all(path), newline=""), strict=True)
+    rows = iter(reader)
+    while True:
+        start = reader.line_num + 1  # the line the next row starts on
+        try:
+            if reader.line_num == 0:
+                reader.fieldnames  # noqa: B018 (reads the header, so `start` is past it)
+                start = reader.line_num + 1
+            row = next(rows)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            hint = ("a quoted cell opened here is never closed: close the quote, or double "
+                    'a quote inside a quoted cell ("")'
+                    if "end of data" in str(exc) or "expected after" in str(exc)
+                    else "fix the CSV there")
+            raise ImportInputError(f"{path}: line {start}: malformed CSV ({exc}); {hint}") from None
         if None in row:  # more cells than header columns
             raise ImportInputError(
-                f"{path}: line {reader.line_num}: {len(row[None]) + len(reader.fieldnames or [])} "
+                f"{path}: line {start}: {len(row[None]) + len(reader.fieldnames or [])} "
                 f"cells but the header has {len(reader.fieldnames or [])} columns"
             )
         # An empty CSV cell means "no value", not the empty string.
-        yield f"line {reader.line_num}", {k: (v if v != "" else None) for k, v in row.items()}
+        yield f"line {start}", {k: (v if v != "" else None) for k, v in row.items()}
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -307,7 +332,7 @@ def _validation_error(path: Path, where: str, exc: ValidationError,
         msg = f"unknown field; map it with --map {fld}=TARGET or drop the column"
     else:
         got = type(err.get("input")).__name__
-        msg = f"{err['msg']} (got {got})"
+        msg = f"{err['msg'].removeprefix('Value error, ')} (got {got})"
     return ImportInputError(f"{path}: {where}: field '{fld}': {msg}")
 
 

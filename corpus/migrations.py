@@ -283,9 +283,64 @@ def m006_model_identity(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """Batch generation (``--mode batch|file``): each shard of requests, and its calls.
+
+    From here on ``runs.status`` may also be ``waiting``: the command stopped while its
+    batches run (it is not finished; running it again continues).
+    """
+    con.execute(
+        """
+        CREATE TABLE batches (
+            batch_key      VARCHAR PRIMARY KEY, -- selfevo's id of a shard: hash(model, endpoint, calls, attempt, parent)
+            provider       VARCHAR NOT NULL,    -- openai (the Batch API at base_url) | file (--mode file: ingested)
+            model          VARCHAR NOT NULL,    -- model spec, e.g. 'openai:gpt-4o-mini'
+            endpoint       VARCHAR,             -- calls.endpoint of its calls (credentials stripped)
+            base_url       VARCHAR,             -- the URL the batch went to (credentials stripped)
+            api_key_env    VARCHAR,             -- NAME of the key's environment variable (never the key)
+            purpose        VARCHAR,             -- response | feedback | refinement | answer | …
+            attempt        INTEGER NOT NULL,    -- 1 = first submission; +1 per re-submission of leftovers
+            parent_key     VARCHAR,             -- the batch whose expired/failed rows this one re-submits
+            shard          INTEGER NOT NULL,    -- position among the shards written together
+            path           VARCHAR NOT NULL,    -- the local Batch JSONL file (custom_id = call_id)
+            n_requests     INTEGER NOT NULL,
+            bytes          BIGINT NOT NULL,     -- size of the shard file
+            state          VARCHAR NOT NULL,    -- prepared | written | uploaded | validating | in_progress |
+                                                -- finalizing | cancelling | completed | expired | failed |
+                                                -- cancelled | settled (docs/collect.md "Batch")
+            input_file_id  VARCHAR,             -- provider file id of the uploaded shard
+            batch_id       VARCHAR,             -- provider batch id (openai: 'batch_…')
+            output_file_id VARCHAR,
+            error_file_id  VARCHAR,
+            n_completed    INTEGER,             -- provider's request_counts.completed (last poll)
+            n_failed       INTEGER,             -- provider's request_counts.failed (last poll)
+            settled        JSON,                -- what settling found: ok, failed, resubmitted, unknown, duplicates …
+            error          VARCHAR,             -- why the batch failed (provider errors), or a local problem
+            run_id         VARCHAR NOT NULL,    -- the run that wrote the shard
+            created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+            submitted_at   TIMESTAMPTZ,         -- when the provider accepted it
+            completed_at   TIMESTAMPTZ,         -- when the provider finished it (any final state)
+            settled_at     TIMESTAMPTZ,         -- when every row was in the ledger
+            polled_at      TIMESTAMPTZ          -- last poll
+        );
+        CREATE TABLE batch_calls (
+            batch_key   VARCHAR NOT NULL,       -- batches.batch_key
+            call_id     VARCHAR NOT NULL,       -- calls.call_id, the line's custom_id
+            status      VARCHAR NOT NULL,       -- pending (a call has at most one) | ok | failed |
+                                                -- retry (to re-submit) | resubmitted | cancelled
+            http_status INTEGER,                -- the line's response status_code
+            error_kind  VARCHAR,                -- why the row failed: server | rate_limit | client | batch_expired …
+            error       VARCHAR,
+            settled_run VARCHAR,                -- the run that settled the row
+            PRIMARY KEY (batch_key, call_id)
+        );
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
-    m006_model_identity,
+    m006_model_identity, m007_batches,
 ]
 
 
@@ -297,6 +352,22 @@ def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     if not exists:
         return []
     return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+
+
+def unknown_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Migrations applied to this store that this code does not know: a newer selfevo made
+    them, and this one must not write to it."""
+    known = {m.__name__ for m in MIGRATIONS}
+    return [name for name in applied_migrations(con) if name not in known]
+
+
+def foreign_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Tables and views of a DuckDB file that has no ``_migrations``: someone else's
+    database (empty when the file is new, or is a selfevo store)."""
+    names = [r[0] for r in con.execute(
+        "SELECT table_name FROM information_schema.tables "
+        "WHERE table_catalog = current_database() ORDER BY table_name").fetchall()]
+    return [] if "_migrations" in names else names
 
 
 def pending_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:

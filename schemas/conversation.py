@@ -19,7 +19,11 @@ instruction changes :data:`CONVERSATION_VERSION`, which is written into every ma
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
+
+from schemas.identity import content_id
 
 CONVERSATION_VERSION = "meta-v1"
 
@@ -66,3 +70,33 @@ def record_messages(
         msgs.append(message("user", REFINE_INSTRUCTION, False))
         msgs.append(message("assistant", refinement, True))
     return msgs
+
+
+#: Placeholder texts standing for a record's own texts in :func:`layout_patterns`.
+PLACEHOLDERS = {"prompt": "\x00p", "response": "\x00r", "feedback": "\x00f",
+                "refinement": "\x00rr"}
+
+
+def layout_patterns() -> Iterator[tuple[bool, dict[str, bool], list[dict[str, Any]]]]:
+    """Every shape a record's messages can take: ``(is_qa, present, messages)``.
+
+    ``present`` says which of response / feedback / refinement the record has (qa: only
+    response counts); ``messages`` are :func:`record_messages` of :data:`PLACEHOLDERS`. The
+    export builds its SQL from these, and :func:`layout_hash` fingerprints them.
+    """
+    for qa in (True, False):
+        for has_r, has_f, has_rr in itertools.product((True, False), repeat=3):
+            if qa and not (has_f and has_rr):
+                continue  # qa ignores f and r̂: one pattern per response state
+            present = {"response": has_r, "feedback": has_f, "refinement": has_rr}
+            msgs = record_messages(
+                kind="qa" if qa else "meta", prompt=PLACEHOLDERS["prompt"],
+                **{k: PLACEHOLDERS[k] if v else None for k, v in present.items()})
+            yield qa, present, msgs
+
+
+def layout_hash() -> str:
+    """Content hash of the layout itself: roles, instruction texts and ``train`` flags of every
+    pattern. Editing an instruction or a flag here changes it, even if nobody bumps
+    :data:`CONVERSATION_VERSION`."""
+    return content_id([msgs for _, _, msgs in layout_patterns()])

@@ -66,6 +66,21 @@ def selection_hash(record_ids: list[str]) -> str:
     return content_id(sorted(record_ids))
 
 
+def training_hash(
+    content_hash: str, *, schema_version: int, conversation_version: str, layout: str
+) -> str:
+    """Hash of what a trainer trains on: the records (``content_hash``, which covers every
+    text through the record ids) and how they become sequences (the export schema version,
+    the conversation version and :func:`schemas.conversation.layout_hash`).
+
+    The export writes it into ``manifest.json``; the trainer recomputes it from the rows it
+    verified and its own layout, so no edit of the manifest or of a message trains under a
+    genuine hash.
+    """
+    return content_id({"content_hash": content_hash, "schema_version": schema_version,
+                       "conversation_version": conversation_version, "layout": layout})
+
+
 def file_sha256(path: str) -> str:
     """Plain sha256 hex digest of a file's bytes (manifest integrity check)."""
     h = hashlib.sha256()

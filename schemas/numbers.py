@@ -132,11 +132,34 @@ def canonical_number(value: NumberLike | None) -> str | None:
     return None if number is None else format_number(number)
 
 
+#: Spellings of a non-finite number (compared lower-cased, without a sign).
+NON_FINITE_WORDS = frozenset({"nan", "inf", "infinity"})
+
+
+def require_finite(value: object) -> None:
+    """Raise ValueError when ``value`` is, or spells, a non-finite number: NaN, ±Infinity, or
+    a float that overflowed (JSON ``1e400`` reads as inf). No answer, count or score is one,
+    and JSON cannot carry it, so selfevo refuses it wherever it arrives."""
+    if isinstance(value, float) and not math.isfinite(value) or (
+            isinstance(value, Decimal) and not value.is_finite()):
+        bad = repr(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-−").lower() in NON_FINITE_WORDS:
+        bad = repr(value)
+    else:
+        return
+    raise ValueError(
+        f"not a finite number ({bad}: NaN, Infinity, or a number too large for a float such "
+        "as 1e400); write the exact value as text, or null"
+    )
+
+
 def canonical_answer(value: NumberLike) -> str:
     """A gold answer as stored: a lone number canonical (``"1,080"`` → ``1080``, ``27.0`` →
-    ``27``, ``"+5"`` → ``5``), any other text stripped and kept (``"abc"``, ``"50%"``)."""
+    ``27``, ``"+5"`` → ``5``), any other text stripped and kept (``"abc"``, ``"50%"``).
+    A non-finite number (NaN, inf, ``1e400`` read as a float) is refused (:func:`require_finite`)."""
     if isinstance(value, bool) or not isinstance(value, NumberLike):
         raise ValueError(f"a gold answer must be text or a number, not {type(value).__name__}")
+    require_finite(value)
     if not isinstance(value, str):
         number = canonical_number(value)
         return str(value) if number is None else number

@@ -9,24 +9,93 @@ row of ``selfevo snapshot export`` (the same names plus ids, provenance and ``me
 from __future__ import annotations
 
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.numbers import canonical_answer
+from schemas.conversation import CONVERSATION_VERSION, layout_hash
+from schemas.identity import training_hash
+from schemas.numbers import canonical_answer, require_finite
 
 Kind = Literal["meta", "self", "qa"]
 Verdict = Literal["correct", "incorrect"]
 
 #: Version of the export row / manifest layout. Bump on any incompatible change.
-EXPORT_SCHEMA_VERSION = 1
+#: 2: the manifest carries ``training_hash`` (the records and the layout they train in).
+EXPORT_SCHEMA_VERSION = 2
+
+
+def current_training_hash(content_hash: str) -> str:
+    """The ``training_hash`` an export of these records has when written by this code."""
+    return training_hash(content_hash, schema_version=EXPORT_SCHEMA_VERSION,
+                         conversation_version=CONVERSATION_VERSION, layout=layout_hash())
+
+
+#: Deepest nesting of lists and objects accepted in a field (``meta``): deeper input is
+#: refused with one line instead of a RecursionError somewhere downstream.
+MAX_DEPTH = 64
+#: Largest ``round`` (the store's INTEGER column is 32-bit).
+MAX_ROUND = 2**31 - 1
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_json_value(value: Any, path: str) -> None:
+    """Refuse what cannot be stored and exported as JSON text, wherever it sits in ``value``:
+    a non-finite number, a lone UTF-16 surrogate (no UTF-8 spelling), a non-string object
+    key, a non-JSON type, nesting deeper than :data:`MAX_DEPTH`. Iterative: the check itself
+    never recurses. Raises ValueError naming the path, e.g. ``meta.scores[2]``."""
+    stack: list[tuple[Any, str, int]] = [(value, path, 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if isinstance(v, dict | list | tuple):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"{path}: nested deeper than {MAX_DEPTH} levels; flatten it")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, item in items:
+                if isinstance(v, dict) and not isinstance(k, str):
+                    raise ValueError(f"{where}: object key {k!r} is not a string")
+                if isinstance(k, str):
+                    _check_text(k, where)
+                stack.append((item, f"{where}.{k}" if isinstance(v, dict) else f"{where}[{k}]",
+                              depth + 1))
+        elif isinstance(v, str):
+            _check_text(v, where)
+        elif isinstance(v, float | Decimal):
+            try:
+                require_finite(v)
+            except ValueError as exc:
+                raise ValueError(f"{where}: {exc}") from None
+        elif not isinstance(v, _JSON_SCALARS):
+            raise ValueError(f"{where}: a {type(v).__name__} is not a JSON value; cast it to "
+                             "text first")
+
+
+def _check_text(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{where}: contains a lone surrogate ({text[exc.start]!r}) that "
+                         "UTF-8 cannot spell; fix the text's encoding") from None
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
-class PromptIn(_Strict):
+class _Input(_Strict):
+    """An input row (import files): every field must survive hashing, storing and export."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _json_safe(cls, v: Any, info: ValidationInfo) -> Any:
+        # The one choke point of every input field (issue 12): what passes here can be
+        # hashed, stored and exported as JSON without a traceback.
+        check_json_value(v, info.field_name or "?")
+        return v
+
+
+class PromptIn(_Input):
     """A prompt as imported: the question and, when labelled, its gold answer and rationale."""
 
     text: str = Field(min_length=1, description="The question shown to the model.")
@@ -44,7 +113,7 @@ class PromptIn(_Strict):
         return None if v is None else canonical_answer(v)
 
 
-class RecordIn(_Strict):
+class RecordIn(_Input):
     """A (p, r, f, r̂) record in the interchange format (``records import`` input)."""
 
     prompt: str = Field(min_length=1, description="The prompt text p.")
@@ -53,7 +122,8 @@ class RecordIn(_Strict):
     verdict: Verdict | None = Field(None, description="'correct', 'incorrect' or null (unknown).")
     refinement: str | None = Field(None, description="Refined response r̂.")
     kind: Kind = Field(description="meta (teacher feedback), self (own feedback) or qa.")
-    round: int = Field(0, ge=0, description="Self-evolution round; 0 for meta and qa data.")
+    round: int = Field(0, ge=0, le=MAX_ROUND,
+                       description="Self-evolution round; 0 for meta and qa data.")
     gold_answer: str | None = Field(None, description="Gold answer of the prompt, if known.")
     source: str | None = Field(None, description="Where the record came from.")
     meta: dict[str, Any] | None = Field(None, description="Free-form extra fields.")
@@ -140,6 +210,9 @@ class SnapshotManifest(_Strict):
     name: str
     snapshot_id: str
     content_hash: str = Field(description="selection_hash of the exported record ids.")
+    training_hash: str = Field(
+        description="schemas.identity.training_hash: content_hash plus schema version, "
+        "conversation version and layout hash; the trainer recomputes it.")
     parent: str | None
     selection: dict[str, Any] = Field(description="The where clause, base snapshot and note.")
     format: Literal["parquet", "jsonl", "hf"]

@@ -14,8 +14,6 @@ from typing import Any
 
 import click
 
-from schemas.errors import UserError
-
 # name -> ("module:attribute", one-line help shown by `selfevo --help` without importing).
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("corpus.cli:init_cmd", "Create or migrate a store."),
@@ -27,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("corpus.cli:snapshot", "Create, list, diff and export snapshots."),
     "templates": ("generation.cli:templates", "List and show prompt templates."),
     "collect": ("generation.cli:collect", "Collect responses, teacher feedback and refinements."),
+    "batches": ("generation.cli:batches", "List, poll, cancel and ingest batch generation jobs."),
     "curate": ("curation.cli:curate", "Filter, dedup and decontaminate records."),
     "train": ("selfevo.train_cli:train", "Fine-tune a student on a snapshot export."),
     "evolve": ("selfevo.evolve_cli:evolve", "Run self-evolution rounds."),
@@ -35,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("selfevo.report_cli:report", "Write a self-contained HTML audit report."),
     "demo": ("selfevo.demo:demo", "Run the pipeline on the embedded default data."),
 }
+
+
+#: What an interrupted command says (exit status 130, as shells report SIGINT).
+INTERRUPTED = ("interrupted (Ctrl-C): work committed before it is kept, nothing half-written "
+               "is (a run in progress is marked 'interrupted'); re-run the command to go on")
 
 
 def _available(name: str) -> bool:
@@ -77,12 +81,34 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
+        from schemas.errors import UserError, Waiting  # here, not at import: a small entry point
+
         try:
             return super().invoke(ctx)
+        except Waiting as exc:  # not an error: say what waits and how to go on
+            click.echo(str(exc), err=True)
+            raise click.exceptions.Exit(exc.exit_code) from exc
         except UserError as exc:
             if debug_enabled(ctx):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+            from corpus.redaction import redact
+
+            line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise click.ClickException(redact(line)) from exc
+        except (Exception, KeyboardInterrupt) as exc:
+            # Not bugs: the user's Ctrl-C, or a disk that is full / read-only. One line each.
+            from corpus.errors import is_interrupt, storage_error
+            from corpus.redaction import redact
+
+            if debug_enabled(ctx):
+                raise
+            if is_interrupt(exc):
+                click.echo(f"Error: {INTERRUPTED}", err=True)
+                ctx.exit(130)
+            converted = storage_error(exc)
+            if converted is None:
+                raise
+            raise click.ClickException(redact(str(converted))) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,8 +128,25 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="selfevo")
+    """Console-script entry point. An unexpected error's traceback is printed redacted
+    (:func:`corpus.redaction.redact`): no secret reaches the terminal, even from a bug."""
+    from corpus.errors import mark_interrupts
+
+    mark_interrupts()
+    try:
+        cli(prog_name="selfevo")
+    except KeyboardInterrupt:  # before a command started (or under --debug, after its traceback)
+        click.echo(f"Error: {INTERRUPTED}", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except BaseException:
+        import traceback
+
+        from corpus.redaction import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

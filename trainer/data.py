@@ -3,13 +3,18 @@
 An export (``selfevo snapshot export``) is ``manifest.json`` + ``README.md`` + one data file
 (``records.parquet``, ``records.jsonl`` or a ``hf/`` datasets folder). Verification, in order:
 
-1. the manifest parses and its ``schema_version`` is the one this trainer reads;
+1. the manifest parses, its ``schema_version`` is the one this trainer reads and its
+   ``conversation_version`` the layout this trainer builds (any other is refused: a layout
+   the trainer cannot rebuild is one it cannot verify);
 2. every listed file exists with the recorded byte size and sha256;
-3. every row's ``prompt_id`` and ``record_id`` recomputed from its content match the stored ids
-   (so an edited text cannot slip through under the old id);
-4. ``content_hash`` equals ``selection_hash`` of the row ids, and ``n`` the row count;
-5. when the export's ``conversation_version`` is the current one, each row's ``messages``
-   equal :func:`schemas.conversation.record_messages` of its fields.
+3. every row has the ExportRow fields, and its ``prompt_id`` and ``record_id`` recomputed from
+   its content match the stored ids (so an edited text cannot slip through under the old id);
+4. each row's ``messages`` (what is trained, with their ``train`` flags) equal
+   :func:`schemas.conversation.record_messages` of its id-covered fields;
+5. ``content_hash`` equals ``selection_hash`` of the row ids, and ``n`` the row count;
+6. ``training_hash`` equals :func:`schemas.records.current_training_hash` of that content
+   hash: the chain rows -> record ids -> content hash -> training hash covers the texts, the
+   flags and the manifest fields that change training.
 
 Any mismatch raises :class:`~trainer.errors.TrainerError` naming the file, row and field.
 """
@@ -21,9 +26,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from schemas.conversation import CONVERSATION_VERSION, record_messages
 from schemas.identity import file_sha256, prompt_id, record_id, selection_hash
-from schemas.records import EXPORT_SCHEMA_VERSION, SnapshotManifest
+from schemas.records import (
+    EXPORT_SCHEMA_VERSION,
+    ExportRow,
+    SnapshotManifest,
+    current_training_hash,
+)
 from trainer.errors import TrainerError
 
 
@@ -49,14 +61,27 @@ def read_manifest(export_dir: str | Path) -> SnapshotManifest:
             f"{path} not found: --data must be a directory written by `selfevo snapshot export`"
         )
     try:
-        manifest = SnapshotManifest.model_validate_json(path.read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainerError(f"{path} is not a readable export manifest: {exc}") from None
+    # The version first: an older or newer manifest differs in fields, and "re-export" is
+    # the useful message, not the first field pydantic trips on.
+    version = raw.get("schema_version") if isinstance(raw, dict) else None
+    if version != EXPORT_SCHEMA_VERSION:
+        raise TrainerError(
+            f"{path}: schema_version {version} but this trainer reads "
+            f"{EXPORT_SCHEMA_VERSION}; re-export the snapshot with this selfevo version"
+        )
+    try:
+        manifest = SnapshotManifest.model_validate(raw)
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise TrainerError(f"{path} is not a valid export manifest: {first}") from None
-    if manifest.schema_version != EXPORT_SCHEMA_VERSION:
+    if manifest.conversation_version != CONVERSATION_VERSION:
         raise TrainerError(
-            f"{path}: schema_version {manifest.schema_version} but this trainer reads "
-            f"{EXPORT_SCHEMA_VERSION}; re-export the snapshot with this selfevo version"
+            f"{path}: conversation_version {manifest.conversation_version!r} is not the layout "
+            f"this trainer builds ({CONVERSATION_VERSION}); re-export the snapshot with this "
+            "selfevo version"
         )
     return manifest
 
@@ -96,8 +121,22 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return []  # dataset_info.json, state.json, README.md: metadata, not rows
 
 
-def verify_row(row: dict[str, Any], where: str, check_messages: bool) -> None:
-    """Recompute a row's ids (and messages) from its content; raise on any mismatch."""
+def _check_fields(row: dict[str, Any], where: str) -> None:
+    try:
+        ExportRow.model_validate(row)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        fld = ".".join(str(x) for x in err["loc"]) or "?"
+        raise TrainerError(
+            f"{where}: field '{fld}': {err['msg']}; this is not a row written by `selfevo "
+            "snapshot export` (or it was edited) — re-export the snapshot"
+        ) from None
+
+
+def verify_row(row: dict[str, Any], where: str) -> None:
+    """Check a row's fields, recompute its ids and messages from its content; raise on any
+    mismatch."""
+    _check_fields(row, where)
     pid = prompt_id(row["prompt"])
     if row.get("prompt_id") != pid:
         raise TrainerError(
@@ -119,23 +158,22 @@ def verify_row(row: dict[str, Any], where: str, check_messages: bool) -> None:
             f"{where}: record_id {row.get('record_id')} does not match the row's content "
             f"(expected {rid}); the export was edited — re-export the snapshot"
         )
-    if check_messages:
-        expected = record_messages(
-            kind=row["kind"],
-            prompt=row["prompt"],
-            response=row.get("response"),
-            feedback=row.get("feedback"),
-            refinement=row.get("refinement"),
+    expected = record_messages(
+        kind=row["kind"],
+        prompt=row["prompt"],
+        response=row.get("response"),
+        feedback=row.get("feedback"),
+        refinement=row.get("refinement"),
+    )
+    got = [
+        {"role": m["role"], "content": m["content"], "train": m["train"]}
+        for m in row.get("messages") or []
+    ]
+    if got != expected:
+        raise TrainerError(
+            f"{where}: messages do not match the {CONVERSATION_VERSION} layout of the "
+            f"row's texts; re-export the snapshot"
         )
-        got = [
-            {"role": m["role"], "content": m["content"], "train": bool(m["train"])}
-            for m in row.get("messages") or []
-        ]
-        if got != expected:
-            raise TrainerError(
-                f"{where}: messages do not match the {CONVERSATION_VERSION} layout of the "
-                f"row's texts; re-export the snapshot"
-            )
 
 
 def load_export(export_dir: str | Path) -> Export:
@@ -162,13 +200,20 @@ def load_export(export_dir: str | Path) -> Export:
         rows.extend(file_rows)
     if len(rows) != manifest.n:
         raise TrainerError(f"{root}: {len(rows)} rows but manifest.json says n={manifest.n}")
-    check_messages = manifest.conversation_version == CONVERSATION_VERSION
     for i, row in enumerate(rows):
-        verify_row(row, f"{root} row {i} ({row.get('record_id')})", check_messages)
+        verify_row(row, f"{root} row {i} ({row.get('record_id')})")
     got = selection_hash([r["record_id"] for r in rows])
     if got != manifest.content_hash:
         raise TrainerError(
             f"{root}/manifest.json: content_hash {manifest.content_hash} but the rows hash to "
             f"{got}; rows were added or removed — re-export the snapshot"
+        )
+    # From the rows just verified and this trainer's own layout, not from manifest fields.
+    expected = current_training_hash(got)
+    if manifest.training_hash != expected:
+        raise TrainerError(
+            f"{root}/manifest.json: training_hash {manifest.training_hash} but these rows in "
+            f"this trainer's layout hash to {expected}; the manifest was edited — re-export "
+            "the snapshot"
         )
     return Export(path=root, manifest=manifest, rows=rows)

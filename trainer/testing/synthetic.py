@@ -17,7 +17,12 @@ from typing import Any
 
 from schemas.conversation import CONVERSATION_VERSION, record_messages
 from schemas.identity import canonical_json, file_sha256, prompt_id, record_id, selection_hash
-from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, SnapshotManifest
+from schemas.records import (
+    EXPORT_SCHEMA_VERSION,
+    ExportRow,
+    SnapshotManifest,
+    current_training_hash,
+)
 
 _ITEMS = ["apples", "books", "pencils", "oranges", "marbles", "cookies", "stickers", "coins"]
 _NAMES = ["Ada", "Ben", "Cleo", "Dan", "Eve", "Finn", "Gus", "Hana"]
@@ -108,7 +113,8 @@ def write_export(out_dir: str | Path, records: list[dict[str, Any]], *, fmt: str
     }
     manifest = SnapshotManifest(
         schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
-        name=name, snapshot_id=f"snap-{name}", content_hash=selection_hash(ids), parent=None,
+        name=name, snapshot_id=f"snap-{name}", content_hash=selection_hash(ids),
+        training_hash=current_training_hash(selection_hash(ids)), parent=None,
         selection={"where": "true", "base": None, "note": "synthetic"}, format=fmt, n=len(rows),
         counts=counts,
         files=[{"path": data.name, "rows": len(rows), "bytes": data.stat().st_size,
