@@ -37,13 +37,15 @@ word ``ngram`` shingling are INCLUDED on both sides. Each measurement is its own
 interleaved (A B C A B C ...) over ``--repeat`` rounds and the table gives the median and
 the range of each, each speed-up as the median of the per-round ratios (wall time against
 selfevo and against selfevo on 1 thread, CPU time against selfevo), and the 1-minute load
-average seen before each run. ``--cli-n`` also times ``selfevo curate dedup --near``
+average seen before each run. ``--f1-seeds K`` also scores F1 (untimed) over MinHash seeds
+1..K for selfevo and datasketch + exact verification: with the same b, r and verification,
+their F1 differs only by which hash family lets a pair meet. ``--cli-n`` also times ``selfevo curate dedup --near``
 end to end on a store. Everything temporary lives under one folder, removed at the end.
 
 Run (the machine is shared: compare ratios, look at the load column):
 
     flock /tmp/selfevo-bench.lock .venv/bin/python bench/dedup_bench.py \\
-        --sizes 10000,100000 --repeat 3
+        --sizes 100000,20000 --repeat 3 --f1-seeds 10
 """
 
 from __future__ import annotations
@@ -229,7 +231,8 @@ def datasketch_shingles(text: str, ngram: int) -> list[bytes]:
 _WORD = re.compile(r"\w+")
 
 
-def datasketch_lsh(texts: list[str], args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def datasketch_lsh(texts: list[str], args: argparse.Namespace,  # type: ignore[no-untyped-def]
+                   hash_seed: int = 1):
     """datasketch's fastest documented path: ``(lsh, signatures, candidate pairs)``."""
     from datasketch import MinHash, MinHashLSH
     from xxhash import xxh32_intdigest
@@ -238,7 +241,8 @@ def datasketch_lsh(texts: list[str], args: argparse.Namespace):  # type: ignore[
                      weights=(1 - args.fn_weight, args.fn_weight))
     shingles = (datasketch_shingles(t, args.ngram) for t in texts)
     signatures = []  # hash value arrays only (no MinHash objects kept alive)
-    gen = MinHash.generator(shingles, num_perm=args.num_perm, hashfunc=xxh32_intdigest)
+    gen = MinHash.generator(shingles, num_perm=args.num_perm, hashfunc=xxh32_intdigest,
+                            seed=hash_seed)
     for key, m in enumerate(gen):
         lsh.insert(key, m, check_duplication=False)
         signatures.append(m.hashvalues)
@@ -296,17 +300,44 @@ def worker_datasketch_verified(args: argparse.Namespace) -> dict:
 
     def run():  # type: ignore[no-untyped-def]
         lsh, _, cand = datasketch_lsh(texts_list, args)
-        involved = {i for pair in cand for i in pair}
-        sets = {i: set(datasketch_shingles(texts_list[i], args.ngram)) for i in involved}
-        keep = {(i, j) for i, j in cand
-                if len(sets[i] & sets[j]) >= args.threshold * len(sets[i] | sets[j])}
-        return lsh, cand, keep
+        return lsh, cand, exact_verification(texts_list, cand, args)
 
     (lsh, cand, pairs), wall, cpu, peak = _timed(run)
     out = {"wall": wall, "cpu": cpu, "peak_rss": peak, "candidates": len(cand),
            "bands": lsh.b, "rows": lsh.r}
     out.update(score(pairs, planted, texts, args.threshold, args.ngram))
     return {"datasketch + exact verification": out}
+
+
+def exact_verification(texts: list[str], cand: set[tuple[int, int]],
+                       args: argparse.Namespace) -> set[tuple[int, int]]:
+    """The candidates whose exact shingle-set Jaccard is >= threshold (Python sets)."""
+    involved = {i for pair in cand for i in pair}
+    sets = {i: set(datasketch_shingles(texts[i], args.ngram)) for i in involved}
+    return {(i, j) for i, j in cand
+            if len(sets[i] & sets[j]) >= args.threshold * len(sets[i] | sets[j])}
+
+
+def worker_f1_seeds(args: argparse.Namespace) -> dict:
+    """F1 of selfevo and of datasketch + exact verification for MinHash seeds
+    ``1..args.f1_seeds`` (untimed): both verify exactly and use the same b and r, so their
+    F1 differs only by which pairs each hash family lets meet in a band."""
+    from curation.dedup import near_duplicates
+
+    texts, planted = make_corpus(args.n, seed=args.seed, dup_frac=args.dup_frac,
+                                 ngram=args.ngram)
+    texts_list = texts.to_list()
+    f1: dict[str, list[float]] = {"selfevo": [], "datasketch + exact verification": []}
+    for hash_seed in range(1, args.f1_seeds + 1):
+        res = near_duplicates(texts, threshold=args.threshold, num_perm=args.num_perm,
+                              ngram=args.ngram, fn_weight=args.fn_weight, seed=hash_seed)
+        pairs = set(zip(res.left.tolist(), res.right.tolist(), strict=True))
+        f1["selfevo"].append(score(pairs, planted, texts, args.threshold, args.ngram)["f1"])
+        _, _, cand = datasketch_lsh(texts_list, args, hash_seed)
+        keep = exact_verification(texts_list, cand, args)
+        f1["datasketch + exact verification"].append(
+            score(keep, planted, texts, args.threshold, args.ngram)["f1"])
+    return {"f1-seeds": {"wall": 0.0, **f1}}
 
 
 def worker_cli(args: argparse.Namespace) -> dict:
@@ -343,7 +374,7 @@ def worker_cli(args: argparse.Namespace) -> dict:
 WORKERS = {"selfevo": worker_selfevo, "datasketch": worker_datasketch,
            "datasketch-verified": worker_datasketch_verified,
            "datasketch-gc-off": worker_datasketch, "selfevo-1-thread": worker_selfevo,
-           "cli": worker_cli}
+           "cli": worker_cli, "f1-seeds": worker_f1_seeds}
 
 
 def load_average() -> float:
@@ -356,7 +387,8 @@ def spawn(kind: str, n: int, args: argparse.Namespace, tmp: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", kind, "--n", str(n),
            "--fn-weight", str(args.fn_weight), "--threshold", str(args.threshold),
            "--num-perm", str(args.num_perm), "--ngram", str(args.ngram),
-           "--seed", str(args.seed), "--dup-frac", str(args.dup_frac)]
+           "--seed", str(args.seed), "--dup-frac", str(args.dup_frac),
+           "--f1-seeds", str(args.f1_seeds)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TMPDIR": tmp}
     if kind == "selfevo-1-thread":
         env["POLARS_MAX_THREADS"] = "1"
@@ -407,6 +439,20 @@ def print_table(n: int, rounds: list[dict[str, dict]]) -> None:
               f"{', '.join(format(r['load'], '.1f') for r in rs)} |")
 
 
+def print_f1_seeds(n: int, f1: dict[str, list[float]]) -> None:
+    """F1 over MinHash seeds: mean, spread, and how often selfevo is at least as good."""
+    ours, peer = f1["selfevo"], f1["datasketch + exact verification"]
+    print(f"\nF1 over MinHash seeds 1-{len(ours)} at N = {n:,} (same corpus, same b and r):")
+    for name, vals in f1.items():
+        if isinstance(vals, list):
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            print(f"- {name}: mean {statistics.mean(vals):.4f}, sd {sd:.4f}, "
+                  f"range {min(vals):.4f}-{max(vals):.4f}")
+    diffs = [a - b for a, b in zip(ours, peer, strict=True)]
+    print(f"- selfevo minus datasketch per seed: mean {statistics.mean(diffs):+.4f}, "
+          f"selfevo >= datasketch on {sum(d >= 0 for d in diffs)} of {len(diffs)} seeds")
+
+
 def run_all(args: argparse.Namespace, tmp: str) -> None:
     """Interleaved rounds over every size; tables; the CLI timing if asked."""
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -432,6 +478,8 @@ def run_all(args: argparse.Namespace, tmp: str) -> None:
         phases = [r["selfevo"]["timings"] for r in results[n]]
         print("\nselfevo phases (median s): " + ", ".join(
             f"{k} {statistics.median(p[k] for p in phases):.2f}" for k in phases[0]))
+    if args.f1_seeds:
+        print_f1_seeds(sizes[0], spawn("f1-seeds", sizes[0], args, tmp)["f1-seeds"])
     if args.cli_n:
         cli = spawn("cli", args.cli_n, args, tmp)["selfevo curate dedup --near (CLI)"]
         print(f"\nselfevo curate dedup --near, {args.cli_n:,} records: {cli['wall']:.1f} s, "
@@ -450,7 +498,10 @@ def main() -> None:
                     help="LSH b/r choice weight of false negatives (both tools use it).")
     ap.add_argument("--dup-frac", type=float, default=0.2,
                     help="Fraction of texts that belong to planted clusters.")
-    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=7, help="Corpus seed.")
+    ap.add_argument("--f1-seeds", type=int, default=0,
+                    help="Also score F1 (untimed) over this many MinHash seeds at the first "
+                         "size, selfevo against datasketch + exact verification.")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
