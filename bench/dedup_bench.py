@@ -337,7 +337,7 @@ def worker_f1_seeds(args: argparse.Namespace) -> dict:
         keep = exact_verification(texts_list, cand, args)
         f1["datasketch + exact verification"].append(
             score(keep, planted, texts, args.threshold, args.ngram)["f1"])
-    return {"f1-seeds": {"wall": 0.0, **f1}}
+    return {"f1-seeds": dict(f1)}
 
 
 def worker_cli(args: argparse.Namespace) -> dict:
@@ -399,7 +399,8 @@ def spawn(kind: str, n: int, args: argparse.Namespace, tmp: str) -> dict:
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
     for row in rows.values():
         row["load"] = load
-    print(f"  {kind} n={n:,}: " + ", ".join(f"{k} {r['wall']:.2f}s" for k, r in rows.items())
+    print(f"  {kind} n={n:,}: " + ", ".join(f"{k} {r['wall']:.2f}s" if "wall" in r else k
+                                          for k, r in rows.items())
           + f" (load {load:.2f})", file=sys.stderr, flush=True)
     return rows
 
