@@ -104,6 +104,20 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, scal
     return state
 
 
+def data_order_note(path: Path, rows_per_step: int) -> str | None:
+    """A warning when the resumed run consumes another number of rows per step than the run
+    that wrote ``path`` (batch_size x grad_accum x world size): the step count carries over,
+    the data order from there on is not the original run's."""
+    meta = json.loads((path / META_FILE).read_text())
+    cfg = meta.get("config", {})
+    was = cfg.get("batch_size", 1) * cfg.get("grad_accum", 1) * meta.get("world_size", 1)
+    if was == rows_per_step:
+        return None
+    return (f"note: {path.name} was written at {was} rows per step (batch_size x grad_accum x "
+            f"ranks), this run takes {rows_per_step}; keep the product equal to continue the "
+            "same data order")
+
+
 def save_pretrained(path: Path, model: Any, tokenizer: Any, meta: dict[str, Any]) -> None:
     """Write an ordinary HF folder (or PEFT adapter) + tokenizer + ``selfevo_train.json``."""
     path.mkdir(parents=True, exist_ok=True)

@@ -47,11 +47,13 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(shard: str = "ddp") -> Dist:
+def init_distributed(shard: str = "ddp", cpu_offload: bool = False) -> Dist:
     """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU).
 
     ``shard="fsdp"`` on a single process (no torchrun) gets a one-process group, so FSDP's
-    mixed precision and CPU offload work on one GPU too.
+    mixed precision and CPU offload work on one GPU too. With ``cpu_offload`` on GPUs the
+    group also has gloo for CPU tensors: the gradient norm of offloaded (CPU) gradient shards
+    is all-reduced there (NCCL has no CPU backend).
     """
     import torch
     import torch.distributed as td
@@ -65,7 +67,7 @@ def init_distributed(shard: str = "ddp") -> Dist:
         torch.cuda.set_device(local)
     if shard == "none" and world > 1:
         raise TrainerError("shard=none trains on one process; under torchrun use --shard ddp or fsdp")
-    backend = "nccl" if cuda else "gloo"
+    backend = ("cpu:gloo,cuda:nccl" if cpu_offload else "nccl") if cuda else "gloo"
     own = False
     if world > 1 and not td.is_initialized():
         td.init_process_group(backend)
@@ -179,11 +181,15 @@ def fsdp_model(cfg: TrainConfig, dist: Dist) -> Any:
     for layer in decoder_layers(model):
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
-    model.to_empty(device="cpu" if cfg.cpu_offload else dist.device)
+    if not cfg.cpu_offload:
+        model.to_empty(device=dist.device)  # each rank's shards, uninitialised until loaded
+    # Under offload the shards stay on meta: each tensor is broadcast over the process
+    # group's device (NCCL cannot send CPU tensors), then its shard moves to CPU and replaces
+    # the meta parameter.
     source = load_model(cfg, "cpu") if dist.main else None  # the only full copy: rank 0's CPU
     full = source.state_dict() if source is not None else {}
     set_model_state_dict(model, full, options=StateDictOptions(
-        full_state_dict=True, broadcast_from_rank0=True))
+        full_state_dict=True, broadcast_from_rank0=True, cpu_offload=cfg.cpu_offload))
     _broadcast_buffers(model, source, dist)
     del source, full
     if cuda:

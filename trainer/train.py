@@ -30,6 +30,7 @@ from typing import Any
 from schemas.version import code_version
 from trainer.checkpoint import (
     META_FILE,
+    data_order_note,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -219,7 +220,7 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         cfg.check()
     except ValueError as exc:
         raise TrainerError(str(exc)) from None
-    dist = init_distributed(cfg.shard)
+    dist = init_distributed(cfg.shard, cfg.cpu_offload)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -269,6 +270,8 @@ def train(cfg: TrainConfig, *, log: Any = print) -> TrainResult:
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if dist.main:
             log(f"resumed from {resume_dir} at step {start_step}")
+            if note := data_order_note(resume_dir, rows_per_step):
+                log(note)
     model.train()
 
     meta_base = {
