@@ -18,12 +18,14 @@ Teacher ``reference`` grades with :class:`generation.teachers.reference.Referenc
 Every model call goes through :class:`generation.ledger.Ledger`: cached when done before,
 pending before sent, resumable after a crash. A record is written only when all its parts
 exist; a prompt whose call failed gets its record on a later run (failed calls are retried).
+Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
+(:mod:`generation.estimate`) uses too, so the estimate prices exactly what the run sends.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,7 @@ from generation.backends.openai_backend import (
     public_spec,
 )
 from generation.errors import GenerationError
-from generation.ledger import Call, Ledger, Outcome
+from generation.ledger import UNSENT_KINDS, Call, Ledger, LedgerCounts, Outcome
 
 if TYPE_CHECKING:
     from generation.estimate import DryRun
@@ -73,18 +75,6 @@ class CollectConfig:
 
 
 @dataclass
-class CollectProgress:
-    """Live numbers for the progress bar (updated from the backend's thread)."""
-
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    cached: int = 0
-    stage: str = ""
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass
 class CollectSummary:
     """What a collection did."""
 
@@ -109,7 +99,7 @@ class CollectSummary:
 
 
 @dataclass
-class _Item:
+class Item:
     """One (prompt, response) on its way to a record."""
 
     prompt: dict[str, Any]
@@ -121,6 +111,65 @@ class _Item:
     feedback_call_id: str | None = None
     verdict: str | None = None
     verdict_error: str | None = None
+
+
+def call_stages(config: CollectConfig) -> tuple[str, ...]:
+    """The stages whose calls a collection sends (none to a ``reference`` teacher)."""
+    from generation.backends import is_reference
+
+    return (("response",) if config.responder else ()) + (
+        () if is_reference(config.teacher) else ("feedback", "refinement"))
+
+
+def load_templates(config: CollectConfig) -> dict[str, Any]:
+    """The ``response``, ``feedback`` and ``refinement`` templates of the config's set."""
+    from generation.templates import get_template
+
+    return {name: get_template(name, config.template_set) for name in STAGES}
+
+
+def stage_calls(stage: str, config: CollectConfig, templates: Mapping[str, Any],
+                items: Sequence[Item]) -> list[Call]:
+    """The calls of one stage for ``items``: the one place collect builds its requests.
+
+    The run and ``--dry-run`` both build here, so what the dry run counts and prices is
+    what the run sends. ``response`` asks the responder (its temperature, one call per
+    sample); ``feedback`` and ``refinement`` ask the teacher greedily, with the prompt's gold
+    answer unless ``use_gold`` is off.
+    """
+    if stage not in STAGES:
+        raise GenerationError(f"unknown collect stage {stage!r}")
+    tpl = templates[stage]
+    if stage == "response":
+        params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        return [Call(ChatRequest(tpl.render(question=it.prompt["text"]), params,
+                                 it.sample_index), stage, tpl.hash) for it in items]
+    return [Call(ChatRequest(tpl.render(**_teacher_variables(stage, it, config.use_gold)),
+                             {"temperature": 0.0, "max_tokens": config.max_tokens}),
+                 stage, tpl.hash) for it in items]
+
+
+def _teacher_variables(stage: str, it: Item, use_gold: bool) -> dict[str, Any]:
+    variables = {"question": it.prompt["text"], "response": it.response,
+                 "gold_answer": it.prompt["gold_answer"] if use_gold else None}
+    if stage == "refinement":
+        variables["feedback"] = it.feedback
+    return variables
+
+
+def start_items(ledger: Ledger, config: CollectConfig, prompts: list[dict[str, Any]]
+                ) -> tuple[list[Item], int]:
+    """The items a chunk starts from, and how many prompts it skips (no response to judge).
+
+    With a responder: one item per (prompt, sample), its response still to ask for.
+    Without: one per distinct existing response of the kinds in ``responses_from``.
+    """
+    if config.responder:
+        return [Item(p, s) for p in prompts for s in range(config.samples)], 0
+    found = existing_responses(ledger, [p["prompt_id"] for p in prompts], config.responses_from)
+    items = [Item(p, 0, resp, cid, who) for p in prompts
+             for resp, cid, who in found.get(p["prompt_id"], [])]
+    return items, sum(1 for p in prompts if p["prompt_id"] not in found)
 
 
 def make_backend(spec: str, options: OpenAIOptions) -> Backend:
@@ -173,21 +222,18 @@ def existing_responses(ledger: Ledger, prompt_ids: list[str], kinds: tuple[str, 
 class Collector:
     """Runs one collection against an open store (see the module docstring)."""
 
-    def __init__(self, store: Store, config: CollectConfig, run_id: str,
-                 on_progress: Callable[[CollectProgress, Any], None] | None = None):
+    def __init__(self, store: Store, config: CollectConfig, run_id: str):
         from generation.backends import is_reference
-        from generation.templates import get_template
 
         self.store = store
         self.config = config
         self.run_id = run_id
-        self.on_progress = on_progress
         if config.samples < 1:
             raise GenerationError("--samples must be at least 1")
         if config.samples > 1 and not config.responder:
             raise GenerationError("--samples needs --responder (samples are of the initial response)")
         self.reference = is_reference(config.teacher)
-        self.templates = {name: get_template(name, config.template_set) for name in STAGES}
+        self.templates = load_templates(config)
         budget = Budget(config.options.budget)
         self.responder = make_backend(config.responder, config.options) if config.responder else None
         self.teacher: Backend | None = None
@@ -198,7 +244,7 @@ class Collector:
             if isinstance(b, OpenAIBackend):
                 b.budget = budget  # one budget over every backend of the run
         self.summary = CollectSummary()
-        self.progress = CollectProgress()
+        self.bars: StageBars | None = None
 
     def backends(self) -> list[Backend]:
         """The distinct backends in use."""
@@ -214,8 +260,11 @@ class Collector:
             b.close()
 
     # -- the run ---------------------------------------------------------------------------
-    def run(self, ledger: Ledger) -> CollectSummary:
-        """Collect every selected prompt; records are queued to the ledger as they complete."""
+    def run(self, ledger: Ledger, display: Any = None) -> CollectSummary:
+        """Collect every selected prompt; records are queued to the ledger as they complete.
+
+        ``display`` (a :func:`corpus.display.progress` display) gets one task per stage.
+        """
         t0 = time.monotonic()
         cfg = self.config
         prompts = select_prompts(ledger, cfg.where, cfg.limit)
@@ -224,84 +273,85 @@ class Collector:
                 "no prompts match" + (f" --where {cfg.where!r}" if cfg.where else "")
                 + "; import some with 'selfevo prompts import FILE'")
         self.summary.prompts = len(prompts)
-        per_prompt = cfg.samples if self.responder else 1
-        self.progress.total = len(prompts) * per_prompt * (
-            (1 if self.responder else 0) + (0 if self.reference else 2))
+        if display is not None:
+            expected = len(prompts) * (cfg.samples if self.responder else 1)
+            self.bars = StageBars(display, call_stages(cfg), expected, self.summary,
+                                  ledger.counts)
         try:
             for start in range(0, len(prompts), cfg.chunk):
                 self._chunk(ledger, prompts[start:start + cfg.chunk])
                 if self.summary.stopped:
                     break
         finally:
+            if self.bars is not None:
+                self.bars.finish()
             self.summary.elapsed = time.monotonic() - t0
-            c = ledger.counts
-            self.summary.prompt_tokens = c.prompt_tokens
-            self.summary.completion_tokens = c.completion_tokens
-            self.summary.cost = c.cost
-            self.summary.resent_possibly_billed = c.resent_possibly_billed
-            self.summary.sent = c.ok + c.failed
+            self._add_ledger_counts(ledger.counts)
         return self.summary
 
+    def _add_ledger_counts(self, c: LedgerCounts) -> None:
+        self.summary.prompt_tokens = c.prompt_tokens
+        self.summary.completion_tokens = c.completion_tokens
+        self.summary.cost = c.cost
+        self.summary.resent_possibly_billed = c.resent_possibly_billed
+        self.summary.sent = c.ok + c.failed
+
     def _chunk(self, ledger: Ledger, prompts: list[dict[str, Any]]) -> None:
-        cfg = self.config
-        items: list[_Item] = []
+        items, skipped = start_items(ledger, self.config, prompts)
+        self.summary.skipped_no_response += skipped
         if self.responder is not None:
-            tpl = self.templates["response"]
-            params = {"temperature": cfg.temperature, "max_tokens": cfg.max_tokens}
-            calls = [Call(ChatRequest(tpl.render(question=p["text"]), params, s), "response", tpl.hash)
-                     for p in prompts for s in range(cfg.samples)]
-            items = [_Item(p, s) for p in prompts for s in range(cfg.samples)]
-            outs = self._complete(ledger, self.responder, calls, "response")
-            for it, o in zip(items, outs, strict=True):
-                if o.ok:
-                    it.response, it.response_call_id = o.text, o.call_id
-                    it.responder = self.responder.spec
-            items = [it for it in items if it.response is not None]
-        else:
-            found = existing_responses(ledger, [p["prompt_id"] for p in prompts], cfg.responses_from)
-            for p in prompts:
-                rs = found.get(p["prompt_id"], [])
-                if not rs:
-                    self.summary.skipped_no_response += 1
-                for resp, cid, who in rs:
-                    items.append(_Item(p, 0, resp, cid, who))
+            items = self._responses(ledger, items)
         if self.summary.stopped or not items:
             return
         if self.reference:
             self._grade(ledger, items)
             return
-        assert self.teacher is not None
-        fb = self.templates["feedback"]
-        calls = [Call(ChatRequest(fb.render(question=it.prompt["text"], response=it.response,
-                                            gold_answer=self._gold(it)), self._teacher_params()),
-                      "feedback", fb.hash) for it in items]
-        from curation.verdicts import parse_verdict
-
-        for it, o in zip(items, self._complete(ledger, self.teacher, calls, "feedback"), strict=True):
-            if o.ok:
-                it.feedback, it.feedback_call_id = o.text, o.call_id
-                it.verdict, it.verdict_error = parse_verdict(o.text)
-        items = [it for it in items if it.feedback is not None]
+        items = self._feedback(ledger, items)
         if self.summary.stopped or not items:
             return
-        rf = self.templates["refinement"]
-        calls = [Call(ChatRequest(rf.render(question=it.prompt["text"], response=it.response,
-                                            feedback=it.feedback, gold_answer=self._gold(it)),
-                                  self._teacher_params()), "refinement", rf.hash) for it in items]
+        self._refinements(ledger, items)
+
+    def _responses(self, ledger: Ledger, items: list[Item]) -> list[Item]:
+        assert self.responder is not None
+        spec = self.responder.spec
+
+        def keep(it: Item, o: Outcome) -> None:
+            it.response, it.response_call_id, it.responder = o.text, o.call_id, spec
+
+        return self._ask(ledger, self.responder, "response", items, keep)
+
+    def _feedback(self, ledger: Ledger, items: list[Item]) -> list[Item]:
+        from curation.verdicts import parse_verdict
+
+        def keep(it: Item, o: Outcome) -> None:
+            it.feedback, it.feedback_call_id = o.text, o.call_id
+            it.verdict, it.verdict_error = parse_verdict(o.text)
+
+        assert self.teacher is not None
+        return self._ask(ledger, self.teacher, "feedback", items, keep)
+
+    def _ask(self, ledger: Ledger, backend: Backend, stage: str, items: list[Item],
+             keep: Callable[[Item, Outcome], None]) -> list[Item]:
+        """One stage over ``items``; ``keep`` stores each answer; the answered items, in order."""
+        calls = stage_calls(stage, self.config, self.templates, items)
+        answered = []
+        for it, o in zip(items, self._complete(ledger, backend, stage, calls), strict=True):
+            if o.ok and o.text is not None:
+                keep(it, o)
+                answered.append(it)
+        return answered
+
+    def _refinements(self, ledger: Ledger, items: list[Item]) -> None:
+        assert self.teacher is not None
 
         def on_refinement(i: int, o: Outcome) -> None:
             if o.ok:  # the record lands as soon as its last part does
                 ledger.add_records([self._record(items[i], o.text, o.call_id)])
 
-        self._complete(ledger, self.teacher, calls, "refinement", on_refinement)
+        calls = stage_calls("refinement", self.config, self.templates, items)
+        self._complete(ledger, self.teacher, "refinement", calls, on_refinement)
 
-    def _gold(self, it: _Item) -> str | None:
-        return it.prompt["gold_answer"] if self.config.use_gold else None
-
-    def _teacher_params(self) -> dict[str, Any]:
-        return {"temperature": 0.0, "max_tokens": self.config.max_tokens}
-
-    def _grade(self, ledger: Ledger, items: list[_Item]) -> None:
+    def _grade(self, ledger: Ledger, items: list[Item]) -> None:
         from generation.teachers.reference import ReferenceTeacher
 
         teacher = ReferenceTeacher()
@@ -316,8 +366,22 @@ class Collector:
             rows.append(self._record(it, c.refinement, None))
         ledger.add_records(rows)
 
-    def _record(self, it: _Item, refinement: str | None, refinement_call_id: str | None
+    def _record(self, it: Item, refinement: str | None, refinement_call_id: str | None
                 ) -> dict[str, Any]:
+        v = it.verdict or "unparsed"
+        self.summary.verdicts[v] = self.summary.verdicts.get(v, 0) + 1
+        self.summary.records += 1
+        return make_record(
+            prompt_id=it.prompt["prompt_id"], kind="meta", response=it.response,
+            feedback=it.feedback, verdict=it.verdict, refinement=refinement,
+            verdict_error=it.verdict_error, responder=it.responder,
+            teacher="reference" if self.reference else self.teacher.spec,  # type: ignore[union-attr]
+            response_call_id=it.response_call_id, feedback_call_id=it.feedback_call_id,
+            refinement_call_id=refinement_call_id, templates=self._template_hashes(it),
+            source=it.prompt["source"], meta={"sample_index": it.sample_index},
+        )
+
+    def _template_hashes(self, it: Item) -> dict[str, Any]:
         templates: dict[str, Any] = {"set": self.config.template_set}
         if it.response_call_id is not None and self.responder is not None:
             templates["response"] = self.templates["response"].hash
@@ -328,47 +392,76 @@ class Collector:
         else:
             templates["feedback"] = self.templates["feedback"].hash
             templates["refinement"] = self.templates["refinement"].hash
-        v = it.verdict or "unparsed"
-        self.summary.verdicts[v] = self.summary.verdicts.get(v, 0) + 1
-        self.summary.records += 1
-        return make_record(
-            prompt_id=it.prompt["prompt_id"], kind="meta", response=it.response,
-            feedback=it.feedback, verdict=it.verdict, refinement=refinement,
-            verdict_error=it.verdict_error, responder=it.responder,
-            teacher="reference" if self.reference else self.teacher.spec,  # type: ignore[union-attr]
-            response_call_id=it.response_call_id, feedback_call_id=it.feedback_call_id,
-            refinement_call_id=refinement_call_id, templates=templates,
-            source=it.prompt["source"], meta={"sample_index": it.sample_index},
-        )
+        return templates
 
-    def _complete(self, ledger: Ledger, backend: Backend, calls: list[Call], stage: str,
+    def _complete(self, ledger: Ledger, backend: Backend, stage: str, calls: list[Call],
                   then: Callable[[int, Outcome], None] | None = None) -> list[Outcome]:
-        self.progress.stage = stage
+        if self.bars is not None:
+            self.bars.begin(stage, len(calls))
 
         def on_outcome(i: int, o: Outcome) -> None:
-            p = self.progress
             if o.cached:
-                p.cached += 1
                 self.summary.count(stage, "cached")
             elif o.ok:
-                p.done += 1
                 self.summary.count(stage, "ok")
-            elif o.error_kind not in ("budget", "interrupted"):
-                p.failed += 1
+            elif o.error_kind not in UNSENT_KINDS:
                 self.summary.count(stage, "failed")
             if then is not None:
                 then(i, o)
-            if self.on_progress is not None:
-                self.on_progress(p, backend)
+            if self.bars is not None:
+                self.bars.update(stage)
 
         try:
             outs = ledger.complete(backend, calls, on_outcome)
         except KeyboardInterrupt:
             self.summary.stopped = "interrupted"
             raise
-        if getattr(backend, "stop_reason", None) == "budget":
+        if isinstance(backend, OpenAIBackend) and backend.stop_reason == "budget":
             self.summary.stopped = "budget"
         return outs
+
+
+class StageBars:
+    """Collect's progress: one task per stage on a :func:`corpus.display.progress` display.
+
+    A task shows its stage's done / failed / cached calls, and the run's request rate,
+    tokens and cost so far. Its total is the calls the stage is expected to make (one per
+    prompt and sample), grown when more arrive; at the end, the calls it made.
+    """
+
+    def __init__(self, display: Any, stages: Sequence[str], expected: int,
+                 summary: CollectSummary, counts: LedgerCounts):
+        self.summary, self.counts = summary, counts
+        self.started = time.monotonic()
+        self.totals = dict.fromkeys(stages, expected)
+        self.tasks = {stage: display.task(stage, expected) for stage in stages}
+
+    def calls(self, stage: str) -> tuple[int, int, int]:
+        """(done, failed, cached) of a stage so far."""
+        d = self.summary.calls.get(stage, {})
+        return d.get("ok", 0), d.get("failed", 0), d.get("cached", 0)
+
+    def begin(self, stage: str, n: int) -> None:
+        """``n`` more calls of ``stage`` start (a chunk's worth)."""
+        finished = sum(self.calls(stage))
+        if finished + n > self.totals[stage]:
+            self.totals[stage] = finished + n
+            self.tasks[stage].update(total=self.totals[stage], force=True)
+
+    def update(self, stage: str, force: bool = False) -> None:
+        """Redraw a stage's task (the display throttles unforced updates)."""
+        done, failed, cached = self.calls(stage)
+        c = self.counts
+        rate = (c.ok + c.failed) / max(1e-9, time.monotonic() - self.started)
+        info = (f"[green]done {done}[/] [red]failed {failed}[/] [cyan]cached {cached}[/] "
+                f"{rate:.1f} req/s {c.prompt_tokens + c.completion_tokens:,} tok ${c.cost:.4f}")
+        self.tasks[stage].update(completed=done + failed + cached, info=info, force=force)
+
+    def finish(self) -> None:
+        """Final numbers: each stage's total becomes the calls it made."""
+        for stage, task in self.tasks.items():
+            self.update(stage, force=True)
+            task.update(total=sum(self.calls(stage)), force=True)
 
 
 def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
@@ -384,9 +477,6 @@ def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
 # -- running it from the command line -----------------------------------------------------
 def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> CollectSummary | DryRun:
     """Open the store, run (or dry-run) a collection under a ``runs`` row, show progress."""
-    from rich.console import Console
-
-    console, out = Console(stderr=True), Console()
     with Store.open(db, command="collect") as store:
         with store.run("collect", {**config.as_config(), "dry_run": dry}) as run:
             if dry:
@@ -395,68 +485,38 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
                 result = dry_run(store, config, run.run_id)
                 run.counts.update({"dry_run_calls": sum(result.calls.values())})
                 return result
-            collector = Collector(store, config, run.run_id)
-            ledger = Ledger(store, run.run_id)
-            try:
-                with ledger, _LiveProgress(console, collector, ledger):
-                    summary = collector.run(ledger)
-                    # Asked through the writer: it runs after the queued records are written.
-                    summary.records_new = ledger.query(
-                        "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
-            except KeyboardInterrupt:
-                console.print(summary_table(collector.summary))
-                console.print("[yellow]interrupted: finished calls and records are stored; "
-                              "rerun the same command to continue[/]")
-                raise
-            finally:
-                collector.close()
-                run.counts.update({k: v for k, v in ledger.counts.as_dict().items() if v})
-                run.counts["records"] = collector.summary.records
-            run.counts["records_new"] = summary.records_new
-            out.print(summary_table(summary))
+            summary = _collect(store, config, run)
             check_budget_stop(summary, config)
             return summary
 
 
-class _LiveProgress:
-    """A rich progress bar fed by the collector's callbacks (throttled to ~10 updates/s)."""
+def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
+    """The real run: progress on stderr, the summary table on stdout."""
+    from rich.console import Console
 
-    def __init__(self, console: Any, collector: Collector, ledger: Ledger):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+    from corpus.display import progress, stderr_console
 
-        self.collector, self.ledger = collector, ledger
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
-                            console=console, disable=not console.is_terminal)
-        self.task = self.bar.add_task("collect", total=None, info="")
-        self._last = 0.0
-        collector.on_progress = self.update
-
-    def update(self, p: CollectProgress, backend: Any = None, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self._last < 0.1:
-            return
-        self._last = now
-        c = self.ledger.counts
-        rate = (p.done + p.failed) / max(1e-9, now - p.started)
-        info = (f"[green]done {p.done}[/] [red]failed {p.failed}[/] [cyan]cached {p.cached}[/] "
-                f"{rate:.1f} req/s {c.prompt_tokens + c.completion_tokens:,} tok ${c.cost:.4f}")
-        self.bar.update(self.task, description=p.stage or "collect", total=p.total or None,
-                        completed=p.done + p.failed + p.cached, info=info)
-
-    def __enter__(self) -> _LiveProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.update(self.collector.progress, force=True)
-        self.bar.stop()
+    console = stderr_console()
+    collector = Collector(store, config, run.run_id)
+    ledger = Ledger(store, run.run_id)
+    try:
+        with ledger, progress(console=console) as display:
+            summary = collector.run(ledger, display)
+            # Asked through the writer: it runs after the queued records are written.
+            summary.records_new = ledger.query(
+                "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
+    except KeyboardInterrupt:
+        console.print(summary_table(collector.summary))
+        console.print("[yellow]interrupted: finished calls and records are stored; "
+                      "rerun the same command to continue[/]")
+        raise
+    finally:
+        collector.close()
+        run.counts.update({k: v for k, v in ledger.counts.as_dict().items() if v})
+        run.counts["records"] = collector.summary.records
+    run.counts["records_new"] = summary.records_new
+    Console().print(summary_table(summary))
+    return summary
 
 
 def summary_table(s: CollectSummary) -> Any:

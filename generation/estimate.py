@@ -1,11 +1,17 @@
 """``selfevo collect --dry-run``: the calls a collection would send, their tokens and cost.
 
-Nothing is sent and no record is written; cached calls are counted, not priced.
+The dry run walks the collection's stages like the run does, building every request with
+the run's own :func:`generation.collect.stage_calls` (so ``--no-gold``, ``--samples`` and
+the template set shape it exactly as they shape the run). A call already ``ok`` in the
+store is counted as cached, not priced, and its stored answer feeds the next stage, as in
+the run. An answer that does not exist yet (the response a feedback prompt quotes, the
+feedback a refinement prompt quotes) is stood in for by a placeholder of about
+``max_tokens / 2`` tokens. Nothing is sent and nothing is written.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from corpus.store import Store
@@ -19,11 +25,15 @@ from generation.backends.openai_backend import (
 from generation.collect import (
     STAGES,
     CollectConfig,
-    existing_responses,
+    Item,
+    call_stages,
+    load_templates,
     make_backend,
     select_prompts,
+    stage_calls,
+    start_items,
 )
-from generation.ledger import Ledger
+from generation.ledger import Ledger, call_id
 from generation.prices import PriceTable
 
 
@@ -32,83 +42,107 @@ class DryRun:
     """What a collection would send: calls, token estimates and a cost bound."""
 
     prompts: int
-    calls: dict[str, int]
-    cached_responses: int
-    prompt_tokens: int
-    completion_tokens_max: int
-    cost_max: float  # over the calls whose model has a price
-    unpriced: list[str]  # model specs without a price (their calls are not in cost_max)
+    calls: dict[str, int] = field(default_factory=dict)  # calls to send, per stage
+    cached: dict[str, int] = field(default_factory=dict)  # answered in the store, per stage
+    prompt_tokens: int = 0
+    completion_tokens_max: int = 0
+    cost_max: float = 0.0  # over the calls whose model has a price
+    unpriced: list[str] = field(default_factory=list)  # specs without a price (not in cost_max)
+    #: call_id of each call to send, per stage (exact where the answers it quotes exist)
+    call_ids: dict[str, list[str]] = field(default_factory=dict)
+    skipped_no_response: int = 0
 
 
 def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
-    """Count the calls a collection would make and bound their tokens and cost; send nothing.
-
-    Feedback and refinement prompts contain the responses, which do not exist yet: their
-    size is estimated with a response of ``max_tokens / 2`` tokens.
-    """
-    from generation.backends import is_reference
-    from generation.ledger import call_id
-    from generation.templates import get_template
-
+    """Count the calls a collection would make and bound their tokens and cost; send nothing."""
     with Ledger(store, run_id) as ledger:
         prompts = select_prompts(ledger, config.where, config.limit)
-        existing = ({} if config.responder else existing_responses(
-            ledger, [p["prompt_id"] for p in prompts], config.responses_from))
-        calls: dict[str, int] = {}
-        pt = ct = 0
-        cost = 0.0
-        unpriced: list[str] = []
-        prices = PriceTable.load(config.options.prices)
-        cached = 0
-        filler = "x" * (2 * config.max_tokens)  # ~max_tokens/2 tokens of response
-        params = {"temperature": config.temperature, "max_tokens": config.max_tokens}
+        estimate = Estimate(config, DryRun(len(prompts)))
+        for start in range(0, len(prompts), config.chunk):
+            estimate.chunk(ledger, prompts[start:start + config.chunk])
+    return estimate.result
 
-        def add(stage: str, spec: str, request: ChatRequest) -> None:
-            nonlocal pt, ct, cost
-            calls[stage] = calls.get(stage, 0) + 1
-            p, c = estimate_tokens(request)
-            pt += p
-            ct += c
-            price = None
+
+class Estimate:
+    """Walks the stages of a collection over the store's cache, pricing what is missing."""
+
+    def __init__(self, config: CollectConfig, result: DryRun):
+        self.config = config
+        self.result = result
+        self.templates = load_templates(config)
+        self.prices = PriceTable.load(config.options.prices)
+        self.filler = "x" * (2 * config.max_tokens)  # ~max_tokens/2 tokens of text
+        self.placeholders = 0
+        self.identities: dict[str, tuple[str, str | None]] = {}
+        self.seen: set[str] = set()  # one request per distinct call, as the ledger sends
+
+    def chunk(self, ledger: Ledger, prompts: list[dict[str, Any]]) -> None:
+        """Estimate one chunk of prompts, stage by stage."""
+        items, skipped = start_items(ledger, self.config, prompts)
+        self.result.skipped_no_response += skipped
+        for stage in call_stages(self.config):
+            self.stage(ledger, stage, items)
+
+    def stage(self, ledger: Ledger, stage: str, items: list[Item]) -> None:
+        """Count one stage's calls: cached ones feed their answer on, the rest are priced."""
+        spec = (self.config.responder if stage == "response" else self.config.teacher) or ""
+        model, endpoint = self.identity(spec)
+        calls = stage_calls(stage, self.config, self.templates, items)
+        ids = [call_id(model, endpoint, c.request) for c in calls]
+        rows = ledger.lookup(ids)
+        for it, call, cid in zip(items, calls, ids, strict=True):
+            row = rows.get(cid)
+            if row is not None and row["status"] == "ok":
+                self.result.cached[stage] = self.result.cached.get(stage, 0) + 1
+                _answer(it, stage, row["response"])
+                continue
+            if cid not in self.seen:
+                self.seen.add(cid)
+                self.add(stage, spec, call.request, cid)
+            _answer(it, stage, self.placeholder())
+
+    def placeholder(self) -> str:
+        """Text standing in for an answer not generated yet (distinct, so never deduplicated)."""
+        self.placeholders += 1
+        return f"(not generated yet #{self.placeholders}) {self.filler}"
+
+    def identity(self, spec: str) -> tuple[str, str | None]:
+        """(model, endpoint) the calls of ``spec`` are keyed by (an ``openai:`` one needs no key)."""
+        if spec not in self.identities:
             if spec.startswith("openai:"):
-                price = prices.price(spec_identity(spec)[0][len("openai:"):])
-                if price is None and public_spec(spec) not in unpriced:
-                    unpriced.append(public_spec(spec))
-            if price is not None:
-                bp, bc = upper_bound_tokens(request)
-                cost += (price[0] * bp + price[1] * bc) / 1e6
-
-        if config.responder:
-            tpl = get_template("response", config.template_set)
-            if config.responder.startswith("openai:"):  # no key needed to count
-                model_spec, endpoint = spec_identity(config.responder)
+                self.identities[spec] = spec_identity(spec)
             else:
-                responder = make_backend(config.responder, config.options)
-                model_spec, endpoint = responder.spec, responder.endpoint
-            reqs = [ChatRequest(tpl.render(question=p["text"]), params, s)
-                    for p in prompts for s in range(config.samples)]
-            ids = [call_id(model_spec, endpoint, r) for r in reqs]
-            done = {r[0] for r in ledger.query(
-                "SELECT call_id FROM calls WHERE status = 'ok' AND call_id IN (SELECT unnest(?))",
-                [ids])}
-            for r, cid in zip(reqs, ids, strict=True):
-                if cid in done:
-                    cached += 1
-                else:
-                    add("response", config.responder, r)
-        if not is_reference(config.teacher):
-            fb = get_template("feedback", config.template_set)
-            rf = get_template("refinement", config.template_set)
-            tparams = {"temperature": 0.0, "max_tokens": config.max_tokens}
-            for p in prompts:
-                per = config.samples if config.responder else len(existing.get(p["prompt_id"], []))
-                for _ in range(per):
-                    add("feedback", config.teacher, ChatRequest(fb.render(
-                        question=p["text"], response=filler, gold_answer=p["gold_answer"]), tparams))
-                    add("refinement", config.teacher, ChatRequest(rf.render(
-                        question=p["text"], response=filler, feedback=filler,
-                        gold_answer=p["gold_answer"]), tparams))
-    return DryRun(len(prompts), calls, cached, pt, ct, cost, unpriced)
+                backend = make_backend(spec, self.config.options)
+                self.identities[spec] = (backend.spec, backend.endpoint)
+                backend.close()
+        return self.identities[spec]
+
+    def add(self, stage: str, spec: str, request: ChatRequest, cid: str) -> None:
+        """Count a call to send: its tokens, and its cost bound when its model has a price."""
+        r = self.result
+        r.calls[stage] = r.calls.get(stage, 0) + 1
+        r.call_ids.setdefault(stage, []).append(cid)
+        prompt, completion = estimate_tokens(request)
+        r.prompt_tokens += prompt
+        r.completion_tokens_max += completion
+        price = None
+        if spec.startswith("openai:"):
+            price = self.prices.price(spec_identity(spec)[0][len("openai:"):])
+            if price is None and public_spec(spec) not in r.unpriced:
+                r.unpriced.append(public_spec(spec))
+        if price is not None:
+            bound_prompt, bound_completion = upper_bound_tokens(request)
+            r.cost_max += (price[0] * bound_prompt + price[1] * bound_completion) / 1e6
+
+
+def _answer(it: Item, stage: str, text: str) -> None:
+    if stage == "response":
+        it.response = text
+    elif stage == "feedback":
+        it.feedback = text
+
+
+_CACHED_LABEL = {"response": "responses", "feedback": "feedback", "refinement": "refinements"}
 
 
 def dry_run_table(d: DryRun) -> Any:
@@ -119,11 +153,15 @@ def dry_run_table(d: DryRun) -> Any:
     t.add_column("what")
     t.add_column("value", justify="right")
     t.add_row("prompts", str(d.prompts))
+    if d.skipped_no_response:
+        t.add_row("prompts without a response", str(d.skipped_no_response))
     for stage in STAGES:
         if stage in d.calls:
             t.add_row(f"{stage} calls", str(d.calls[stage]))
     t.add_row("calls to send", str(sum(d.calls.values())))
-    t.add_row("responses already cached", str(d.cached_responses))
+    for stage in STAGES:
+        if stage in d.cached or (stage == "response" and stage in d.calls):
+            t.add_row(f"{_CACHED_LABEL[stage]} already cached", str(d.cached.get(stage, 0)))
     t.add_row("prompt tokens (estimate)", f"{d.prompt_tokens:,}")
     t.add_row("completion tokens (at most)", f"{d.completion_tokens_max:,}")
     t.add_row("cost (at most, USD)", f"${d.cost_max:.4f}")

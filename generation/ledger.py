@@ -6,8 +6,9 @@ sample_index}`` — the cache key and the resume key. The life of a call:
 1. **Cached?** A call_id already ``ok`` in ``calls`` is answered from the store; nothing is
    sent. ``sample_index`` makes N samples of one request N distinct cached calls.
 2. **Pending before sent.** Its ``calls`` row is committed as ``pending`` before the request
-   leaves. Backends that announce each send (``before_send``, the OpenAI backend) get rows
-   registered in a window a few hundred requests ahead of the sender, so a job that dies
+   leaves. Backends that announce each send (``Backend.announces_sends``: they call
+   ``before_send(i)``, e.g. the OpenAI backend) get rows registered in a window of
+   ``max(512, 8 × Backend.concurrency)`` requests ahead of the sender, so a job that dies
    leaves at most that window (plus what was in flight) pending; other backends get the
    whole batch registered first.
 3. **Completed.** ``ok`` with response, finish_reason, usage, cost and latency, or ``failed``
@@ -21,10 +22,15 @@ Writes are batched by one writer thread: it flushes every ``interval`` seconds (
 the sender needs pending rows) in short transactions and holds the DuckDB connection for at
 most ``hold`` seconds before closing it for at least ``gap`` seconds, so readers (``selfevo
 sql``, ``stats``) get in while a long collection runs. It never waits on the network.
+
+:meth:`Ledger.complete` runs the steps of one batch (:class:`Completion`);
+:func:`ledger_generate` wraps it as the plain ``generate(requests, purpose, template)``
+function that refine, eval and evolve's new-question stage call.
 """
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -76,6 +82,20 @@ class Outcome:
     cost: float | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+
+    @classmethod
+    def from_row(cls, cid: str, row: dict[str, Any]) -> Outcome:
+        """The cached answer of an ``ok`` ``calls`` row."""
+        return cls(cid, True, row["response"], row["finish_reason"], cached=True,
+                   cost=row["cost"], prompt_tokens=row["prompt_tokens"],
+                   completion_tokens=row["completion_tokens"])
+
+    def to_result(self) -> ChatResult:
+        """The outcome as a backend result (for callers that speak :class:`ChatResult`)."""
+        return ChatResult(ok=self.ok, text=self.text, finish_reason=self.finish_reason,
+                          prompt_tokens=self.prompt_tokens,
+                          completion_tokens=self.completion_tokens, cost=self.cost,
+                          error_kind=self.error_kind, error=self.error)
 
 
 @dataclass
@@ -366,7 +386,7 @@ class Ledger:
                  gap: float = 0.1, window: int | None = None):
         self.store = store
         self.run_id = run_id
-        self.window = window
+        self.window = window  # pending rows ahead of an announcing sender (None: by concurrency)
         self.counts = LedgerCounts()
         self.writer = Writer(store, run_id, interval=interval, hold=hold, gap=gap)
 
@@ -384,6 +404,10 @@ class Ledger:
         """A statement run on the writer thread (the store's only user during a collection)."""
         return self.writer.call(lambda con: con.execute(sql, params or []).fetchall())
 
+    def lookup(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The ``calls`` rows of ``ids`` by call_id (status, response, usage, possibly_billed)."""
+        return self.writer.call(_lookup(sorted(set(ids)))) if ids else {}
+
     def add_records(self, rows: list[dict[str, Any]]) -> None:
         """Queue ``make_record`` rows; they are committed with the next flush."""
         if rows:
@@ -395,120 +419,170 @@ class Ledger:
 
         ``on_outcome(i, outcome)`` is called for each answer as it arrives (cached ones
         first). Outcomes of calls never sent (budget, Ctrl-C) have ``error_kind`` ``budget``
-        or ``interrupted``.
+        or ``interrupted``. The steps are those of :class:`Completion`.
         """
-        model, endpoint = backend.spec, backend.endpoint
-        ids = [call_id(model, endpoint, c.request) for c in calls]
-        existing = self.writer.call(_lookup(sorted(set(ids)))) if ids else {}
-        outcomes: list[Outcome | None] = [None] * len(calls)
-        # One request per distinct call_id; duplicates share its outcome.
-        positions: dict[str, list[int]] = {}
-        misses: list[int] = []
-        for i, cid in enumerate(ids):
-            row = existing.get(cid)
+        return Completion(self, backend, calls, on_outcome).run()
+
+
+class Completion:
+    """One :meth:`Ledger.complete`, step by step (each step a method, testable alone).
+
+    1. :meth:`look_up` — calls already ``ok`` in the store are answered from it;
+    2. :meth:`plan` — one request per distinct call_id still missing (``misses``); its
+       duplicates share its outcome;
+    3. :meth:`register` — pending rows committed before anything is sent: the whole batch,
+       or, for a backend that announces its sends, a window ahead of the sender
+       (:meth:`before_send` keeps it ahead);
+    4. :meth:`send` — the backend answers the misses;
+    5. :meth:`on_result` — each result is recorded (:meth:`record`), or, for a request
+       never sent (budget, Ctrl-C), its row is removed or restored (:meth:`restore`).
+    """
+
+    def __init__(self, ledger: Ledger, backend: Backend, calls: Sequence[Call],
+                 on_outcome: Callable[[int, Outcome], None] | None = None):
+        self.ledger = ledger
+        self.backend = backend
+        self.calls = list(calls)
+        self.on_outcome = on_outcome
+        self.ids = [call_id(backend.spec, backend.endpoint, c.request) for c in self.calls]
+        self.outcomes: list[Outcome | None] = [None] * len(self.calls)
+        self.existing: dict[str, dict[str, Any]] = {}  # the store's rows of these calls
+        self.misses: list[int] = []  # position of the one call sent per missing call_id
+        self.positions: dict[str, list[int]] = {}  # missing call_id -> positions it answers
+        self.registered = 0  # misses[:registered] are queued as pending
+        self.tickets: list[tuple[int, int]] = []  # (registered up to, writer ticket), ascending
+        self.window = ledger.window or max(512, 8 * backend.concurrency)
+        self._lock = threading.Lock()
+
+    def run(self) -> list[Outcome]:
+        """All the steps; one outcome per call, in order (unless the backend raised)."""
+        self.look_up()
+        self.plan()
+        if self.misses:
+            self.register()
+            self.send()
+        return [o for o in self.outcomes if o is not None]
+
+    # -- 1. cached -------------------------------------------------------------------------
+    def look_up(self) -> None:
+        """Read the store's rows of these calls; answer the ``ok`` ones from them."""
+        self.existing = self.ledger.lookup(self.ids)
+        for i, cid in enumerate(self.ids):
+            row = self.existing.get(cid)
             if row is not None and row["status"] == "ok":
-                outcomes[i] = Outcome(cid, True, row["response"], row["finish_reason"], cached=True,
-                                      cost=row["cost"], prompt_tokens=row["prompt_tokens"],
-                                      completion_tokens=row["completion_tokens"])
-                self.counts.cached += 1
-                if on_outcome is not None:
-                    on_outcome(i, outcomes[i])
+                self.ledger.counts.cached += 1
+                self._deliver(i, Outcome.from_row(cid, row))
+
+    # -- 2. plan ---------------------------------------------------------------------------
+    def plan(self) -> None:
+        """One request per distinct call_id not answered yet; duplicates wait for it."""
+        for i, cid in enumerate(self.ids):
+            if self.outcomes[i] is not None:
                 continue
-            if cid not in positions:
-                positions[cid] = []
-                misses.append(i)
-            positions[cid].append(i)
-        if not misses:
-            return [o for o in outcomes if o is not None]
+            if cid not in self.positions:
+                self.positions[cid] = []
+                self.misses.append(i)
+            self.positions[cid].append(i)
+        self.ledger.counts.resent_possibly_billed += sum(
+            1 for i in self.misses if self.existing.get(self.ids[i], {}).get("possibly_billed"))
 
-        prior = {ids[i]: (existing[ids[i]]["status"] if ids[i] in existing else None) for i in misses}
-        self.counts.resent_possibly_billed += sum(
-            1 for i in misses if existing.get(ids[i], {}).get("possibly_billed"))
+    def prior(self, cid: str) -> str | None:
+        """The status ``cid`` had in the store before this run (None: a new call)."""
+        row = self.existing.get(cid)
+        return None if row is None else row["status"]
 
-        def pending_rows(js: range) -> tuple[list[dict[str, Any]], list[str]]:
-            new, resend = [], []
-            for j in js:
-                i = misses[j]
-                cid = ids[i]
-                if prior[cid] is None:
-                    c = calls[i]
-                    new.append({
-                        "call_id": cid, "model": model, "endpoint": endpoint,
-                        "messages": canonical_json(c.request.messages),
-                        "params": canonical_json(c.request.params),
-                        "sample_index": c.request.sample_index, "template": c.template,
-                        "purpose": c.purpose, "status": "pending", "run_id": self.run_id,
-                    })
-                else:
-                    resend.append(cid)
-            return new, resend
+    # -- 3. pending before sent ------------------------------------------------------------
+    def register(self) -> None:
+        """Queue the first pending rows and wait until they are committed.
 
-        registered = 0  # misses[:registered] are queued as pending
-        tickets: list[tuple[int, int]] = []  # (registered upto, ticket)
-        lock = threading.Lock()
+        A backend that announces its sends gets a window of rows (:meth:`before_send`
+        moves it along); any other backend the whole batch, as it may send in any order.
+        """
+        self.register_upto(self.window if self.backend.announces_sends else len(self.misses))
+        self.ledger.writer.wait(self.tickets[-1][1])
 
-        def register_upto(n: int) -> None:
-            nonlocal registered
-            with lock:
-                n = min(n, len(misses))
-                if n <= registered:
-                    return
-                new, resend = pending_rows(range(registered, n))
-                tickets.append((n, self.writer.register(new, resend)))
-                registered = n
+    def register_upto(self, n: int) -> None:
+        """Queue pending rows for ``misses[:n]`` (those not queued yet)."""
+        with self._lock:
+            n = min(n, len(self.misses))
+            if n <= self.registered:
+                return
+            new, resend = self.pending_rows(range(self.registered, n))
+            self.tickets.append((n, self.ledger.writer.register(new, resend)))
+            self.registered = n
 
-        def before_send(j: int) -> Callable[[], None] | None:
-            # Keep the window ahead of the sender. If the sender caught up, hand back the
-            # wait: the backend runs it off its event loop, so only this request waits.
-            if j + window // 2 >= registered:
-                register_upto(j + window)
-            for upto, ticket in tickets:
-                if upto > j:
-                    if not self.writer.committed(ticket):
-                        return lambda: self.writer.wait(ticket)
-                    break
-            return None
-
-        use_window = getattr(backend, "supports_before_send", False)
-        concurrency = getattr(getattr(backend, "options", None), "concurrency", 16)
-        window = self.window or max(512, 8 * concurrency)
-        register_upto(window if use_window else len(misses))
-        self.writer.wait(tickets[-1][1])
-
-        def on_result(j: int, result: ChatResult) -> None:
-            i = misses[j]
-            cid = ids[i]
-            if not result.attempts and result.error_kind in UNSENT_KINDS:
-                outcome = Outcome(cid, False, error_kind=result.error_kind, error=result.error)
-                self._unsent(cid, prior[cid], j < registered)
+    def pending_rows(self, js: range) -> tuple[list[dict[str, Any]], list[str]]:
+        """For ``misses[j]``, j in ``js``: rows of new calls, and known call_ids to re-send."""
+        new, resend = [], []
+        for j in js:
+            i = self.misses[j]
+            if self.prior(self.ids[i]) is None:
+                new.append(self._call_row(i))
             else:
-                outcome = self._record(cid, result)
-            for k in positions[cid]:
-                outcomes[k] = outcome
-                if on_outcome is not None:
-                    on_outcome(k, outcome)
+                resend.append(self.ids[i])
+        return new, resend
 
-        requests = [calls[i].request for i in misses]
-        # No flush at the end: the writer keeps order (a later lookup runs after these
-        # rows) and close() commits the rest. Calls registered but never reported (an
-        # exception, a second Ctrl-C) stay pending; the next open marks them possibly billed.
-        if use_window:
-            backend.generate(requests, on_result, before_send=before_send)  # type: ignore[call-arg]
+    def _call_row(self, i: int) -> dict[str, Any]:
+        c = self.calls[i]
+        return {"call_id": self.ids[i], "model": self.backend.spec,
+                "endpoint": self.backend.endpoint, "messages": canonical_json(c.request.messages),
+                "params": canonical_json(c.request.params),
+                "sample_index": c.request.sample_index, "template": c.template,
+                "purpose": c.purpose, "status": "pending", "run_id": self.ledger.run_id}
+
+    def before_send(self, j: int) -> Callable[[], None] | None:
+        """The backend is about to send ``misses[j]``: keep the window ahead of it.
+
+        Returns None when j's pending row is committed, else the wait for it: the backend
+        runs it off its event loop, so only this request waits.
+        """
+        if j + self.window // 2 >= self.registered:
+            self.register_upto(j + self.window)
+        k = bisect.bisect_right(self.tickets, j, key=lambda t: t[0])  # first batch holding j
+        ticket = self.tickets[k][1]
+        writer = self.ledger.writer
+        return None if writer.committed(ticket) else (lambda: writer.wait(ticket))
+
+    # -- 4. send ---------------------------------------------------------------------------
+    def send(self) -> None:
+        """The backend answers the misses; ``before_send`` only if it announces sends.
+
+        No flush at the end: the writer keeps order (a later lookup runs after these rows)
+        and close() commits the rest. Calls registered but never reported (an exception, a
+        second Ctrl-C) stay pending; the next open marks them possibly billed.
+        """
+        requests = [self.calls[i].request for i in self.misses]
+        if self.backend.announces_sends:
+            self.backend.generate(requests, self.on_result, self.before_send)
         else:
-            backend.generate(requests, on_result)
-        return [o for o in outcomes if o is not None]
+            self.backend.generate(requests, self.on_result)
 
-    def _unsent(self, cid: str, prior: str | None, registered: bool) -> None:
-        self.counts.unsent += 1
+    # -- 5. results ------------------------------------------------------------------------
+    def on_result(self, j: int, result: ChatResult) -> None:
+        """``misses[j]`` is answered (or was never sent): store it, tell every duplicate."""
+        cid = self.ids[self.misses[j]]
+        if not result.attempts and result.error_kind in UNSENT_KINDS:
+            outcome = Outcome(cid, False, error_kind=result.error_kind, error=result.error)
+            self.restore(cid, registered=j < self.registered)
+        else:
+            outcome = self.record(cid, result)
+        for i in self.positions[cid]:
+            self._deliver(i, outcome)
+
+    def restore(self, cid: str, registered: bool) -> None:
+        """A call never sent: drop its new pending row, or put a failed one back."""
+        self.ledger.counts.unsent += 1
         if not registered:
             return
+        prior = self.prior(cid)
         if prior is None:
-            self.writer.unsent([cid], [])
+            self.ledger.writer.unsent([cid], [])
         elif prior == "failed":
-            self.writer.unsent([], [cid])
+            self.ledger.writer.unsent([], [cid])
 
-    def _record(self, cid: str, r: ChatResult) -> Outcome:
-        c = self.counts
+    def record(self, cid: str, r: ChatResult) -> Outcome:
+        """Count a sent call's result and queue its row and attempts."""
+        c = self.ledger.counts
         c.attempts += len(r.attempts)
         if r.ok:
             c.ok += 1
@@ -517,36 +591,66 @@ class Ledger:
             c.cost += r.cost or 0.0
         else:
             c.failed += 1
-        self.writer.complete(
-            {"call_id": cid, "status": "ok" if r.ok else "failed",
-             "response": r.text if r.ok else None, "finish_reason": r.finish_reason,
-             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-             "cost": r.cost, "latency": r.latency, "n_attempts": len(r.attempts),
-             "error_kind": None if r.ok else r.error_kind, "error": None if r.ok else r.error},
-            [{"call_id": cid, "attempt": a.attempt, "status": a.status,
-              "http_status": a.http_status, "error_kind": a.error_kind, "error": a.error,
-              "latency": a.latency, "run_id": self.run_id} for a in r.attempts],
-        )
+        self.ledger.writer.complete(_done_row(cid, r), _attempt_rows(cid, r, self.ledger.run_id))
         return Outcome(cid, r.ok, r.text, r.finish_reason, error_kind=r.error_kind, error=r.error,
                        cost=r.cost, prompt_tokens=r.prompt_tokens,
                        completion_tokens=r.completion_tokens)
 
+    def _deliver(self, i: int, outcome: Outcome) -> None:
+        self.outcomes[i] = outcome
+        if self.on_outcome is not None:
+            self.on_outcome(i, outcome)
 
-def bind_for_refine(store: Store, run_id: str, backend: Backend
-                    ) -> Callable[[list[ChatRequest], str, str | None], list[tuple[ChatResult, str]]]:
-    """``generate(requests, purpose, template) -> [(result, call_id)]`` through the ledger.
 
-    For callers that work request batch by batch (``selfevo refine``, ``eval``): each batch
-    runs under its own short-lived ledger (writer thread started and stopped per batch).
+def _done_row(cid: str, r: ChatResult) -> dict[str, Any]:
+    return {"call_id": cid, "status": "ok" if r.ok else "failed",
+            "response": r.text if r.ok else None, "finish_reason": r.finish_reason,
+            "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "cost": r.cost, "latency": r.latency, "n_attempts": len(r.attempts),
+            "error_kind": None if r.ok else r.error_kind, "error": None if r.ok else r.error}
+
+
+def _attempt_rows(cid: str, r: ChatResult, run_id: str) -> list[dict[str, Any]]:
+    return [{"call_id": cid, "attempt": a.attempt, "status": a.status,
+             "http_status": a.http_status, "error_kind": a.error_kind, "error": a.error,
+             "latency": a.latency, "run_id": run_id} for a in r.attempts]
+
+
+# -- the ledger as a plain generate function (refine, eval, evolve) -----------------------
+#: ``progress(stage, advance, total)``: advance=0 when a stage's batch starts, 1 per result.
+Progress = Callable[[str, int, int], None]
+#: ``generate(requests, purpose, template hash) -> [(result, call_id)]`` (call_id None
+#: when no store keeps the calls).
+Generate = Callable[[list[ChatRequest], str, str | None], list[tuple[ChatResult, str | None]]]
+
+
+def ledger_generate(backend: Backend, store: Store | None = None, run_id: str | None = None,
+                    progress: Progress | None = None) -> Generate:
+    """A :data:`Generate` over ``backend`` that keeps every call in the store's ledger.
+
+    Each batch (one stage of ``self_refine``, evolve's new questions) runs under its own
+    short-lived :class:`Ledger`, so its writer has committed every call before the next
+    stage (or an eval's result rows) opens the store. Without ``store``/``run_id`` requests
+    go straight to the backend and call ids are None. ``progress`` hears every result.
     """
 
     def generate(requests: list[ChatRequest], purpose: str, template: str | None
-                 ) -> list[tuple[ChatResult, str]]:
+                 ) -> list[tuple[ChatResult, str | None]]:
+        if not requests:
+            return []
+        total = len(requests)
+        if progress is not None:
+            progress(purpose, 0, total)
+
+        def tick(_i: int, _answer: object) -> None:
+            if progress is not None:
+                progress(purpose, 1, total)
+
+        if store is None or run_id is None:
+            return [(r, None) for r in backend.generate(requests, tick)]
         with Ledger(store, run_id) as ledger:
-            outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests])
-        return [(ChatResult(ok=o.ok, text=o.text, finish_reason=o.finish_reason,
-                            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
-                            cost=o.cost, error_kind=o.error_kind, error=o.error), o.call_id)
-                for o in outcomes]
+            outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
+                                       tick)
+        return [(o.to_result(), o.call_id) for o in outcomes]
 
     return generate

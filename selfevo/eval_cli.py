@@ -51,8 +51,10 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
     """
     from corpus.store import Store
+    from generation.backends import load_backend
     from selfevo.evaluate import evaluate, load_items, print_summaries
-    from selfevo.refine import RefinePrompts, load_model, rich_progress
+    from selfevo.refine import RefinePrompts
+    from selfevo.refine_cli import stage_progress
 
     params: dict[str, object] = {"max_tokens": max_tokens}
     if temperature is not None:
@@ -60,9 +62,9 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     modes = ["direct", "refine"] if mode == "both" else [mode]
     with Store.open(db, command="eval run") as store:
         name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
-        backend = load_model(model)
+        backend = load_backend(model)
         try:
-            with rich_progress() as progress:
+            with stage_progress() as progress:
                 summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
                                      steps=steps, stop_on_correct=stop_on_correct,
                                      self_consistency=self_consistency, params=params,

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
-from selfevo.refine import Progress, RefinePrompts, RefineResult, self_refine
+from selfevo.refine import RefinePrompts, RefineResult, self_refine
 
 if TYPE_CHECKING:
     from corpus.store import Store
     from generation.backends.base import Backend
+    from generation.ledger import Progress
 
 MODES = ("direct", "refine")
 PRESETS = ("gsm8k", "svamp")

@@ -275,8 +275,8 @@ class Evolution:
                     ) -> list[dict[str, Any]]:
         """Ask M_t for ``generate_prompts`` new questions in the style of seed prompts."""
         from generation.backends.base import ChatRequest
+        from generation.ledger import ledger_generate
         from generation.templates import get_template
-        from selfevo.refine import ledger_generate
 
         n = self.config.generate_prompts
         if n <= 0 or not seeds:

@@ -13,21 +13,22 @@ request is a record-shaped conversation the model has seen in training. With
 current answer is kept and no refinement is requested).
 
 Requests are batched across questions (one ``generate`` call per stage), and go through the
-call ledger when a store is given, so a rerun sends nothing already answered.
+call ledger when a store is given (:func:`generation.ledger.ledger_generate`), so a rerun
+sends nothing already answered. The command and its display live in
+:mod:`selfevo.refine_cli`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from generation.backends.base import Backend, ChatRequest, ChatResult
-from schemas.conversation import CONVERSATION_VERSION, record_messages
 
 if TYPE_CHECKING:
     from corpus.store import Store
+    from generation.ledger import Generate, Progress
 
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512}
 
@@ -61,10 +62,6 @@ class RefineResult:
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (eval_items.detail, ``--json`` output)."""
         return asdict(self)
-
-
-# generate(requests, purpose, template hash) -> [(result, call_id)]: ledger-backed or plain.
-Generate = Callable[[list[ChatRequest], str, str | None], list[tuple[ChatResult, str | None]]]
 
 
 @dataclass(frozen=True)
@@ -110,89 +107,6 @@ class RefinePrompts:
         }
 
 
-def chat_messages(
-    question: str, response: str | None = None, feedback: str | None = None
-) -> list[dict[str, str]]:
-    """The meta-skill layout's request of one stage, straight from :mod:`schemas.conversation`.
-
-    ``chat_messages(p)`` is the bare question; ``chat_messages(p, r)`` asks for self-feedback;
-    ``chat_messages(p, r, f)`` for the refinement. The templates must render exactly these
-    (tested), so this is the reference the default template set is checked against.
-    """
-    if response is None:
-        return [{"role": "user", "content": question}]
-    # Ask record_messages for one more turn than we need and drop it, so the request is
-    # always exactly a prefix of the training layout (instructions included).
-    if feedback is None:
-        msgs = record_messages(kind="self", prompt=question, response=response, feedback="",
-                               refinement=None)
-    else:
-        msgs = record_messages(kind="self", prompt=question, response=response,
-                               feedback=feedback, refinement="")
-    return [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
-
-
-# progress(stage, advance, total): called with advance=0 when a stage starts, 1 per result.
-Progress = Callable[[str, int, int], None]
-
-
-def ledger_generate(
-    backend: Backend, store: Store | None = None, run_id: str | None = None,
-    progress: Progress | None = None,
-) -> Generate:
-    """A ``Generate`` that writes every call to the store's ledger when ``store`` is given.
-
-    Without a store (or when the ledger is unavailable) requests go straight to the backend
-    and call ids are None. ``progress`` hears about every finished request.
-    """
-    ledger = _ledger(store, run_id, backend)
-
-    def generate(requests: list[ChatRequest], purpose: str, template: str | None
-                 ) -> list[tuple[ChatResult, str | None]]:
-        if not requests:
-            return []
-        total = len(requests)
-        if progress:
-            progress(purpose, 0, total)
-
-        def on_result(_i: int, _res: ChatResult) -> None:
-            if progress:
-                progress(purpose, 1, total)
-
-        if ledger is not None:
-            return ledger(requests, purpose, template, on_result)
-        return [(r, None) for r in backend.generate(requests, on_result)]
-
-    return generate
-
-
-def _ledger(store: Store | None, run_id: str | None, backend: Backend) -> Any:
-    """``ledger(requests, purpose, template, on_result)`` through curation's call ledger.
-
-    Each stage's batch runs under its own short-lived :class:`generation.ledger.Ledger`, so its
-    writer thread has committed every call before the next stage (or an eval's result rows)
-    opens the store. None without a store: calls go straight to the backend.
-    """
-    if store is None or run_id is None:
-        return None
-    from generation.ledger import Call, Ledger
-
-    def run(requests: list[ChatRequest], purpose: str, template: str | None,
-            on_result: Callable[[int, ChatResult], None]) -> list[tuple[ChatResult, str | None]]:
-        def on_outcome(i: int, _o: Any) -> None:
-            on_result(i, None)  # type: ignore[arg-type]  # progress only counts
-
-        with Ledger(store, run_id) as ledger:
-            outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
-                                       on_outcome)
-        return [(ChatResult(ok=o.ok, text=o.text, finish_reason=o.finish_reason,
-                            prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
-                            cost=o.cost, error_kind=o.error_kind, error=o.error), o.call_id)
-                for o in outcomes]
-
-    return run
-
-
 def _params(params: dict[str, Any] | None) -> dict[str, Any]:
     out = dict(DEFAULT_PARAMS)
     out.update(params or {})
@@ -221,105 +135,95 @@ def self_refine(
     ``sample_indices`` distinguishes samples of the same question (self-consistency).
     ``prompts`` picks the template set (default: ``default``). Calls go to the store's
     ledger when ``store`` and ``run_id`` are given; ``progress(stage, advance, total)`` hears
-    about each finished request (see :func:`rich_progress`).
+    about each finished request (advance 0 when a stage starts; see
+    :func:`selfevo.refine_cli.stage_progress`). ``generate`` replaces the ledger adapter.
     """
+    from generation.ledger import ledger_generate
+
     if steps < 0:
         raise ValueError("steps must be >= 0")
-    gen = generate or ledger_generate(backend, store, run_id, progress)
-    p = _params(params)
     tp = prompts or RefinePrompts()
-    hashes = tp.hashes()
+    stages = _Stages(generate or ledger_generate(backend, store, run_id, progress),
+                     _params(params), tp, tp.hashes())
     idx = list(sample_indices) if sample_indices is not None else [0] * len(questions)
     results = [RefineResult(question=q, answer=None, sample_index=i) for q, i in zip(
         questions, idx, strict=True)]
-
-    # Step 0: the answer (only for questions without a given one).
-    todo = [i for i in range(len(results)) if answers is None or answers[i] is None]
-    if answers is not None:
-        for i, a in enumerate(answers):
-            results[i].answer = a
-    out = gen([ChatRequest(tp.answer(results[i].question), p, results[i].sample_index)
-               for i in todo], "answer", hashes["answer"])
-    for i, (res, call_id) in zip(todo, out, strict=True):
-        results[i].answer_call_id = call_id
-        if res.ok and res.text is not None:
-            results[i].answer = res.text
-        else:
-            results[i].stopped, results[i].error = "failed", res.error or "no answer"
-    current = {i: results[i].answer for i in range(len(results)) if results[i].stopped != "failed"}
-    for i in current:
-        results[i].final = current[i]
-
+    stages.answer(results, answers)
     for _ in range(steps):
-        active = [i for i in current if results[i].stopped == "steps"]
+        active = [r for r in results if r.stopped == "steps"]
         if not active:
             break
-        fb = gen([ChatRequest(tp.feedback(results[i].question, current[i]), p,
-                              results[i].sample_index) for i in active], "self-feedback",
-                 hashes["self_feedback"])
-        to_refine = []
-        for i, (res, call_id) in zip(active, fb, strict=True):
-            step = RefineStep(feedback=None, verdict=None, feedback_call_id=call_id)
-            results[i].steps.append(step)
-            if not res.ok or res.text is None:
-                step.error = res.error or "no feedback"
-                results[i].stopped, results[i].error = "failed", step.error
-                continue
-            step.feedback = res.text
-            step.verdict, step.verdict_error = _verdict(res.text)
-            if stop_on_correct and step.verdict == "correct":
-                results[i].stopped = "correct"
-                continue
-            to_refine.append(i)
-        rf = gen([ChatRequest(tp.refinement(results[i].question, current[i],
-                                            results[i].steps[-1].feedback), p,
-                              results[i].sample_index) for i in to_refine], "self-refinement",
-                 hashes["self_refinement"])
-        for i, (res, call_id) in zip(to_refine, rf, strict=True):
-            step = results[i].steps[-1]
-            step.refinement_call_id = call_id
-            if not res.ok or res.text is None:
-                step.error = res.error or "no refinement"
-                results[i].stopped, results[i].error = "failed", step.error
-                continue
-            step.refinement = res.text
-            current[i] = res.text
-            results[i].final = res.text
+        stages.refine(stages.feedback(active, stop_on_correct))
     return results
 
 
-@contextlib.contextmanager
-def rich_progress(enabled: bool = True) -> Iterator[Progress | None]:
-    """A rich progress display with one bar per stage (answer, self-feedback, …)."""
-    if not enabled:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bars
+@dataclass
+class _Stages:
+    """The three requests of self-refinement, each batched over the questions it concerns."""
 
-    # stderr: stdout stays clean for results (``--json``)
-    bars = Bars(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), console=Console(stderr=True))
-    tasks: dict[str, Any] = {}
+    gen: Generate
+    params: dict[str, Any]
+    prompts: RefinePrompts
+    hashes: dict[str, str | None]
 
-    def progress(stage: str, advance: int, total: int) -> None:
-        if stage not in tasks or advance == 0:
-            if stage in tasks:  # a later step of the same stage: a fresh bar
-                bars.update(tasks[stage], visible=False)
-            tasks[stage] = bars.add_task(stage, total=total)
-        if advance:
-            bars.advance(tasks[stage], advance)
+    def _ask(self, results: list[RefineResult], messages: list[list[dict[str, str]]],
+             stage: str, template: str) -> list[tuple[ChatResult, str | None]]:
+        return self.gen([ChatRequest(m, self.params, r.sample_index)
+                         for r, m in zip(results, messages, strict=True)],
+                        stage, self.hashes[template])
 
-    with bars:
-        yield progress
+    def answer(self, results: list[RefineResult], answers: Sequence[str | None] | None) -> None:
+        """Step 0: the answer of each question without a given one."""
+        if answers is not None:
+            for r, a in zip(results, answers, strict=True):
+                r.answer = a
+        todo = [r for r in results if r.answer is None]
+        out = self._ask(todo, [self.prompts.answer(r.question) for r in todo], "answer", "answer")
+        for r, (res, call_id) in zip(todo, out, strict=True):
+            r.answer_call_id = call_id
+            if res.ok and res.text is not None:
+                r.answer = res.text
+            else:
+                r.stopped, r.error = "failed", res.error or "no answer"
+        for r in results:
+            if r.stopped != "failed":
+                r.final = r.answer
 
+    def feedback(self, active: list[RefineResult], stop_on_correct: bool) -> list[RefineResult]:
+        """Self-feedback on each current answer; returns those to refine."""
+        from curation.verdicts import parse_verdict
 
-def load_model(spec: str) -> Backend:
-    """The backend of a model spec (``hf:…``, ``openai:…``), via curation's loader."""
-    from generation.backends import load_backend
+        out = self._ask(active, [self.prompts.feedback(r.question, r.final) for r in active],
+                        "self-feedback", "self_feedback")
+        to_refine = []
+        for r, (res, call_id) in zip(active, out, strict=True):
+            step = RefineStep(feedback=None, verdict=None, feedback_call_id=call_id)
+            r.steps.append(step)
+            if not res.ok or res.text is None:
+                step.error = res.error or "no feedback"
+                r.stopped, r.error = "failed", step.error
+                continue
+            step.feedback = res.text
+            step.verdict, step.verdict_error = parse_verdict(res.text)
+            if stop_on_correct and step.verdict == "correct":
+                r.stopped = "correct"
+                continue
+            to_refine.append(r)
+        return to_refine
 
-    return load_backend(spec)
+    def refine(self, todo: list[RefineResult]) -> None:
+        """Self-refinement of each answer with its latest feedback; it becomes the final."""
+        out = self._ask(todo, [self.prompts.refinement(r.question, r.final, r.steps[-1].feedback)
+                               for r in todo], "self-refinement", "self_refinement")
+        for r, (res, call_id) in zip(todo, out, strict=True):
+            step = r.steps[-1]
+            step.refinement_call_id = call_id
+            if not res.ok or res.text is None:
+                step.error = res.error or "no refinement"
+                r.stopped, r.error = "failed", step.error
+                continue
+            step.refinement = res.text
+            r.final = res.text
 
 
 def refine_and_store(
@@ -337,7 +241,9 @@ def refine_and_store(
     prompts = prompts or RefinePrompts()
     kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
                               "params": params, "prompts": prompts, "progress": progress}
-    backend = load_model(model)
+    from generation.backends import load_backend
+
+    backend = load_backend(model)
     try:
         if db is None:
             return self_refine(backend, questions, **kwargs)
@@ -354,52 +260,4 @@ def refine_and_store(
         backend.close()
 
 
-def render_results(results: Sequence[RefineResult]) -> None:
-    """Print each question's answer, feedback steps and final answer with rich panels."""
-    from rich.console import Console
-    from rich.panel import Panel
-
-    console = Console()
-    for r in results:
-        console.rule(f"[bold]{_short(r.question)}")
-        console.print(Panel(_text(r.answer, r.error), title="answer"))
-        for k, s in enumerate(r.steps, 1):
-            colour = {"correct": "green", "incorrect": "yellow"}.get(s.verdict or "", "red")
-            console.print(Panel(_text(s.feedback, s.error),
-                                title=f"feedback {k} — verdict [{colour}]{s.verdict}[/]"))
-            if s.refinement is not None:
-                console.print(Panel(_text(s.refinement, None), title=f"refined answer {k}"))
-        console.print(f"[bold]stopped:[/] {r.stopped}")
-
-
-def _text(text: str | None, error: str | None) -> Any:
-    """Model output as literal text (never parsed as rich markup); the error when missing."""
-    from rich.text import Text
-
-    return Text(text) if text is not None else Text(f"failed: {error}", style="red")
-
-
-def _short(text: str, n: int = 70) -> str:
-    from rich.markup import escape
-
-    one = " ".join(text.split())
-    return escape(one if len(one) <= n else one[: n - 1] + "…")
-
-
-def _verdict(feedback: str) -> tuple[str | None, str | None]:
-    """(verdict, parse error) of a feedback text via curation's tolerant parser."""
-    from curation.verdicts import parse_verdict
-
-    parsed = parse_verdict(feedback)
-    if isinstance(parsed, tuple):
-        return parsed[0], parsed[1] if len(parsed) > 1 else None
-    verdict = getattr(parsed, "verdict", parsed)
-    error = getattr(parsed, "error", None) or getattr(parsed, "reason", None)
-    return verdict, (error if verdict is None else None)
-
-
-__all__ = [
-    "CONVERSATION_VERSION", "RefinePrompts", "RefineResult", "RefineStep", "chat_messages",
-    "ledger_generate",
-    "self_refine",
-]
+__all__ = ["RefinePrompts", "RefineResult", "RefineStep", "refine_and_store", "self_refine"]

@@ -1,13 +1,24 @@
-"""``selfevo refine``: answer, self-feedback and self-refinement of questions at inference time."""
+"""``selfevo refine``: answer, self-feedback and self-refinement of questions at inference time.
+
+Also the display of self-refinement: :func:`stage_progress` (one progress task per stage,
+for ``refine`` and ``eval run``) and :func:`render_results`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from selfevo import SelfevoError
+
+if TYPE_CHECKING:
+    from generation.ledger import Progress
+    from selfevo.refine import RefineResult
 
 
 def read_questions(question: str | None, input_file: str | None) -> list[str]:
@@ -61,10 +72,10 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
       selfevo refine --model hf:smollm2-135m --steps 2 --stop-on-correct \\
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
-    from selfevo.refine import RefinePrompts, refine_and_store, render_results, rich_progress
+    from selfevo.refine import RefinePrompts, refine_and_store
 
     questions = read_questions(question, input_file)
-    with rich_progress(len(questions) > 1) as progress:
+    with stage_progress(len(questions) > 1) as progress:
         results = refine_and_store(
             model, questions, steps=steps, stop_on_correct=stop_on_correct,
             params={"max_tokens": max_tokens, "temperature": temperature}, db=db,
@@ -75,3 +86,63 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
         render_results(results)
+
+
+@contextlib.contextmanager
+def stage_progress(enabled: bool = True, console: Any = None) -> Iterator[Progress | None]:
+    """A ``progress(stage, advance, total)`` for :func:`selfevo.refine.self_refine`.
+
+    Drawn with :func:`corpus.display.progress` (on stderr unless ``console`` is given, on a
+    terminal only): one task per stage batch — answer, self-feedback, self-refinement, and
+    ``… (step k)`` for the later steps.
+    """
+    if not enabled:
+        yield None
+        return
+    from corpus.display import progress
+
+    with progress(console=console) as display:
+        tasks: dict[str, Any] = {}
+        starts: dict[str, int] = {}
+
+        def on_progress(stage: str, advance: int, total: int) -> None:
+            if advance == 0 or stage not in tasks:  # a stage's batch starts
+                starts[stage] = starts.get(stage, 0) + 1
+                label = stage if starts[stage] == 1 else f"{stage} (step {starts[stage]})"
+                tasks[stage] = display.task(label, total)
+            if advance:
+                tasks[stage].advance(advance)
+
+        yield on_progress
+
+
+def render_results(results: Sequence[RefineResult]) -> None:
+    """Print each question's answer, feedback steps and final answer with rich panels."""
+    from rich.console import Console
+    from rich.panel import Panel
+
+    console = Console()
+    for r in results:
+        console.rule(f"[bold]{_short(r.question)}")
+        console.print(Panel(_text(r.answer, r.error), title="answer"))
+        for k, s in enumerate(r.steps, 1):
+            colour = {"correct": "green", "incorrect": "yellow"}.get(s.verdict or "", "red")
+            console.print(Panel(_text(s.feedback, s.error),
+                                title=f"feedback {k} — verdict [{colour}]{s.verdict}[/]"))
+            if s.refinement is not None:
+                console.print(Panel(_text(s.refinement, None), title=f"refined answer {k}"))
+        console.print(f"[bold]stopped:[/] {r.stopped}")
+
+
+def _text(text: str | None, error: str | None) -> Any:
+    """Model output as literal text (never parsed as rich markup); the error when missing."""
+    from rich.text import Text
+
+    return Text(text) if text is not None else Text(f"failed: {error}", style="red")
+
+
+def _short(text: str, n: int = 70) -> str:
+    from rich.markup import escape
+
+    one = " ".join(text.split())
+    return escape(one if len(one) <= n else one[: n - 1] + "…")

@@ -151,6 +151,83 @@ def test_dry_run_needs_no_key_and_counts_cached_responses(db, server, cli, monke
     assert "openai:student@" in lines["no price (not in the cost)"]
 
 
+def _config(server: OpenAIServer, **kw):
+    from generation.collect import CollectConfig
+
+    return CollectConfig(teacher=f"openai:teacher@{server.base_url}",
+                         responder=f"openai:student@{server.base_url}", max_tokens=64, **kw)
+
+
+def test_dry_run_call_ids_are_the_ones_the_run_sends(db, server, cli):
+    from generation.collect import run_collect
+
+    seed(db, 4)
+    dry = run_collect(db, _config(server, samples=2, temperature=0.8), dry=True)
+    assert server.chat_requests() == [] and dry.calls == {"response": 8, "feedback": 8,
+                                                          "refinement": 8}
+    cli(*collect_args(db, server, "--samples", "2", "--temperature", "0.8"))
+    sent = {r[0] for r in query(db, "SELECT call_id FROM calls WHERE purpose = 'response'")}
+    assert len(dry.call_ids["response"]) == 8 and set(dry.call_ids["response"]) == sent
+    assert len(server.chat_requests()) == sum(dry.calls.values())
+    # Run again, the dry run sees it all cached: nothing left to send.
+    again = run_collect(db, _config(server, samples=2, temperature=0.8), dry=True)
+    assert again.calls == {} and again.cached == {"response": 8, "feedback": 8, "refinement": 8}
+
+
+def test_no_gold_leaves_the_gold_answer_out_of_the_run_and_the_dry_run(db, server, cli):
+    from generation.collect import Item, load_templates, run_collect, stage_calls
+
+    config = _config(server, use_gold=False)
+    prompt = {"text": "How many?", "gold_answer": "7319"}
+    item = Item(prompt, response="It is 5.", feedback="Wrong.\nVerdict: incorrect")
+    for stage in ("feedback", "refinement"):
+        for use_gold in (True, False):
+            config.use_gold = use_gold
+            [call] = stage_calls(stage, config, load_templates(config), [item])
+            assert ("7319" in json.dumps(call.request.messages)) is use_gold
+    seed(db, 3)
+    cli(*collect_args(db, server))  # with the gold answer: responses are now cached
+    gold_ids = {r[0] for r in query(db, "SELECT call_id FROM calls WHERE purpose = 'feedback'")}
+    dry = run_collect(db, _config(server, use_gold=False), dry=True)
+    assert dry.cached == {"response": 3} and dry.calls["feedback"] == 3
+    assert not set(dry.call_ids["feedback"]) & gold_ids  # different prompts: no gold in them
+    server.reset_log()
+    cli(*collect_args(db, server, "--no-gold"))
+    no_gold = query(db, "SELECT call_id, messages FROM calls WHERE purpose = 'feedback' "
+                        "AND run_id = (SELECT max_by(run_id, started_at) FROM runs)")
+    assert {cid for cid, _ in no_gold} == set(dry.call_ids["feedback"])
+    golds = [g for (g,) in query(db, "SELECT gold_answer FROM prompts")]
+    assert all(f"#### {g}" not in m and "gold" not in m.lower() for _, m in no_gold for g in golds)
+
+
+def test_collect_progress_has_one_task_per_stage_with_counts(db, server):
+    import io
+
+    from rich.console import Console
+
+    from corpus.display import progress
+    from generation.collect import Collector
+    from generation.ledger import Ledger
+
+    seed(db, 3)
+    tty = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        collector = Collector(store, _config(server), run.run_id)
+        try:
+            with Ledger(store, run.run_id) as ledger, progress(console=tty) as display:
+                summary = collector.run(ledger, display)
+        finally:
+            collector.close()
+    assert summary.calls == {s: {"ok": 3, "failed": 0, "cached": 0}
+                             for s in ("response", "feedback", "refinement")}
+    last_frame = tty.file.getvalue()
+    last_frame = last_frame[last_frame.rindex("response"):]
+    for stage in ("response", "feedback", "refinement"):
+        assert stage in last_frame
+    assert last_frame.count("3/3") == 3 and last_frame.count("done 3") == 3
+    assert "req/s" in last_frame and "tok $" in last_frame
+
+
 def test_budget_stops_before_exceeding(db, server, cli, tmp_path):
     seed(db, 10)
     prices = tmp_path / "prices.json"

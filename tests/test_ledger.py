@@ -16,9 +16,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_server import Behaviour  # noqa: E402
 
 from corpus.store import Store  # noqa: E402
-from generation.backends.base import Backend, ChatRequest, ChatResult, OnResult  # noqa: E402
+from generation.backends.base import (  # noqa: E402
+    AttemptInfo,
+    Backend,
+    BeforeSend,
+    ChatRequest,
+    ChatResult,
+    OnResult,
+)
 from generation.backends.openai_backend import OpenAIBackend, OpenAIOptions  # noqa: E402
-from generation.ledger import Call, Ledger, call_id  # noqa: E402
+from generation.ledger import Call, Completion, Ledger, call_id, ledger_generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -225,3 +232,186 @@ def test_malformed_200s_are_never_stored_as_success(db, server):
         assert store.query("SELECT status, response, error_kind FROM calls ORDER BY n_attempts") == [
             ("failed", None, "empty"), ("failed", None, "malformed")]
         assert store.query("SELECT count(*) FROM attempts WHERE error_kind = 'malformed'")[0][0] == 3
+
+
+# -- the steps of Ledger.complete, one by one ---------------------------------------------
+class EchoBackend(Backend):
+    """Answers ``echo: <question>`` in-process; fails the questions in ``fail``.
+
+    ``announces`` makes it a backend that announces its sends (calls ``before_send``);
+    ``on_send(j)`` runs right before request ``j`` is sent.
+    """
+
+    spec = "test:echo"
+    endpoint = None
+
+    def __init__(self, announces: bool = False, fail: Sequence[str] = (), in_flight: int = 1):
+        self.announces_sends = announces
+        self.fail = set(fail)
+        self.in_flight = in_flight
+        self.sent: list[str] = []
+        self.on_send = None
+
+    @property
+    def concurrency(self) -> int:
+        return self.in_flight
+
+    def generate(self, requests: Sequence[ChatRequest], on_result: OnResult | None = None,
+                 before_send: BeforeSend | None = None) -> list[ChatResult]:
+        out = []
+        for j, r in enumerate(requests):
+            wait = before_send(j) if before_send is not None else None
+            if wait is not None:
+                wait()
+            if self.on_send is not None:
+                self.on_send(j)
+            question = r.messages[-1]["content"]
+            self.sent.append(question)
+            ok = question not in self.fail
+            res = ChatResult(ok=ok, text=f"echo: {question}" if ok else None,
+                             finish_reason="stop" if ok else None, prompt_tokens=3 if ok else None,
+                             completion_tokens=2 if ok else None, error_kind=None if ok else "server",
+                             error=None if ok else "scripted", attempts=[
+                                 AttemptInfo(1, "ok" if ok else "failed", 0.01)])
+            if on_result is not None:
+                on_result(j, res)
+            out.append(res)
+        return out
+
+
+@pytest.fixture
+def ledger(db):
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        with Ledger(store, run.run_id, window=4) as led:
+            yield led
+
+
+def statuses(ledger: Ledger) -> dict[str, str]:
+    """call_id -> status, read through the writer (so after everything queued before)."""
+    return dict(ledger.query("SELECT call_id, status FROM calls"))
+
+
+def test_look_up_answers_ok_calls_from_the_store_and_plan_sends_each_missing_id_once(ledger):
+    ledger.complete(EchoBackend(fail=["question 1"]), calls(3))  # 0, 2 ok; 1 failed
+    backend = EchoBackend()
+    cs = calls(4)
+    c = Completion(ledger, backend, [cs[0], cs[1], cs[2], cs[3], cs[1], cs[3]])
+    c.look_up()
+    assert [o is not None and o.cached for o in c.outcomes] == [True, False, True, False,
+                                                                False, False]
+    assert c.outcomes[0].text == "echo: question 0" and ledger.counts.cached == 2
+    c.plan()
+    assert c.misses == [1, 3] and c.positions == {c.ids[1]: [1, 4], c.ids[3]: [3, 5]}
+    assert c.prior(c.ids[1]) == "failed" and c.prior(c.ids[3]) is None
+    assert backend.sent == []  # looking up and planning send nothing
+
+
+@pytest.mark.parametrize("announces, pending", [(True, 4), (False, 10)])
+def test_register_commits_a_window_only_for_a_backend_that_announces(ledger, announces, pending):
+    c = Completion(ledger, EchoBackend(announces=announces), calls(10))
+    c.look_up()
+    c.plan()
+    c.register()
+    assert c.registered == pending
+    assert list(statuses(ledger).values()) == ["pending"] * pending
+
+
+def test_before_send_moves_the_window_along_and_waits_only_for_uncommitted_rows(ledger):
+    c = Completion(ledger, EchoBackend(announces=True), calls(10))
+    c.look_up()
+    c.plan()
+    c.register()
+    assert c.before_send(1) is None and c.registered == 4  # committed; half a window left
+    wait = c.before_send(2)  # half the window used: register up to 2 + 4
+    assert c.registered == 6
+    if wait is not None:
+        wait()
+    assert len(statuses(ledger)) == 6 and c.before_send(5) is None
+
+
+def test_window_size_follows_the_declared_concurrency(db):
+    with Store.open(db, command="collect") as store, store.run("collect", {}) as run:
+        with Ledger(store, run.run_id) as led:
+            assert Completion(led, EchoBackend(in_flight=100), calls(1)).window == 800
+            assert Completion(led, EchoBackend(), calls(1)).window == 512
+
+
+def test_every_request_is_committed_pending_before_it_is_sent(ledger):
+    backend = EchoBackend(announces=True)
+    c = Completion(ledger, backend, calls(20))
+    seen_pending: list[int] = []
+
+    def check(j: int) -> None:
+        rows = statuses(ledger)
+        assert rows[c.ids[c.misses[j]]] == "pending"
+        seen_pending.append(sum(s == "pending" for s in rows.values()))
+
+    backend.on_send = check
+    out = c.run()
+    assert [o.text for o in out] == [f"echo: question {i}" for i in range(20)]
+    assert len(seen_pending) == 20 and max(seen_pending) <= 4  # never more than the window
+    assert set(statuses(ledger).values()) == {"ok"}
+
+
+def test_on_result_records_answers_for_every_duplicate(ledger):
+    c = Completion(ledger, EchoBackend(), calls(1) * 3)
+    c.look_up()
+    c.plan()
+    c.register()
+    seen = []
+    c.on_outcome = lambda i, o: seen.append((i, o.text))
+    c.on_result(0, ChatResult(ok=True, text="hi", finish_reason="stop", prompt_tokens=5,
+                              completion_tokens=7, cost=0.5,
+                              attempts=[AttemptInfo(1, "retry", 0.1), AttemptInfo(2, "ok", 0.1)]))
+    assert seen == [(0, "hi"), (1, "hi"), (2, "hi")]
+    counts = ledger.counts
+    assert (counts.ok, counts.attempts, counts.prompt_tokens, counts.completion_tokens,
+            counts.cost) == (1, 2, 5, 7, 0.5)
+    assert ledger.query("SELECT status, response, n_attempts FROM calls") == [("ok", "hi", 2)]
+
+
+def test_on_result_of_an_unsent_call_removes_or_restores_its_row(ledger):
+    ledger.complete(EchoBackend(fail=["question 1"]), calls(2))  # 0 ok, 1 failed
+    c = Completion(ledger, EchoBackend(), calls(3))
+    c.look_up()
+    c.plan()
+    c.register()
+    assert statuses(ledger) == {c.ids[0]: "ok", c.ids[1]: "pending", c.ids[2]: "pending"}
+    for j in range(2):
+        c.on_result(j, ChatResult(ok=False, error_kind="budget", error="not sent (budget)"))
+    assert statuses(ledger) == {c.ids[0]: "ok", c.ids[1]: "failed"}  # new row gone
+    assert ledger.counts.unsent == 2 and ledger.counts.failed == 1  # the first run's failure
+    assert [o.error_kind for o in c.outcomes[1:]] == ["budget", "budget"]
+
+
+def test_backends_that_do_not_announce_sends_are_not_handed_before_send(ledger):
+    """A backend written to the old two-argument generate still works through the ledger."""
+    out = ledger.complete(DyingBackend(survive=100), calls(3))
+    assert [o.text for o in out] == ["answer 0", "answer 1", "answer 2"]
+
+
+# -- ledger_generate: the ledger as a plain generate function -----------------------------
+def test_ledger_generate_caches_and_reports_progress(db):
+    events: list[tuple[str, int, int]] = []
+    backend = EchoBackend()
+    requests = [c.request for c in calls(3)]
+    with Store.open(db, command="refine") as store, store.run("refine", {}) as run:
+        gen = ledger_generate(backend, store, run.run_id, lambda *e: events.append(e))
+        first = gen(requests, "answer", "h1:tpl")
+        again = gen(requests, "answer", "h1:tpl")
+        assert gen([], "answer", None) == []
+        purposes = store.query("SELECT DISTINCT purpose, template FROM calls")
+    assert [r.text for r, _ in first] == [r.text for r, _ in again] == [
+        "echo: question 0", "echo: question 1", "echo: question 2"]
+    assert [cid for _, cid in first] == [cid for _, cid in again]
+    assert all(cid is not None for _, cid in first) and len(backend.sent) == 3  # 2nd: cached
+    assert purposes == [("answer", "h1:tpl")]
+    assert events == [("answer", 0, 3)] + [("answer", 1, 3)] * 3 + [("answer", 0, 3)] + [
+        ("answer", 1, 3)] * 3
+
+
+def test_ledger_generate_without_a_store_goes_straight_to_the_backend():
+    backend = EchoBackend()
+    out = ledger_generate(backend)([c.request for c in calls(2)], "answer", None)
+    assert [(r.text, cid) for r, cid in out] == [("echo: question 0", None),
+                                                 ("echo: question 1", None)]

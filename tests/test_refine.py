@@ -9,7 +9,22 @@ import pytest
 
 from generation.backends.base import Backend, ChatRequest, ChatResult
 from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
-from selfevo.refine import RefinePrompts, chat_messages, self_refine
+from selfevo.refine import RefinePrompts, self_refine
+
+
+def chat_messages(question: str, response: str | None = None,
+                  feedback: str | None = None) -> list[dict[str, str]]:
+    """The reference the templates are checked against: a stage's request in the layout.
+
+    Straight from :mod:`schemas.conversation`: ask ``record_messages`` for one more turn than
+    needed and drop it, so the request is exactly a prefix of the training layout.
+    """
+    if response is None:
+        return [{"role": "user", "content": question}]
+    msgs = record_messages(kind="self", prompt=question, response=response,
+                           feedback="" if feedback is None else feedback,
+                           refinement=None if feedback is None else "")
+    return [{"role": m["role"], "content": m["content"]} for m in msgs[:-1]]
 
 
 def stage_of(req: ChatRequest) -> str:
@@ -208,6 +223,41 @@ def test_progress_hears_every_request_per_stage():
     assert starts == [("answer", 2), ("self-feedback", 2), ("self-refinement", 2),
                       ("self-feedback", 2), ("self-refinement", 2)]
     assert sum(a for _, a, _ in events) == 10 == len(model.requests)
+
+
+def test_stage_progress_draws_one_task_per_stage_and_step():
+    import io
+
+    from rich.console import Console
+
+    from selfevo.refine_cli import stage_progress
+
+    tty = Console(file=io.StringIO(), force_terminal=True, width=120)
+    model = ScriptedModel(lambda stage, req: {"answer": "A", "feedback": "Verdict: incorrect",
+                                              "refinement": "B"}[stage])
+    with stage_progress(console=tty) as progress:
+        self_refine(model, ["Q1", "Q2", "Q3"], steps=2, progress=progress)
+    drawn = tty.file.getvalue()
+    for label in ("answer", "self-feedback", "self-refinement", "self-feedback (step 2)",
+                  "self-refinement (step 2)"):
+        assert label in drawn
+    last_frame = drawn[drawn.rindex("answer"):]
+    assert last_frame.count("3/3") == 5  # every task full at the end
+    with stage_progress(enabled=False) as nothing:
+        assert nothing is None
+
+
+def test_failed_refinement_stops_the_question_and_keeps_the_last_answer():
+    def script(stage, req):
+        return {"answer": "The answer is 1.", "feedback": "wrong\nVerdict: incorrect",
+                "refinement": None}[stage]
+
+    model = ScriptedModel(script)
+    [res] = self_refine(model, ["Q"], steps=3)
+    assert res.stopped == "failed" and res.error == "scripted failure"
+    assert res.final == "The answer is 1." and len(res.steps) == 1
+    assert res.steps[0].refinement is None and res.steps[0].error == "scripted failure"
+    assert [stage_of(r) for r in model.requests] == ["answer", "feedback", "refinement"]
 
 
 @pytest.mark.slow

@@ -14,12 +14,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.backends.base import (
+    AttemptInfo,
+    Backend,
+    BeforeSend,
+    ChatRequest,
+    ChatResult,
+    OnResult,
+)
 from generation.errors import GenerationError
 
 __all__ = [
     "AttemptInfo",
     "Backend",
+    "BeforeSend",
     "ChatRequest",
     "ChatResult",
     "OnResult",

@@ -3,6 +3,11 @@
 A batch of chat requests goes in; one result per request comes out, in order. ``on_result``
 is called as each result is ready (before ``generate`` returns) so the call ledger can
 persist it immediately: a job killed mid-batch keeps every finished response.
+
+A backend that can tell when each request leaves (:attr:`Backend.announces_sends`) calls
+``before_send(i)`` right before request ``i`` is first sent; the ledger then keeps its
+pending rows only a window ahead of the sender. A backend that cannot (in-process ones)
+ignores ``before_send``, and the ledger registers the whole batch before ``generate``.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ class ChatResult:
 
 
 OnResult = Callable[[int, ChatResult], None]
+#: ``before_send(i)`` is called right before request ``i`` is first sent; it returns None, or
+#: a blocking wait to run (off any event loop, delaying only that request) before sending.
+BeforeSend = Callable[[int], Callable[[], None] | None]
 
 
 class Backend(ABC):
@@ -60,12 +68,25 @@ class Backend(ABC):
     spec: str
     #: Base URL without credentials (part of ``call_id``), or None for in-process backends.
     endpoint: str | None = None
+    #: Whether :meth:`generate` calls ``before_send(i)`` right before request ``i`` is first
+    #: sent. False: ``before_send`` is ignored and the ledger registers a batch up front.
+    announces_sends: bool = False
+
+    @property
+    def concurrency(self) -> int:
+        """Requests in flight at once, at most (sizes the ledger's window of pending rows)."""
+        return 1
 
     @abstractmethod
     def generate(
-        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None
+        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None,
+        before_send: BeforeSend | None = None,
     ) -> list[ChatResult]:
-        """Answer every request; call ``on_result(index, result)`` as each one finishes."""
+        """Answer every request; call ``on_result(index, result)`` as each one finishes.
+
+        With :attr:`announces_sends`, ``before_send(index)`` is called before a request is
+        first sent and the wait it returns is run first; otherwise it is ignored.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release clients, threads or model memory."""

@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import Any
 
 from generation.backends.aliases import resolve_model
-from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.backends.base import (
+    AttemptInfo,
+    Backend,
+    BeforeSend,
+    ChatRequest,
+    ChatResult,
+    OnResult,
+)
 from generation.errors import GenerationError
 
 #: End-of-turn specials of common chat templates (also stop generation when in the vocab).
@@ -229,9 +236,14 @@ class HFBackend(Backend):
     # -- generation ------------------------------------------------------------------------
 
     def generate(
-        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None
+        self, requests: Sequence[ChatRequest], on_result: OnResult | None = None,
+        before_send: BeforeSend | None = None,
     ) -> list[ChatResult]:
-        """Answer every request in length-sorted, left-padded micro-batches."""
+        """Answer every request in length-sorted, left-padded micro-batches.
+
+        Sends are not announced (``announces_sends`` is False): ``before_send`` is ignored
+        and the ledger registers the whole batch before calling this.
+        """
         self.load()
         prompts = [self.prompt_ids(r.messages) for r in requests]
         results: list[ChatResult | None] = [None] * len(requests)

@@ -44,12 +44,19 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from generation.backends.base import AttemptInfo, Backend, ChatRequest, ChatResult, OnResult
+from generation.backends.base import (
+    AttemptInfo,
+    Backend,
+    BeforeSend,
+    ChatRequest,
+    ChatResult,
+    OnResult,
+)
 from generation.errors import GenerationError
 from generation.prices import PriceTable
 
@@ -57,11 +64,6 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_KEY_ENV = "OPENAI_API_KEY"
 #: ``max_tokens`` assumed by the budget when a request sets none.
 DEFAULT_BUDGET_MAX_TOKENS = 4096
-
-#: ``before_send(i)`` is called before request ``i`` is first sent; it returns None, or a
-#: blocking wait to run (off the event loop) before sending.
-BeforeSend = Callable[[int], Callable[[], None] | None]
-
 
 class BudgetExceeded(GenerationError):
     """The next request could cost more than what is left of ``--budget``."""
@@ -374,8 +376,8 @@ class BackendStats:
 class OpenAIBackend(Backend):
     """Chat completions from one model behind one or more OpenAI-compatible base URLs."""
 
-    #: The ledger may call ``before_send(i)`` right before request ``i`` is first sent.
-    supports_before_send = True
+    #: ``before_send(i)`` is called right before request ``i``'s first attempt.
+    announces_sends = True
 
     def __init__(self, model: str, base_urls: Sequence[str] | None = None,
                  options: OpenAIOptions | None = None):
@@ -432,6 +434,11 @@ class OpenAIBackend(Backend):
         """Send nothing new; requests in flight finish (thread-safe)."""
         self.stop_reason = self.stop_reason or reason
         self._stop.set()
+
+    @property
+    def concurrency(self) -> int:
+        """``--concurrency``: requests in flight at most, over all base URLs."""
+        return self.options.concurrency
 
     def cost_bound(self, request: ChatRequest) -> float:
         """The most one attempt of ``request`` can cost (0 when the model has no price)."""
