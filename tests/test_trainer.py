@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from torchrun import torchrun
 
 from trainer.config import TrainConfig
 from trainer.testing.synthetic import synthetic_records, write_export
@@ -104,14 +105,6 @@ def test_plain_format_without_packing_trains(tmp_path, tiny_model_dir_plain, exp
     assert meta["sequence_format"] == "plain" and len(res.losses) == 3
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ddp_two_cpu_processes_match_single_process(tmp_path, tiny_model_dir, export_dir):
     args = ["--data", str(export_dir), "--base", str(tiny_model_dir), "--lr", "3e-3",
             "--pack-len", "512", "--max-steps", "3", "--epochs", "5", "--no-progress", "--lora-dropout", "0",
@@ -122,11 +115,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path, tiny_model_dir, ex
         env=env, capture_output=True, text=True, timeout=300,
     )
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "trainer", *args, "--out", str(tmp_path / "d")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    ddp = torchrun(["-m", "trainer", *args, "--out", str(tmp_path / "d")], env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     s, d = _metrics(tmp_path / "s"), _metrics(tmp_path / "d")
     assert [m["trained_tokens"] for m in d] == [m["trained_tokens"] for m in s]

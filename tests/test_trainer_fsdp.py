@@ -13,10 +13,10 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from torchrun import torchrun as run_torchrun
 
 from trainer.config import TrainConfig
 from trainer.testing.synthetic import synthetic_records, write_export
@@ -48,20 +48,13 @@ def _flags(settings: dict) -> list[str]:
 
 def torchrun(export_dir: Path, base: Path, out: Path, *, script: list[str] | None = None,
              check: bool = True, **settings) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node 2 -m trainer`` (or ``script``) with ``shard=fsdp``."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    """``torchrun --nproc_per_node 2 -m trainer`` (or ``script``) with ``shard=fsdp``; its
+    ranks are killed with it (tests/torchrun.py)."""
     flags = _flags({"data": export_dir, "base": base, "out": out, "shard": "fsdp",
                     "progress": False, **COMMON, **settings})
     target = script if script is not None else ["-m", "trainer"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(port), *target, *flags],
-        env=env, capture_output=True, text=True, timeout=300)
+    proc = run_torchrun([*target, *flags], env=env)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -144,6 +137,7 @@ def test_fsdp_lora_matches_single_process_and_exports_an_adapter(lora_runs, tiny
     assert _meta(fsdp / "merged")["format"] == "merged"
 
 
+@pytest.mark.slow  # two torchrun runs (~1 min each on a loaded 2-core machine)
 def test_fsdp_full_matches_single_process_and_a_2_rank_checkpoint_resumes_on_1(
         tmp_path, tiny_model_dir, export_dir):
     import torch
@@ -169,6 +163,7 @@ def test_fsdp_full_matches_single_process_and_a_2_rank_checkpoint_resumes_on_1(
     assert [m["loss"] for m in rest] == pytest.approx([m["loss"] for m in f[SAVE_EVERY:]], rel=1e-5)
 
 
+@pytest.mark.slow  # two torchrun runs (~1 min each on a loaded 2-core machine)
 def test_killed_rank_resumes_from_the_last_sharded_checkpoint(lora_runs, tmp_path,
                                                              tiny_model_dir, export_dir):
     out = tmp_path / "crashed"
