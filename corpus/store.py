@@ -53,7 +53,7 @@ from corpus.migrations import (
 )
 from corpus.redaction import redact, redact_optional
 from corpus.version import code_version
-from schemas.errors import UserError
+from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -327,7 +327,8 @@ class Store:
     def run(
         self, command: str, config: dict[str, Any], parent_run_id: str | None = None
     ) -> Iterator[Run]:
-        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, else ``failed``.
+        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, ``waiting`` when it
+        stopped to wait for work outside (:class:`schemas.errors.Waiting`), else ``failed``.
 
         A full disk or unwritable file becomes a one-line CorpusError; an interrupt, however
         DuckDB surfaced it, becomes KeyboardInterrupt. When even the final UPDATE is refused,
@@ -339,6 +340,9 @@ class Store:
             # it as 'interrupted' (an UPDATE of a row that never landed changes nothing).
             self._insert_run(run, parent_run_id)
             yield run
+        except Waiting as exc:  # e.g. batches still running: the next run continues
+            self._finish_anyway(run, "waiting", str(exc).splitlines()[0])
+            raise
         except BaseException as exc:
             if is_interrupt(exc):
                 self._finish_anyway(run, "interrupted", "interrupted by the user (Ctrl-C)")
@@ -443,7 +447,12 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection,
                 "UPDATE runs SET status = ?, finished_at = now(), error = ?, counts = ? "
                 "WHERE run_id = ?",
                 [status, error, json.dumps(counts[rid], sort_keys=True), rid])
-    con.execute("UPDATE calls SET possibly_billed = true WHERE status = 'pending'")
+    # A call pending in a batch was handed to the provider on purpose: its batch answers it
+    # (once), so it is not a request a dead job left in flight.
+    con.execute(
+        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
+    )
     return dead
 
 

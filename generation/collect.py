@@ -25,6 +25,7 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +45,7 @@ from generation.backends.openai_backend import (
     OpenAIOptions,
     public_spec,
 )
+from generation.batches import BatchesOpen, BatchOptions
 from generation.errors import GenerationError
 from generation.failures import Failures
 from generation.ledger import UNSENT_KINDS, Call, Ledger, LedgerCounts, Outcome
@@ -70,14 +72,20 @@ class CollectConfig:
     responses_from: tuple[str, ...] = ("self", "meta")
     chunk: int = 1000  # prompts per chunk: records land chunk by chunk
     options: OpenAIOptions = field(default_factory=OpenAIOptions)
+    batch: BatchOptions | None = None  # --mode batch|file; None: online
 
     def as_config(self) -> dict[str, Any]:
         """JSON-able config for the ``runs`` row (no secrets: only the key's variable name)."""
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, batch=None))  # asdict would deep-copy its display
+        d["batch"] = self.batch.as_config() if self.batch else None
         d["responses_from"] = list(self.responses_from)
         d["teacher"] = public_spec(self.teacher)
         d["responder"] = public_spec(self.responder) if self.responder else None
         return d
+
+    def chunk_size(self, n_prompts: int) -> int:
+        """Prompts per chunk: ``chunk`` online; all of them in batch mode (one batch a stage)."""
+        return max(1, n_prompts) if self.batch is not None else self.chunk
 
 
 @dataclass
@@ -264,6 +272,10 @@ class Collector:
         for b in (self.responder, self.teacher):
             if isinstance(b, OpenAIBackend):
                 b.budget = budget  # one budget over every backend of the run
+        if config.batch is not None and not any(b.batchable for b in self.backends()):
+            raise GenerationError(
+                f"--mode {config.batch.mode} sends requests as Batch API / JSONL files: give "
+                "an openai: --teacher or --responder (hf: models answer in process)")
         self.summary = CollectSummary()
         self.bars: StageBars | None = None
 
@@ -298,9 +310,10 @@ class Collector:
             expected = len(prompts) * (cfg.samples if self.responder else 1)
             self.bars = StageBars(display, call_stages(cfg), expected, self.summary,
                                   ledger.counts)
+        chunk = cfg.chunk_size(len(prompts))
         try:
-            for start in range(0, len(prompts), cfg.chunk):
-                self._chunk(ledger, prompts[start:start + cfg.chunk])
+            for start in range(0, len(prompts), chunk):
+                self._chunk(ledger, prompts[start:start + chunk])
                 if self.summary.stopped:
                     break
         finally:
@@ -523,10 +536,16 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
 
     console = stderr_console()
     collector = Collector(store, config, run.run_id)
-    ledger = Ledger(store, run.run_id)
+    ledger = Ledger(store, run.run_id, batch=config.batch)
     try:
         with ledger, progress(console=console) as display:
+            if config.batch is not None:
+                config.batch.display = display  # one task per batch while polling
             summary = collector.run(ledger, display)
+            if ledger.waiting:  # what is answered went on; the rest waits for its batches
+                from generation.batches.drive import stop_if_waiting
+
+                stop_if_waiting(ledger)
             # Asked through the writer: it runs after the queued records are written.
             summary.records_new = ledger.query(
                 "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
@@ -534,6 +553,9 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
         console.print(summary_table(collector.summary))
         console.print("[yellow]interrupted: finished calls and records are stored; "
                       "rerun the same command to continue[/]")
+        raise
+    except BatchesOpen:
+        console.print(summary_table(collector.summary))
         raise
     finally:
         collector.close()

@@ -19,8 +19,10 @@ from generation.errors import GenerationError
 
 #: Error kinds that are the model's answer, not a failed request.
 MODEL_ANSWER_KINDS = frozenset({"empty"})
-#: Error kinds of requests that were never sent (a budget stop, Ctrl-C): not failures either.
-UNSENT_KINDS = frozenset({"budget", "interrupted"})
+#: Error kinds of requests that were never sent (a budget stop, Ctrl-C), or not answered yet
+#: (``waiting``: in a batch still running, or a shard file waiting for its results): not
+#: failures either.
+UNSENT_KINDS = frozenset({"budget", "interrupted", "waiting"})
 
 
 def is_request_failure(ok: bool, error_kind: str | None) -> bool:

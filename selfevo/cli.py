@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("corpus.cli:snapshot", "Create, list, diff and export snapshots."),
     "templates": ("generation.cli:templates", "List and show prompt templates."),
     "collect": ("generation.cli:collect", "Collect responses, teacher feedback and refinements."),
+    "batches": ("generation.cli:batches", "List, poll, cancel and ingest batch generation jobs."),
     "curate": ("curation.cli:curate", "Filter, dedup and decontaminate records."),
     "train": ("selfevo.train_cli:train", "Fine-tune a student on a snapshot export."),
     "evolve": ("selfevo.evolve_cli:evolve", "Run self-evolution rounds."),
@@ -80,10 +81,13 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from schemas.errors import UserError  # here, not at import: a fast, small entry point
+        from schemas.errors import UserError, Waiting  # here, not at import: a fast, small entry point
 
         try:
             return super().invoke(ctx)
+        except Waiting as exc:  # not an error: say what waits and how to go on
+            click.echo(str(exc), err=True)
+            raise click.exceptions.Exit(exc.exit_code) from exc
         except UserError as exc:
             if debug_enabled(ctx):
                 raise

@@ -28,6 +28,7 @@ from selfevo.stats import wilson_interval  # re-exported: one implementation, in
 if TYPE_CHECKING:
     from corpus.store import Store
     from generation.backends.base import Backend
+    from generation.batches import BatchOptions
     from generation.ledger import Progress
 
 MODES = ("direct", "refine")
@@ -289,6 +290,7 @@ def evaluate(
     round: int | None = None,
     parent_run_id: str | None = None,
     progress: Progress | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
 
@@ -297,7 +299,8 @@ def evaluate(
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
     in the run/evals config so comparisons and the report can order rounds. ``progress``
-    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`).
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`). ``batch``
+    sends each stage as batches (``--mode batch|file``).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -322,7 +325,7 @@ def evaluate(
         results = self_refine(
             backend, questions, steps=steps if "refine" in modes else 0,
             stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
-            prompts=prompts, store=store, run_id=run.run_id, progress=progress,
+            prompts=prompts, store=store, run_id=run.run_id, progress=progress, batch=batch,
         )
         summaries = []
         for mode in modes:

@@ -161,10 +161,14 @@ class Evolution:
     """
 
     def __init__(self, store: Store, config: EvolveConfig,
-                 log: Callable[[str], None] = print, display: Display | None = None):
+                 log: Callable[[str], None] = print, display: Display | None = None,
+                 batch: Any = None):
         config.check()
         self.store = store
         self.config = config
+        # --mode batch|file for the generate stage (how requests travel, not what the
+        # evolve is: it is not part of the config or the name)
+        self.batch = batch
         self.name = config.resolved_name()
         self.out = Path(config.out) / self.name
         self.log = log
@@ -226,9 +230,9 @@ class Evolution:
             for old in self._backends.values():  # one model in memory at a time
                 old.close()
             self._backends.clear()
-            from generation.backends import load_backend
+            from generation.batches import load_backend_for
 
-            self._backends[spec] = load_backend(spec)
+            self._backends[spec] = load_backend_for(spec, self.batch)
         return self._backends[spec]
 
     def close(self) -> None:
@@ -331,7 +335,7 @@ class Evolution:
                 template.render(examples=[s["text"] for s in shots]),
                 {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
         out = ledger_generate(self.backend(student), self.store, run.run_id,
-                              self.refine_progress(f"round {t} generate"))(
+                              self.refine_progress(f"round {t} generate"), batch=self.batch)(
             requests, "new-question", template.hash)
         rows = []
         for (res, call_id), ids in zip(out, seed_ids, strict=True):
@@ -372,7 +376,8 @@ class Evolution:
         results = self_refine(self.backend(student), [p["text"] for p in questions], steps=1,
                               params=cfg.gen, sample_indices=indices, prompts=tp,
                               store=self.store, run_id=run.run_id,
-                              progress=self.refine_progress(f"round {t} generate"))
+                              progress=self.refine_progress(f"round {t} generate"),
+                              batch=self.batch)
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
@@ -587,15 +592,17 @@ def _store_condition(bench: str, arg: str | None) -> Any:
 
 
 def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print,
-           display: Display | None = None) -> list[RoundResult]:
+           display: Display | None = None, batch: Any = None) -> list[RoundResult]:
     """Open the store and run (or resume) the evolve described by ``config``.
 
     Its SQL conditions (``--prompts``, ``--eval store:SQL``) are checked before the store is
-    opened."""
+    opened. ``batch`` (:class:`generation.batches.BatchOptions`): the generate stage's
+    requests go as batches; while they run the stage (and the command) stops ``waiting``,
+    and the same command run again resumes there."""
     from corpus.sqlfragment import SqlCondition
 
     SqlCondition(config.prompts, "--prompts")
     for spec in config.evals:
         _store_condition(*_eval_spec(spec))
     with Store.open(db, command="evolve") as store:
-        return Evolution(store, config, log, display).run()
+        return Evolution(store, config, log, display, batch).run()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from corpus.options import db_option
+from generation.batches.options import BatchOptions, mode_options
 from selfevo import SelfevoError
 
 
@@ -39,16 +40,18 @@ from selfevo import SelfevoError
 @click.option("--serve", metavar="URL",
               help="vLLM server (runtime LoRA loading) serving --base: each round's adapter is "
                    "loaded there and used as openai:NAME@URL.")
+@mode_options(out=False)
 @db_option
 def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str | None,
            strategy: str, filters: tuple[str, ...], samples: int,
            prompts_per_round: int | None, generate_prompts: int, evals: tuple[str, ...],
            eval_mode: str, eval_limit: int | None, temperature: float, max_tokens: int,
            train_opts: tuple[str, ...], out: str, name: str | None, seed: int, serve: str | None,
-           db: str) -> None:
+           batch: BatchOptions | None, db: str) -> None:
     """Run SELF self-evolution rounds: generate, filter, snapshot, export, train, eval.
 
     Re-running the same command resumes a killed run at its first unfinished stage.
+    --mode batch sends the generate stage through the provider's Batch API.
 
     \b
     Example:
@@ -79,7 +82,10 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
         train=train_settings(train_opts), out=out, name=name, seed=seed, serve=serve)
     with progress() as display:
-        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display)
+        if batch is not None:
+            batch.display = display  # one task per batch while the generate stage polls
+        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display,
+                             batch=batch)
     print_rounds(results)
 
 

@@ -28,6 +28,7 @@ from generation.backends.base import Backend, ChatRequest, ChatResult
 
 if TYPE_CHECKING:
     from corpus.store import Store
+    from generation.batches import BatchOptions
     from generation.failures import Failures
     from generation.ledger import Generate, Progress
 
@@ -137,6 +138,7 @@ def self_refine(
     run_id: str | None = None,
     progress: Progress | None = None,
     generate: Generate | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[RefineResult]:
     """Answer each question, then ``steps`` rounds of self-feedback and self-refinement.
 
@@ -147,13 +149,14 @@ def self_refine(
     ledger when ``store`` and ``run_id`` are given; ``progress(stage, advance, total)`` hears
     about each finished request (advance 0 when a stage starts; see
     :func:`selfevo.refine_cli.stage_progress`). ``generate`` replaces the ledger adapter.
+    ``batch`` sends each stage as batches (``--mode batch|file``; needs the store).
     """
     from generation.ledger import ledger_generate
 
     if steps < 0:
         raise ValueError("steps must be >= 0")
     tp = prompts or RefinePrompts()
-    stages = _Stages(generate or ledger_generate(backend, store, run_id, progress),
+    stages = _Stages(generate or ledger_generate(backend, store, run_id, progress, batch),
                      _params(params), tp, tp.hashes())
     idx = list(sample_indices) if sample_indices is not None else [0] * len(questions)
     results = [RefineResult(question=q, answer=None, sample_index=i) for q, i in zip(
@@ -264,6 +267,7 @@ def refine_and_store(
     prompts: RefinePrompts | None = None,
     db: str | None = None,
     progress: Progress | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[RefineResult]:
     """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger.
 
@@ -271,10 +275,11 @@ def refine_and_store(
     :class:`generation.failures.RequestsFailed` (the run row, with ``db``, is ``failed``)."""
     prompts = prompts or RefinePrompts()
     kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
-                              "params": params, "prompts": prompts, "progress": progress}
-    from generation.backends import load_backend
+                              "params": params, "prompts": prompts, "progress": progress,
+                              "batch": batch}
+    from generation.batches import load_backend_for
 
-    backend = load_backend(model)
+    backend = load_backend_for(model, batch)
     try:
         if db is None:
             results = self_refine(backend, questions, **kwargs)
@@ -284,7 +289,8 @@ def refine_and_store(
 
         config = {"model": model, "steps": steps, "stop_on_correct": stop_on_correct,
                   "params": _params(params), "n_questions": len(questions),
-                  "template_set": prompts.template_set, "templates": prompts.hashes()}
+                  "template_set": prompts.template_set, "templates": prompts.hashes(),
+                  "batch": batch.as_config() if batch else None}
         with Store.open(db, command="refine") as store, store.run("refine", config) as run:
             results = self_refine(backend, questions, store=store, run_id=run.run_id, **kwargs)
             run.add("questions", len(results))

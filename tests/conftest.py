@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -113,12 +115,18 @@ def postgres(tmp_path_factory):
     """A real Postgres server for the session (tests/postgres.py), stopped and deleted after."""
     from postgres import PostgresUnavailable, start_postgres
 
+    # Not under pytest's basetemp: the server runs as another user, and every pytest that starts
+    # on this machine (a second session, a helper) makes /tmp/pytest-of-USER private again
+    # (mode 0700), after which the server can no longer read its own pg_hba.conf.
+    root = Path(tempfile.mkdtemp(prefix="selfevo-postgres-"))
     try:
-        server = start_postgres(tmp_path_factory.mktemp("postgres"))
+        server = start_postgres(root)
     except PostgresUnavailable as exc:
+        shutil.rmtree(root, ignore_errors=True)
         pytest.skip(f"cannot start Postgres on this machine: {exc}")
     yield server
     server.stop()
+    shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

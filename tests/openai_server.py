@@ -1,8 +1,9 @@
 """A local OpenAI-compatible server for tests and benchmarks (stdlib only).
 
 It listens on 127.0.0.1 (ephemeral port by default) and serves ``POST /v1/chat/completions``
-and ``GET /v1/models``. Each request gets a :class:`Behaviour`: taken from a scripted queue
-(one per request received, in arrival order), else from ``handler(body, n)``, else the
+and ``GET /v1/models``, and the Files and Batches endpoints (``server.batches``, a
+:class:`openai_batches.BatchService`: scripted batch states and rows). Each request gets a
+:class:`Behaviour`: taken from a scripted queue (one per request received, in arrival order), else from ``handler(body, n)``, else the
 default — a deterministic answer derived from the messages after ``latency`` seconds. The
 default answer ends with ``The answer is 42.`` and, when the request asks for a verdict, with
 ``Verdict: correct``, so feedback parses.
@@ -36,6 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from openai_batches import BatchService
 
 
 @dataclass
@@ -114,6 +117,20 @@ def default_answer(body: dict[str, Any], n: int) -> str:
     return answer
 
 
+def completion_data(body: dict[str, Any], n: int, text: str, finish: str | None = "stop",
+                    model: str = "test-model") -> dict[str, Any]:
+    """The chat completion object answering ``body`` with ``text`` (usage from the lengths)."""
+    messages = body.get("messages") or []
+    prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+    usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(text) // 4 + 1}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", model),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": usage}
+
+
 class _HTTPServer(ThreadingHTTPServer):
     # socketserver's default backlog of 5 resets connections when 64 clients connect at once.
     request_queue_size = 512
@@ -149,6 +166,8 @@ class OpenAIServer:
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self.batches = BatchService(
+            lambda body, n: completion_data(body, n, default_answer(body, n)), request_key)
         self._httpd = _HTTPServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -255,8 +274,15 @@ class OpenAIServer:
                 except OSError:
                     return True
 
+            def _batch_api(self, method: str, raw: bytes) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, payload, ctype = server.batches.handle(method, self.path, headers, raw)
+                self._send(status, payload, ctype)
+
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                if server.batches.handles(self.path):
+                    self._batch_api("GET", b"")
+                elif self.path.rstrip("/").endswith("/models"):
                     data = {"object": "list", "data": [
                         {"id": m, "object": "model", "owned_by": "selfevo-tests"}
                         for m in [server.model, *server.adapters]]}
@@ -267,6 +293,9 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if server.batches.handles(self.path):
+                    self._batch_api("POST", raw)
+                    return
                 try:
                     body = json.loads(raw)
                 except ValueError:
@@ -369,18 +398,7 @@ class OpenAIServer:
                     text = ""
                 elif b.kind == "no_finish_reason":
                     finish = None
-                messages = body.get("messages") or []
-                prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
-                usage = {"prompt_tokens": prompt_chars // 4 + 1,
-                         "completion_tokens": len(text) // 4 + 1}
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                data = {
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
-                    "model": body.get("model", server.model),
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": usage,
-                }
+                data = completion_data(body, n, text, finish, server.model)
                 log.status = 200
                 self._send(200, json.dumps(data).encode(), "application/json", b.headers)
                 self.wfile.flush()

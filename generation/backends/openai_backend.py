@@ -94,6 +94,8 @@ class OpenAIOptions:
     # the default httpx2 pool at 64 in flight, see docs/benchmarks.md), "httpx" (the client's
     # default), or "auto" (aiohttp when installed).
     transport: str = "auto"
+    # False when nothing will be sent (--mode file writes request files): no key is needed.
+    require_key: bool = True
 
     def as_config(self) -> dict[str, Any]:
         """The options as stored in ``runs.config`` (names only: no secret is here)."""
@@ -324,7 +326,9 @@ class Gate:
 
 # -- errors -------------------------------------------------------------------------------
 @dataclass
-class _Failure(Exception):
+class Failure(Exception):
+    """Why one attempt (an HTTP answer, or a batch output line) is not a usable completion."""
+
     kind: str  # rate_limit | quota | server | timeout | connection | conflict | auth | client | malformed | empty
     message: str
     retryable: bool
@@ -355,7 +359,8 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
-def _classify_status(status: int, body: Any, headers: Any, message: str) -> _Failure:
+def classify_status(status: int, body: Any, headers: Any, message: str) -> Failure:
+    """The failure an error status means: its kind, and whether a retry may succeed."""
     code = None
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -363,44 +368,54 @@ def _classify_status(status: int, body: Any, headers: Any, message: str) -> _Fai
             code = err.get("code") or err.get("type")
     ra = retry_after_seconds(headers)
     if status == 429 and code == "insufficient_quota":
-        return _Failure("quota", f"429 insufficient_quota: {message}", False, status)
+        return Failure("quota", f"429 insufficient_quota: {message}", False, status)
     if status == 429:
-        return _Failure("rate_limit", f"429 rate limited: {message}", True, status, ra)
+        return Failure("rate_limit", f"429 rate limited: {message}", True, status, ra)
     if status == 408:
-        return _Failure("timeout", f"408 request timeout: {message}", True, status, ra)
+        return Failure("timeout", f"408 request timeout: {message}", True, status, ra)
     if status == 409:
-        return _Failure("conflict", f"409 conflict: {message}", True, status, ra)
+        return Failure("conflict", f"409 conflict: {message}", True, status, ra)
     if status >= 500:
-        return _Failure("server", f"{status} server error: {message}", True, status, ra)
+        return Failure("server", f"{status} server error: {message}", True, status, ra)
     if status in (401, 403):
-        return _Failure("auth", f"{status} not authorised (check the API key variable): {message}", False, status)
-    return _Failure("client", f"{status} client error: {message}", False, status)
+        return Failure("auth", f"{status} not authorised (check the API key variable): {message}", False, status)
+    return Failure("client", f"{status} client error: {message}", False, status)
 
 
 def parse_completion(status: int, content_type: str, body: bytes) -> tuple[str, str, dict[str, Any]]:
     """(text, finish_reason, usage) of a 200 response, or raise a malformed/empty failure."""
     head = body[:200].decode("utf-8", "replace")
     if "json" not in content_type.lower() or head.lstrip().startswith("<"):
-        raise _Failure("malformed", f"200 with a {content_type or 'untyped'} body, not a chat "
-                       f"completion: {head[:80]!r}", True, status)
+        raise Failure("malformed", f"200 with a {content_type or 'untyped'} body, not a chat "
+                      f"completion: {head[:80]!r}", True, status)
     try:
         data = json.loads(body)
     except ValueError as exc:
-        raise _Failure("malformed", f"200 with malformed JSON ({exc})", True, status) from None
+        raise Failure("malformed", f"200 with malformed JSON ({exc})", True, status) from None
+    return completion_fields(data, status, head)
+
+
+def completion_fields(data: Any, status: int = 200, head: str | None = None
+                      ) -> tuple[str, str, dict[str, Any]]:
+    """(text, finish_reason, usage) of a decoded chat completion, or raise malformed/empty.
+
+    The checks every answer passes, online or from a batch output line.
+    """
     try:
         choice = data["choices"][0]
         message = choice["message"]
         text = message.get("content")
         finish = choice.get("finish_reason")
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise _Failure("malformed", f"200 with JSON that is not a chat completion: {head[:80]!r}",
-                       True, status) from None
+        head = head if head is not None else json.dumps(data)[:200]
+        raise Failure("malformed", f"200 with JSON that is not a chat completion: {head[:80]!r}",
+                      True, status) from None
     if text is not None and not isinstance(text, str):
-        raise _Failure("malformed", "200 with non-text message content", True, status)
+        raise Failure("malformed", "200 with non-text message content", True, status)
     if not finish or not isinstance(finish, str):
-        raise _Failure("malformed", "200 without a finish_reason", True, status)
+        raise Failure("malformed", "200 without a finish_reason", True, status)
     if not text or not text.strip():
-        raise _Failure("empty", f"200 with empty content (finish_reason={finish})", False, status)
+        raise Failure("empty", f"200 with empty content (finish_reason={finish})", False, status)
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return text, finish, usage
 
@@ -425,6 +440,7 @@ class OpenAIBackend(Backend):
 
     #: ``before_send(i)`` is called right before request ``i``'s first attempt.
     announces_sends = True
+    batchable = True
 
     def __init__(self, model: str, base_urls: Sequence[str] | None = None,
                  options: OpenAIOptions | None = None):
@@ -469,6 +485,8 @@ class OpenAIBackend(Backend):
         if key:
             register_secret(key)  # removed from everything stored or printed from now on
             return key
+        if not self.options.require_key:
+            return "not-needed"
         if name != DEFAULT_KEY_ENV:
             raise GenerationError(f"environment variable {name} (from --api-key-env) is not set")
         if any(strip_credentials(u) == DEFAULT_BASE_URL for u in self.base_urls):
@@ -477,6 +495,18 @@ class OpenAIBackend(Backend):
             )
         # Local servers (vLLM, llama.cpp, Ollama) accept any key; the client requires one.
         return "not-needed"
+
+    def sync_client(self, timeout: float | None = None) -> Any:
+        """A blocking ``openai.OpenAI`` client on the first base URL, retries off.
+
+        For the Batch API's few control calls (files, batches): their retries are the
+        caller's, since blindly retrying a batch creation could submit it twice.
+        """
+        import openai
+
+        url, headers = transport_url(self.base_urls[0])
+        return openai.OpenAI(api_key=self._api_key, base_url=url, max_retries=0,
+                             default_headers=headers, timeout=timeout or self.options.timeout)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Send nothing new; requests in flight finish (thread-safe)."""
@@ -623,7 +653,7 @@ class OpenAIBackend(Backend):
         est_prompt, est_completion = estimate_tokens(request)
         bound = self.cost_bound(request)
         params = dict(request.params)
-        last: _Failure | None = None
+        last: Failure | None = None
         for attempt in range(1, opts.max_attempts + 1):
             if attempt > 1 and self.stop_reason == "interrupted":
                 break  # Ctrl-C: finish what is in flight, start no retries
@@ -644,7 +674,7 @@ class OpenAIBackend(Backend):
                 t0 = time.perf_counter()
                 try:
                     text, finish, usage = await self._attempt(clients[k], request.messages, params)
-                except _Failure as f:
+                except Failure as f:
                     last = f
                 finally:
                     loads[k] -= 1
@@ -716,17 +746,17 @@ class OpenAIBackend(Backend):
                                          body={"model": self.model, "messages": messages, **params})
                 body = await http.aread()
         except TimeoutError:
-            raise _Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
+            raise Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
         except openai.APIConnectionError as exc:
             # The aiohttp transport reports refused or dropped connections as timeouts:
             # look at the root cause to tell them apart.
             root = _root_cause(exc)
             timed_out = isinstance(exc, openai.APITimeoutError) and not _is_connection_error(root)
             if timed_out or isinstance(root, TimeoutError):
-                raise _Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
-            raise _Failure("connection", self._clean(f"connection error: {root!r}"), True) from None
+                raise Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
+            raise Failure("connection", self._clean(f"connection error: {root!r}"), True) from None
         except openai.APIStatusError as exc:
-            f = _classify_status(exc.status_code, exc.body, exc.response.headers, self._clean(str(exc.message)))
+            f = classify_status(exc.status_code, exc.body, exc.response.headers, self._clean(str(exc.message)))
             raise f from None
         return parse_completion(http.status_code, http.headers.get("content-type", ""), body)
 
