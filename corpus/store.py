@@ -42,7 +42,14 @@ from typing import Any
 
 import duckdb
 
-from corpus.errors import CorpusError, StoreBusy, is_interrupt, storage_error
+from corpus.errors import (
+    CorpusError,
+    StoreBusy,
+    arm_stop_watchdog,
+    is_interrupt,
+    mark_store_stuck,
+    storage_error,
+)
 from corpus.joblock import JobLock
 from corpus.migrations import (
     MIGRATIONS,
@@ -57,6 +64,9 @@ from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
+
+#: Seconds a run's final status may take to land before it goes to the lock file instead.
+FINISH_TIMEOUT_S = 10.0
 DB_ENV = "SELFEVO_DB"
 
 
@@ -100,7 +110,11 @@ def connect_file(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.Duc
             raise CorpusError(f"{path} is not a DuckDB file (a selfevo store is one); "
                               "pass another --db") from None
         raise
-    con.execute(f"SET disabled_filesystems = '{','.join(NETWORK_FILESYSTEMS)}'")
+    try:
+        con.execute(f"SET disabled_filesystems = '{','.join(NETWORK_FILESYSTEMS)}'")
+    except BaseException:  # a Ctrl-C here must not leave an open connection behind: the
+        con.close()  # next connect of this process waited on it forever
+        raise
     return con
 
 
@@ -227,25 +241,28 @@ class Store:
                 delay = min(delay * 2, 0.04)
         if self._migrated:
             return con
-        if self.write:
-            try:
-                check_writable_store(con, self.path)
-            except BaseException:
+        try:  # whatever ends this (a refusal, a Ctrl-C mid-migration), the connection is closed:
+            self._check_and_migrate(con)  # a live one left behind hung the next connect
+        except BaseException:
+            with contextlib.suppress(duckdb.Error):
                 con.close()
-                raise
+            raise
+        self._migrated = True
+        return con
+
+    def _check_and_migrate(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Refuse a file that is no (current) selfevo store; migrate it when writing."""
+        if self.write:
+            check_writable_store(con, self.path)
             migrate(con)
         elif foreign_tables(con):
-            con.close()
             raise CorpusError(f"{self.path} is a DuckDB database but not a selfevo store; "
                               "pass --db a selfevo store")
         elif pending_migrations(con):
-            con.close()
             raise CorpusError(
                 f"store {self.path} was made by an older selfevo; run 'selfevo init --db "
                 f"{self.path}' once to migrate it"
             )
-        self._migrated = True
-        return con
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -345,6 +362,7 @@ class Store:
             raise
         except BaseException as exc:
             if is_interrupt(exc):
+                _release_interrupted_work(exc)
                 self._finish_anyway(run, "interrupted", "interrupted by the user (Ctrl-C)")
                 if isinstance(exc, KeyboardInterrupt):
                     raise
@@ -354,21 +372,41 @@ class Store:
             if converted is not None:
                 raise converted from exc
             raise
-        with _deferred_sigint():  # the work is done: a Ctrl-C now must not leave it 'running'
+        # The work is done: a Ctrl-C now must not leave it 'running'; the command then ends.
+        with _deferred_sigint(redeliver=False):
             self.finish_run(run, "ok")
 
     def _finish_anyway(self, run: Run, status: str, error: str) -> None:
-        """finish_run, deaf to a second Ctrl-C; if the store refuses the UPDATE, the final
-        state is left in the lock file and the next writer applies it."""
-        with _deferred_sigint():
+        """finish_run, deaf to a second Ctrl-C; if the store refuses the UPDATE, or does not
+        answer within :data:`FINISH_TIMEOUT_S`, the final state is left in the lock file and
+        the next writer applies it.
+
+        The wait is bounded because DuckDB, interrupted at some points of a query, left its
+        database instance so that the next connect of this process never returned: the
+        command hung after Ctrl-C. When that happens the store is marked stuck
+        (:func:`corpus.errors.mark_store_stuck`) and the CLI ends the process after its line.
+        """
+        recorded = threading.Event()
+
+        def attempt() -> None:
             for _attempt in range(2):
                 try:
                     self.finish_run(run, status, error)
+                    recorded.set()
                     return
                 except Exception:
                     # The interrupted job may have left its connection inside an aborted
                     # transaction: drop it and try once more on a fresh one.
                     self._discard_connection()
+
+        with _deferred_sigint(redeliver=False):  # the interrupt or failure is already raised
+            worker = threading.Thread(target=attempt, name="selfevo-finish-run", daemon=True)
+            worker.start()
+            worker.join(FINISH_TIMEOUT_S)
+            if recorded.is_set():
+                return
+            if worker.is_alive():
+                mark_store_stuck()
             if self._lock is None or not self._lock.leave_last_word(run.run_id, status, error):
                 print(f"warning: could not record run {run.run_id} as {status}", file=sys.stderr)
 
@@ -380,18 +418,45 @@ class Store:
             self._depth = 0
 
 
+def _release_interrupted_work(exc: BaseException) -> None:
+    """Drop what the interrupted code still holds through the traceback's frames (a DuckDB
+    connection or result cut off mid-call) before the store is used again, so that nothing
+    of the cut-off work stays open meanwhile. The traceback keeps its lines for ``--debug``."""
+    import gc
+    import traceback
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__context__  # type: ignore[assignment]
+    gc.collect()
+
+
 @contextlib.contextmanager
-def _deferred_sigint() -> Iterator[None]:
-    """Hold off SIGINT for the block (main thread only; elsewhere Python gets no signals)."""
+def _deferred_sigint(redeliver: bool = True) -> Iterator[None]:
+    """Hold off SIGINT for the block (main thread only; elsewhere Python gets no signals).
+
+    A Ctrl-C held off is delivered when the block ends (``redeliver``), never lost: a command
+    must stop after it. ``redeliver=False`` only where the block itself ends the command's
+    work (its final status). Either way the CLI's stop watchdog is armed at once.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     hits: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda *_: hits.append(1))
+
+    def hold(*_: object) -> None:
+        hits.append(1)
+        arm_stop_watchdog()
+
+    previous = signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+    if hits and redeliver:
+        signal.raise_signal(signal.SIGINT)
 
 
 def check_writable_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
@@ -451,7 +516,8 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection,
     # (once), so it is not a request a dead job left in flight.
     con.execute(
         "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
-        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')")
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
+    )
     return dead
 
 

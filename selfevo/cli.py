@@ -81,7 +81,8 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from schemas.errors import UserError, Waiting  # here, not at import: a small entry point
+        # Here, not at import: a fast, small entry point.
+        from schemas.errors import UserError, Waiting
 
         try:
             return super().invoke(ctx)
@@ -97,13 +98,14 @@ class LazyGroup(click.Group):
             raise click.ClickException(redact(line)) from exc
         except (Exception, KeyboardInterrupt) as exc:
             # Not bugs: the user's Ctrl-C, or a disk that is full / read-only. One line each.
-            from corpus.errors import is_interrupt, storage_error
+            from corpus.errors import exit_now_if_stuck, is_interrupt, storage_error
             from corpus.redaction import redact
 
             if debug_enabled(ctx):
                 raise
             if is_interrupt(exc):
                 click.echo(f"Error: {INTERRUPTED}", err=True)
+                exit_now_if_stuck(130)
                 ctx.exit(130)
             converted = storage_error(exc)
             if converted is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from children import child, reap, spawn  # noqa: E402
 from openai_server import Behaviour, OpenAIServer, request_key  # noqa: E402
 
 from corpus.records import insert_prompts, make_prompt  # noqa: E402
@@ -283,16 +284,15 @@ def test_kill_9_then_resume_answers_every_request_exactly_once(db, server):
 
     server.handler = handler
     env = {**os.environ, "SELFEVO_DB": db}
-    proc = subprocess.Popen(_collect_cmd(db, server), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = spawn(_collect_cmd(db, server), cwd=REPO, env=env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait(lambda: sum(server.successes.values()) >= answered and server.in_flight >= 3)
         time.sleep(1.5)  # the ledger flushes every 0.2 s: answered calls are committed
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     hung = {request_key(r.body) for r in server.chat_requests() if r.behaviour.startswith("hang")}
     server.handler = None
     server.release()
@@ -321,12 +321,12 @@ def test_ctrl_c_keeps_in_flight_results(db, server):
     seed(db, 12)
     server.latency = 0.4
     env = {**os.environ, "SELFEVO_DB": db}
-    proc = subprocess.Popen(_collect_cmd(db, server, concurrency=3), cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait(lambda: len(server.chat_requests()) >= 4 and server.in_flight >= 3)
-    at_sigint = len(server.chat_requests())
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    with child(_collect_cmd(db, server, concurrency=3), cwd=REPO, env=env,
+               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        _wait(lambda: len(server.chat_requests()) >= 4 and server.in_flight >= 3)
+        at_sigint = len(server.chat_requests())
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
     assert proc.returncode != 0
     requests = server.chat_requests()
     # Nothing new was sent after Ctrl-C (bar a request already being handed to the client);
@@ -357,15 +357,14 @@ def test_kill_9_at_full_speed_every_duplicate_is_flagged_possibly_billed(db, ser
     seed(db, n)
     server.latency = 0.05
     env = {**os.environ, "SELFEVO_DB": db}
-    proc = subprocess.Popen(_collect_cmd(db, server), cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = spawn(_collect_cmd(db, server), cwd=REPO, env=env,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait(lambda: sum(server.successes.values()) >= 14)
         os.kill(proc.pid, signal.SIGKILL)  # mid-stream: requests in flight, results unflushed
         proc.wait(10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        reap(proc)
     _wait(lambda: server.in_flight == 0)
     cp = subprocess.run(_collect_cmd(db, server), cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=120)

@@ -3,6 +3,7 @@ collect (defect 11): one line, a final run state, nothing half-written."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from children import child
 from faults import fill, small_disk
 from test_export import _store_with_snapshot, _tree_bytes
 
@@ -37,10 +39,11 @@ def test_two_exports_racing_to_one_out_never_both_succeed_silently(db, tmp_path,
     """Defect 9: two exports of different snapshots to one --out both exited 0."""
     _two_snapshots(db)
     out = tmp_path / "out"
-    procs = {name: subprocess.Popen(_export_cmd(db, name, out), cwd=REPO, text=True,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name in ("all", "qa")}
-    results = {name: (p.wait(timeout=120), p.stderr.read()) for name, p in procs.items()}
+    with contextlib.ExitStack() as running:
+        procs = {name: running.enter_context(child(
+            _export_cmd(db, name, out), cwd=REPO, text=True, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE)) for name in ("all", "qa")}
+        results = {name: (p.wait(timeout=120), p.stderr.read()) for name, p in procs.items()}
     winners = [n for n, (rc, _) in results.items() if rc == 0]
     assert len(winners) == 1, results
     loser = next(n for n in results if n not in winners)
@@ -55,28 +58,32 @@ def test_an_export_that_waited_rechecks_the_destination(db, tmp_path):
     out = tmp_path / "out"
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     fcntl.flock(fd, fcntl.LOCK_EX)  # an export in progress into tmp_path
-    try:
-        waiting = subprocess.Popen(_export_cmd(db, "all", out), cwd=REPO, text=True,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert "waiting for another export" in waiting.stderr.readline()
-        with Store.open_readonly(db) as store:  # meanwhile the holder writes its export
-            from corpus.export import _export_into
-            from corpus.snapshots import get_snapshot
+    with child(_export_cmd(db, "all", out), cwd=REPO, text=True, stdout=subprocess.PIPE,
+               stderr=subprocess.PIPE) as waiting:
+        try:
+            assert "waiting for another export" in waiting.stderr.readline()
+            with Store.open_readonly(db) as store:  # meanwhile the holder writes its export
+                from corpus.export import _export_into
+                from corpus.snapshots import get_snapshot
 
-            _export_into(store, get_snapshot(store, "qa"), "parquet", out)
-    finally:
-        os.close(fd)
-    assert waiting.wait(timeout=120) == 1
-    assert "not an export of snapshot 'all'" in waiting.stderr.read()
+                _export_into(store, get_snapshot(store, "qa"), "parquet", out)
+        finally:
+            os.close(fd)
+        assert waiting.wait(timeout=120) == 1
+        assert "not an export of snapshot 'all'" in waiting.stderr.read()
     assert verify_export(out).name == "qa"
 
 
 def test_same_snapshot_racing_twice_gives_one_identical_export(db, tmp_path):
     _store_with_snapshot(db)
     out = tmp_path / "out"
-    procs = [subprocess.Popen(_export_cmd(db, "all", out), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for _ in range(3)]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    with contextlib.ExitStack() as running:
+        procs = [running.enter_context(child(_export_cmd(db, "all", out), cwd=REPO,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+                 for _ in range(3)]
+        for p in procs:
+            p.communicate(timeout=120)
+        assert [p.returncode for p in procs] == [0, 0, 0]
     verify_export(out)
     again = tmp_path / "again"
     assert subprocess.run(_export_cmd(db, "all", again), cwd=REPO).returncode == 0

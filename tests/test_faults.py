@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,8 @@ from schemas.identity import selection_hash
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from children import child  # noqa: E402
+
 FINAL = {"ok", "failed", "interrupted", "killed"}
 
 
@@ -158,34 +161,10 @@ WRITERS = ["prompts import", "records import", "curate filter", "curate dedup",
 _durations: dict[str, float] = {}
 
 
-_children: list[subprocess.Popen] = []
-
-
-def _die_with_parent() -> None:
-    """In the child: SIGKILL when the test process dies (a killed or crashed pytest must not
-    leave writers running for an hour against a server that is gone)."""
-    import ctypes
-
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "selfevo.cli", *args],
-                         cwd=REPO, env=env, preexec_fn=_die_with_parent,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _children.append(p)
-    return p
-
-
-@pytest.fixture(autouse=True)
-def _reap_children():
-    """Whatever a test started is gone when it ends, passed or failed."""
-    yield
-    while _children:
-        p = _children.pop()
-        if p.poll() is None:
-            p.kill()
-        p.communicate()
+def _selfevo(args: list[str], env: dict[str, str]) -> AbstractContextManager[subprocess.Popen]:
+    """A ``selfevo`` process for the block, killed and reaped however the block ends."""
+    return child([sys.executable, "-X", "faulthandler", "-m", "selfevo.cli", *args], cwd=REPO,
+                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _duration(name: str, base: dict[str, Path], tmp: Path, url: str, env: dict) -> float:
@@ -195,8 +174,8 @@ def _duration(name: str, base: dict[str, Path], tmp: Path, url: str, env: dict) 
         db = str(tmp / "calibrate.duckdb")
         shutil.copy(base["db"], db)
         t0 = time.monotonic()
-        p = _spawn(writer_args(name, base, db, tmp / "cal-out", url), env)
-        _, err = p.communicate(timeout=300)
+        with _selfevo(writer_args(name, base, db, tmp / "cal-out", url), env) as p:
+            _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
         _durations[name] = time.monotonic() - t0
         check_invariants(db)
@@ -226,18 +205,19 @@ def kill_at_random(name: str, seed: int, sig: int, base, tmp: Path,
     db = str(tmp / f"s{seed}.duckdb")
     shutil.copy(base["db"], db)
     t0 = time.monotonic()
-    p = _spawn(writer_args(name, base, db, tmp / f"out{seed}", server.base_url), env)
-    if sig == signal.SIGINT:
-        _wait_started(p, db)
-    left = max(0.05, duration - (time.monotonic() - t0))
-    time.sleep(random.Random(seed).uniform(0.02, 1.0) * left)
-    p.send_signal(sig)
-    try:
-        _, err = p.communicate(timeout=120)
-    except subprocess.TimeoutExpired:  # a hang: fail with every thread's stack
-        p.send_signal(signal.SIGABRT)
-        _, err = p.communicate()
-        pytest.fail(f"{name} hung after signal {sig}:\n{err[-6000:]}")
+    with _selfevo(writer_args(name, base, db, tmp / f"out{seed}", server.base_url), env) as p:
+        if sig == signal.SIGINT:
+            _wait_started(p, db)
+        left = max(0.05, duration - (time.monotonic() - t0))
+        time.sleep(random.Random(seed).uniform(0.02, 1.0) * left)
+        p.send_signal(sig)
+        try:
+            # Well within the stop watchdog (corpus.errors.STOP_GRACE_S) plus start-up.
+            _, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:  # a hang: fail with every thread's stack
+            p.send_signal(signal.SIGABRT)
+            _, err = p.communicate(timeout=30)
+            pytest.fail(f"{name} hung after signal {sig}:\n{err[-6000:]}")
     return p, err
 
 
@@ -267,8 +247,9 @@ def test_sigkill_at_any_point_keeps_the_store_consistent(name, seed, base, tmp_p
     assert mine in ([], ["ok"], ["killed"]), mine
     if name == "snapshot export":  # the next export cleans up and completes
         args = writer_args(name, base, db, tmp_path / f"out{seed}", server.base_url)
-        again = _spawn(args, dict(os.environ))
-        assert again.wait(timeout=120) == 0
+        with _selfevo(args, dict(os.environ)) as again:
+            _, err = again.communicate(timeout=120)
+        assert again.returncode == 0, err[-2000:]
         check_export(tmp_path / f"out{seed}")
         assert not list(tmp_path.glob(f".out{seed}.partial-*"))
 
@@ -284,12 +265,13 @@ def test_ctrl_c_at_any_point_is_one_line_and_the_run_interrupted(name, seed, bas
     # -SIGINT: the signal came while Python was shutting down after the command finished
     assert p.returncode in (0, 130, -signal.SIGINT), (p.returncode, err[-2000:])
     assert "Traceback" not in err, err[-2000:]
+    assert "still stopping after" not in err, err[-6000:]  # a hang, ended by the watchdog
     if p.returncode == 130:
         assert err.strip().splitlines()[-1].startswith("Error: interrupted (Ctrl-C)"), err
     db = str(tmp_path / f"s{seed}.duckdb")
+    check_invariants(db)  # the next open applies a final state left in the lock file
     mine = _new_statuses(db, name)
     if p.returncode == 130:
         assert mine in ([], ["interrupted"]), (mine, err)
     else:
         assert mine == ["ok"], (p.returncode, mine)
-    check_invariants(db)

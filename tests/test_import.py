@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from children import child
 from conftest import shared_data
 
 from corpus import Store
@@ -302,20 +303,20 @@ def test_sigkill_mid_import_leaves_store_openable_and_empty(db, tmp_path):
     Store.open(db).close()
     # TTY_COMPATIBLE=1: rich treats the pipe as a terminal, so the import draws its bar there
     # and the test sees the write phase advancing inside the single insert transaction.
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, str(big), db],
-                            stderr=subprocess.PIPE, env={**os.environ, "TTY_COMPATIBLE": "1"},
-                            cwd=Path(__file__).parent.parent)
-    drawn, written = b"", 0
-    while not 0 < written < 150_000:
-        chunk = os.read(proc.stderr.fileno(), 65536)
-        assert chunk, f"the import ended before it could be killed: {drawn[-500:]!r}"
-        drawn += chunk
-        text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn)  # the bar without its colours
-        counts = re.findall(rb"write big\.jsonl\D*?(\d+)/150000", text)
-        written = int(counts[-1]) if counts else 0
-    assert b"read big.jsonl" in drawn  # the read phase was drawn first
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
+    with child([sys.executable, "-c", KILLED_IMPORT, str(big), db], stderr=subprocess.PIPE,
+               env={**os.environ, "TTY_COMPATIBLE": "1"},
+               cwd=Path(__file__).parent.parent) as proc:
+        drawn, written = b"", 0
+        while not 0 < written < 150_000:
+            chunk = os.read(proc.stderr.fileno(), 65536)
+            assert chunk, f"the import ended before it could be killed: {drawn[-500:]!r}"
+            drawn += chunk
+            text = re.sub(rb"\x1b\[[0-9;?]*[A-Za-z]", b"", drawn)  # the bar without colours
+            counts = re.findall(rb"write big\.jsonl\D*?(\d+)/150000", text)
+            written = int(counts[-1]) if counts else 0
+        assert b"read big.jsonl" in drawn  # the read phase was drawn first
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL, "the import finished before it could be killed"
     with Store.open(db) as store:
         assert store.query("SELECT count(*) FROM prompts") == [(0,)]

@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import os
 import tempfile
 from decimal import Decimal
 from pathlib import Path
@@ -163,8 +164,13 @@ def scratch():
     s.store.close()
 
 
+# Each example writes a file and imports it into a store (about 0.3 s): in the fast profile
+# (`make test`) a quarter of its examples, in the thorough one (`make test-all`) all of them.
 _PROPS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                         HealthCheck.too_slow], deadline=None)
+                                         HealthCheck.too_slow], deadline=None,
+                  max_examples=max(10, settings.default.max_examples // 4)
+                  if os.environ.get("HYPOTHESIS_PROFILE", "fast") == "fast"
+                  else settings.default.max_examples)
 
 # Text as files really carry it, surrogates and control characters included.
 any_text = st.text(st.characters(codec=None, categories=None), max_size=40)

@@ -7,6 +7,7 @@ are the rows it committed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from children import child, reap, spawn
 
 from corpus import Store
 from corpus.errors import CorpusError, StoreBusy
@@ -61,8 +63,8 @@ def test_no_alias_of_the_file_lets_a_second_writer_in(db, tmp_path):
     flagged its in-flight calls possibly billed."""
     Store.open(db).close()
     aliases = _aliases(db, tmp_path)
-    live = subprocess.Popen([sys.executable, "-c", LIVE_RUN, db], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True, cwd=REPO)
+    live = spawn([sys.executable, "-c", LIVE_RUN, db], stdin=subprocess.PIPE,
+                 stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert live.stdout.readline().strip() == "ready"
         for name, alias in aliases.items():
@@ -73,7 +75,7 @@ def test_no_alias_of_the_file_lets_a_second_writer_in(db, tmp_path):
         live.stdin.flush()
         assert live.wait(timeout=60) == 0
     finally:
-        live.kill()
+        reap(live)
     with Store.open(aliases["symlink"]) as store:
         assert store.query("SELECT status FROM runs") == [("ok",)]
         assert store.query("SELECT status, possibly_billed FROM calls") == [("ok", False)]
@@ -124,14 +126,15 @@ def test_concurrent_writers_through_different_names_never_overlap(db, tmp_path):
     overlap, and no live run was ever reaped as killed."""
     Store.open(db).close()
     names = [db, *_aliases(db, tmp_path).values()]
-    procs = [subprocess.Popen([sys.executable, "-c", RACER, name, f"w{i}", "4"],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
-             for i, name in enumerate(names)]
     spans = []
-    for p in procs:
-        out, _ = p.communicate(timeout=120)
-        assert p.returncode == 0
-        spans += json.loads(out)
+    with contextlib.ExitStack() as running:
+        procs = [running.enter_context(child([sys.executable, "-c", RACER, name, f"w{i}", "4"],
+                                             stdout=subprocess.PIPE, text=True, cwd=REPO))
+                 for i, name in enumerate(names)]
+        for p in procs:
+            out, _ = p.communicate(timeout=120)
+            assert p.returncode == 0
+            spans += json.loads(out)
     spans.sort()
     assert len(spans) >= 2
     for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
@@ -186,10 +189,9 @@ def test_a_foreign_duckdb_file_is_refused_before_anything_is_written(cli, tmp_pa
         assert "not a selfevo store" in out and "sales" in out
         assert len(out.strip().splitlines()) == 1
     assert theirs.read_bytes() == before
-    con = duckdb.connect(str(theirs), read_only=True)
-    assert con.execute("SELECT table_name FROM information_schema.tables").fetchall() == [
-        ("sales",)]
-    con.close()  # one process may not hold a file under two DuckDB configurations
+    with duckdb.connect(str(theirs), read_only=True) as con:  # closed: the CLI opens its own
+        assert con.execute("SELECT table_name FROM information_schema.tables").fetchall() == [
+            ("sales",)]
     out = cli("sql", "SELECT 1", "--db", str(theirs), exit_code=1).output
     assert "not a selfevo store" in out
 
