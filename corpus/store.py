@@ -35,10 +35,10 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 
@@ -59,9 +59,12 @@ from corpus.migrations import (
     unknown_migrations,
 )
 from corpus.redaction import redact, redact_optional
+from corpus.storespec import StoreSpec
 from corpus.version import code_version
 from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
+
+T = TypeVar("T")
 
 DEFAULT_DB = "selfevo.duckdb"
 
@@ -71,8 +74,22 @@ DB_ENV = "SELFEVO_DB"
 
 
 def default_db_path() -> str:
-    """``$SELFEVO_DB`` or ``./selfevo.duckdb``."""
-    return os.environ.get(DB_ENV) or DEFAULT_DB
+    """``$SELFEVO_DB`` or ``./selfevo.duckdb``, validated by :func:`store_file`."""
+    return store_file(os.environ.get(DB_ENV) or DEFAULT_DB)
+
+
+def store_file(text: str | os.PathLike[str]) -> str:
+    """The DuckDB file a ``--db`` value names, parsed by ``StoreSpec.parse`` (the one choke
+    point for every store spec).
+
+    A DuckLake spec is refused in one line until the store runs on a lake: without this
+    check ``--db ducklake:…`` would silently create a DuckDB *file* of that name.
+    """
+    spec = StoreSpec.parse(text)
+    if spec.is_lake:
+        raise CorpusError(f"DuckLake stores ({spec}) are not supported yet; "
+                          "pass --db a DuckDB file (e.g. selfevo.duckdb)")
+    return spec.target
 
 
 def new_run_id() -> str:
@@ -147,7 +164,7 @@ class Store:
     """A selfevo DuckDB store. Use :meth:`open` for writing, :meth:`open_readonly` to read."""
 
     def __init__(self, path: str | os.PathLike[str], *, write: bool, wait: float = 30.0):
-        self.path = Path(path)
+        self.path = Path(store_file(path))
         self.write = write
         self.wait = wait
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -302,6 +319,16 @@ class Store:
                 raise
             con.execute("COMMIT")
 
+    def transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(con)`` as one write transaction and return its result.
+
+        The callable form of :meth:`transaction`, for a store on a DuckLake where a commit that
+        lost to another writer is re-run: ``fn`` must do database work only (no ``run.add``,
+        no progress, no files), so running it again is harmless. On a file store it runs once.
+        """
+        with self.transaction() as con:
+            return fn(con)
+
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement and fetch all rows."""
         with self.connection() as con:
@@ -322,23 +349,18 @@ class Store:
         return run
 
     def _insert_run(self, run: Run, parent_run_id: str | None) -> None:
-        with self.transaction() as con:
-            con.execute(
-                "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
-                " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-                [run.run_id, run.command, redact(canonical_json(run.config)), code_version(),
-                 os.getpid(), parent_run_id],
-            )
+        config = redact(canonical_json(run.config))
+        self.transact(lambda con: con.execute(
+            "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
+            " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
+            [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id]))
 
     def finish_run(self, run: Run, status: str = "ok", error: str | None = None) -> None:
         """Mark a run finished with its counts."""
-        with self.transaction() as con:
-            con.execute(
-                "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
-                "WHERE run_id = ?",
-                [status, json.dumps(run.counts, sort_keys=True), redact_optional(error),
-                 run.run_id],
-            )
+        counts = json.dumps(run.counts, sort_keys=True)
+        self.transact(lambda con: con.execute(
+            "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
+            "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
 
     @contextlib.contextmanager
     def run(

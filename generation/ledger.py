@@ -41,6 +41,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus.inserts import insert_absent
 from corpus.records import insert_records
 from corpus.redaction import redact_optional
 from corpus.store import Store
@@ -401,12 +402,7 @@ class Writer:
 
 def insert_pending(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
     """Insert ``pending`` rows of new calls (ones already there are left as they are)."""
-    con.register("_new_calls", _table(rows, _CALL_ROW))
-    try:
-        con.execute(f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_ROW)}) "
-                    f"SELECT DISTINCT ON (call_id) {', '.join(_CALL_ROW)} FROM _new_calls")
-    finally:
-        con.unregister("_new_calls")
+    insert_absent(con, "calls", "call_id", _table(rows, _CALL_ROW))
 
 
 def mark_resend(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from corpus.inserts import insert_absent
 from corpus.store import Run, Store
 from generation.backends.aliases import resolve_model
 from schemas.identity import canonical_json, content_id
@@ -39,16 +42,19 @@ def register_checkpoint(store: Store, run: Run, result: Any, cfg: Any) -> str:
     config = {k: v for k, v in cfg.resolved().items() if k not in PATH_SETTINGS}
     model_id = content_id({"weights": weights, "base": base,
                            "snapshot_hash": result.snapshot_hash})
-    with store.transaction() as con:
-        con.execute(  # the same checkpoint again: it keeps the run that made it, moves
-            "INSERT INTO models (model_id, name, weights, base, base_path, path,"
-            " adapter, snapshot_hash, config, metrics, run_id)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (model_id) DO UPDATE SET"
-            " name = excluded.name, path = excluded.path, base_path = excluded.base_path",
-            [model_id, readable_name(path), weights, base, base_path, path, not cfg.full,
-             result.snapshot_hash, canonical_json(config), canonical_json(result.metrics),
-             run.run_id],
-        )
+    row = {"model_id": model_id, "name": readable_name(path), "weights": weights, "base": base,
+           "base_path": base_path, "path": path, "adapter": not cfg.full,
+           "snapshot_hash": result.snapshot_hash, "config": canonical_json(config),
+           "metrics": canonical_json(result.metrics), "run_id": run.run_id}
+
+    def register(con: Any) -> None:
+        # The same checkpoint again keeps the run that made it and moves: an UPDATE of where
+        # it lies, then an anti-join insert (no ON CONFLICT: a lake has no key to conflict on).
+        con.execute("UPDATE models SET name = ?, path = ?, base_path = ? WHERE model_id = ?",
+                    [row["name"], path, base_path, model_id])
+        insert_absent(con, "models", "model_id", pa.Table.from_pylist([row]))
+
+    store.transact(register)
     run.add("models", 1)
     return model_id
 

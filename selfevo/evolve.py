@@ -34,6 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from corpus.inserts import insert_absent
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.snapshots import sql_literal
 from corpus.store import Run, Store
@@ -364,10 +367,12 @@ class Evolution:
             raise SelfevoError(f"--prompts {cfg.prompts!r} selects no prompts; check it with "
                                f"selfevo sql \"SELECT count(*) FROM prompts WHERE {cfg.prompts}\"")
         prompts += self.new_prompts(run, t, student, prompts)
-        with self.store.transaction() as con:
-            con.executemany(
-                "INSERT OR IGNORE INTO evolve_prompts (evolve, round, prompt_id, run_id) "
-                "VALUES (?, ?, ?, ?)", [[self.name, t, p["prompt_id"], run.run_id] for p in prompts])
+        rows = pa.table({"evolve": pa.array([self.name] * len(prompts), pa.string()),
+                         "round": pa.array([t] * len(prompts), pa.int32()),
+                         "prompt_id": pa.array([p["prompt_id"] for p in prompts], pa.string()),
+                         "run_id": pa.array([run.run_id] * len(prompts), pa.string())})
+        self.store.transact(
+            lambda con: insert_absent(con, "evolve_prompts", ("evolve", "round", "prompt_id"), rows))
         tp = RefinePrompts()
         hashes = tp.hashes()
         questions = [p for p in prompts for _ in range(cfg.samples)]

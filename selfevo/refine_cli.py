@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from corpus.options import STORE_SPEC
 from generation.batches.options import BatchOptions, mode_options
 from selfevo import SelfevoError
 
@@ -60,7 +61,7 @@ def read_questions(question: str | None, input_file: str | None) -> list[str]:
               help="Template set for the response/self_feedback/self_refinement requests.")
 @click.option("--plain-answer", is_flag=True,
               help="Ask the bare question for the answer (no response template).")
-@click.option("--db", default=None, type=click.Path(dir_okay=False), envvar="SELFEVO_DB",
+@click.option("--db", default=None, type=STORE_SPEC, envvar="SELFEVO_DB",
               help="Store the calls in this store's ledger (default: nothing is stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines.")
 @mode_options()

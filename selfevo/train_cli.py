@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from corpus.options import STORE_SPEC
 from selfevo import SelfevoError
 
 
@@ -55,7 +56,7 @@ from selfevo import SelfevoError
               help="Print N examples with trained spans highlighted, then exit.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Any other TrainConfig field, e.g. --set warmup_ratio=0.1.")
-@click.option("--db", envvar="SELFEVO_DB", default=None,
+@click.option("--db", envvar="SELFEVO_DB", default=None, type=STORE_SPEC,
               help="Register the checkpoint in this store's models table.")
 def train(data: str | None, base: str, out: str | None, show_masks: int,
           overrides: tuple[str, ...], no_chat_template: bool, db: str | None, plan: bool,

@@ -178,10 +178,11 @@ class Driver:
             if resubmit:
                 for shard in shards:
                     tables.insert_batch(con, {**self.child_row(row, shard)})
-                    con.execute("INSERT OR IGNORE INTO batch_calls (batch_key, call_id, status) "
-                                "SELECT ?, call_id, 'pending' FROM batch_calls WHERE "
-                                "batch_key = ? AND status = 'retry' AND call_id BETWEEN ? AND ?",
-                                [shard.key, key, shard.first, shard.last])
+                    ids = [r[0] for r in con.execute(
+                        "SELECT call_id FROM batch_calls WHERE batch_key = ? AND "
+                        "status = 'retry' AND call_id BETWEEN ? AND ?",
+                        [key, shard.first, shard.last]).fetchall()]
+                    tables.insert_links(con, shard.key, ids)
                 con.execute("UPDATE calls SET n_attempts = n_attempts + 1 FROM batch_calls l "
                             "WHERE l.batch_key = ? AND l.status = 'retry' "
                             "AND calls.call_id = l.call_id", [key])

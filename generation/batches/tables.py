@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from corpus.inserts import insert_absent
 from corpus.redaction import redact_optional
 
 Con = duckdb.DuckDBPyConnection
@@ -40,18 +41,16 @@ def _arrow(rows: Sequence[dict[str, Any]], columns: list[str]) -> pa.Table:
 def insert_batch(con: Con, row: dict[str, Any]) -> None:
     """Insert a shard's ``batches`` row (a shard already there is left as it is)."""
     cols = [c for c in _BATCH_COLUMNS if c in row]
-    con.execute(f"INSERT OR IGNORE INTO batches ({', '.join(cols)}) VALUES "
-                f"({', '.join('?' for _ in cols)})", [row[c] for c in cols])
+    insert_absent(con, "batches", "batch_key", _arrow([row], cols))
 
 
 def insert_links(con: Con, key: str, call_ids: Sequence[str]) -> None:
     """Link calls to the batch that will answer them (``pending``)."""
-    con.register("_links", pa.table({"call_id": pa.array(list(call_ids), pa.string())}))
-    try:
-        con.execute("INSERT OR IGNORE INTO batch_calls (batch_key, call_id, status) "
-                    "SELECT ?, call_id, 'pending' FROM _links", [key])
-    finally:
-        con.unregister("_links")
+    ids = list(call_ids)
+    insert_absent(con, "batch_calls", ("batch_key", "call_id"), pa.table({
+        "batch_key": pa.array([key] * len(ids), pa.string()),
+        "call_id": pa.array(ids, pa.string()),
+        "status": pa.array(["pending"] * len(ids), pa.string())}))
 
 
 def update_batch(con: Con, key: str, fields: dict[str, Any], stamps: Sequence[str] = ()) -> None:

@@ -1,0 +1,86 @@
+"""``insert_absent``: the anti-join insert that replaces INSERT OR IGNORE on both back ends."""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from corpus.inserts import insert_absent
+from corpus.lake import Lake
+from corpus.store import connect_file
+from corpus.storespec import StoreSpec
+
+KEYS = st.sampled_from(["a", "b", "c", "d", "e", "é", "a b", ""])
+BATCH = st.lists(st.tuples(KEYS, st.integers(0, 2), st.integers(-5, 5)), max_size=12)
+
+
+def _table(rows: list[tuple[str, int, int]]) -> pa.Table:
+    return pa.table({"k": pa.array([r[0] for r in rows], pa.string()),
+                     "n": pa.array([r[1] for r in rows], pa.int32()),
+                     "v": pa.array([r[2] for r in rows], pa.int64())})
+
+
+def _check(con, batches: list[list[tuple[str, int, int]]], key: tuple[str, ...]) -> None:
+    """Apply ``batches`` in turn and compare with a model: each key keeps its first batch's
+    row, a batch adds one row per new key, and the count returned is what was added."""
+    width = len(key)
+    kept: dict[tuple, set[int]] = {}  # key -> values its first batch offered
+    for batch in batches:
+        offered: dict[tuple, set[int]] = {}
+        for r in batch:
+            offered.setdefault(r[:width], set()).add(r[2])
+        new = {k: vs for k, vs in offered.items() if k not in kept}
+        assert insert_absent(con, "t", key[0] if width == 1 else key, _table(batch)) == len(new)
+        kept.update(new)
+    cols = ", ".join(key)
+    got = con.execute(f"SELECT {cols}, v FROM t ORDER BY {cols}").fetchall()
+    assert [g[:width] for g in got] == sorted(kept)
+    assert all(g[width] in kept[g[:width]] for g in got)
+
+
+@pytest.mark.parametrize("key", [("k",), ("k", "n")])
+@given(batches=st.lists(BATCH, max_size=5))
+def test_insert_absent_on_a_keyed_file_store_table(tmp_path_factory, key, batches):
+    con = connect_file(tmp_path_factory.mktemp("f") / "s.duckdb", read_only=False)
+    try:
+        con.execute(f"CREATE TABLE t (k VARCHAR, n INTEGER, v BIGINT, PRIMARY KEY ({', '.join(key)}))")
+        _check(con, batches, key)
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def file_lake(tmp_path_factory):
+    """A DuckDB-file-catalog lake (no Postgres needed): its tables have no keys at all."""
+    root = tmp_path_factory.mktemp("lake")
+    with Lake(StoreSpec.parse(f"ducklake:{root / 'c.ducklake'}")) as lake:
+        yield lake
+
+
+@pytest.mark.parametrize("key", [("k",), ("k", "n")])
+@settings(max_examples=15)
+@given(batches=st.lists(BATCH, max_size=4))
+def test_insert_absent_on_a_lake_table_without_keys(file_lake, key, batches):
+    con = file_lake.cursor()
+    try:
+        con.execute("CREATE OR REPLACE TABLE t (k VARCHAR, n INTEGER, v BIGINT)")
+        _check(con, batches, key)
+    finally:
+        con.close()
+
+
+def test_the_old_statement_fails_on_a_lake(file_lake):
+    con = file_lake.cursor()
+    con.execute("CREATE OR REPLACE TABLE t (k VARCHAR, n INTEGER, v BIGINT)")
+    with pytest.raises(duckdb.BinderException, match="UNIQUE/PRIMARY KEY"):
+        con.execute("INSERT OR IGNORE INTO t VALUES ('a', 0, 1)")
+    assert insert_absent(con, "t", "k", _table([("a", 0, 1), ("a", 0, 2)])) == 1
+
+
+def test_an_empty_batch_adds_nothing(file_lake):
+    con = file_lake.cursor()
+    con.execute("CREATE OR REPLACE TABLE t (k VARCHAR, n INTEGER, v BIGINT)")
+    assert insert_absent(con, "t", "k", _table([])) == 0
