@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,11 +51,19 @@ async def plain_loop(url: str, requests: list[dict], concurrency: int,
     """Seconds to send ``requests`` (model/messages/params dicts) with the bare client.
 
     ``httpx``: the client exactly as documented (its default HTTP stack); ``aiohttp``: the
-    same loop on openai's aiohttp transport, the one selfevo uses by default.
+    same loop on openai's aiohttp transport with the connection limits collect's backend
+    uses — the transport selfevo uses by default (``--transport auto``), so the strongest
+    same-stack baseline.
     """
+    import httpx2
     import openai
 
-    http = openai.DefaultAioHttpClient(timeout=60) if transport == "aiohttp" else None
+    # the connection pool collect's backend opens (OpenAIBackend._setup): same transport,
+    # same limits, so the two differ only in what collect does around each request
+    limits = httpx2.Limits(max_connections=concurrency + 4,
+                           max_keepalive_connections=concurrency + 4)
+    http = (openai.DefaultAioHttpClient(limits=limits, timeout=60) if transport == "aiohttp"
+            else None)
     client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, timeout=60,
                                 http_client=http)
     sem = asyncio.Semaphore(concurrency)
@@ -153,6 +162,8 @@ def main() -> None:
         assert cp.returncode == 0, cp.stderr[-2000:]
     finally:
         proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"\nselfevo collect vs plain asyncio+openai; server latency {args.latency * 1000:.0f} ms"
           f" ({os.cpu_count()} CPUs)\n")
