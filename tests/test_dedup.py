@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.store import Store
@@ -235,6 +237,20 @@ def test_optimal_bands_match_datasketch():
         assert optimal_bands(t, p) == _optimal_param(t, p, 0.5, 0.5)
 
 
+@settings(max_examples=40, deadline=None)
+@given(threshold=st.floats(0.05, 0.99), num_perm=st.sampled_from([8, 16, 32, 64, 128]),
+       fn_weight=st.sampled_from([0.2, 0.5, 0.8, 0.95]))
+def test_optimal_bands_minimise_the_documented_areas(threshold, num_perm, fn_weight):
+    from curation.dedup.minhash import false_negative_area, false_positive_area
+
+    optimal_bands.cache_clear()
+    errors = {(b, r): (1 - fn_weight) * false_positive_area(threshold, b, r)
+              + fn_weight * false_negative_area(threshold, b, r)
+              for b in range(1, num_perm + 1) for r in range(1, num_perm // b + 1)}
+    want = min(errors, key=lambda br: (errors[br], br))  # first minimum in (b, r) order
+    assert optimal_bands(threshold, num_perm, 1 - fn_weight, fn_weight) == want
+
+
 def test_minhash_estimate_is_unbiased_with_binomial_spread():
     rng = np.random.default_rng(6)
     texts = []
@@ -300,3 +316,137 @@ def test_dedup_draws_one_bar_over_its_steps_on_a_terminal(db, cli, tty):
     out = cli("curate", "dedup", "--db", db, "--field", "response").output
     assert "{" not in out and "━" not in out  # readable lines, and no bar off a terminal
     assert "dedup-exact: 1 clusters" in out and "kept 2 of 3 records" in out
+
+
+# -- the vectorised near-dedup path against a plain reference of the same specification ---
+
+_M64 = (1 << 64) - 1
+
+
+def _mix64(x: int) -> int:
+    """splitmix64 finaliser on a Python int (the reference's own arithmetic)."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _M64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _M64
+    return x ^ (x >> 31)
+
+
+def reference_near_pairs(texts, *, threshold, num_perm, bands, rows, ngram, max_bucket):
+    """The documented algorithm (docs/dedup.md, "Near") written plainly, one text at a time:
+    Python regex words, Python-int shingle and band hashes, dict buckets, Python set Jaccard.
+    Only the word hash (polars' seeded string hash) and the permutation draw are shared."""
+    import re
+    import unicodedata
+
+    import polars as pl
+
+    from curation.dedup.minhash import _WORD_SEED
+
+    a, b = (p.astype(np.uint64) for p in permutations(num_perm))
+    sets, sigs = [], []
+    for text in texts:
+        words = re.findall(r"\w+", unicodedata.normalize("NFKC", text or "").lower())
+        wh = [int(h) for h in pl.Series(words, dtype=pl.String).hash(seed=_WORD_SEED)]
+        grams = ([wh[i: i + ngram] for i in range(len(wh) - ngram + 1)] if len(wh) >= ngram
+                 else [wh + [0] * (ngram - len(wh))] if wh else [])
+        shingles = []
+        for gram in grams:
+            h = 0
+            for k, w in enumerate(gram):
+                h = ((((h ^ w) * 0x9E3779B97F4A7C15) & _M64) + k + 1) & _M64
+            shingles.append(_mix64(h) >> 32)
+        sets.append(set(shingles))
+        x = np.array(shingles, dtype=np.uint64)[:, None]
+        sigs.append(((x * a + b) & 0xFFFFFFFF).min(axis=0).tolist() if shingles else None)
+    buckets: dict[tuple[int, int], list[int]] = {}
+    for i, sig in enumerate(sigs):
+        for t in range(bands if sig else 0):
+            h = 0xCBF29CE484222325
+            for v in sig[t * rows: (t + 1) * rows]:
+                h = ((h ^ v) * 0x100000001B3) & _M64
+            buckets.setdefault((t, _mix64(h)), []).append(i)
+    candidates = {(m[p], m[q]) for m in buckets.values() for p in range(len(m))
+                  for q in range(p + 1, min(len(m), p + max_bucket))}
+    pairs = {}
+    for i, j in candidates:
+        sim = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+        if sim >= threshold:
+            pairs[(i, j)] = sim
+    return pairs, len(candidates)
+
+
+def planted_corpus(rng: np.random.Generator) -> list[str | None]:
+    """Random texts with planted near-duplicates at many Jaccard levels, exact copies beyond
+    a bucket, short, empty and NULL texts, punctuation, case and NFKC-foldable characters."""
+    texts: list[str | None] = []
+    for _ in range(int(rng.integers(8, 16))):
+        base = random_text(rng, int(rng.integers(6, 40)))
+        texts.append(base)
+        for _ in range(int(rng.integers(0, 4))):  # variants: 0 to 40% of the words replaced
+            n = len(base.split())
+            texts.append(mutate(base, rng, int(rng.integers(0, max(1, n * 2 // 5)))))
+    template = random_text(rng, 12)
+    texts += [template] * int(rng.integers(0, 9))  # a bucket above a small max_bucket
+    texts += ["", None, "Ｈｅｌｌｏ ﬁne wörld!", "hello, FINE wörld", "x", "x y", "  ...  "]
+    texts += [t.upper().replace(" ", ", ", 2) + "?" for t in texts[:3] if t]
+    order = rng.permutation(len(texts))
+    return [texts[k] for k in order]
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), threshold=st.sampled_from([0.5, 0.7, 0.9]),
+       ngram=st.integers(1, 3), num_perm=st.sampled_from([32, 64, 128]),
+       max_bucket=st.sampled_from([3, 64]), chunk_size=st.sampled_from([7, 20_000]),
+       workers=st.sampled_from([1, 3]))
+def test_near_duplicates_match_the_plain_reference(seed, threshold, ngram, num_perm,
+                                                   max_bucket, chunk_size, workers):
+    texts = planted_corpus(np.random.default_rng(seed))
+    res = near_duplicates(texts, threshold=threshold, num_perm=num_perm, ngram=ngram,
+                          max_bucket=max_bucket, chunk_size=chunk_size, workers=workers)
+    want, n_candidates = reference_near_pairs(
+        texts, threshold=threshold, num_perm=num_perm, bands=res.bands, rows=res.rows,
+        ngram=ngram, max_bucket=max_bucket)
+    got = dict(zip(zip(res.left.tolist(), res.right.tolist(), strict=True),
+                   res.similarity.tolist(), strict=True))
+    assert want and got == want  # never vacuous: the NFKC pair always matches
+    assert res.candidates == n_candidates
+    # ... hence the same clusters.
+    ref = sorted(want)
+    assert (connected_components(len(texts), res.left, res.right).tolist()
+            == connected_components(len(texts), np.array([p[0] for p in ref], dtype=np.int64),
+                                    np.array([p[1] for p in ref], dtype=np.int64)).tolist())
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 300), distinct=st.integers(1, 40),
+       max_bucket=st.integers(2, 9))
+def test_bucket_pairs_match_dict_buckets(seed, n, distinct, max_bucket):
+    from curation.dedup.minhash import bucket_pairs
+
+    keys = np.random.default_rng(seed).integers(0, distinct, n).astype(np.uint64) * np.uint64(
+        0x9E3779B97F4A7C15)
+    members: dict[int, list[int]] = {}
+    for i, k in enumerate(keys.tolist()):
+        members.setdefault(k, []).append(i)
+    want = sorted((m[p], m[q]) for m in members.values() for p in range(len(m))
+                  for q in range(p + 1, min(len(m), p + max_bucket)))
+    left, right = bucket_pairs(keys, max_bucket)
+    assert sorted(zip(left.tolist(), right.tolist(), strict=True)) == want
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), block=st.integers(1, 40))
+def test_blocked_signatures_equal_the_formula(seed, block):
+    from curation.dedup.minhash import Shingles
+
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 30, int(rng.integers(1, 90)))
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    hashes = rng.integers(0, 2**32, int(offsets[-1]), dtype=np.uint64).astype(np.uint32)
+    a, b = permutations(16, seed=int(rng.integers(100)))
+    sig = signatures(Shingles(hashes, offsets), a, b, block=block)
+    for k in range(len(counts)):
+        x = hashes[offsets[k]: offsets[k + 1]].astype(np.uint64)[:, None]
+        want = ((x * a.astype(np.uint64) + b) & 0xFFFFFFFF).min(axis=0)
+        assert sig[k].tolist() == want.tolist()

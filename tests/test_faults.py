@@ -158,10 +158,34 @@ WRITERS = ["prompts import", "records import", "curate filter", "curate dedup",
 _durations: dict[str, float] = {}
 
 
+_children: list[subprocess.Popen] = []
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies (a killed or crashed pytest must not
+    leave writers running for an hour against a server that is gone)."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "selfevo.cli", *args],
-                            cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-X", "faulthandler", "-m", "selfevo.cli", *args],
+                         cwd=REPO, env=env, preexec_fn=_die_with_parent,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _children.append(p)
+    return p
+
+
+@pytest.fixture(autouse=True)
+def _reap_children():
+    """Whatever a test started is gone when it ends, passed or failed."""
+    yield
+    while _children:
+        p = _children.pop()
+        if p.poll() is None:
+            p.kill()
+        p.communicate()
 
 
 def _duration(name: str, base: dict[str, Path], tmp: Path, url: str, env: dict) -> float:

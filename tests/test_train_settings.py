@@ -147,5 +147,7 @@ def test_good_values_come_out_typed(data):
     assert parsed == {name: value}
     expected = {bool: bool, int: int, float: float, str: str}.get(HINTS[name], list)
     assert type(parsed[name]) is expected
-    cfg = TrainConfig.from_dict(parsed)  # in range, so the whole config checks
+    # in range, so the whole config checks (fsdp-only settings come with shard=fsdp)
+    needs = {"shard": "fsdp"} if name in ("shard_group", "cpu_offload") else {}
+    cfg = TrainConfig.from_dict({**needs, **parsed})
     assert getattr(cfg, name) == (tuple(value) if name == "betas" else value)

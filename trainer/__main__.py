@@ -2,13 +2,14 @@
 
 Every :class:`~trainer.config.TrainConfig` field is a flag (``max_len`` -> ``--max-len``,
 booleans as ``--pack/--no-pack``). ``--show-masks N`` prints N examples with their trained
-spans and exits.
+spans and exits; ``--plan`` prints the per-GPU memory plan (trainer/plan.py) and exits.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 from typing import Any
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, type=type(default), default=default)
     parser.add_argument("--show-masks", type=int, default=0, metavar="N",
                         help="print N examples with trained spans highlighted, then exit")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the per-GPU memory plan for --base's config.json, then exit")
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", "1")),
+                        help="--plan: number of GPUs (default: torchrun's WORLD_SIZE, else 1)")
+    parser.add_argument("--gpu-memory", type=float, default=80.0,
+                        help="--plan: GiB per GPU (default 80)")
     return parser
 
 
@@ -48,8 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = vars(build_parser().parse_args(argv))
     show = args.pop("show_masks")
+    plan, world, gpu_memory = args.pop("plan"), args.pop("world_size"), args.pop("gpu_memory")
     cfg = TrainConfig(**args)
     try:
+        if plan:
+            from trainer.plan import plan_report
+
+            print(plan_report(cfg, world, gpu_memory)[0])
+            return 0
         if show:
             from trainer.show_masks import show_masks
 
@@ -64,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     # Only after success: destroying the group while other ranks are still in a collective
     # deadlocks them, and a failing rank exits non-zero anyway.
     _leave_process_group()
-    print(f"saved {result.final_dir} (snapshot {result.snapshot_hash}, {result.steps} steps)")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"saved {result.final_dir} (snapshot {result.snapshot_hash}, {result.steps} steps)")
     return 0
 
 

@@ -19,11 +19,13 @@ CHOICES = {
     "schedule": ("cosine", "linear", "constant"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "attn": ("auto", "varlen", "sdpa", "eager", "flash_attention_2"),
+    "shard": ("ddp", "fsdp", "none"),
 }
 #: Fields that must be > 0 and fields that must be >= 0.
 POSITIVE = ("max_len", "batch_size", "grad_accum", "lr", "lora_r", "lora_alpha", "log_every")
 NON_NEGATIVE = ("direct_weight", "pack_len", "epochs", "max_steps", "warmup_ratio",
-                "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_dropout", "save_every")
+                "min_lr_ratio", "weight_decay", "max_grad_norm", "lora_dropout", "save_every",
+                "shard_group")
 
 
 @dataclass
@@ -63,6 +65,10 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # trade compute for activation memory
     precision: str = "auto"  # auto (bf16 autocast on GPU, fp32 on CPU) | bf16 | fp16 (dynamic loss scaling; for GPUs without bf16) | fp32
     attn: str = "auto"  # auto | varlen | sdpa | eager | flash_attention_2 (auto: flash-attn on GPU if installed, else varlen)
+    # --- scale (torchrun; docs/train.md "Scale")
+    shard: str = "ddp"  # ddp: whole model on every rank (nothing to wrap on one process) | fsdp: FSDP2 shards parameters, gradients and optimizer state over the ranks | none: one process, no wrapper
+    shard_group: int = 0  # fsdp: shard within groups of this many ranks, replicate across groups (HSDP; e.g. GPUs per node); 0 = shard over all ranks
+    cpu_offload: bool = False  # fsdp: keep the sharded parameters, gradients and optimizer state in CPU memory (the optimizer steps on the CPU)
     # --- run
     seed: int = 0  # seeds data order, LoRA init and dropout
     save_every: int = 0  # save a checkpoint every N steps (0: only at the end)
@@ -121,6 +127,14 @@ class TrainConfig:
         bad = sorted(set(self.kinds) - {"meta", "self", "qa"})
         if bad or not self.kinds:
             raise ValueError(f"trainer setting kinds={self.kinds}: use meta, self and/or qa")
+        if self.shard != "fsdp":
+            for name in ("shard_group", "cpu_offload"):
+                if getattr(self, name):
+                    raise ValueError(f"trainer setting {name}={getattr(self, name)!r} needs "
+                                     "shard=fsdp")
+        elif self.precision == "fp16":
+            raise ValueError("trainer setting precision='fp16' is not supported with shard=fsdp "
+                             "(no sharded loss scaler); use bf16, or fp32 on GPUs without bf16")
 
 
 def parse_value(name: str, raw: str) -> Any:

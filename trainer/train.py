@@ -6,19 +6,20 @@
     -> metrics.jsonl, checkpoints (model + optimizer + RNG + data position [+ fp16 loss scale]),
        final/, merged/
 
+Replicating (DDP) or sharding (FSDP2) the model over torchrun ranks is trainer/sharding.py;
+the checkpoint format (torch.distributed.checkpoint) is trainer/checkpoint.py.
+
 Data order is a pure function of (seed, step): row ``g`` of the endless stream is row
 ``g % n`` of epoch ``g // n``'s seeded shuffle, and step ``s`` consumes stream rows
 ``[s*R, (s+1)*R)`` with ``R = batch_size * grad_accum * world_size``. So resuming at step
-``s`` needs nothing but ``s`` — and DDP over W ranks sees exactly the rows that a single
+``s`` needs nothing but ``s`` — and W ranks (DDP or FSDP) see exactly the rows that a single
 process with ``grad_accum * W`` would, which is why their losses match.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -28,14 +29,30 @@ from pathlib import Path
 from typing import Any
 
 from schemas.version import code_version
+from trainer.checkpoint import (
+    META_FILE,
+    data_order_note,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_pretrained,
+)
 from trainer.config import TrainConfig
 from trainer.data import load_export
 from trainer.errors import TrainerError
 from trainer.packing import collate, pack_examples, weighted_loss_sum
 from trainer.sequences import Example, build_examples
-
-META_FILE = "selfevo_train.json"
-STATE_FILE = "trainer_state.pt"
+from trainer.sharding import (
+    Dist,
+    all_reduce_sum,
+    build_model,
+    clip_grad_norm,
+    gathered_model,
+    init_distributed,
+    leave,
+    no_sync,
+    parameter_counts,
+)
 
 #: ``on_step(step, total_steps, metrics)``: called on rank 0 once before the first step
 #: (``step`` = where a resumed run starts, ``metrics`` empty) and after every step with that
@@ -56,112 +73,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- distributed
-
-
-@dataclass
-class Dist:
-    """Process group facts: rank, world size, device."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    device: str = "cpu"
-
-    @property
-    def main(self) -> bool:
-        """True on the process that logs and saves."""
-        return self.rank == 0
-
-
-def init_distributed() -> Dist:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    import torch
-    import torch.distributed as td
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available()
-    device = f"cuda:{local}" if cuda else "cpu"
-    if cuda:
-        torch.cuda.set_device(local)
-    if world > 1 and not td.is_initialized():
-        td.init_process_group("nccl" if cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local, device=device)
-
-
-def all_reduce_sum(x: Any, dist: Dist) -> Any:
-    """Sum a tensor over ranks (no-op on one process)."""
-    if dist.world > 1:
-        import torch.distributed as td
-
-        td.all_reduce(x, op=td.ReduceOp.SUM)
-    return x
-
-
-# --------------------------------------------------------------------------- model
-
-
-def load_model(cfg: TrainConfig, dist: Dist, resume_dir: Path | None) -> Any:
-    """The causal LM, wrapped with LoRA unless ``cfg.full``; loaded from ``resume_dir`` if given."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    cuda = dist.device.startswith("cuda")
-    attn = cfg.attn
-    if attn == "auto":
-        # Packed rows need varlen attention: FlashAttention-2 when installed (GPU), else
-        # per-example SDPA (trainer/attention.py) instead of a wasteful block-diagonal mask.
-        attn = "varlen"
-        if cuda:
-            try:
-                import flash_attn  # noqa: F401
-
-                attn = "flash_attention_2"
-            except ImportError:
-                pass
-    if attn == "varlen":
-        from trainer.attention import register
-
-        attn = register()
-    # Frozen LoRA bases can live in half precision on GPU (fp16 when asked for: GPUs without
-    # bf16); trained weights stay fp32, autocast does the half-precision matmuls.
-    dtype = torch.float32
-    if cuda and not cfg.full and cfg.precision != "fp32":
-        dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
-    source = str(resume_dir) if (resume_dir is not None and cfg.full) else cfg.base
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation=attn)
-    model.config.use_cache = False
-    if cfg.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if not cfg.full:
-            model.enable_input_require_grads()
-    if not cfg.full:
-        from peft import LoraConfig, PeftModel, get_peft_model
-
-        torch.manual_seed(cfg.seed)  # LoRA A matrices are random: seed them
-        if resume_dir is not None:
-            model = PeftModel.from_pretrained(model, str(resume_dir), is_trainable=True)
-        else:
-            targets: Any = cfg.lora_targets
-            if targets != "all-linear":
-                targets = [t.strip() for t in targets.split(",") if t.strip()]
-            lora = LoraConfig(
-                r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=targets, task_type="CAUSAL_LM",
-            )
-            with warnings.catch_warnings():  # peft calls a transformers alias deprecated in v5
-                warnings.simplefilter("ignore", FutureWarning)
-                model = get_peft_model(model, lora)
-        for p in model.parameters():  # adapters train in fp32 even over a bf16 base
-            if p.requires_grad:
-                p.data = p.data.float()
-    return model.to(dist.device)
+# --------------------------------------------------------------------------- optimizer
 
 
 def make_optimizer(model: Any, cfg: TrainConfig, total_steps: int) -> tuple[Any, Any]:
@@ -225,50 +137,7 @@ def step_window(
     return [[rows[i] for i in mb] for mb in mine]
 
 
-# --------------------------------------------------------------------------- checkpoints
-
-
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest ``checkpoints/step-*`` with a complete state file, if any."""
-    ckpts = sorted((out / "checkpoints").glob("step-*"))
-    done = [c for c in ckpts if (c / STATE_FILE).is_file()]
-    return done[-1] if done else None
-
-
-def save_checkpoint(
-    path: Path, model: Any, tokenizer: Any, meta: dict[str, Any], state: dict[str, Any] | None
-) -> None:
-    """Write model/adapter + tokenizer + metadata (+ optimizer/RNG state) into ``path``."""
-    import torch
-
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    (path / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    if state is not None:
-        tmp = path / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(path / STATE_FILE)  # the state file last: its presence marks completeness
-
-
-def rng_state() -> dict[str, Any]:
-    """All RNG states that affect training (dropout, Python)."""
-    import torch
-
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore :func:`rng_state`."""
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+# --------------------------------------------------------------------------- the step
 
 
 def autocast_dtype_for(precision: str, cuda: bool) -> Any:
@@ -320,7 +189,7 @@ def backward_window(
     """
     import torch
 
-    device = next(p for p in model.parameters()).device
+    device = torch.device(dist.device)  # not the parameters': FSDP may offload them to CPU
     weight = torch.tensor([float(sum(b["weights"].sum() for b in batches))], device=device)
     count = torch.tensor([float(sum((b["targets"] != -100).sum() for b in batches))], device=device)
     all_reduce_sum(weight, dist)
@@ -330,12 +199,11 @@ def backward_window(
     for k, batch in enumerate(batches):
         batch = {key: v.to(device) for key, v in batch.items()}
         sync = k == len(batches) - 1
-        ctx = model.no_sync() if (dist.world > 1 and not sync) else contextlib.nullcontext()
-        with ctx, torch.autocast(
+        with no_sync(model, sync), torch.autocast(
             device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
         ):
             s = weighted_loss_sum(model, batch)
-        # DDP averages gradients over ranks; multiplying by world makes that a sum.
+        # DDP and FSDP average gradients over ranks; multiplying by world makes that a sum.
         scaled = s * (dist.world / denom)
         (scaler.scale(scaled) if scaler is not None else scaled).backward()
         loss_sum += s.detach()
@@ -359,7 +227,11 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
     hf_logging.disable_progress_bar()  # the caller's progress (or none), not per-file load bars
     if not cfg.data or not cfg.base or not cfg.out:
         raise TrainerError("data, base and out are required (--data EXPORT_DIR --base MODEL --out DIR)")
-    dist = init_distributed()
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise TrainerError(str(exc)) from None
+    dist = init_distributed(cfg.shard, cfg.cpu_offload)
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -394,30 +266,24 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
             f"{stats.trained_tokens:,}/{stats.tokens:,} tokens trained; {total_steps} steps"
         )
 
-    # 2. Model, optimizer, schedule; resume restores all of them and the RNG.
+    # 2. Model (replicated or sharded: trainer/sharding.py), optimizer, schedule; resume
+    #    restores all of them and the RNG (trainer/checkpoint.py).
     resume_dir = latest_checkpoint(out) if cfg.resume else None
     if cfg.resume and resume_dir is None and dist.main:
         log(f"no checkpoint in {out / 'checkpoints'}; starting from scratch")
-    model = load_model(cfg, dist, resume_dir)
+    model = build_model(cfg, dist)
     optimizer, scheduler = make_optimizer(model, cfg, total_steps)
-    autocast_dtype = autocast_dtype_for(cfg.precision, cuda)
+    # Under FSDP its mixed-precision policy casts the weights; no autocast on top.
+    autocast_dtype = autocast_dtype_for(cfg.precision, cuda) if cfg.shard != "fsdp" else None
     scaler = make_grad_scaler(autocast_dtype, "cuda" if cuda else "cpu")
     start_step, tokens_seen = 0, 0
     if resume_dir is not None:
-        state = torch.load(resume_dir / STATE_FILE, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler.is_enabled() and state.get("scaler"):  # fp16: continue at the same loss scale
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][dist.rank] if dist.rank < len(state["rng"]) else state["rng"][0])
+        state = load_checkpoint(resume_dir, model, optimizer, scheduler, scaler, dist)
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         if dist.main:
             log(f"resumed from {resume_dir} at step {start_step}")
-    raw_model = model
-    if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[dist.local_rank] if cuda else None)
+            if note := data_order_note(resume_dir, rows_per_step):
+                log(note)
     model.train()
 
     meta_base = {
@@ -430,6 +296,8 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
         "sequence_format": "chat-template"
         if (cfg.chat_template and tokenizer.chat_template) else "plain",
         "world_size": dist.world,
+        "parallel": {"shard": cfg.shard, "mesh": dist.mesh or [dist.world],
+                     **parameter_counts(model, dist)},
     }
     metrics_path = out / "metrics.jsonl"
     if dist.main:
@@ -461,12 +329,7 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
         scale = scaler.get_scale() if scaler.is_enabled() else 1.0
         if scaler.is_enabled():
             scaler.unscale_(optimizer)  # clip and report the true gradient, not the scaled one
-        if cfg.max_grad_norm > 0:
-            gnorm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.max_grad_norm)
-        else:
-            gnorm = torch.nn.utils.get_total_norm(
-                [p.grad for p in raw_model.parameters() if p.grad is not None]
-            )
+        gnorm = clip_grad_norm(model, cfg.max_grad_norm)  # max_grad_norm 0: only measured
         lr = scheduler.get_last_lr()[0]
         scaler.step(optimizer)  # fp16: skipped when a gradient overflowed (inf/nan)
         scaler.update()
@@ -499,49 +362,26 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
         if report is not None:
             report(step + 1, total_steps, last)
         if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
-            _save_step(out, step + 1, raw_model, tokenizer, meta_base, last, optimizer,
-                       scheduler, tokens_seen, dist, scaler)
+            save_checkpoint(out / "checkpoints" / f"step-{step + 1:06d}", model, optimizer,
+                            scheduler, scaler, dist, step=step + 1, tokens_seen=tokens_seen,
+                            meta={**meta_base, "step": step + 1, "metrics": last})
 
-    # 4. Final checkpoint (resumable), final/ for serving and registering, optional merge.
-    _save_step(out, total_steps, raw_model, tokenizer, meta_base, last, optimizer, scheduler,
-               tokens_seen, dist, scaler)
+    # 4. Final checkpoint (resumable); final/ for serving and registering, gathered once
+    #    into an ordinary HF folder or PEFT adapter; optional merge.
+    meta = {**meta_base, "step": total_steps, "metrics": last}
+    save_checkpoint(out / "checkpoints" / f"step-{total_steps:06d}", model, optimizer, scheduler,
+                    scaler, dist, step=total_steps, tokens_seen=tokens_seen, meta=meta)
     final = out / "final"
     merged = None
-    if dist.main:
-        meta = {**meta_base, "step": total_steps, "metrics": last}
-        save_checkpoint(final, raw_model, tokenizer, meta, None)
+    plain = gathered_model(model, cfg, dist)  # None on ranks other than 0
+    if plain is not None:
+        save_pretrained(final, plain, tokenizer, meta)
         if cfg.merge:
             merged = out / "merged"
-            to_save = raw_model.merge_and_unload() if not cfg.full else raw_model
-            save_checkpoint(merged, to_save, tokenizer, {**meta, "format": "merged"}, None)
-    if dist.world > 1:
-        import torch.distributed as td
-
-        td.barrier()
+            to_save = plain.merge_and_unload() if not cfg.full else plain
+            save_pretrained(merged, to_save, tokenizer, {**meta, "format": "merged"})
+    leave(dist)
     return TrainResult(
         final_dir=final, merged_dir=merged, snapshot_hash=export.content_hash,
         steps=total_steps, metrics=last, losses=losses,
     )
-
-
-def _save_step(out: Path, step: int, model: Any, tokenizer: Any, meta_base: dict, metrics: dict,
-               optimizer: Any, scheduler: Any, tokens_seen: int, dist: Dist,
-               scaler: Any = None) -> None:
-    """Resumable checkpoint ``checkpoints/step-NNNNNN`` (RNG states gathered from all ranks)."""
-    rng = [rng_state()]
-    if dist.world > 1:
-        import torch.distributed as td
-
-        gathered: list[Any] = [None] * dist.world
-        td.all_gather_object(gathered, rng[0])
-        rng = gathered
-    if dist.main:
-        state = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": rng, "step": step, "tokens_seen": tokens_seen,
-        }
-        if scaler is not None and scaler.is_enabled():
-            state["scaler"] = scaler.state_dict()
-        meta = {**meta_base, "step": step, "metrics": metrics}
-        save_checkpoint(out / "checkpoints" / f"step-{step:06d}", model, tokenizer, meta, state)
-

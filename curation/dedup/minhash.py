@@ -30,9 +30,13 @@ bounded (only the band hashes, ``bands`` uint64 per text, live for the whole cor
 
 from __future__ import annotations
 
+import functools
+import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import polars as pl
@@ -43,28 +47,39 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 _FNV_PRIME = np.uint64(0x100000001B3)
 _SHINGLE_MULT = np.uint64(0x9E3779B97F4A7C15)
 _WORD_SEED = 0x5E1F
+T = TypeVar("T")
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
     """splitmix64 finaliser (in place on a uint64 array): a good bit mixer, cheap in numpy."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
+    tmp = np.empty_like(x)  # one scratch array instead of a fresh temporary per shift
+    for shift, mult in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, 0)):
+        np.right_shift(x, np.uint64(shift), out=tmp)
+        x ^= tmp
+        if mult:
+            x *= np.uint64(mult)
     return x
 
 
 # -- parameters ---------------------------------------------------------------------------
 
 
-def _integrate(f, a: float, b: float, steps: int = 100) -> float:  # type: ignore[no-untyped-def]
-    # Same rectangle rule as datasketch's lsh._integration, so the chosen b/r agree.
-    area, x = 0.0, a
+def _midpoints(a: float, b: float, steps: int = 100) -> tuple[list[float], float]:
+    """The rectangle midpoints :func:`_integrate` visits on ``[a, b]`` (same float steps)."""
+    mids, x = [], a
     dx = (b - a) / steps
     while x < b:
-        area += f(x + 0.5 * dx) * dx
+        mids.append(x + 0.5 * dx)
         x += dx
+    return mids, dx
+
+
+def _integrate(f, a: float, b: float, steps: int = 100) -> float:  # type: ignore[no-untyped-def]
+    # Same rectangle rule as datasketch's lsh._integration, so the chosen b/r agree.
+    mids, dx = _midpoints(a, b, steps)
+    area = 0.0
+    for m in mids:
+        area += f(m) * dx
     return area
 
 
@@ -78,15 +93,31 @@ def false_negative_area(threshold: float, bands: int, rows: int) -> float:
     return _integrate(lambda s: 1 - (1 - (1 - s**rows) ** bands), threshold, 1.0)
 
 
+@functools.lru_cache(maxsize=64)  # pure, and asked twice per `curate dedup --near`
 def optimal_bands(
     threshold: float, num_perm: int, fp_weight: float = 0.5, fn_weight: float = 0.5
 ) -> tuple[int, int]:
-    """``(bands, rows)`` with ``bands * rows <= num_perm`` minimising the weighted FP+FN area."""
+    """``(bands, rows)`` with ``bands * rows <= num_perm`` minimising the weighted FP+FN area.
+
+    The areas of :func:`false_positive_area` and :func:`false_negative_area`, with the same
+    float operations in the same order (so the same choice), but each ``s**rows`` computed
+    once per ``rows`` instead of once per ``(bands, rows)``: 3x faster.
+    """
+    fp_mids, fp_dx = _midpoints(0.0, threshold)
+    fn_mids, fn_dx = _midpoints(threshold, 1.0)
+    by_rows = {r: ([m**r for m in fp_mids], [m**r for m in fn_mids])
+               for r in range(1, num_perm + 1)}
     best, best_err = (1, num_perm), float("inf")
     for b in range(1, num_perm + 1):
         for r in range(1, num_perm // b + 1):
-            err = (fp_weight * false_positive_area(threshold, b, r)
-                   + fn_weight * false_negative_area(threshold, b, r))
+            fp_pow, fn_pow = by_rows[r]
+            fp = 0.0
+            for p in fp_pow:
+                fp += (1 - (1 - p) ** b) * fp_dx
+            fn = 0.0
+            for p in fn_pow:
+                fn += (1 - (1 - (1 - p) ** b)) * fn_dx
+            err = fp_weight * fp + fn_weight * fn
             if err < best_err:
                 best, best_err = (b, r), err
     return best
@@ -113,30 +144,34 @@ class Shingles:
         return np.diff(self.offsets)
 
 
-def _clean(texts: pl.Series) -> pl.Series:
-    """Lowercased texts whose non-word characters are spaces: words are the ``\\w+`` runs."""
+def _nfkc(texts: pl.Series) -> pl.Series:
+    """NFKC-normalised texts (NULL as empty); only non-ASCII texts go through NFKC."""
     texts = texts.fill_null("")
     # NFKC is the identity on ASCII and costs as much as the tokenising: only non-ASCII
     # texts (fewer characters than bytes) go through it.
     non_ascii = np.flatnonzero((texts.str.len_bytes() != texts.str.len_chars()).to_numpy())
     if len(non_ascii):
         texts = texts.scatter(non_ascii, texts.gather(non_ascii).str.normalize("NFKC"))
-    # replace + split measured 2x faster than str.extract_all(r"\w+") in polars.
-    return texts.str.to_lowercase().str.replace_all(r"[^\w ]+", " ")
+    return texts
 
 
 def word_hashes(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
     """uint64 hash of every word token (texts concatenated) and the word count per text."""
-    parts = _clean(texts).str.split(" ")
-    pieces = parts.list.len().to_numpy().astype(np.int64)
-    flat = parts.explode()
-    if len(flat) != int(pieces.sum()):  # polars versions that explode [] to a null row
-        flat = flat.drop_nulls()
-    nonempty = (flat.str.len_bytes() > 0).to_numpy()
-    owner = np.repeat(np.arange(len(pieces), dtype=np.int64), pieces)
-    n_words = np.bincount(owner[nonempty], minlength=len(pieces)).astype(np.int64)
-    w = flat.filter(pl.Series(nonempty)).hash(seed=_WORD_SEED).to_numpy()
-    return w.astype(np.uint64, copy=False), n_words
+    # Lowercase, non-word characters to spaces, split on spaces: words are the \w+ runs
+    # (replace + split measured 2x faster than str.extract_all(r"\w+")). One lazy query
+    # with the row index exploded alongside measured 1.2x faster than eager steps.
+    words = (
+        pl.LazyFrame({"t": _nfkc(texts)}).with_row_index("i")
+        .select("i", pl.col("t").str.to_lowercase().str.replace_all(r"[^\w ]+", " ")
+                .str.split(" ").alias("w"))
+        .explode("w")
+        .filter(pl.col("w").str.len_bytes() > 0)  # also drops the null of an empty list
+        .select("i", pl.col("w").hash(seed=_WORD_SEED))
+        .collect()
+    )
+    owner = words["i"].to_numpy()
+    n_words = np.bincount(owner, minlength=len(texts)).astype(np.int64)
+    return words["w"].to_numpy().astype(np.uint64, copy=False), n_words
 
 
 def word_counts(texts: Sequence[str | None] | pl.Series) -> np.ndarray:
@@ -186,8 +221,9 @@ def shingle_hashes(texts: Sequence[str | None] | pl.Series, ngram: int) -> Shing
     counts = np.where(long_text, n_words - ngram + 1, np.minimum(n_words, 1))
     offsets = np.zeros(len(n_words) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
-    hashes = (_splitmix(h[valid]) >> np.uint64(32)).astype(np.uint32)
-    return Shingles(hashes=hashes, offsets=offsets)
+    h = _splitmix(h[valid])
+    h >>= np.uint64(32)
+    return Shingles(hashes=h.astype(np.uint32), offsets=offsets)
 
 
 # -- signatures and bands -----------------------------------------------------------------
@@ -201,57 +237,84 @@ def permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
-def signatures(sh: Shingles, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """MinHash signatures (texts x num_perm, uint32) of texts that have at least one shingle."""
+def signatures(
+    sh: Shingles, a: np.ndarray, b: np.ndarray, block: int = 512
+) -> np.ndarray:
+    """MinHash signatures (texts x num_perm, uint32) of texts that have at least one shingle.
+
+    Cache-blocked: the shingles of ``block`` texts (about 200 KiB) go through all
+    permutations while they sit in L2, and each permutation's minima are written to a
+    contiguous row of a permutation-major array (returned transposed, so rows are texts):
+    1.9x faster than one pass over a whole chunk's shingles per permutation.
+    """
     counts = sh.counts
     if (counts == 0).any():
         raise ValueError("signatures() needs at least one shingle per text")
-    out = np.empty((len(counts), len(a)), dtype=np.uint32)
-    buf = np.empty_like(sh.hashes)
-    starts = sh.offsets[:-1]
-    for j in range(len(a)):
-        np.multiply(sh.hashes, a[j], out=buf)
-        buf += b[j]
-        out[:, j] = np.minimum.reduceat(buf, starts)
-    return out
+    n = len(counts)
+    out = np.empty((len(a), n), dtype=np.uint32)
+    offsets = sh.offsets
+    ends = offsets[np.minimum(np.arange(block, n + block, block), n)]
+    buf = np.empty(int((ends - offsets[0:n:block]).max(initial=0)), dtype=np.uint32)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        h = sh.hashes[offsets[s]: offsets[e]]
+        starts = offsets[s:e] - offsets[s]
+        perm = buf[: len(h)]
+        for j in range(len(a)):
+            np.multiply(h, a[j], out=perm)
+            np.add(perm, b[j], out=perm)
+            np.minimum.reduceat(perm, starts, out=out[j, s:e])
+    return out.T
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
-    """One uint64 hash per band (texts x bands) from signature rows ``[t*rows, (t+1)*rows)``."""
-    out = np.empty((sig.shape[0], bands), dtype=np.uint64)
+    """One uint64 hash per band (texts x bands) from signature rows ``[t*rows, (t+1)*rows)``.
+
+    Returned as a transposed view of a band-major array: each band's keys are contiguous
+    for the per-band sort of :func:`bucket_pairs`.
+    """
+    out = np.empty((bands, sig.shape[0]), dtype=np.uint64)
     for t in range(bands):
-        h = np.full(sig.shape[0], 0xCBF29CE484222325, dtype=np.uint64)
+        h = out[t]
+        h.fill(0xCBF29CE484222325)
         for c in range(t * rows, (t + 1) * rows):
-            h ^= sig[:, c].astype(np.uint64)
+            h ^= sig[:, c]
             h *= _FNV_PRIME
-        out[:, t] = _splitmix(h)
-    return out
+        _splitmix(h)
+    return out.T
 
 
 def bucket_pairs(keys: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``(i, j)``, ``i < j``, of positions with equal ``keys``.
 
-    Positions in a bucket are linked to their next ``max_bucket - 1`` neighbours in sorted
-    order: all pairs for a bucket up to ``max_bucket``, a sliding window above it.
+    Positions in a bucket, in ascending order, are linked to their next ``max_bucket - 1``
+    neighbours: all pairs for a bucket up to ``max_bucket``, a sliding window above it.
     """
-    order = np.argsort(keys, kind="stable")
+    # numpy's unstable argsort is SIMD (5x faster than the stable one); ties are then put
+    # in position order for the few keys that have any, as a stable sort would.
+    order = np.argsort(keys)
     sk = keys[order]
     same_next = sk[1:] == sk[:-1]
     if not same_next.any():
         empty = np.empty(0, dtype=np.int64)
         return empty, empty
-    run_id = np.concatenate([[0], np.cumsum(~same_next)])
+    shared = np.zeros(len(keys), dtype=bool)
+    shared[1:] = same_next
+    shared[:-1] |= same_next
+    sel = np.flatnonzero(shared)
+    run_id = np.cumsum(np.r_[True, ~same_next])[sel]
+    members = order[sel]
+    members = members[np.lexsort((members, run_id))]  # run_id is already sorted
     lefts, rights = [], []
     for d in range(1, max_bucket):
-        if d >= len(order):
+        if d >= len(members):
             break
         same = run_id[d:] == run_id[:-d]
         if not same.any():
             break
         idx = np.flatnonzero(same)
-        i, j = order[idx], order[idx + d]
-        lefts.append(np.minimum(i, j))
-        rights.append(np.maximum(i, j))
+        lefts.append(members[idx])
+        rights.append(members[idx + d])
     return np.concatenate(lefts), np.concatenate(rights)
 
 
@@ -330,6 +393,43 @@ class NearResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _chunk_bands(
+    series: pl.Series, span: tuple[int, int], *, ngram: int,
+    perms: tuple[np.ndarray, np.ndarray], rows: int, out: np.ndarray, comparable: np.ndarray,
+) -> None:
+    """Band hashes of texts ``span`` into ``out[:, span]`` (bands x texts) and which of them
+    have a shingle into ``comparable[span]``."""
+    s, e = span
+    sh = shingle_hashes(series.slice(s, e - s), ngram)
+    has = sh.counts > 0
+    comparable[s:e] = has
+    if not has.any():
+        return
+    if not has.all():
+        sh = Shingles(sh.hashes, np.concatenate([[0], np.cumsum(sh.counts[has])]))
+    out[:, s:e][:, has] = band_hashes(signatures(sh, *perms), out.shape[0], rows).T
+
+
+def _default_workers() -> int:
+    """Threads for the signature pass: the CPUs this process may use, at most 4."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(4, cpus or 1))
+
+
+def _map_chunks(
+    fn: Callable[[tuple[int, int]], T], n: int, size: int, workers: int | None
+) -> list[T]:
+    """``fn`` over the ``(start, end)`` chunks of ``n`` items, in order, on up to ``workers``
+    threads (default :func:`_default_workers`): polars and numpy release the GIL in their
+    loops, so a second thread uses a second core."""
+    spans = list(_chunks(n, size))
+    workers = max(1, min(workers or _default_workers(), len(spans)))
+    if workers == 1:
+        return [fn(span) for span in spans]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(fn, spans))
+
+
 def _chunks(n: int, size: int) -> Iterator[tuple[int, int]]:
     for s in range(0, n, size):
         yield s, min(n, s + size)
@@ -344,16 +444,19 @@ def near_duplicates(
     rows: int | None = None,
     ngram: int = 3,
     seed: int = 1,
-    chunk_size: int = 20_000,
+    chunk_size: int = 10_000,
     max_bucket: int = 64,
     fn_weight: float = 0.8,
+    workers: int | None = None,
 ) -> NearResult:
     """Verified pairs of texts whose word-``ngram`` Jaccard is at least ``threshold``.
 
     ``bands`` defaults to :func:`optimal_bands` for ``threshold`` with false negatives
     weighted ``fn_weight`` and false positives ``1 - fn_weight``; ``rows`` defaults to
-    ``num_perm // bands``. Memory: the texts, ``bands`` x 8 bytes per text, one chunk's
-    signatures and the shingle sets of the texts that have a candidate pair.
+    ``num_perm // bands``. Signatures are computed by ``workers`` threads (default: the
+    CPU count, at most 4), one chunk of ``chunk_size`` texts each; the result does not
+    depend on either. Memory: the texts, ``bands`` x 8 bytes per text, one chunk's
+    signatures per worker and the shingle sets of the texts that have a candidate pair.
     """
     if not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -370,32 +473,28 @@ def near_duplicates(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     a, b = permutations(num_perm, seed)
-    band_matrix = np.zeros((n, bands), dtype=np.uint64)
+    band_matrix = np.zeros((bands, n), dtype=np.uint64)  # band-major: contiguous per band
     comparable = np.zeros(n, dtype=bool)
-    for s, e in _chunks(n, chunk_size):
-        sh = shingle_hashes(series.slice(s, e - s), ngram)
-        has = sh.counts > 0
-        comparable[s:e] = has
-        if not has.any():
-            continue
-        if not has.all():
-            sh = Shingles(sh.hashes, np.concatenate([[0], np.cumsum(sh.counts[has])]))
-        band_matrix[s:e][has] = band_hashes(signatures(sh, a, b), bands, rows)
+    chunk_bands = functools.partial(
+        _chunk_bands, series, ngram=ngram, perms=(a, b), rows=rows, out=band_matrix,
+        comparable=comparable)
+    _map_chunks(chunk_bands, n, chunk_size, workers)  # chunks write disjoint columns
     timings["signatures"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     idx = np.flatnonzero(comparable)
     codes = []
     for t in range(bands):
-        i, j = bucket_pairs(band_matrix[idx, t], max_bucket)
+        i, j = bucket_pairs(band_matrix[t, idx], max_bucket)
         codes.append(idx[i] * n + idx[j])
-    del band_matrix
+    del chunk_bands, band_matrix  # the partial holds the matrix too
     pair_codes = sorted_unique(np.concatenate(codes)) if codes else np.empty(0, np.int64)
     left, right = pair_codes // n, pair_codes % n
     timings["candidates"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    sim = jaccard_of_pairs(series, left, right, ngram=ngram, chunk_size=chunk_size)
+    sim = jaccard_of_pairs(series, left, right, ngram=ngram, chunk_size=chunk_size,
+                           workers=workers)
     keep = sim >= threshold
     timings["verify"] = time.perf_counter() - t0
     return NearResult(left=left[keep], right=right[keep], similarity=sim[keep], bands=bands,
@@ -409,15 +508,19 @@ def jaccard_of_pairs(
     right: np.ndarray,
     *,
     ngram: int,
-    chunk_size: int = 20_000,
+    chunk_size: int = 10_000,
+    workers: int | None = None,
 ) -> np.ndarray:
-    """True shingle-set Jaccard for pairs of text indices, shingling only the texts involved."""
+    """True shingle-set Jaccard for pairs of text indices, shingling only the texts involved
+    (``chunk_size`` texts at a time on up to ``workers`` threads)."""
     if len(left) == 0:
         return np.empty(0, dtype=np.float64)
     series = as_series(texts)
     involved, inverse = np.unique(np.concatenate([left, right]), return_inverse=True)
-    parts = [unique_shingles(shingle_hashes(series.gather(involved[s:e]), ngram))
-             for s, e in _chunks(len(involved), chunk_size)]
+    parts = _map_chunks(
+        lambda span: unique_shingles(shingle_hashes(series.gather(involved[span[0]:span[1]]),
+                                                    ngram)),
+        len(involved), chunk_size, workers)
     counts = np.concatenate([p.counts for p in parts])
     offsets = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
