@@ -5,8 +5,10 @@ On N synthetic (p, r, f, r̂) records (default 1,000,000; half as many distinct 
 * import rate (records/s) from JSONL and from Parquet through ``corpus.importers.import_records``
   (validation + content ids + one atomic write), each in a fresh process and store;
 * ``snapshot create`` of all records, then ``snapshot export --format parquet`` (library call:
-  one COPY + counts + manifest sha256 + dataset card) against plain DuckDB ``COPY … TO
-  (FORMAT parquet)`` with DuckDB defaults (all threads, snappy), in the same process and run:
+  destination lock + one COPY (zstd, 100k-row groups, DuckDB's default threads) + counts +
+  manifest sha256 + dataset card) against plain DuckDB ``COPY … TO (FORMAT parquet)`` with
+  DuckDB defaults (all threads, snappy), in the same process, store connection and run, each
+  timed from the call to the file on disk:
   - the records joined to their prompt text (no messages column, no ORDER BY);
   - the export's rows and columns (messages included), no ORDER BY;
   - the export's own SELECT as is (same rows, same order): what the export costs over

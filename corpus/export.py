@@ -11,9 +11,12 @@ Layout (the trainer reads only this; see docs/snapshots.md)::
 Rows follow :class:`schemas.records.ExportRow`, ordered by ``record_id``. The whole row,
 including the ``messages`` column (built in SQL exactly like
 :func:`schemas.conversation.record_messages`), is produced by one DuckDB ``COPY`` so an export
-costs little more than copying the rows. Reproducibility comes from a fixed order, one writer
-thread, a fixed row-group size and compression, and metadata derived only from the snapshot
-(its creation time and the code version of the run that created it, never "now").
+costs little more than copying the rows. Reproducibility comes from a fixed order, a fixed
+row-group size and compression, and metadata derived only from the snapshot (its creation time
+and the code version of the run that created it, never "now"). The COPY runs on all of
+DuckDB's threads: with insertion order preserved, DuckDB cuts row groups at exactly
+``ROW_GROUP_SIZE`` rows of the ordered stream whatever the scheduling, so the bytes do not
+depend on the thread count (tests/test_export.py checks 1 to 4 threads).
 """
 
 from __future__ import annotations
@@ -57,10 +60,11 @@ HF_DIR = "hf"
 MANIFEST = "manifest.json"
 CARD = "README.md"
 
-#: Parquet writer settings; part of the reproducibility contract (same settings, same bytes).
-PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
-#: One writer thread: row-group boundaries and file bytes do not depend on scheduling.
-EXPORT_THREADS = 1
+#: Rows per Parquet row group; with the compression, part of the reproducibility contract
+#: (same settings, same bytes). Row groups are cut at this many rows of the ordered stream.
+ROW_GROUP_SIZE = 100_000
+#: Parquet writer settings (the row-group size is added by copy_rows).
+PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd"
 
 def _messages_case() -> str:
     """SQL for the ``messages`` column, derived from ``record_messages`` itself.
@@ -125,22 +129,26 @@ def _sql_path(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _deterministic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+def _ordered(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    # Without insertion order DuckDB writes rows (and cuts row groups) as threads finish.
     order = con.execute("SELECT current_setting('preserve_insertion_order')").fetchone()[0]
-    con.execute(f"SET threads = {EXPORT_THREADS}")
     con.execute("SET preserve_insertion_order = true")
     try:
         yield
     finally:
-        con.execute(f"SET threads = {int(threads)}")
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
 
 
-def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str) -> None:
-    """Write the export rows of a snapshot to ``path`` (parquet or jsonl) with one COPY."""
-    options = PARQUET_OPTIONS if fmt == "parquet" else "FORMAT json"
-    with _deterministic(con):
+def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str,
+              row_group_size: int = ROW_GROUP_SIZE) -> None:
+    """Write the export rows of a snapshot to ``path`` (parquet or jsonl) with one COPY.
+
+    Runs at the connection's thread count; the bytes depend only on the rows and the
+    settings (``row_group_size`` is a parameter for tests that need many row groups).
+    """
+    options = (f"{PARQUET_OPTIONS}, ROW_GROUP_SIZE {int(row_group_size)}" if fmt == "parquet"
+               else "FORMAT json")
+    with _ordered(con):
         con.execute(
             f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
 

@@ -96,6 +96,62 @@ def test_same_snapshot_exported_twice_gives_identical_bytes(db, tmp_path, fmt):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+GROWN = 130_002  # rows of the grown store: more than one DuckDB row group (122,880)
+
+
+@pytest.fixture(scope="module")
+def grown_db(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The fixture's six records 21,667 times over (texts varied per copy) and a snapshot of
+    them all: enough rows for DuckDB to scan, sort and write in parallel."""
+    db = str(tmp_path_factory.mktemp("grown") / "grown.duckdb")
+    build_store(db)
+    with Store.open(db) as store:
+        with store.transaction() as con:
+            con.execute(
+                "INSERT INTO records SELECT r.* REPLACE ("
+                " record_id || '-' || i AS record_id,"
+                " response || repeat('é', CAST(i % 7 AS INTEGER)) || i AS response,"
+                " CASE WHEN i % 5 = 0 THEN NULL ELSE refinement || ' ' || (i * 31) END"
+                "  AS refinement)"
+                f" FROM records r, range(1, {GROWN // 6}) t(i)")
+        create_snapshot(store, "all", "true")
+    return db
+
+
+def _parquet_layout(path: Path) -> list[int]:
+    meta = pq.ParquetFile(path).metadata
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def test_parquet_bytes_do_not_depend_on_the_thread_count(grown_db, tmp_path):
+    # Cut into many Parquet row groups, the ordered parallel writer must give the same bytes
+    # at any thread count, run after run (the export runs at the connection's threads).
+    with Store.open_readonly(grown_db) as store:
+        snap_id = store.query("SELECT snapshot_id FROM snapshots")[0][0]
+        blobs, layouts = set(), set()
+        with store.connection() as con:
+            for threads in (1, 4, 2, 4):
+                con.execute(f"SET threads = {threads}")
+                path = tmp_path / f"t{threads}.parquet"
+                export_mod.copy_rows(con, snap_id, path, "parquet", row_group_size=20_000)
+                blobs.add(path.read_bytes())
+                layouts.add(tuple(_parquet_layout(path)))
+        ids = pq.read_table(path, columns=["record_id"]).column("record_id").to_pylist()
+    assert len(blobs) == 1 and len(layouts) == 1
+    [layout] = layouts
+    assert len(layout) > 5 and sum(layout) == GROWN == len(ids)
+    assert ids == sorted(ids)
+
+
+def test_exports_at_the_default_threads_are_byte_identical(grown_db, tmp_path):
+    # The export with its own settings (the store's default threads), twice.
+    with Store.open_readonly(grown_db) as store:
+        first = export_snapshot(store, "all", "parquet", tmp_path / "one")
+        second = export_snapshot(store, "all", "parquet", tmp_path / "two")
+    assert first.files == second.files and first.n == GROWN
+    assert _tree_bytes(tmp_path / "one") == _tree_bytes(tmp_path / "two")
+
+
 def test_datasets_loads_the_parquet_export(db, tmp_path):
     datasets = pytest.importorskip("datasets")
     _store_with_snapshot(db)
