@@ -88,10 +88,10 @@ def _json_dict(v: Any) -> dict[str, Any] | None:
     return v
 
 
-def _checked_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+def _checked(meta: dict[str, Any] | None, name: str = "meta") -> dict[str, Any] | None:
     if meta is not None:
         try:
-            check_json_value(meta, "meta")
+            check_json_value(meta, name)
         except ValueError:
             raise Reject from None
     return meta
@@ -145,7 +145,7 @@ def fast_prompts(rows: Sequence[dict[str, Any]], *, source: str | None, split: s
         more = {k: r[k] for k in extra if k in r}
         if more:  # unmapped columns are kept in meta, as the reference does
             meta = {**(meta or {}), **more}
-        meta = _checked_meta(meta)
+        meta = _checked(meta)
         metas.append(canonical_json(meta) if meta else None)  # make_prompt: {} -> None
     _encodable(text, raw_gold, gold, rationale, srcs, splits)
     columns = {"prompt_id": prompt_ids(text), "text": text, "gold_answer": gold,
@@ -188,9 +188,9 @@ def fast_records(rows: Sequence[dict[str, Any]], *, source: str | None, default_
     gold = _gold(raw_gold)
     row_src = [source] * len(rows) if source else _optional_text(_column(rows, "source"))
     src = [s or default_source for s in row_src]
-    metas = [_checked_meta(_json_dict(r.get("meta", MISSING))) for r in rows]
-    templates = [_json_dict(r.get("templates", MISSING)) for r in rows]
-    _encodable(prompt, raw_gold, gold, row_src, texts["response"], texts["feedback"], texts["refinement"])
+    metas = [_checked(_json_dict(r.get("meta", MISSING))) for r in rows]
+    templates = [_checked(_json_dict(r.get("templates", MISSING)), "templates") for r in rows]
+    _encodable(prompt, raw_gold, gold, row_src, *texts.values())
     pids = prompt_ids(prompt)
     first: dict[str, int] = {}
     for i, pid in enumerate(pids):

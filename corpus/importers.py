@@ -37,7 +37,7 @@ from corpus.importbatch import Reject, fast_prompts, fast_records
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
 from schemas.identity import file_sha256
-from schemas.records import MAX_DEPTH, PromptIn, RecordIn
+from schemas.records import MAX_DEPTH, PromptIn, RecordIn, check_json_value
 
 if TYPE_CHECKING:
     from corpus.display import Tracker
@@ -420,6 +420,11 @@ def _record_fields(path: Path, where: str, raw: dict[str, Any],
     except ValidationError as exc:
         raise _validation_error(path, where, exc, row) from None
     passthrough["templates"] = _json_object(passthrough.get("templates"))
+    for k, v in passthrough.items():  # provenance passes the same choke point as the rest
+        try:
+            check_json_value(v, k)
+        except ValueError as exc:
+            raise ImportInputError(f"{path}: {where}: field '{k}': {exc}") from None
     rec.update({k: v for k, v in passthrough.items() if v is not None})
     return rec
 
