@@ -451,8 +451,7 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection,
     # (once), so it is not a request a dead job left in flight.
     con.execute(
         "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
-        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
-    )
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')")
     return dead
 
 

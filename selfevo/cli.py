@@ -82,7 +82,7 @@ class LazyGroup(click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context) -> Any:
-        from schemas.errors import UserError, Waiting  # here, not at import: a fast, small entry point
+        from schemas.errors import UserError, Waiting  # here, not at import: a small entry point
 
         try:
             return super().invoke(ctx)

@@ -189,6 +189,7 @@ def test_a_foreign_duckdb_file_is_refused_before_anything_is_written(cli, tmp_pa
     con = duckdb.connect(str(theirs), read_only=True)
     assert con.execute("SELECT table_name FROM information_schema.tables").fetchall() == [
         ("sales",)]
+    con.close()  # one process may not hold a file under two DuckDB configurations
     out = cli("sql", "SELECT 1", "--db", str(theirs), exit_code=1).output
     assert "not a selfevo store" in out
 
