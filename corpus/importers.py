@@ -52,6 +52,9 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 BATCH_ROWS = 10_000  # rows per validated batch, per staged Arrow table and per INSERT
+# Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
+# installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
+pa.enable_signal_handlers(False)
 # A prompt may be long, but one cell is never more than this (csv's default is 128 KiB).
 csv.field_size_limit(64 * 1024 * 1024)
 
