@@ -139,6 +139,40 @@ def records_import(file: str, map_spec: str | None, source: str | None, fmt: str
     click.echo(result.summary("records"))
 
 
+# -- store copy ---------------------------------------------------------------------------
+@click.group("store")
+def store() -> None:
+    """Move a whole store between a DuckDB file and a DuckLake.
+
+    \b
+    Example:
+      selfevo store copy selfevo.duckdb "ducklake:team.ducklake data_path=/mnt/lake/"
+    """
+
+
+@store.command("copy")
+@click.argument("src")
+@click.argument("dst")
+def store_copy(src: str, dst: str) -> None:
+    """Copy every table of store SRC into the empty store DST, verified.
+
+    SRC and DST are --db specs: a DuckDB file, ``ducklake:CATALOG.ducklake`` or
+    ``ducklake:postgres:CONNINFO data_path=…``. DST must be new or empty. Row counts and
+    content hashes of every table are checked before the copy commits; DST gets one run row.
+
+    \b
+    Example:
+      selfevo store copy selfevo.duckdb "ducklake:postgres:dbname=corpus host=pg data_path=/mnt/lake/"
+      selfevo store copy "ducklake:postgres:dbname=corpus host=pg" backup.duckdb
+    """
+    from corpus.display import progress
+    from corpus.storecopy import copy_store
+
+    with progress("copy") as bar:
+        result = copy_store(src, dst, progress=bar)
+    click.echo(result.summary())
+
+
 # -- audit: sql / stats / show -----------------------------------------------------------
 @click.command("sql")
 @click.argument("query")

@@ -3,33 +3,41 @@
 Formats: JSONL (one object per line), JSON (an array of objects, e.g. SVAMP.json), CSV
 (header row), Parquet, and a directory saved by HF ``datasets`` (``save_to_disk``).
 
-An import is atomic. The whole file is read and validated first, with no store connection
-open; the first bad row stops it with a one-line error naming the file, the line (or row)
-and the field. Only then are all rows inserted in ONE write transaction under a ``runs``
-row, so a failure or a SIGKILL at any point leaves nothing from the file in the store (the
-run row is marked failed, or killed by the next writer). Ids are content hashes and inserts
-are insert-or-ignore, so importing the same file twice adds nothing.
+An import streams and is atomic. The file is read in batches of BATCH_ROWS rows; each batch
+is validated (column by column in ``corpus.importbatch`` when it can vouch for the batch,
+else row by row through pydantic, the reference, which words every error) and staged as
+Parquet in a private temporary folder, with no store connection open, so memory holds one
+batch whatever the file's size. The first bad row stops it with a one-line error naming the
+file, the line (or row) and the field. Only then are the staged rows inserted in ONE write
+transaction under a ``runs`` row, so a failure or a SIGKILL at any point leaves nothing from
+the file in the store (the run row is marked failed, or killed by the next writer). Ids are
+content hashes and inserts keep the first row per id and skip ids already stored, so
+importing the same file twice adds nothing.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterable, Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from corpus.errors import CorpusError
+from corpus.importbatch import Reject, fast_prompts, fast_records
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
-from schemas.identity import canonical_json, file_sha256
-from schemas.records import MAX_DEPTH, PromptIn, RecordIn
+from schemas.identity import file_sha256
+from schemas.records import MAX_DEPTH, PromptIn, RecordIn, check_json_value
 
 if TYPE_CHECKING:
     from corpus.display import Tracker
@@ -43,8 +51,10 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-PROGRESS_EVERY = 1_000  # rows between two advances of the progress bar while reading
-BATCH_ROWS = 10_000  # rows per staged Arrow table and per INSERT
+BATCH_ROWS = 10_000  # rows per validated batch, per staged Arrow table and per INSERT
+# Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
+# installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
+pa.enable_signal_handlers(False)
 # A prompt may be long, but one cell is never more than this (csv's default is 128 KiB).
 csv.field_size_limit(64 * 1024 * 1024)
 
@@ -183,8 +193,6 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
@@ -415,6 +423,11 @@ def _record_fields(path: Path, where: str, raw: dict[str, Any],
     except ValidationError as exc:
         raise _validation_error(path, where, exc, row) from None
     passthrough["templates"] = _json_object(passthrough.get("templates"))
+    for k, v in passthrough.items():  # provenance passes the same choke point as the rest
+        try:
+            check_json_value(v, k)
+        except ValueError as exc:
+            raise ImportInputError(f"{path}: {where}: field '{k}': {exc}") from None
     rec.update({k: v for k, v in passthrough.items() if v is not None})
     return rec
 
@@ -427,42 +440,76 @@ def _require_rows(path: Path, n: int) -> None:
         raise ImportInputError(f"{path}: file is empty (no rows to import)")
 
 
-class _Staged:
-    """Validated rows held compactly (Arrow, JSON columns as text) until the write.
+def _chunks(rows: Iterator[tuple[str, dict[str, Any]]],
+            ) -> Iterator[tuple[list[tuple[str, dict[str, Any]]], ImportInputError | None]]:
+    """Rows in batches of ``size``; a reading error ends the batch read so far and comes
+    with it, so the caller validates those rows first and the file's FIRST error is the one
+    reported, exactly as when rows were validated one by one as read."""
+    size = BATCH_ROWS  # read at call time: tests make batches small
+    chunk: list[tuple[str, dict[str, Any]]] = []
+    try:
+        for item in rows:
+            chunk.append(item)
+            if len(chunk) >= size:
+                yield chunk, None
+                chunk = []
+    except ImportInputError as exc:
+        yield chunk, exc
+        return
+    if chunk:
+        yield chunk, None
 
-    A million records as Python dicts would take gigabytes; packed every BATCH_ROWS rows
-    they take about what their text does, and come back as dict batches for the insert.
+
+class _Stage:
+    """Validated batches staged as Parquet files in a private temporary folder.
+
+    Memory holds one batch; the store is not touched until :meth:`land`, which inserts
+    what is absent in ONE transaction, so a failed or killed import leaves nothing.
     """
 
-    def __init__(self, progress: Tracker | None = None) -> None:
-        self.tables: list[pa.Table] = []
-        self.pending: list[dict[str, Any]] = []
-        self.n = 0
-        self.progress = progress  # counts the rows read and validated
+    def __init__(self) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="selfevo-import-")
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self.rows: dict[str, int] = {"prompts": 0, "records": 0}
 
-    def append(self, row: dict[str, Any]) -> None:
-        """Stage one row (the progress bar moves every PROGRESS_EVERY rows)."""
-        for c in ("meta", "templates"):
-            if row.get(c) is not None and not isinstance(row[c], str):
-                row[c] = canonical_json(row[c])
-        self.pending.append(row)
-        self.n += 1
-        if self.progress is not None and self.n % PROGRESS_EVERY == 0:
-            self.progress.advance(PROGRESS_EVERY)
-        if len(self.pending) >= BATCH_ROWS:
-            self._pack()
+    def __enter__(self) -> _Stage:
+        return self
 
-    def _pack(self) -> None:
-        if self.pending:
-            cols = list(self.pending[0])
-            self.tables.append(pa.table({c: [r[c] for r in self.pending] for c in cols}))
-            self.pending = []
+    def __exit__(self, *exc: object) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._dir.cleanup()
 
-    def batches(self) -> Iterator[list[dict[str, Any]]]:
-        """The rows again, as lists of dicts of at most BATCH_ROWS rows."""
-        self._pack()
-        for table in self.tables:
-            yield table.to_pylist()
+    def add(self, table: str, rows: pa.Table) -> None:
+        """Append validated rows (``corpus.records`` columns plus run_id) for ``table``."""
+        if rows.num_rows == 0:
+            return
+        if table not in self._writers:
+            self._writers[table] = pq.ParquetWriter(
+                f"{self._dir.name}/{table}.parquet", rows.schema, compression="lz4")
+        self._writers[table].write_table(rows)
+        self.rows[table] += rows.num_rows
+
+    def land(self, store: Store, progress: Tracker | None, label: str) -> dict[str, int]:
+        """Insert the staged rows not in the store yet, in one transaction; new counts."""
+        from corpus.records import insert_table
+
+        for w in self._writers.values():
+            w.close()
+        if progress is not None:
+            progress.restart(f"write {label}", sum(self.rows.values()))
+            progress.update(info="rows written")
+        new = {"prompts": 0, "records": 0}
+        with store.transaction() as con:
+            for table in ("prompts", "records"):  # prompts first: records point at them
+                if table not in self._writers:
+                    continue
+                staged = pq.ParquetFile(f"{self._dir.name}/{table}.parquet")
+                for batch in staged.iter_batches(batch_size=BATCH_ROWS):
+                    new[table] += insert_table(con, table, pa.Table.from_batches([batch]))
+                    if progress is not None:
+                        progress.advance(batch.num_rows)
+        return new
 
 
 def _reading(progress: Tracker | None, label: str) -> None:
@@ -471,25 +518,21 @@ def _reading(progress: Tracker | None, label: str) -> None:
                         force=True)
 
 
-def _write(store: Store, run_id: str, prompts: _Staged, records: _Staged, label: str,
-           progress: Tracker | None) -> tuple[int, int]:
-    from corpus.records import insert_prompts, insert_records
-
-    if progress is not None:
-        progress.restart(f"write {label}", prompts.n + records.n)
-        progress.update(info="rows written")
-    new_p = new_r = 0
-    # One transaction: the file lands whole or not at all (see the module docstring).
-    with store.transaction() as con:
-        for batch in prompts.batches():
-            new_p += insert_prompts(con, batch, run_id)
-            if progress is not None:
-                progress.advance(len(batch))
-        for batch in records.batches():
-            new_r += insert_records(con, batch, run_id)
-            if progress is not None:
-                progress.advance(len(batch))
-    return new_p, new_r
+def _stage_all(stage: _Stage, path: Path, rows: Iterator[tuple[str, dict[str, Any]]],
+               validate: Callable[[list[tuple[str, dict[str, Any]]]], dict[str, pa.Table]],
+               progress: Tracker | None) -> int:
+    """Validate and stage every batch of ``rows``; returns how many rows were read."""
+    n = 0
+    for chunk, error in _chunks(rows):
+        for table, staged in validate(chunk).items():
+            stage.add(table, staged)
+        n += len(chunk)
+        if progress is not None:
+            progress.advance(len(chunk))
+        if error is not None:
+            raise error
+    _require_rows(path, n)
+    return n
 
 
 def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
@@ -500,24 +543,58 @@ def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
     return config
 
 
-def _land_prompts(
-    store: Store, command: str, config: dict[str, Any], label: Path,
-    fields: Iterable[dict[str, Any]], progress: Tracker | None,
-) -> ImportResult:
-    """Validate every row first, then write them all in one transaction under one run."""
-    from corpus.records import make_prompt
+Validate = Callable[[str, list[tuple[str, dict[str, Any]]]], dict[str, pa.Table]]
 
-    with store.run(command, config) as run:
+
+def _land(
+    store: Store, command: str, config: dict[str, Any], label: Path,
+    rows: Iterator[tuple[str, dict[str, Any]]], validate: Validate,
+    progress: Tracker | None, *, records: bool = False,
+) -> ImportResult:
+    """Validate and stage batch by batch, then insert what is new in one transaction under
+    one run (see the module docstring). ``validate(run_id, batch)`` gives the tables."""
+    with store.run(command, config) as run, _Stage() as stage:
         name = label.name if label.exists() else str(label)  # a file, or hf:NAME
         _reading(progress, name)
-        rows = _Staged(progress)
-        for f in fields:
-            rows.append(make_prompt(**f))
-        _require_rows(label, rows.n)
-        new_p, _ = _write(store, run.run_id, rows, _Staged(), name, progress)
-        run.add("rows", rows.n)
-        run.add("prompts", new_p)
-    return ImportResult(str(label), run.run_id, rows.n, new_prompts=new_p, config=config)
+        n = _stage_all(stage, label, rows, lambda chunk: validate(run.run_id, chunk), progress)
+        new = stage.land(store, progress, name)
+        run.add("rows", n)
+        run.add("prompts", new["prompts"])
+        if records:
+            run.add("records", new["records"])
+    return ImportResult(str(label), run.run_id, n, new_prompts=new["prompts"],
+                        new_records=new["records"], config=config)
+
+
+def _default_source(path: Path, preset: Preset | None) -> str:
+    return preset.name if preset else (path.stem if path.is_file() else path.name)
+
+
+def _prompt_validator(
+    path: Path, *, preset: str | None, mapping: dict[str, str] | None, source: str | None,
+    split: str | None,
+) -> Validate:
+    """Batch validation of prompt rows: the column-wise fast path when it can vouch for the
+    batch (no preset), else the per-row reference (``_prompt_fields``)."""
+    from corpus.records import PROMPT_COLUMNS, arrow_rows, make_prompt
+
+    p = get_preset(preset) if preset else None
+    mapping = mapping or {}
+    default_source = _default_source(path, p)
+
+    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
+        if p is None:
+            with contextlib.suppress(Reject):
+                return {"prompts": fast_prompts(
+                    [_apply_map(raw, mapping) for _, raw in chunk], source=source,
+                    split=split, default_source=default_source, run_id=run_id)}
+        made = [make_prompt(**_prompt_fields(path, where, raw, preset=p, mapping=mapping,
+                                             source=source, split=split,
+                                             default_source=default_source))
+                for where, raw in chunk]
+        return {"prompts": arrow_rows(made, PROMPT_COLUMNS, run_id)}
+
+    return validate
 
 
 def import_prompts(
@@ -535,9 +612,10 @@ def import_prompts(
         raise ImportInputError(f"{path}: no such file or directory")
     config = _file_config(path, fmt) | {"preset": preset, "map": mapping or {},
                                         "source": source, "split": split}
-    fields = read_prompt_rows(path, fmt=fmt, preset=preset, mapping=mapping, source=source,
-                              split=split)
-    return _land_prompts(store, "prompts import", config, path, fields, progress)
+    validate = _prompt_validator(path, preset=preset, mapping=mapping, source=source,
+                                 split=split)
+    return _land(store, "prompts import", config, path, read_rows(path, fmt), validate,
+                 progress)
 
 
 def import_hub_prompts(
@@ -550,9 +628,10 @@ def import_hub_prompts(
     config = {"hf": name, "preset": preset, "map": mapping or {}, "source": source,
               "split": split}
     label = Path(f"hf:{name}")
-    fields = read_prompt_rows(label, preset=preset, mapping=mapping, source=source,
-                              split=split, rows=read_hub_rows(name, split))
-    return _land_prompts(store, "prompts import", config, label, fields, progress)
+    validate = _prompt_validator(label, preset=preset, mapping=mapping, source=source,
+                                 split=split)
+    return _land(store, "prompts import", config, label, read_hub_rows(name, split), validate,
+                 progress)
 
 
 def import_generated(
@@ -560,56 +639,78 @@ def import_generated(
     progress: Tracker | None = None,
 ) -> ImportResult:
     """Generate ``n`` synthetic word problems (source ``generated``) and import them."""
+    from corpus.records import PROMPT_COLUMNS, arrow_rows, make_prompt
     from corpus.wordproblems import generate_problems
 
     if n < 1:
         raise CorpusError("--n must be at least 1")
     config = {"n": n, "seed": seed, "split": split, "generator": "corpus.wordproblems"}
-    fields = ({"text": p["text"], "gold_answer": p["gold_answer"],
-               "gold_rationale": p["gold_rationale"], "source": "generated", "split": split,
-               "meta": p["meta"]} for p in generate_problems(n, seed))
-    return _land_prompts(store, "prompts generate", config,
-                         Path(f"generated(n={n}, seed={seed})"), fields, progress)
+    rows = ((f"problem {i}", {"text": p["text"], "gold_answer": p["gold_answer"],
+                              "gold_rationale": p["gold_rationale"], "source": "generated",
+                              "split": split, "meta": p["meta"]})
+            for i, p in enumerate(generate_problems(n, seed), start=1))
+
+    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
+        return {"prompts": arrow_rows([make_prompt(**f) for _, f in chunk], PROMPT_COLUMNS,
+                                      run_id)}
+
+    return _land(store, "prompts generate", config, Path(f"generated(n={n}, seed={seed})"),
+                 rows, validate, progress)
+
+
+def record_rows(path: Path, chunk: list[tuple[str, dict[str, Any]]], *, run_id: str,
+                mapping: dict[str, str], source: str | None, default_source: str,
+                ) -> dict[str, pa.Table]:
+    """The reference validation of a batch of records rows (one ``RecordIn`` per row):
+    prompts (one per distinct text, the first row's gold answer and source) and records."""
+    from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS, arrow_rows, make_prompt, make_record
+
+    prompts, records = [], []
+    pids: dict[str, str] = {}  # prompt text -> id: hash each distinct prompt once
+    for where, raw in chunk:
+        rec = _record_fields(path, where, raw, mapping, source)
+        src = rec.pop("source") or default_source
+        pid = pids.get(rec["prompt"])
+        if pid is None:
+            prompt = make_prompt(rec["prompt"], gold_answer=rec["gold_answer"], source=src)
+            pid = pids[rec["prompt"]] = prompt["prompt_id"]
+            prompts.append(prompt)
+        records.append(make_record(
+            prompt_id=pid, kind=rec["kind"], round=rec["round"],
+            response=rec["response"], feedback=rec["feedback"], verdict=rec["verdict"],
+            refinement=rec["refinement"], parent_record_id=rec.get("parent_record_id"),
+            responder=rec.get("responder"), teacher=rec.get("teacher"),
+            templates=rec.get("templates"), source=src, meta=rec["meta"],
+        ))
+    return {"prompts": arrow_rows(prompts, PROMPT_COLUMNS, run_id),
+            "records": arrow_rows(records, RECORD_COLUMNS, run_id)}
 
 
 def import_records(
     store: Store, path: str | Path, *, fmt: str | None = None,
     mapping: dict[str, str] | None = None, source: str | None = None,
-    progress: Tracker | None = None,
+    progress: Tracker | None = None, fast: bool = True,
 ) -> ImportResult:
-    """Import (p, r, f, r̂) records (``RecordIn`` rows) and their prompts, atomically."""
-    from corpus.records import make_prompt, make_record
+    """Import (p, r, f, r̂) records (``RecordIn`` rows) and their prompts, atomically.
 
+    ``fast=False`` validates every batch with the per-row reference only (benchmarks).
+    """
     path = Path(path)
     if not path.exists():
         raise ImportInputError(f"{path}: no such file or directory")
     mapping = mapping or {}
     config = _file_config(path, fmt) | {"map": mapping, "source": source}
-    with store.run("records import", config) as run:
-        _reading(progress, path.name)
-        prompts, records = _Staged(), _Staged(progress)
-        pids: dict[str, str] = {}  # prompt text -> id: hash each distinct prompt once
-        default_source = source or path.stem
-        for where, raw in read_rows(path, fmt):
-            rec = _record_fields(path, where, raw, mapping, source)
-            src = rec.pop("source") or default_source
-            pid = pids.get(rec["prompt"])
-            if pid is None:
-                prompt = make_prompt(rec["prompt"], gold_answer=rec["gold_answer"], source=src)
-                pid = pids[rec["prompt"]] = prompt["prompt_id"]
-                prompts.append(prompt)
-            records.append(make_record(
-                prompt_id=pid, kind=rec["kind"], round=rec["round"],
-                response=rec["response"], feedback=rec["feedback"], verdict=rec["verdict"],
-                refinement=rec["refinement"], parent_record_id=rec.get("parent_record_id"),
-                responder=rec.get("responder"), teacher=rec.get("teacher"),
-                templates=rec.get("templates"), source=src, meta=rec["meta"],
-            ))
-        del pids
-        _require_rows(path, records.n)
-        new_p, new_r = _write(store, run.run_id, prompts, records, path.name, progress)
-        run.add("rows", records.n)
-        run.add("prompts", new_p)
-        run.add("records", new_r)
-    return ImportResult(str(path), run.run_id, records.n, new_prompts=new_p,
-                        new_records=new_r, config=config)
+    default_source = source or path.stem
+
+    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
+        if fast:
+            with contextlib.suppress(Reject):
+                p, r = fast_records([_apply_map(raw, mapping) for _, raw in chunk],
+                                    source=source, default_source=default_source,
+                                    run_id=run_id)
+                return {"prompts": p, "records": r}
+        return record_rows(path, chunk, run_id=run_id, mapping=mapping, source=source,
+                           default_source=default_source)
+
+    return _land(store, "records import", config, path, read_rows(path, fmt), validate,
+                 progress, records=True)

@@ -78,7 +78,8 @@ def make_record(
     return row
 
 
-def _arrow(rows: list[Mapping[str, Any]], columns: list[str], run_id: str) -> pa.Table:
+def arrow_rows(rows: list[Mapping[str, Any]], columns: list[str], run_id: str) -> pa.Table:
+    """Rows as an Arrow table of ``columns`` (JSON columns as canonical text) plus run_id."""
     data: dict[str, list[Any]] = {c: [] for c in columns}
     for row in rows:
         for c in columns:
@@ -91,6 +92,9 @@ def _arrow(rows: list[Mapping[str, Any]], columns: list[str], run_id: str) -> pa
         types["round"] = pa.int32()
     table = pa.table({c: pa.array(data[c], type=types[c]) for c in columns})
     return table.append_column("run_id", pa.array([run_id] * len(rows), type=pa.string()))
+
+
+_KEYS = {"prompts": "prompt_id", "records": "record_id"}
 
 
 def _insert_or_ignore(
@@ -107,7 +111,7 @@ def insert_prompts(
     rows = list(prompts)
     if not rows:
         return 0
-    return _insert_or_ignore(con, "prompts", "prompt_id", _arrow(rows, PROMPT_COLUMNS, run_id))
+    return _insert_or_ignore(con, "prompts", "prompt_id", arrow_rows(rows, PROMPT_COLUMNS, run_id))
 
 
 def insert_records(
@@ -117,4 +121,15 @@ def insert_records(
     rows = list(records)
     if not rows:
         return 0
-    return _insert_or_ignore(con, "records", "record_id", _arrow(rows, RECORD_COLUMNS, run_id))
+    return _insert_or_ignore(con, "records", "record_id", arrow_rows(rows, RECORD_COLUMNS, run_id))
+
+
+def insert_table(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> int:
+    """Insert Arrow rows (``arrow_rows`` layout) into prompts or records where their id is not
+    present yet; of several rows with one id the first wins. Returns how many were new."""
+    key = _KEYS[table]
+    seen: set[str] = set()
+    first = [not (k in seen or seen.add(k)) for k in rows.column(key).to_pylist()]  # type: ignore[func-returns-value]
+    if not all(first):
+        rows = rows.filter(pa.array(first))
+    return _insert_or_ignore(con, table, key, rows)

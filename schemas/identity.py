@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import encode_basestring as _json_text  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
 
 SCHEME = "h1"
@@ -88,3 +89,40 @@ def file_sha256(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _hex_id(canonical: str) -> str:
+    return f"{SCHEME}:{hashlib.sha256(canonical.encode('utf-8')).hexdigest()[:32]}"
+
+
+def prompt_ids(texts: list[str]) -> list[str]:
+    """:func:`prompt_id` of many texts, each text hashed once (bulk import)."""
+    seen: dict[str, str] = {}
+    out = []
+    for t in texts:
+        pid = seen.get(t)
+        if pid is None:
+            pid = seen[t] = _hex_id('{"prompt":' + _json_text(t) + "}")
+        out.append(pid)
+    return out
+
+
+def _json_opt(v: str | None) -> str:
+    return "null" if v is None else _json_text(v)
+
+
+def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
+               responses: list[str | None], feedbacks: list[str | None],
+               verdicts: list[str | None], refinements: list[str | None],
+               parents: list[str | None]) -> list[str]:
+    """:func:`record_id` of many records given as columns, with the canonical JSON written
+    directly (keys in sorted order, texts encoded by json's own string encoder) instead of
+    through ``json.dumps`` of a dict; a test checks both agree on generated records."""
+    j = _json_opt
+    return [
+        _hex_id(f'{{"feedback":{j(f)},"kind":{j(k)},"parent_record_id":{j(pa)},'
+                f'"prompt_id":{j(p)},"refinement":{j(rf)},"response":{j(r)},'
+                f'"round":{int(n)},"verdict":{j(v)}}}')
+        for p, k, n, r, f, v, rf, pa in zip(prompt_ids, kinds, rounds, responses, feedbacks,
+                                            verdicts, refinements, parents, strict=True)
+    ]

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stats": ("corpus.cli:stats", "Counts by kind, round, source, verdict and run."),
     "show": ("corpus.cli:show", "Show one record with its calls and decisions."),
     "snapshot": ("corpus.cli:snapshot", "Create, list, diff and export snapshots."),
+    "store": ("corpus.cli:store", "Copy a whole store between a DuckDB file and a DuckLake."),
     "templates": ("generation.cli:templates", "List and show prompt templates."),
     "collect": ("generation.cli:collect", "Collect responses, teacher feedback and refinements."),
     "batches": ("generation.cli:batches", "List, poll, cancel and ingest batch generation jobs."),

@@ -270,9 +270,7 @@ def test_library_error_type_and_csv_non_utf8(db, tmp_path):
 
 def test_import_draws_rows_read_then_written_on_a_terminal(db, tmp_path, tty):
     from corpus.display import progress
-    from corpus.importers import PROGRESS_EVERY
-
-    n = 2 * PROGRESS_EVERY + 7
+    n = 2_007
     f = write_jsonl(tmp_path / "many.jsonl", [{"text": f"Question {i}?"} for i in range(n)])
     with Store.open(db) as store, progress("import", console=tty) as bar:
         res = import_prompts(store, f, progress=bar)

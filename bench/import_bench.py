@@ -1,0 +1,123 @@
+"""Import benchmark (issue 15, point 8): records/s and peak RSS of ``records import``.
+
+On N synthetic (p, r, f, r̂) records (``store_bench.make_inputs``: half as many distinct
+prompts, a meta object per record), from JSONL and from Parquet, into a fresh file store,
+each import in its own process (peak RSS is per process):
+
+* ``before``: the importer as it was at ``--baseline-rev`` (default ``integrity``: every row
+  validated by pydantic and held until one transaction), loaded from git — the baseline;
+* ``rows``: the streaming importer with the per-row reference validation only (``fast=False``);
+* ``stream``: the streaming importer as shipped (column-wise validation, falling back to the
+  reference per batch).
+
+Ratios are against ``before`` in the same run. Every variant must store the same rows (the
+bench checks the counts of new prompts and records agree).
+
+Usage:
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 100000
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 1000000
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 3000000 --skip before
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+VARIANTS = ("before", "rows", "stream")
+
+
+def _old_importer(rev: str, work: Path):
+    """``corpus.importers`` as it was at ``rev`` (it uses only ``corpus.records``' public API)."""
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:corpus/importers.py"],
+                            check=True, capture_output=True, text=True).stdout
+    path = work / "importers_before.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("corpus._importers_before", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    spec.loader.exec_module(module)
+    return module
+
+
+def phase(work: Path, fmt: str, variant: str, rev: str) -> dict:
+    """One import in this process; prints its seconds, counts and peak RSS."""
+    from corpus.store import Store
+
+    if variant == "before":
+        run = _old_importer(rev, work).import_records
+    else:
+        from corpus.importers import import_records
+
+        def run(store, path):
+            return import_records(store, path, fast=variant == "stream")
+
+    db = work / f"{variant}-{fmt}.duckdb"
+    t = time.perf_counter()
+    with Store.open(db, command="bench import") as store:
+        result = run(store, work / f"records.{fmt}")
+    seconds = time.perf_counter() - t
+    db.unlink()
+    return {"seconds": seconds, "rows": result.rows, "prompts": result.new_prompts,
+            "records": result.new_records,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _load() -> str:
+    with open("/proc/loadavg") as f:
+        return f.read().split()[0]
+
+
+def main() -> None:
+    """Run every variant on both formats and print a table."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--baseline-rev", default="integrity")
+    ap.add_argument("--skip", action="append", default=[], choices=VARIANTS)
+    ap.add_argument("--phase", nargs=3, metavar=("WORK", "FMT", "VARIANT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.phase:
+        print(json.dumps(phase(Path(args.phase[0]), args.phase[1], args.phase[2],
+                               args.baseline_rev)))
+        return
+    from store_bench import make_inputs
+
+    with tempfile.TemporaryDirectory(prefix="selfevo-import-bench-") as d:
+        work = Path(d)
+        make_inputs(work, args.n)
+        print(f"records import, n={args.n:,}, load before: {_load()} (1-min load average)")
+        print(f"{'format':8} {'variant':8} {'records/s':>10} {'x before':>9} {'peak RSS MB':>12}"
+              f" {'new records':>12}")
+        for fmt in ("jsonl", "parquet"):
+            base = None
+            counts = set()
+            for variant in VARIANTS:
+                if variant in args.skip:
+                    continue
+                out = subprocess.run(
+                    [sys.executable, __file__, "--baseline-rev", args.baseline_rev,
+                     "--phase", str(work), fmt, variant],
+                    check=True, capture_output=True, text=True).stdout
+                r = json.loads(out.strip().splitlines()[-1])
+                rate = r["rows"] / r["seconds"]
+                base = base or (rate if variant == "before" else None)
+                ratio = f"{rate / base:.1f}" if base else "-"
+                counts.add((r["prompts"], r["records"]))
+                print(f"{fmt:8} {variant:8} {rate:10,.0f} {ratio:>9} {r['rss_mb']:12,.0f}"
+                      f" {r['records']:12,}")
+            assert len(counts) == 1, f"variants stored different counts: {counts}"
+        print(f"load after: {_load()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Validating a batch of import rows column by column: the fast path of a streaming import.
+
+The per-row path (``corpus.importers._prompt_fields`` / ``_record_fields`` through pydantic's
+``PromptIn`` / ``RecordIn``) is the reference: it decides what is valid and words every
+error. This module only *accepts* a batch it can prove the reference would accept unchanged,
+and builds exactly the rows the reference would build: each check runs over a whole column
+(types, required values, enums, ranges, one UTF-8 encode of all text), gold answers are
+canonicalised once per distinct value, ids are hashed from hand-built canonical JSON.
+Anything unusual (a wrong type, a bad value, a surrogate, a preset) returns ``None`` and the
+caller runs the reference on that batch, which yields the exact ``line N: field …`` error or
+the rows. ``tests/test_import_stream.py`` checks on generated batches that both paths give
+identical tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS
+from schemas.identity import canonical_json, prompt_ids, record_ids
+from schemas.numbers import canonical_answer
+from schemas.records import MAX_ROUND, PromptIn, RecordIn, check_json_value
+
+MISSING: Any = object()  # a key the row does not have (unlike an explicit null)
+KINDS = frozenset(("meta", "self", "qa"))
+VERDICTS = frozenset(("correct", "incorrect"))
+
+
+class Reject(Exception):
+    """The fast path cannot vouch for this batch; the reference path must read it."""
+
+
+def _column(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
+    return [r.get(key, MISSING) for r in rows]
+
+
+def _optional_text(values: list[Any]) -> list[str | None]:
+    """``None`` for absent or null; every other value must be a ``str`` (not a subclass)."""
+    out = [None if v is MISSING else v for v in values]
+    if not all(v is None or type(v) is str for v in out):
+        raise Reject
+    return out
+
+
+def _encodable(*columns: list[Any]) -> None:
+    """Every text of the columns has a UTF-8 spelling (no lone surrogate): one encode."""
+    try:
+        "\x00".join(v for col in columns for v in col if type(v) is str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise Reject from None
+
+
+def _gold(values: list[Any]) -> list[str | None]:
+    """Canonical gold answers, each distinct text canonicalised once."""
+    cache: dict[str, str] = {}
+    out: list[str | None] = []
+    for v in values:
+        if v is MISSING or v is None:
+            out.append(None)
+            continue
+        if type(v) is not str:
+            raise Reject  # numbers: the reference reads them (rare in files of text)
+        g = cache.get(v)
+        if g is None:
+            try:
+                g = cache[v] = canonical_answer(v)
+            except ValueError:
+                raise Reject from None
+        out.append(g)
+    return out
+
+
+def _json_dict(v: Any) -> dict[str, Any] | None:
+    """A meta/templates value as the reference reads it (JSON text is parsed), or Reject."""
+    if v is MISSING or v is None:
+        return None
+    if type(v) is str and v.strip().startswith("{"):
+        try:
+            v = json.loads(v)
+        except (json.JSONDecodeError, RecursionError):
+            raise Reject from None
+    if type(v) is not dict:
+        raise Reject
+    return v
+
+
+def _checked(meta: dict[str, Any] | None, name: str = "meta") -> dict[str, Any] | None:
+    if meta is not None:
+        try:
+            check_json_value(meta, name)
+        except ValueError:
+            raise Reject from None
+    return meta
+
+
+def _table(columns: dict[str, list[Any]], names: list[str], run_id: str) -> pa.Table:
+    n = len(columns[names[0]])
+    types = {c: pa.int32() if c == "round" else pa.string() for c in names}
+    try:
+        arrays = [pa.array(columns.get(c, [None] * n), type=types[c]) for c in names]
+    except (pa.ArrowException, UnicodeEncodeError, OverflowError):
+        raise Reject from None
+    arrays.append(pa.array([run_id] * n, type=pa.string()))
+    return pa.Table.from_arrays(arrays, names=[*names, "run_id"])
+
+
+def _keys(rows: Sequence[dict[str, Any]]) -> set[str]:
+    keys: set[str] = set()
+    for r in rows:
+        keys.update(r)
+    return keys
+
+
+def _or(first: str | None, values: list[Any], default: Callable[[int], Any]) -> list[Any]:
+    """``first or value or default`` per row, as the reference spells source and split."""
+    out = []
+    for i, v in enumerate(values):
+        out.append(first or (None if v is MISSING else v) or default(i))
+    return out
+
+
+def fast_prompts(rows: Sequence[dict[str, Any]], *, source: str | None, split: str | None,
+                 default_source: str, run_id: str) -> pa.Table:
+    """The prompt rows of a batch (already ``--map``-ped, no preset), or raise Reject."""
+    keys = _keys(rows)
+    extra = [k for k in keys if k not in PromptIn.model_fields and k != "__split__"]
+    text = _column(rows, "text")
+    if not all(type(t) is str and t for t in text):
+        raise Reject
+    raw_gold = _column(rows, "gold_answer")
+    gold = _gold(raw_gold)
+    rationale = _optional_text(_column(rows, "gold_rationale"))
+    default_split = _column(rows, "__split__")
+    srcs = _or(source, _column(rows, "source"), lambda i: default_source)
+    splits = _or(split, _column(rows, "split"),
+                 lambda i: None if default_split[i] is MISSING else default_split[i])
+    _optional_text(srcs), _optional_text(splits)
+    metas = []
+    for r in rows:
+        meta = _json_dict(r.get("meta", MISSING))
+        more = {k: r[k] for k in extra if k in r}
+        if more:  # unmapped columns are kept in meta, as the reference does
+            meta = {**(meta or {}), **more}
+        meta = _checked(meta)
+        metas.append(canonical_json(meta) if meta else None)  # make_prompt: {} -> None
+    _encodable(text, raw_gold, gold, rationale, srcs, splits)
+    columns = {"prompt_id": prompt_ids(text), "text": text, "gold_answer": gold,
+               "gold_rationale": rationale, "source": srcs, "split": splits, "meta": metas}
+    return _table(columns, PROMPT_COLUMNS, run_id)
+
+
+_RECORD_KEYS = frozenset(RecordIn.model_fields) | {
+    "responder", "teacher", "templates", "parent_record_id", "__split__", "record_id",
+    "prompt_id", "run_id", "messages", "response_call_id", "feedback_call_id",
+    "refinement_call_id", "created_at", "verdict_error"}
+
+
+def _rounds(values: list[Any]) -> list[int]:
+    out = [0 if v is MISSING else v for v in values]
+    if not all(type(v) is int and 0 <= v <= MAX_ROUND for v in out):
+        raise Reject
+    return out
+
+
+def fast_records(rows: Sequence[dict[str, Any]], *, source: str | None, default_source: str,
+                 run_id: str) -> tuple[pa.Table, pa.Table]:
+    """(prompts, records) of a batch of records rows (already ``--map``-ped), or Reject.
+
+    Prompts are one per distinct text, the first row's gold answer and source.
+    """
+    if not _keys(rows) <= _RECORD_KEYS:
+        raise Reject
+    prompt = _column(rows, "prompt")
+    kind = _column(rows, "kind")
+    verdict = [None if v is MISSING else v for v in _column(rows, "verdict")]
+    if not (all(type(t) is str and t for t in prompt) and all(type(k) is str and k in KINDS
+                                                             for k in kind)
+            and all(v is None or (type(v) is str and v in VERDICTS) for v in verdict)):
+        raise Reject
+    texts = {c: _optional_text(_column(rows, c)) for c in (
+        "response", "feedback", "refinement", "responder", "teacher", "parent_record_id")}
+    rounds = _rounds(_column(rows, "round"))
+    raw_gold = _column(rows, "gold_answer")
+    gold = _gold(raw_gold)
+    row_src = [source] * len(rows) if source else _optional_text(_column(rows, "source"))
+    src = [s or default_source for s in row_src]
+    metas = [_checked(_json_dict(r.get("meta", MISSING))) for r in rows]
+    templates = [_checked(_json_dict(r.get("templates", MISSING)), "templates") for r in rows]
+    _encodable(prompt, raw_gold, gold, row_src, *texts.values())
+    pids = prompt_ids(prompt)
+    first: dict[str, int] = {}
+    for i, pid in enumerate(pids):
+        first.setdefault(pid, i)
+    at = list(first.values())
+    prompts = _table({"prompt_id": [pids[i] for i in at], "text": [prompt[i] for i in at],
+                      "gold_answer": [gold[i] for i in at], "source": [src[i] for i in at]},
+                     PROMPT_COLUMNS, run_id)
+    columns = {
+        "record_id": record_ids(pids, kind, rounds, texts["response"], texts["feedback"],
+                                verdict, texts["refinement"], texts["parent_record_id"]),
+        "prompt_id": pids, "kind": kind, "round": rounds, "verdict": verdict, "source": src,
+        "meta": [None if m is None else canonical_json(m) for m in metas],
+        "templates": [None if t is None else canonical_json(t) for t in templates],
+        **texts,
+    }
+    return prompts, _table(columns, RECORD_COLUMNS, run_id)
