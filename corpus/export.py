@@ -37,7 +37,9 @@ from schemas.conversation import (
     CONVERSATION_VERSION,
     FEEDBACK_INSTRUCTION,
     REFINE_INSTRUCTION,
+    LayoutError,
     record_messages,
+    resolve_layouts,
 )
 from schemas.identity import file_sha256
 from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, ManifestFile, SnapshotManifest
@@ -53,31 +55,36 @@ PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 100000"
 #: One writer thread: row-group boundaries and file bytes do not depend on scheduling.
 EXPORT_THREADS = 1
 
-def _messages_case() -> str:
+#: The texts each layout's messages depend on (a CASE branch per pattern of present ones).
+_LAYOUT_FIELDS = {"answer": ("response",), "meta": ("response", "feedback", "refinement")}
+
+
+def _messages_case(layouts: dict[str, str]) -> str:
     """SQL for the ``messages`` column, derived from ``record_messages`` itself.
 
-    One CASE branch per pattern of present texts (qa with or without an answer; meta/self
-    with any of r, f, r̂ missing), each a list literal: record_messages() is called with
-    placeholders and its output translated to SQL, so the column cannot drift from the
-    Python layout, and a flat list literal is cheaper in DuckDB than concatenating lists.
+    One CASE branch per kind and pattern of present texts (the ones its layout reads), each a
+    list literal: record_messages() is called with placeholders and its output translated to
+    SQL, so the column cannot drift from the Python layout, and a flat list literal is
+    cheaper in DuckDB than concatenating lists.
     """
     placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
                     "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
                     REFINE_INSTRUCTION: "$refine_instruction"}
+    columns = {"response": "\x00r", "feedback": "\x00f", "refinement": "\x00rr"}
     branches = []
-    for qa in (True, False):
-        for has_r, has_f, has_rr in itertools.product((True, False), repeat=3):
-            if qa and not (has_f and has_rr):
-                continue  # qa ignores f and r̂: one branch per response state
-            msgs = record_messages(
-                kind="qa" if qa else "meta", prompt="\x00p",
-                response="\x00r" if has_r else None, feedback="\x00f" if has_f else None,
-                refinement="\x00rr" if has_rr else None)
-            conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'",
-                     f"r.response IS {'NOT ' if has_r else ''}NULL"]
-            if not qa:
-                conds += [f"r.feedback IS {'NOT ' if has_f else ''}NULL",
-                          f"r.refinement IS {'NOT ' if has_rr else ''}NULL"]
+    for kind, layout in layouts.items():
+        fields = _LAYOUT_FIELDS["meta" if layout.startswith("meta") else "answer"]
+        if layout == "answer" and kind != "qa":
+            fields = ("refinement",)  # a meta/self record's answer is r̂
+        for present in itertools.product((True, False), repeat=len(fields)):
+            texts = {f: columns[f] if has else None for f, has in zip(fields, present,
+                                                                         strict=True)}
+            msgs = record_messages(kind=kind, prompt="\x00p", layout=layout,
+                                   response=texts.get("response"),
+                                   feedback=texts.get("feedback"),
+                                   refinement=texts.get("refinement"))
+            conds = [f"r.kind = '{kind}'"] + [f"r.{f} IS {'NOT ' if has else ''}NULL"
+                                              for f, has in zip(fields, present, strict=True)]
             items = ", ".join(
                 f"{{'role': '{m['role']}', 'content': {placeholders[m['content']]}, "
                 f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
@@ -85,8 +92,10 @@ def _messages_case() -> str:
     return "CASE\n        " + "\n        ".join(branches) + "\n    END"
 
 
-#: The export row: ExportRow's columns in order, ``messages`` last (see _messages_case).
-EXPORT_SELECT = f"""
+def export_select(layouts: dict[str, str] | None = None) -> str:
+    """The export row: ExportRow's columns in order, ``messages`` last (see _messages_case),
+    each kind's messages in its layout (``resolve_layouts(layouts)``)."""
+    return f"""
 SELECT
     r.record_id, r.prompt_id, r.kind, r.round, p.text AS prompt,
     r.response, r.feedback, r.verdict, r.refinement,
@@ -94,7 +103,7 @@ SELECT
     CAST(r.meta AS VARCHAR) AS meta, r.run_id, r.responder, r.teacher,
     r.response_call_id, r.feedback_call_id, r.refinement_call_id,
     CAST(r.templates AS VARCHAR) AS templates,
-    {_messages_case()} AS messages
+    {_messages_case(resolve_layouts(layouts))} AS messages
 FROM snapshot_records s
 JOIN records r ON r.record_id = s.record_id
 JOIN prompts p ON p.prompt_id = r.prompt_id
@@ -103,8 +112,12 @@ ORDER BY r.record_id
 """
 
 
+#: The export row with every kind in its natural layout.
+EXPORT_SELECT = export_select()
+
+
 def export_params(snapshot_id: str) -> dict[str, str]:
-    """Parameters of :data:`EXPORT_SELECT`."""
+    """Parameters of :func:`export_select`'s SQL."""
     return {
         "snapshot_id": snapshot_id,
         "feedback_instruction": FEEDBACK_INSTRUCTION,
@@ -112,10 +125,10 @@ def export_params(snapshot_id: str) -> dict[str, str]:
     }
 
 
-def export_sql(snapshot_id: str) -> str:
-    """:data:`EXPORT_SELECT` with its parameters inlined as literals (see sql_literal)."""
+def export_sql(snapshot_id: str, layouts: dict[str, str] | None = None) -> str:
+    """:func:`export_select` with its parameters inlined as literals (see sql_literal)."""
     params = export_params(snapshot_id)
-    return re.sub(r"\$(\w+)", lambda m: sql_literal(params[m.group(1)]), EXPORT_SELECT)
+    return re.sub(r"\$(\w+)", lambda m: sql_literal(params[m.group(1)]), export_select(layouts))
 
 
 def _sql_path(path: Path) -> str:
@@ -135,12 +148,13 @@ def _deterministic(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
         con.execute(f"SET preserve_insertion_order = {'true' if order else 'false'}")
 
 
-def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str) -> None:
+def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str,
+              layouts: dict[str, str] | None = None) -> None:
     """Write the export rows of a snapshot to ``path`` (parquet or jsonl) with one COPY."""
     options = PARQUET_OPTIONS if fmt == "parquet" else "FORMAT json"
     with _deterministic(con):
         con.execute(
-            f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
+            f"COPY ({export_sql(snapshot_id, layouts)}) TO {_sql_path(path)} ({options})")
 
 
 def _check_out(out: Path, snap: Snapshot) -> None:
@@ -260,8 +274,13 @@ def manifest_json(manifest: SnapshotManifest) -> str:
                       ensure_ascii=False) + "\n"
 
 
-def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str]) -> SnapshotManifest:
+def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str],
+                    layouts: dict[str, str] | None = None) -> SnapshotManifest:
     """Export snapshot ``name`` as ``fmt`` (parquet, jsonl or hf) into directory ``out``.
+
+    ``layouts`` sets how records of a kind train (:mod:`schemas.conversation`), e.g.
+    ``{"self": "answer"}`` for SELF's (p, r̂); the others keep their natural layout. The
+    resolved layouts are written into the manifest, where the trainer reads them.
 
     ``out`` must be new, empty, or a previous export of the same snapshot (which is
     replaced). Everything is written into a hidden sibling directory first and renamed into
@@ -269,6 +288,10 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
     """
     if fmt not in FORMATS:
         raise CorpusError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    try:
+        layouts = resolve_layouts(layouts)
+    except LayoutError as exc:
+        raise CorpusError(f"--layout: {exc}") from None
     out = Path(out).absolute()
     snap = get_snapshot(store, name)
     _check_out(out, snap)
@@ -280,7 +303,7 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
         data_fmt = "jsonl" if fmt == "jsonl" else "parquet"  # hf is made from parquet
         data = tmp / DATA_FILES[data_fmt]
         with store.connection() as con:
-            copy_rows(con, snap.snapshot_id, data, data_fmt)
+            copy_rows(con, snap.snapshot_id, data, data_fmt, layouts)
             counts, runs = _counts_and_runs(
                 con, snap.snapshot_id, data if data_fmt == "parquet" else None)
             version = con.execute(
@@ -290,6 +313,7 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
             _write_hf(tmp, snap)
         manifest = SnapshotManifest(
             schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
+            layouts=layouts,
             name=snap.name, snapshot_id=snap.snapshot_id, content_hash=snap.content_hash,
             parent=snap.parent, selection=snap.selection, format=fmt, n=snap.n, counts=counts,
             files=_file_entries(tmp, fmt, snap.n), runs=runs,

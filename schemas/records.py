@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from schemas.conversation import NATURAL_LAYOUTS
 from schemas.numbers import canonical_answer
 
 Kind = Literal["meta", "self", "qa"]
@@ -137,6 +138,10 @@ class SnapshotManifest(_Strict):
 
     schema_version: int = Field(description="EXPORT_SCHEMA_VERSION of the writer.")
     conversation_version: str = Field(description="Layout of the messages column.")
+    layouts: dict[str, str] = Field(
+        default_factory=lambda: dict(NATURAL_LAYOUTS),
+        description="How each kind trains (schemas.conversation.LAYOUTS), e.g. self: answer "
+                    "for SELF's (p, r̂); absent in exports made before it: the natural layouts.")
     name: str
     snapshot_id: str
     content_hash: str = Field(description="selection_hash of the exported record ids.")

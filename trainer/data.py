@@ -9,7 +9,8 @@ An export (``selfevo snapshot export``) is ``manifest.json`` + ``README.md`` + o
    (so an edited text cannot slip through under the old id);
 4. ``content_hash`` equals ``selection_hash`` of the row ids, and ``n`` the row count;
 5. when the export's ``conversation_version`` is the current one, each row's ``messages``
-   equal :func:`schemas.conversation.record_messages` of its fields.
+   equal :func:`schemas.conversation.record_messages` of its fields in the layout the
+   manifest gives its kind (``layouts``).
 
 Any mismatch raises :class:`~trainer.errors.TrainerError` naming the file, row and field.
 """
@@ -96,8 +97,10 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     return []  # dataset_info.json, state.json, README.md: metadata, not rows
 
 
-def verify_row(row: dict[str, Any], where: str, check_messages: bool) -> None:
-    """Recompute a row's ids (and messages) from its content; raise on any mismatch."""
+def verify_row(row: dict[str, Any], where: str, check_messages: bool,
+               layout: str | None = None) -> None:
+    """Recompute a row's ids (and messages, in ``layout``) from its content; raise on any
+    mismatch."""
     pid = prompt_id(row["prompt"])
     if row.get("prompt_id") != pid:
         raise TrainerError(
@@ -126,6 +129,7 @@ def verify_row(row: dict[str, Any], where: str, check_messages: bool) -> None:
             response=row.get("response"),
             feedback=row.get("feedback"),
             refinement=row.get("refinement"),
+            layout=layout,
         )
         got = [
             {"role": m["role"], "content": m["content"], "train": bool(m["train"])}
@@ -164,7 +168,8 @@ def load_export(export_dir: str | Path) -> Export:
         raise TrainerError(f"{root}: {len(rows)} rows but manifest.json says n={manifest.n}")
     check_messages = manifest.conversation_version == CONVERSATION_VERSION
     for i, row in enumerate(rows):
-        verify_row(row, f"{root} row {i} ({row.get('record_id')})", check_messages)
+        verify_row(row, f"{root} row {i} ({row.get('record_id')})", check_messages,
+                   manifest.layouts.get(row["kind"]))
     got = selection_hash([r["record_id"] for r in rows])
     if got != manifest.content_hash:
         raise TrainerError(
