@@ -1,4 +1,4 @@
-"""The SELF pipeline as one sequence of library calls (``selfevo demo``, bench/self_repro.py).
+"""The SELF pipeline as one sequence of library calls (``selfevo demo``).
 
 generated word problems → responses from the base model → feedback and refinements from the
 offline teacher (``verifying`` by default: it re-derives each problem and checks the
@@ -70,6 +70,7 @@ class PipelineConfig:
     # The self-evolution round's choices (selfevo.evolve.EvolveConfig; defaults: the paper's).
     verdict_on: str = "refined"
     self_layout: str = "answer"
+    threads: int = 0  # torch threads; 0: the cores the load average leaves free (free_cores)
     seed: int = 0
 
 
@@ -82,6 +83,20 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     rounds: list[Any] = field(default_factory=list)
+
+
+def free_cores() -> int:
+    """The cores the 1-minute load average leaves free, at least 1.
+
+    Torch's default (a thread per core) collapses when other jobs share the cores: on this
+    2-core machine, with the load average at 6, two processes of one thread generated 3.5 to
+    12 times faster than one process of two (docs/experiments.md). An idle machine gets all
+    its cores.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
 
 
 class Pipeline:
@@ -117,6 +132,10 @@ class Pipeline:
     def run(self) -> PipelineResult:
         """Every step of the pipeline; returns the result summary."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.c.model != "tiny":
+            import torch
+
+            torch.set_num_threads(self.c.threads or free_cores())
         base = self.step("base model", self.base_model)
         self.step("prompts", self.prompts)
         self.step("collect", lambda: self.collect(base))
