@@ -589,6 +589,8 @@ def main() -> None:
         p.add_argument("--workers", type=int, default=2)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--quick", action="store_true", help="tiny random model, tiny sizes")
+        p.add_argument("--families", default=",".join(FAMILIES),
+                       help="pilot: candidate families (comma-separated)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.cmd == "table":
@@ -605,7 +607,7 @@ def main() -> None:
              "train": {"max_len": 256, "pack_len": 512, "batch_size": 1, "lora_r": 4}}
     t0 = time.monotonic()
     if args.cmd == "pilot":
-        pilot(out, list(FAMILIES), 12 if args.quick else 60, 24 if args.quick else 600,
+        pilot(out, args.families.split(","), 12 if args.quick else 60, 24 if args.quick else 600,
               {**common, **(quick if args.quick else {})})
     else:
         sizes = {"n_test": 12, "n_meta": 8, "n_pool": 8, "gate": (0.0, 1.0)} if args.quick else {}

@@ -291,7 +291,8 @@ def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
     place of r). Like the call ids they describe the record and are not part of its identity
     (``record_id`` stays the hash of prompt, kind, round, r, f, verdict, r̂). NULL where no
     feedback on r̂ was asked (meta, qa, and self records written before this migration).
-    Only ALTER TABLE ADD COLUMN: DDL a DuckLake store accepts too.
+    Only ALTER TABLE ADD COLUMN and CREATE VIEW (``records_full`` again, with the new
+    columns): DDL a DuckLake store accepts too.
     """
     con.execute(
         """
@@ -299,6 +300,11 @@ def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
         ALTER TABLE records ADD COLUMN refined_verdict VARCHAR;          -- correct | incorrect | NULL (unparsed or not asked)
         ALTER TABLE records ADD COLUMN refined_verdict_error VARCHAR;    -- why the verdict on r̂ could not be parsed
         ALTER TABLE records ADD COLUMN refined_feedback_call_id VARCHAR; -- calls.call_id of the feedback on r̂
+        -- The same view again: a view's catalog entry keeps the columns it was created with.
+        CREATE OR REPLACE VIEW records_full AS
+        SELECT r.*, p.text AS prompt, p.gold_answer, p.gold_rationale,
+               p.source AS prompt_source, p.split
+        FROM records r JOIN prompts p USING (prompt_id);
         """
     )
 
