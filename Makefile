@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -c constraints.txt -e '.[bench]'
 	$(PY) bench/store_bench.py
 	$(PY) bench/collect_bench.py
+	$(PY) bench/batch_bench.py
 	$(PY) bench/dedup_bench.py
 	$(PY) bench/train_bench.py
 	$(PY) bench/decontam_bench.py

@@ -234,7 +234,8 @@ def snapshot() -> None:
 @snapshot.command("create")
 @click.argument("name")
 @click.option("--where", "where", required=True,
-              help="SQL condition over records_full (records + prompt, gold_answer, split …).")
+              help="A condition: one SQL expression over records_full (records + prompt, "
+                   "gold_answer, split …).")
 @click.option("--from", "base", metavar="SNAPSHOT", help="Select only within this snapshot.")
 @click.option("--note", help="Free text kept with the snapshot.")
 @db_option

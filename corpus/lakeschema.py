@@ -17,6 +17,7 @@ import re
 import duckdb
 
 from corpus.errors import CorpusError
+from corpus.extensions import offline_config
 from corpus.migrations import MIGRATIONS, migrate
 from corpus.storespec import sql_literal
 
@@ -24,7 +25,7 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _reference() -> duckdb.DuckDBPyConnection:
-    con = duckdb.connect(":memory:")
+    con = duckdb.connect(":memory:", config=offline_config())
     migrate(con)
     return con
 

@@ -283,6 +283,61 @@ def m006_model_identity(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
+    """Batch generation (``--mode batch|file``): each shard of requests, and its calls.
+
+    From here on ``runs.status`` may also be ``waiting``: the command stopped while its
+    batches run (it is not finished; running it again continues).
+    """
+    con.execute(
+        """
+        CREATE TABLE batches (
+            batch_key      VARCHAR PRIMARY KEY, -- selfevo's id of a shard: hash(model, endpoint, calls, attempt, parent)
+            provider       VARCHAR NOT NULL,    -- openai (the Batch API at base_url) | file (--mode file: ingested)
+            model          VARCHAR NOT NULL,    -- model spec, e.g. 'openai:gpt-4o-mini'
+            endpoint       VARCHAR,             -- calls.endpoint of its calls (credentials stripped)
+            base_url       VARCHAR,             -- the URL the batch went to (credentials stripped)
+            api_key_env    VARCHAR,             -- NAME of the key's environment variable (never the key)
+            purpose        VARCHAR,             -- response | feedback | refinement | answer | …
+            attempt        INTEGER NOT NULL,    -- 1 = first submission; +1 per re-submission of leftovers
+            parent_key     VARCHAR,             -- the batch whose expired/failed rows this one re-submits
+            shard          INTEGER NOT NULL,    -- position among the shards written together
+            path           VARCHAR NOT NULL,    -- the local Batch JSONL file (custom_id = call_id)
+            n_requests     INTEGER NOT NULL,
+            bytes          BIGINT NOT NULL,     -- size of the shard file
+            state          VARCHAR NOT NULL,    -- prepared | written | uploaded | validating | in_progress |
+                                                -- finalizing | cancelling | completed | expired | failed |
+                                                -- cancelled | settled (docs/collect.md "Batch")
+            input_file_id  VARCHAR,             -- provider file id of the uploaded shard
+            batch_id       VARCHAR,             -- provider batch id (openai: 'batch_…')
+            output_file_id VARCHAR,
+            error_file_id  VARCHAR,
+            n_completed    INTEGER,             -- provider's request_counts.completed (last poll)
+            n_failed       INTEGER,             -- provider's request_counts.failed (last poll)
+            settled        JSON,                -- what settling found: ok, failed, resubmitted, unknown, duplicates …
+            error          VARCHAR,             -- why the batch failed (provider errors), or a local problem
+            run_id         VARCHAR NOT NULL,    -- the run that wrote the shard
+            created_at     TIMESTAMPTZ NOT NULL DEFAULT now(),
+            submitted_at   TIMESTAMPTZ,         -- when the provider accepted it
+            completed_at   TIMESTAMPTZ,         -- when the provider finished it (any final state)
+            settled_at     TIMESTAMPTZ,         -- when every row was in the ledger
+            polled_at      TIMESTAMPTZ          -- last poll
+        );
+        CREATE TABLE batch_calls (
+            batch_key   VARCHAR NOT NULL,       -- batches.batch_key
+            call_id     VARCHAR NOT NULL,       -- calls.call_id, the line's custom_id
+            status      VARCHAR NOT NULL,       -- pending (a call has at most one) | ok | failed |
+                                                -- retry (to re-submit) | resubmitted | cancelled
+            http_status INTEGER,                -- the line's response status_code
+            error_kind  VARCHAR,                -- why the row failed: server | rate_limit | client | batch_expired …
+            error       VARCHAR,
+            settled_run VARCHAR,                -- the run that settled the row
+            PRIMARY KEY (batch_key, call_id)
+        );
+        """
+    )
+
+
 def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
     """The student's verdict on its own refinement r̂ (SELF's self-evolution filter).
 
@@ -311,7 +366,7 @@ def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
 
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
-    m006_model_identity, m009_refined_verdict,
+    m006_model_identity, m007_batches, m009_refined_verdict,
 ]
 
 

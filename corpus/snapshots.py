@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from corpus.errors import CorpusError
+from corpus.sqlfragment import SqlCondition, first_line, read_only
 from corpus.store import Store
 from corpus.storespec import sql_literal
 from schemas.identity import content_id, selection_hash
@@ -56,16 +57,15 @@ class SnapshotDiff:
     removed_ids: list[str] = field(default_factory=list)
 
 
-def selection_query(where: str, base_snapshot_id: str | None = None) -> str:
+def selection_query(where: SqlCondition, base_snapshot_id: str | None = None) -> str:
     """The SELECT that yields the record ids of a selection (within the base snapshot).
 
-    The expression sits in an ``IN (…)`` subquery over ``records_full`` and ends with a
-    newline, so neither a trailing ``--`` comment nor a ``UNION`` inside ``where`` can add
-    ids that are not records.
+    The condition sits, parenthesised, in an ``IN (…)`` subquery over ``records_full``, so
+    it can only narrow the records it is given.
     """
     sql = (
         "SELECT record_id FROM records WHERE record_id IN ("
-        f"SELECT record_id FROM records_full WHERE ({where}\n))"
+        f"SELECT record_id FROM records_full WHERE {where.sql})"
     )
     if base_snapshot_id is not None:
         sql += (" AND record_id IN (SELECT record_id FROM snapshot_records WHERE snapshot_id = "
@@ -73,36 +73,12 @@ def selection_query(where: str, base_snapshot_id: str | None = None) -> str:
     return sql
 
 
-def check_where(where: str) -> str:
-    """Validate that ``where`` is one SQL expression; returns it stripped.
-
-    Refuses empty text, several statements (``;``) and anything that does not parse as the
-    condition of a single SELECT, with a message that says what to write instead.
-    """
-    where = where.strip()
-    if not where:
-        raise CorpusError("--where is empty; give a SQL condition such as \"kind = 'meta'\"")
-    probe = f"SELECT 1 FROM records_full WHERE ({where}\n)"
-    try:
-        statements = duckdb.extract_statements(probe)
-    except duckdb.Error as exc:
-        if ";" in where:
-            raise CorpusError(
-                "--where must be a single SQL condition without ';' "
-                "(one expression, no second statement)"
-            ) from None
-        raise CorpusError(f"--where does not parse: {_first_line(exc)}") from None
-    if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
-        raise CorpusError(
-            "--where must be a single SQL condition (no ';', no second statement, no DDL/DML), "
-            "e.g. \"kind = 'meta' AND verdict = 'correct'\""
-        )
-    return where
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+def check_where(where: str | SqlCondition, flag: str = "--where") -> SqlCondition:
+    """``where`` as a checked :class:`~corpus.sqlfragment.SqlCondition` (one expression over
+    the store, see that module); a one-line CorpusError naming ``flag`` otherwise."""
+    condition = SqlCondition.of(where, flag)
+    assert condition is not None
+    return condition
 
 
 def _row_to_snapshot(row: dict[str, Any]) -> Snapshot:
@@ -146,21 +122,23 @@ def list_snapshots(store: Store) -> list[Snapshot]:
 
 
 def select_record_ids(
-    con: duckdb.DuckDBPyConnection, where: str, base: Snapshot | None = None
+    con: duckdb.DuckDBPyConnection, where: str | SqlCondition, base: Snapshot | None = None
 ) -> list[str]:
-    """Record ids matching ``where`` (and in ``base`` when given), sorted."""
-    sql = selection_query(where, base.snapshot_id if base else None)
+    """Record ids matching ``where`` (and in ``base`` when given), sorted; read-only."""
+    condition = check_where(where)
+    sql = selection_query(condition, base.snapshot_id if base else None)
     try:
-        table = con.execute(sql).to_arrow_table()
+        with read_only(con) as cur:
+            table = cur.execute(sql).to_arrow_table()
     except duckdb.Error as exc:
-        raise CorpusError(f"--where failed: {_first_line(exc)}") from None
+        raise CorpusError(f"{condition.flag} failed: {first_line(exc)}") from None
     return sorted(table.column("record_id").to_pylist())
 
 
 def create_snapshot(
     store: Store,
     name: str,
-    where: str,
+    where: str | SqlCondition,
     *,
     base: str | None = None,
     note: str | None = None,
@@ -175,7 +153,7 @@ def create_snapshot(
             f"snapshot name '{name}' is not allowed; use letters, digits, '.', '_' or '-' "
             "(starting with a letter or digit)"
         )
-    where = check_where(where)
+    condition = check_where(where)
     with store.connection() as con:
         existing = find_snapshot(con, name)
         if existing is not None:
@@ -188,16 +166,16 @@ def create_snapshot(
             base_snap = find_snapshot(con, base)
             if base_snap is None:
                 raise CorpusError(f"--from: no snapshot named '{base}'; see 'selfevo snapshot list'")
-        ids = select_record_ids(con, where, base_snap)
+        ids = select_record_ids(con, condition, base_snap)
     if not ids:
         within = f" within snapshot '{base}'" if base else ""
         raise CorpusError(
             f"no records match --where{within}; check the condition with "
-            f"selfevo sql \"SELECT count(*) FROM records_full WHERE {where}\""
+            f"selfevo sql \"SELECT count(*) FROM records_full WHERE {condition.text}\""
         )
     content_hash = selection_hash(ids)
     snapshot_id = content_id({"name": name, "content_hash": content_hash})
-    selection = {"where": where, "from": base, "note": note}
+    selection = {"where": condition.text, "from": base, "note": note}
     with store.run("snapshot create", {"name": name, **selection}) as run:
         with store.transaction() as con:
             con.execute(

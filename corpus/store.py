@@ -34,8 +34,9 @@ import duckdb
 
 from corpus.errors import CorpusError, StoreBusy
 from corpus.migrations import MIGRATIONS, migrate, pending_migrations
+from corpus.redaction import redact, redact_optional
 from corpus.version import code_version
-from schemas.errors import UserError
+from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -58,6 +59,42 @@ def is_lock_conflict(exc: BaseException) -> bool:
     ``IOException`` from connecting, never an error in a user's SQL (whatever its text)."""
     return isinstance(exc, duckdb.IOException) and str(exc).startswith(
         "IO Error: Could not set lock on file")
+
+
+#: Network file systems a store connection refuses, should an extension ever register one.
+NETWORK_FILESYSTEMS = ("HTTPFileSystem", "S3FileSystem", "GCSFileSystem", "HuggingFaceFileSystem",
+                       "AzureBlobStorageFileSystem", "AzureDfsStorageFileSystem")
+
+
+def connect_file(path: str | os.PathLike[str], *, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection to a store file that never fetches or loads code on its own.
+
+    Extension auto-install and auto-load are off (``sqlite_scan``, ``read_csv('https://…')``
+    or a SQLite file fail instead of downloading a native extension), Python variables are not
+    scanned as tables, and network file systems are disabled.
+    """
+    from corpus.extensions import offline_config
+
+    config = offline_config() | {"python_enable_replacements": False}
+    try:
+        con = duckdb.connect(str(path), read_only=read_only, config=config)
+    except duckdb.Error as exc:
+        if not is_lock_conflict(exc) and _not_duckdb(Path(path)):
+            raise CorpusError(f"{path} is not a DuckDB file (a selfevo store is one); "
+                              "pass another --db") from None
+        raise
+    con.execute(f"SET disabled_filesystems = '{','.join(NETWORK_FILESYSTEMS)}'")
+    return con
+
+
+def _not_duckdb(path: Path) -> bool:
+    """Whether ``path`` holds bytes but not DuckDB's file header (``DUCK`` at offset 8)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
+    return len(head) > 0 and head[8:12] != b"DUCK"
 
 
 class Run:
@@ -108,8 +145,11 @@ class Store:
                     "error = 'process ended without finishing the run' "
                     "WHERE status = 'running'"
                 )
+                # A call pending in a batch was handed to the provider on purpose: its batch
+                # answers it (once), so it is not a request a dead job left in flight.
                 con.execute(
-                    "UPDATE calls SET possibly_billed = true WHERE status = 'pending'"
+                    "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
+                    "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
                 )
         except BaseException:
             store.close()
@@ -170,7 +210,7 @@ class Store:
         delay = 0.005
         while True:
             try:
-                con = duckdb.connect(str(self.path), read_only=not self.write)
+                con = connect_file(self.path, read_only=not self.write)
                 break
             except duckdb.IOException as exc:
                 if not is_lock_conflict(exc) or time.monotonic() > deadline:
@@ -252,8 +292,8 @@ class Store:
             con.execute(
                 "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
                 " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-                [run.run_id, command, canonical_json(config), code_version(), os.getpid(),
-                 parent_run_id],
+                [run.run_id, command, redact(canonical_json(config)), code_version(),
+                 os.getpid(), parent_run_id],
             )
         return run
 
@@ -263,19 +303,24 @@ class Store:
             con.execute(
                 "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
                 "WHERE run_id = ?",
-                [status, json.dumps(run.counts, sort_keys=True), error, run.run_id],
+                [status, json.dumps(run.counts, sort_keys=True), redact_optional(error),
+                 run.run_id],
             )
 
     @contextlib.contextmanager
     def run(
         self, command: str, config: dict[str, Any], parent_run_id: str | None = None
     ) -> Iterator[Run]:
-        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, else ``failed``."""
+        """A run for the block: ``ok`` on success, ``interrupted`` on Ctrl-C, ``waiting`` when it
+        stopped to wait for work outside (:class:`schemas.errors.Waiting`), else ``failed``."""
         run = self.start_run(command, config, parent_run_id)
         try:
             yield run
         except KeyboardInterrupt:
             self.finish_run(run, "interrupted", "interrupted by the user")
+            raise
+        except Waiting as exc:  # e.g. batches still running: the next run continues
+            self.finish_run(run, "waiting", str(exc).splitlines()[0])
             raise
         except BaseException as exc:
             self.finish_run(run, "failed", run_error(exc))

@@ -25,13 +25,17 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+
 from corpus.records import make_record
+from corpus.sqlfragment import SqlCondition, first_line, read_only
 from corpus.store import Store
 from generation.backends.base import Backend, ChatRequest
 from generation.backends.openai_backend import (
@@ -41,7 +45,9 @@ from generation.backends.openai_backend import (
     OpenAIOptions,
     public_spec,
 )
+from generation.batches import BatchesOpen, BatchOptions
 from generation.errors import GenerationError
+from generation.failures import Failures
 from generation.ledger import UNSENT_KINDS, Call, Ledger, LedgerCounts, Outcome
 
 if TYPE_CHECKING:
@@ -66,14 +72,20 @@ class CollectConfig:
     responses_from: tuple[str, ...] = ("self", "meta")
     chunk: int = 1000  # prompts per chunk: records land chunk by chunk
     options: OpenAIOptions = field(default_factory=OpenAIOptions)
+    batch: BatchOptions | None = None  # --mode batch|file; None: online
 
     def as_config(self) -> dict[str, Any]:
         """JSON-able config for the ``runs`` row (no secrets: only the key's variable name)."""
-        d = asdict(self)
+        d = asdict(dataclasses.replace(self, batch=None))  # asdict would deep-copy its display
+        d["batch"] = self.batch.as_config() if self.batch else None
         d["responses_from"] = list(self.responses_from)
         d["teacher"] = public_spec(self.teacher)
         d["responder"] = public_spec(self.responder) if self.responder else None
         return d
+
+    def chunk_size(self, n_prompts: int) -> int:
+        """Prompts per chunk: ``chunk`` online; all of them in batch mode (one batch a stage)."""
+        return max(1, n_prompts) if self.batch is not None else self.chunk
 
 
 @dataclass
@@ -93,6 +105,7 @@ class CollectSummary:
     elapsed: float = 0.0
     sent: int = 0
     stopped: str | None = None  # budget | interrupted
+    failures: Failures = field(default_factory=Failures)  # failed requests, by kind
 
     def count(self, stage: str, key: str, n: int = 1) -> None:
         """Add to a per-stage call count."""
@@ -183,17 +196,27 @@ def make_backend(spec: str, options: OpenAIOptions) -> Backend:
     return load_backend(spec)
 
 
-def select_prompts(ledger: Ledger, where: str | None, limit: int | None) -> list[dict[str, Any]]:
-    """Prompts matching ``where`` (SQL over ``prompts``) in import order."""
+def select_prompts(ledger: Ledger, where: str | SqlCondition | None, limit: int | None
+                   ) -> list[dict[str, Any]]:
+    """Prompts matching ``where`` (a checked condition over ``prompts``) in import order.
+
+    The condition is evaluated read-only, on the ledger's writer thread (the store's only user
+    during a collection)."""
+    cond = SqlCondition.of(where, "--where")
     sql = ("SELECT prompt_id, text, gold_answer, gold_rationale, source, meta FROM prompts "
-           f"WHERE {where or 'true'} ORDER BY created_at, prompt_id")
+           f"WHERE {cond.sql if cond else 'true'} ORDER BY created_at, prompt_id")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
+
+    def read(con: Any) -> list[tuple[Any, ...]]:
+        with read_only(con) as cur:
+            return cur.execute(sql).fetchall()
+
     try:
-        rows = ledger.query(sql)
-    except Exception as exc:  # duckdb's parser/binder errors: the user's SQL
-        msg = str(exc).splitlines()[0]
-        raise GenerationError(f"--where {where!r} is not valid SQL over prompts: {msg}") from None
+        rows = ledger.writer.call(read)
+    except duckdb.Error as exc:  # the binder's errors: the user's SQL
+        raise GenerationError(f"--where {cond.text if cond else ''!r} is not valid SQL over "
+                              f"prompts: {first_line(exc)}") from None
     cols = ["prompt_id", "text", "gold_answer", "gold_rationale", "source", "meta"]
     out = [dict(zip(cols, r, strict=True)) for r in rows]
     for p in out:
@@ -249,6 +272,10 @@ class Collector:
         for b in (self.responder, self.teacher):
             if isinstance(b, OpenAIBackend):
                 b.budget = budget  # one budget over every backend of the run
+        if config.batch is not None and not any(b.batchable for b in self.backends()):
+            raise GenerationError(
+                f"--mode {config.batch.mode} sends requests as Batch API / JSONL files: give "
+                "an openai: --teacher or --responder (hf: models answer in process)")
         self.summary = CollectSummary()
         self.bars: StageBars | None = None
 
@@ -283,9 +310,10 @@ class Collector:
             expected = len(prompts) * (cfg.samples if self.responder else 1)
             self.bars = StageBars(display, call_stages(cfg), expected, self.summary,
                                   ledger.counts)
+        chunk = cfg.chunk_size(len(prompts))
         try:
-            for start in range(0, len(prompts), cfg.chunk):
-                self._chunk(ledger, prompts[start:start + cfg.chunk])
+            for start in range(0, len(prompts), chunk):
+                self._chunk(ledger, prompts[start:start + chunk])
                 if self.summary.stopped:
                     break
         finally:
@@ -409,6 +437,8 @@ class Collector:
                 self.summary.count(stage, "ok")
             elif o.error_kind not in UNSENT_KINDS:
                 self.summary.count(stage, "failed")
+            if o.error_kind not in UNSENT_KINDS:
+                self.summary.failures.add(o.ok, o.error_kind, o.error)
             if then is not None:
                 then(i, o)
             if self.bars is not None:
@@ -480,6 +510,7 @@ def check_budget_stop(summary: CollectSummary, config: CollectConfig) -> None:
 # -- running it from the command line -----------------------------------------------------
 def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> CollectSummary | DryRun:
     """Open the store, run (or dry-run) a collection under a ``runs`` row, show progress."""
+    SqlCondition.of(config.where, "--where")  # a bad condition is refused before any write
     with Store.open(db, command="collect") as store:
         with store.run("collect", {**config.as_config(), "dry_run": dry}) as run:
             if dry:
@@ -490,6 +521,10 @@ def run_collect(db: str, config: CollectConfig, *, dry: bool = False) -> Collect
                 return result
             summary = _collect(store, config, run)
             check_budget_stop(summary, config)
+            summary.failures.check_any_succeeded(
+                "requests", summary.records,
+                "Check that the server is up and the API key variable is set, then rerun "
+                "(failed calls are retried).")
             return summary
 
 
@@ -501,10 +536,16 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
 
     console = stderr_console()
     collector = Collector(store, config, run.run_id)
-    ledger = Ledger(store, run.run_id)
+    ledger = Ledger(store, run.run_id, batch=config.batch)
     try:
         with ledger, progress(console=console) as display:
+            if config.batch is not None:
+                config.batch.display = display  # one task per batch while polling
             summary = collector.run(ledger, display)
+            if ledger.waiting:  # what is answered went on; the rest waits for its batches
+                from generation.batches.drive import stop_if_waiting
+
+                stop_if_waiting(ledger)
             # Asked through the writer: it runs after the queued records are written.
             summary.records_new = ledger.query(
                 "SELECT count(*) FROM records WHERE run_id = ?", [run.run_id])[0][0]
@@ -512,6 +553,9 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
         console.print(summary_table(collector.summary))
         console.print("[yellow]interrupted: finished calls and records are stored; "
                       "rerun the same command to continue[/]")
+        raise
+    except BatchesOpen:
+        console.print(summary_table(collector.summary))
         raise
     finally:
         collector.close()
@@ -525,6 +569,7 @@ def _collect(store: Store, config: CollectConfig, run: Any) -> CollectSummary:
 def summary_table(s: CollectSummary) -> Any:
     """The final summary of a collection: calls per stage, then the totals."""
     from rich.console import Group
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="selfevo collect")
@@ -549,6 +594,9 @@ def summary_table(s: CollectSummary) -> Any:
         ("requests", f"{s.sent} in {s.elapsed:.1f}s ({rate:.1f}/s); re-sent possibly billed: "
                      f"{s.resent_possibly_billed}"),
     ]
+    if s.failures.failed:
+        rows.append(("failed", f"[red]{escape(s.failures.describe())}[/]; failed calls are "
+                               "retried on the next run"))
     if s.stopped:
         rows.append(("stopped", s.stopped))
     for k, v in rows:

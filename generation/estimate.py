@@ -7,6 +7,10 @@ store is counted as cached, not priced, and its stored answer feeds the next sta
 the run. An answer that does not exist yet (the response a feedback prompt quotes, the
 feedback a refinement prompt quotes) is stood in for by a placeholder of about
 ``max_tokens / 2`` tokens. Nothing is sent and nothing is written.
+
+In batch modes (``--mode batch|file``) every stage is one chunk, as the run sends it; the
+shards per stage are counted by the writer's own :class:`~generation.batches.shards.Splitter`
+over the request lines, and the cost is at batch prices.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from generation.backends.openai_backend import (
     spec_identity,
     upper_bound_tokens,
 )
+from generation.batches.shards import Splitter, request_line
 from generation.collect import (
     STAGES,
     CollectConfig,
@@ -51,15 +56,19 @@ class DryRun:
     #: call_id of each call to send, per stage (exact where the answers it quotes exist)
     call_ids: dict[str, list[str]] = field(default_factory=dict)
     skipped_no_response: int = 0
+    mode: str = "online"  # batch / file: priced at batch prices, sent as shards
+    shards: dict[str, int] = field(default_factory=dict)  # batch modes: shards per stage
 
 
 def dry_run(store: Store, config: CollectConfig, run_id: str) -> DryRun:
     """Count the calls a collection would make and bound their tokens and cost; send nothing."""
     with Ledger(store, run_id) as ledger:
         prompts = select_prompts(ledger, config.where, config.limit)
-        estimate = Estimate(config, DryRun(len(prompts)))
-        for start in range(0, len(prompts), config.chunk):
-            estimate.chunk(ledger, prompts[start:start + config.chunk])
+        mode = config.batch.mode if config.batch else "online"
+        estimate = Estimate(config, DryRun(len(prompts), mode=mode))
+        chunk = config.chunk_size(len(prompts))
+        for start in range(0, len(prompts), chunk):
+            estimate.chunk(ledger, prompts[start:start + chunk])
     return estimate.result
 
 
@@ -75,6 +84,7 @@ class Estimate:
         self.placeholders = 0
         self.identities: dict[str, tuple[str, str | None]] = {}
         self.seen: set[str] = set()  # one request per distinct call, as the ledger sends
+        self.splitters: dict[str, Splitter] = {}  # batch modes: shards per stage, as written
 
     def chunk(self, ledger: Ledger, prompts: list[dict[str, Any]]) -> None:
         """Estimate one chunk of prompts, stage by stage."""
@@ -126,8 +136,16 @@ class Estimate:
         r.prompt_tokens += prompt
         r.completion_tokens_max += completion
         price = None
+        batch = self.config.batch
         if spec.startswith("openai:"):
-            price = self.prices.price(spec_identity(spec)[0][len("openai:"):])
+            model = spec_identity(spec)[0][len("openai:"):]
+            price = self.prices.price(model, batch=batch is not None)
+            if batch is not None:
+                if stage not in self.splitters:
+                    self.splitters[stage] = Splitter(batch.max_requests, batch.max_bytes)
+                line = request_line(cid, model, request.messages, request.params)
+                self.splitters[stage].add(len(line))
+                r.shards[stage] = self.splitters[stage].shards
             if price is None and public_spec(spec) not in r.unpriced:
                 r.unpriced.append(public_spec(spec))
         if price is not None:
@@ -149,7 +167,9 @@ def dry_run_table(d: DryRun) -> Any:
     """What a dry run found, as a rich table."""
     from rich.table import Table
 
-    t = Table(title="selfevo collect --dry-run (nothing sent)")
+    batch = d.mode != "online"
+    title = f"selfevo collect --dry-run --mode {d.mode}" if batch else "selfevo collect --dry-run"
+    t = Table(title=f"{title} (nothing sent)")
     t.add_column("what")
     t.add_column("value", justify="right")
     t.add_row("prompts", str(d.prompts))
@@ -158,13 +178,15 @@ def dry_run_table(d: DryRun) -> Any:
     for stage in STAGES:
         if stage in d.calls:
             t.add_row(f"{stage} calls", str(d.calls[stage]))
+        if stage in d.shards:
+            t.add_row(f"{stage} shards", str(d.shards[stage]))
     t.add_row("calls to send", str(sum(d.calls.values())))
     for stage in STAGES:
         if stage in d.cached or (stage == "response" and stage in d.calls):
             t.add_row(f"{_CACHED_LABEL[stage]} already cached", str(d.cached.get(stage, 0)))
     t.add_row("prompt tokens (estimate)", f"{d.prompt_tokens:,}")
     t.add_row("completion tokens (at most)", f"{d.completion_tokens_max:,}")
-    t.add_row("cost (at most, USD)", f"${d.cost_max:.4f}")
+    t.add_row("cost (at most, USD" + (", batch prices)" if batch else ")"), f"${d.cost_max:.4f}")
     if d.unpriced:
         t.add_row("no price (not in the cost)", ", ".join(d.unpriced))
     return t

@@ -33,22 +33,21 @@ from __future__ import annotations
 import bisect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
 from corpus.records import insert_records
+from corpus.redaction import redact_optional
 from corpus.store import Store
 from generation.backends.base import Backend, ChatRequest, ChatResult
 from generation.errors import GenerationError
+from generation.failures import UNSENT_KINDS  # results that mean "never sent" (re-exported)
 from schemas.identity import canonical_json, content_id
-
-#: Results that mean "never sent" (no attempt was made).
-UNSENT_KINDS = {"budget", "interrupted"}
 
 
 def call_id(model: str, endpoint: str | None, request: ChatRequest) -> str:
@@ -112,6 +111,17 @@ class LedgerCounts:
     completion_tokens: int = 0
     cost: float = 0.0
 
+    def add(self, r: ChatResult) -> None:
+        """Count a sent call's result (its attempts, and usage and cost when ok)."""
+        self.attempts += len(r.attempts)
+        if r.ok:
+            self.ok += 1
+            self.prompt_tokens += r.prompt_tokens or 0
+            self.completion_tokens += r.completion_tokens or 0
+            self.cost += r.cost or 0.0
+        else:
+            self.failed += 1
+
     def as_dict(self) -> dict[str, Any]:
         """Counts as a plain dict (``cost`` rounded to 1e-6 USD)."""
         d = dict(self.__dict__)
@@ -131,8 +141,22 @@ _TYPES = {"sample_index": pa.int32(), "prompt_tokens": pa.int32(), "completion_t
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> pa.Table:
-    return pa.table({c: pa.array([r.get(c) for r in rows], type=_TYPES.get(c, pa.string()))
-                     for c in columns})
+    # Every ledger row reaches the store through here: no error text lands unredacted.
+    def column(c: str) -> list[Any]:
+        values = [r.get(c) for r in rows]
+        return [redact_optional(v) for v in values] if c == "error" else values
+
+    return pa.table({c: pa.array(column(c), type=_TYPES.get(c, pa.string())) for c in columns})
+
+
+def redact_result(result: ChatResult) -> ChatResult:
+    """``result`` with its error texts redacted (:func:`corpus.redaction.redact`): a server
+    may echo the request's ``Authorization`` header in any answer. Responses are model output
+    and stay as they are."""
+    if result.error is None and not any(a.error for a in result.attempts):
+        return result
+    return replace(result, error=redact_optional(result.error), attempts=[
+        replace(a, error=redact_optional(a.error)) for a in result.attempts])
 
 
 @dataclass
@@ -144,11 +168,14 @@ class _Batch:
     unsent_new: list[str] = field(default_factory=list)
     unsent_failed: list[str] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    #: statements run last in the same transaction (e.g. the batch tables' rows)
+    then: list[Callable[[duckdb.DuckDBPyConnection], None]] = field(default_factory=list)
     seq: int = 0
 
     def __len__(self) -> int:
         return (len(self.new_calls) + len(self.resend) + len(self.done) + len(self.attempts)
-                + len(self.unsent_new) + len(self.unsent_failed) + len(self.records))
+                + len(self.unsent_new) + len(self.unsent_failed) + len(self.records)
+                + len(self.then))
 
 
 class Writer:
@@ -205,6 +232,20 @@ class Writer:
     def records(self, rows: list[dict[str, Any]]) -> None:
         """Queue ``make_record`` rows."""
         self._add(False, records=rows)
+
+    def write(self, *, urgent: bool = False,
+              then: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+              **parts: list[Any]) -> int:
+        """Queue rows that must land in one transaction, with ``then(con)`` run last in it.
+
+        ``parts`` are the queues of :meth:`register` / :meth:`complete` (``new_calls``,
+        ``resend``, ``done``, ``attempts``); batch settling queues a chunk's answers and its
+        ``batch_calls`` rows this way, so a kill never leaves one without the other.
+        Returns a ticket for :meth:`wait`.
+        """
+        if then is not None:
+            parts["then"] = [then]
+        return self._add(urgent, **parts)
 
     def wait(self, ticket: int) -> None:
         """Block until everything queued up to ``ticket`` is committed."""
@@ -320,17 +361,9 @@ class Writer:
         con.execute("BEGIN TRANSACTION")
         try:
             if b.new_calls:
-                con.register("_new_calls", _table(b.new_calls, _CALL_ROW))
-                con.execute(
-                    f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_ROW)}) "
-                    f"SELECT DISTINCT ON (call_id) {', '.join(_CALL_ROW)} FROM _new_calls")
-                con.unregister("_new_calls")
+                insert_pending(con, b.new_calls)
             if b.resend:
-                con.register("_resend", pa.table({"call_id": pa.array(b.resend, pa.string())}))
-                con.execute(
-                    "UPDATE calls SET status = 'pending', completed_at = NULL "
-                    "WHERE call_id IN (SELECT call_id FROM _resend) AND status <> 'ok'")
-                con.unregister("_resend")
+                mark_resend(con, b.resend)
             if b.done:
                 con.register("_done", _table(b.done, _DONE_ROW))
                 con.execute(
@@ -358,10 +391,32 @@ class Writer:
                 con.unregister("_unsent")
             if b.records:
                 insert_records(con, b.records, self.run_id)
+            for fn in b.then:
+                fn(con)
         except BaseException:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+
+
+def insert_pending(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert ``pending`` rows of new calls (ones already there are left as they are)."""
+    con.register("_new_calls", _table(rows, _CALL_ROW))
+    try:
+        con.execute(f"INSERT OR IGNORE INTO calls ({', '.join(_CALL_ROW)}) "
+                    f"SELECT DISTINCT ON (call_id) {', '.join(_CALL_ROW)} FROM _new_calls")
+    finally:
+        con.unregister("_new_calls")
+
+
+def mark_resend(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
+    """Set known calls (failed, or pending from a dead job) back to ``pending``; never an ok one."""
+    con.register("_resend", pa.table({"call_id": pa.array(ids, pa.string())}))
+    try:
+        con.execute("UPDATE calls SET status = 'pending', completed_at = NULL "
+                    "WHERE call_id IN (SELECT call_id FROM _resend) AND status <> 'ok'")
+    finally:
+        con.unregister("_resend")
 
 
 def _lookup(ids: list[str]) -> Callable[[duckdb.DuckDBPyConnection], dict[str, dict[str, Any]]]:
@@ -370,7 +425,9 @@ def _lookup(ids: list[str]) -> Callable[[duckdb.DuckDBPyConnection], dict[str, d
         try:
             cur = con.execute(
                 "SELECT call_id, status, response, finish_reason, prompt_tokens, "
-                "completion_tokens, cost, possibly_billed FROM calls "
+                "completion_tokens, cost, possibly_billed, error_kind, error, "
+                "status = 'pending' AND call_id IN (SELECT call_id FROM batch_calls "
+                "WHERE status = 'pending') AS in_batch FROM calls "
                 "WHERE call_id IN (SELECT call_id FROM _ids)")
             cols = [d[0] for d in cur.description]
             return {r[0]: dict(zip(cols, r, strict=True)) for r in cur.fetchall()}
@@ -380,13 +437,21 @@ def _lookup(ids: list[str]) -> Callable[[duckdb.DuckDBPyConnection], dict[str, d
 
 
 class Ledger:
-    """Answers :class:`Call` batches through a backend, with the store as cache and log."""
+    """Answers :class:`Call` batches through a backend, with the store as cache and log.
+
+    With ``batch`` (a :class:`generation.batches.BatchOptions`), the misses of a batchable
+    backend go out as Batch API / JSONL shards instead of one request each
+    (:class:`generation.batches.completion.BatchCompletion`); other backends answer online.
+    """
 
     def __init__(self, store: Store, run_id: str, *, interval: float = 0.2, hold: float = 1.0,
-                 gap: float = 0.1, window: int | None = None):
+                 gap: float = 0.1, window: int | None = None, batch: Any = None):
         self.store = store
         self.run_id = run_id
         self.window = window  # pending rows ahead of an announcing sender (None: by concurrency)
+        self.batch = batch  # BatchOptions, or None: online
+        #: batches whose calls this ledger's completions left waiting (``--no-wait``, files)
+        self.waiting: set[str] = set()
         self.counts = LedgerCounts()
         self.writer = Writer(store, run_id, interval=interval, hold=hold, gap=gap)
 
@@ -419,8 +484,13 @@ class Ledger:
 
         ``on_outcome(i, outcome)`` is called for each answer as it arrives (cached ones
         first). Outcomes of calls never sent (budget, Ctrl-C) have ``error_kind`` ``budget``
-        or ``interrupted``. The steps are those of :class:`Completion`.
+        or ``interrupted``. The steps are those of :class:`Completion`; in batch mode
+        those of its subclass :class:`generation.batches.completion.BatchCompletion`.
         """
+        if self.batch is not None and backend.batchable:
+            from generation.batches.completion import BatchCompletion
+
+            return BatchCompletion(self, backend, calls, on_outcome).run()
         return Completion(self, backend, calls, on_outcome).run()
 
 
@@ -485,6 +555,9 @@ class Completion:
             self.positions[cid].append(i)
         self.ledger.counts.resent_possibly_billed += sum(
             1 for i in self.misses if self.existing.get(self.ids[i], {}).get("possibly_billed"))
+        #: misses[j] still pending in a provider's batch (answered when it is settled)
+        self.in_batch = [j for j, i in enumerate(self.misses)
+                         if self.existing.get(self.ids[i], {}).get("in_batch")]
 
     def prior(self, cid: str) -> str | None:
         """The status ``cid`` had in the store before this run (None: a new call)."""
@@ -498,6 +571,11 @@ class Completion:
         A backend that announces its sends gets a window of rows (:meth:`before_send`
         moves it along); any other backend the whole batch, as it may send in any order.
         """
+        if self.in_batch:  # sending them again would pay twice
+            raise GenerationError(
+                f"{len(self.in_batch)} of these requests are in open batches (see 'selfevo "
+                "batches list'): finish them with --mode batch or 'selfevo batches poll', or "
+                "give them up with 'selfevo batches cancel', before sending them online")
         self.register_upto(self.window if self.backend.announces_sends else len(self.misses))
         self.ledger.writer.wait(self.tickets[-1][1])
 
@@ -511,7 +589,7 @@ class Completion:
             self.tickets.append((n, self.ledger.writer.register(new, resend)))
             self.registered = n
 
-    def pending_rows(self, js: range) -> tuple[list[dict[str, Any]], list[str]]:
+    def pending_rows(self, js: Iterable[int]) -> tuple[list[dict[str, Any]], list[str]]:
         """For ``misses[j]``, j in ``js``: rows of new calls, and known call_ids to re-send."""
         new, resend = [], []
         for j in js:
@@ -561,6 +639,7 @@ class Completion:
     def on_result(self, j: int, result: ChatResult) -> None:
         """``misses[j]`` is answered (or was never sent): store it, tell every duplicate."""
         cid = self.ids[self.misses[j]]
+        result = redact_result(result)  # the one way a backend's text enters the ledger
         if not result.attempts and result.error_kind in UNSENT_KINDS:
             outcome = Outcome(cid, False, error_kind=result.error_kind, error=result.error)
             self.restore(cid, registered=j < self.registered)
@@ -582,16 +661,8 @@ class Completion:
 
     def record(self, cid: str, r: ChatResult) -> Outcome:
         """Count a sent call's result and queue its row and attempts."""
-        c = self.ledger.counts
-        c.attempts += len(r.attempts)
-        if r.ok:
-            c.ok += 1
-            c.prompt_tokens += r.prompt_tokens or 0
-            c.completion_tokens += r.completion_tokens or 0
-            c.cost += r.cost or 0.0
-        else:
-            c.failed += 1
-        self.ledger.writer.complete(_done_row(cid, r), _attempt_rows(cid, r, self.ledger.run_id))
+        self.ledger.counts.add(r)
+        self.ledger.writer.complete(done_row(cid, r), attempt_rows(cid, r, self.ledger.run_id))
         return Outcome(cid, r.ok, r.text, r.finish_reason, error_kind=r.error_kind, error=r.error,
                        cost=r.cost, prompt_tokens=r.prompt_tokens,
                        completion_tokens=r.completion_tokens)
@@ -602,7 +673,8 @@ class Completion:
             self.on_outcome(i, outcome)
 
 
-def _done_row(cid: str, r: ChatResult) -> dict[str, Any]:
+def done_row(cid: str, r: ChatResult) -> dict[str, Any]:
+    """The ``calls`` update of a completed call (ok or failed)."""
     return {"call_id": cid, "status": "ok" if r.ok else "failed",
             "response": r.text if r.ok else None, "finish_reason": r.finish_reason,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
@@ -610,7 +682,8 @@ def _done_row(cid: str, r: ChatResult) -> dict[str, Any]:
             "error_kind": None if r.ok else r.error_kind, "error": None if r.ok else r.error}
 
 
-def _attempt_rows(cid: str, r: ChatResult, run_id: str) -> list[dict[str, Any]]:
+def attempt_rows(cid: str, r: ChatResult, run_id: str) -> list[dict[str, Any]]:
+    """The ``attempts`` rows of a result."""
     return [{"call_id": cid, "attempt": a.attempt, "status": a.status,
              "http_status": a.http_status, "error_kind": a.error_kind, "error": a.error,
              "latency": a.latency, "run_id": run_id} for a in r.attempts]
@@ -625,14 +698,19 @@ Generate = Callable[[list[ChatRequest], str, str | None], list[tuple[ChatResult,
 
 
 def ledger_generate(backend: Backend, store: Store | None = None, run_id: str | None = None,
-                    progress: Progress | None = None) -> Generate:
+                    progress: Progress | None = None, batch: Any = None) -> Generate:
     """A :data:`Generate` over ``backend`` that keeps every call in the store's ledger.
 
     Each batch (one stage of ``self_refine``, evolve's new questions) runs under its own
     short-lived :class:`Ledger`, so its writer has committed every call before the next
     stage (or an eval's result rows) opens the store. Without ``store``/``run_id`` requests
     go straight to the backend and call ids are None. ``progress`` hears every result.
+    ``batch`` (:class:`generation.batches.BatchOptions`) sends each stage as batches.
     """
+    if batch is not None:
+        from generation.batches import check_batchable
+
+        check_batchable(backend, store)
 
     def generate(requests: list[ChatRequest], purpose: str, template: str | None
                  ) -> list[tuple[ChatResult, str | None]]:
@@ -647,10 +725,14 @@ def ledger_generate(backend: Backend, store: Store | None = None, run_id: str | 
                 progress(purpose, 1, total)
 
         if store is None or run_id is None:
-            return [(r, None) for r in backend.generate(requests, tick)]
-        with Ledger(store, run_id) as ledger:
+            return [(redact_result(r), None) for r in backend.generate(requests, tick)]
+        with Ledger(store, run_id, batch=batch) as ledger:
             outcomes = ledger.complete(backend, [Call(r, purpose, template) for r in requests],
                                        tick)
+            if ledger.waiting:  # a stage is answered whole or not at all
+                from generation.batches.drive import stop_if_waiting
+
+                stop_if_waiting(ledger)
         return [(o.to_result(), o.call_id) for o in outcomes]
 
     return generate

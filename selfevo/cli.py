@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from schemas.errors import UserError
+from schemas.errors import UserError, Waiting
 
 # name -> ("module:attribute", one-line help shown by `selfevo --help` without importing).
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "snapshot": ("corpus.cli:snapshot", "Create, list, diff and export snapshots."),
     "templates": ("generation.cli:templates", "List and show prompt templates."),
     "collect": ("generation.cli:collect", "Collect responses, teacher feedback and refinements."),
+    "batches": ("generation.cli:batches", "List, poll, cancel and ingest batch generation jobs."),
     "curate": ("curation.cli:curate", "Filter, dedup and decontaminate records."),
     "train": ("selfevo.train_cli:train", "Fine-tune a student on a snapshot export."),
     "evolve": ("selfevo.evolve_cli:evolve", "Run self-evolution rounds."),
@@ -79,10 +80,16 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except Waiting as exc:  # not an error: say what waits and how to go on
+            click.echo(str(exc), err=True)
+            raise click.exceptions.Exit(exc.exit_code) from exc
         except UserError as exc:
             if debug_enabled(ctx):
                 raise
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else repr(exc)) from exc
+            from corpus.redaction import redact
+
+            line = str(exc).splitlines()[0] if str(exc) else repr(exc)
+            raise click.ClickException(redact(line)) from exc
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,8 +109,19 @@ def cli(debug: bool) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="selfevo")
+    """Console-script entry point. An unexpected error's traceback is printed redacted
+    (:func:`corpus.redaction.redact`): no secret reaches the terminal, even from a bug."""
+    try:
+        cli(prog_name="selfevo")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:
+        import traceback
+
+        from corpus.redaction import redact
+
+        sys.stderr.write(redact(traceback.format_exc()))
+        sys.exit(1)
 
 
 if __name__ == "__main__":

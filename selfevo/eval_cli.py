@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from corpus.options import db_option
+from generation.batches.options import BatchOptions, mode_options
 
 
 @click.group("eval")
@@ -24,7 +25,8 @@ def eval_group() -> None:
               help="gsm8k, svamp, store (prompts in the store, see --where) or a JSONL file.")
 @click.option("--path", type=click.Path(dir_okay=False),
               help="Benchmark file for gsm8k/svamp (default: the shared test files).")
-@click.option("--where", help="With --bench store: SQL condition over prompts, e.g. split='test'.")
+@click.option("--where", help="With --bench store: a condition, one SQL expression over prompts, "
+                              "e.g. split='test'.")
 @click.option("--limit", type=int, help="Evaluate the first N items only.")
 @click.option("--mode", type=click.Choice(["direct", "refine", "both"]), default="direct",
               show_default=True)
@@ -38,20 +40,26 @@ def eval_group() -> None:
               help="Template set of the answer/self-feedback/self-refinement requests.")
 @click.option("--plain-answer", is_flag=True, help="Ask the bare question (no response template).")
 @click.option("--model-id", help="models.model_id this spec serves (e.g. a vLLM-served checkpoint).")
+@mode_options(flag="--gen-mode")
 @db_option
 def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: int | None,
             mode: str, steps: int, stop_on_correct: bool, self_consistency: int,
             max_tokens: int, temperature: float | None, template_set: str, plain_answer: bool,
-            model_id: str | None, db: str) -> None:
+            model_id: str | None, batch: BatchOptions | None, db: str) -> None:
     """Score MODEL on a benchmark; writes evals (one per mode) and eval_items rows.
+
+    --gen-mode batch sends each stage through the provider's Batch API (--mode is taken:
+    it picks direct / refine scoring).
 
     \b
     Example:
       selfevo eval run --model hf:smollm2-135m --bench svamp --limit 100 --mode both
       selfevo eval run --model hf:smollm2-135m+out/r1 --bench store --where "split='test'"
+      selfevo eval run --model openai:gpt-4o-mini --bench gsm8k --mode both --gen-mode batch
     """
+    from corpus.sqlfragment import SqlCondition
     from corpus.store import Store
-    from generation.backends import load_backend
+    from generation.batches import batch_display, load_backend_for
     from selfevo.evaluate import evaluate, load_items, print_summaries
     from selfevo.refine import RefinePrompts
     from selfevo.refine_cli import stage_progress
@@ -60,15 +68,16 @@ def run_cmd(model: str, bench: str, path: str | None, where: str | None, limit: 
     if temperature is not None:
         params["temperature"] = temperature
     modes = ["direct", "refine"] if mode == "both" else [mode]
+    condition = SqlCondition.of(where, "--where")  # refused before the store is opened
     with Store.open(db, command="eval run") as store:
-        name, items = load_items(bench, path=path, limit=limit, store=store, where=where)
-        backend = load_backend(model)
+        name, items = load_items(bench, path=path, limit=limit, store=store, where=condition)
+        backend = load_backend_for(model, batch)
         try:
-            with stage_progress() as progress:
+            with batch_display(batch), stage_progress(batch is None) as progress:
                 summaries = evaluate(store, backend, items, benchmark=name, modes=modes,
                                      steps=steps, stop_on_correct=stop_on_correct,
                                      self_consistency=self_consistency, params=params,
-                                     model_id=model_id, progress=progress,
+                                     model_id=model_id, progress=progress, batch=batch,
                                      prompts=RefinePrompts(template_set, plain_answer))
         finally:
             backend.close()

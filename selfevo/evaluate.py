@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from corpus.sqlfragment import SqlCondition
+from generation.failures import Failures
 from schemas.identity import canonical_json, content_id
 from selfevo import SelfevoError
 from selfevo.refine import RefinePrompts, RefineResult, self_refine
@@ -26,6 +28,7 @@ from selfevo.stats import wilson_interval  # re-exported: one implementation, in
 if TYPE_CHECKING:
     from corpus.store import Store
     from generation.backends.base import Backend
+    from generation.batches import BatchOptions
     from generation.ledger import Progress
 
 MODES = ("direct", "refine")
@@ -56,6 +59,8 @@ class EvalSummary:
     ci_high: float
     model_id: str | None = None
     items: list[dict[str, Any]] = field(default_factory=list)
+    failed: int = 0  # items not scored: their requests failed (not counted in n)
+    failure: str | None = None  # "3 of 50 items failed (connection 3): …"
 
 
 # -- benchmarks -----------------------------------------------------------------------------
@@ -65,7 +70,7 @@ def load_items(
     path: str | None = None,
     limit: int | None = None,
     store: Store | None = None,
-    where: str | None = None,
+    where: str | SqlCondition | None = None,
 ) -> tuple[str, list[BenchItem]]:
     """(benchmark name, items) for ``gsm8k``, ``svamp``, ``store`` or a file path.
 
@@ -78,7 +83,8 @@ def load_items(
     if bench == "store":
         if store is None:
             raise SelfevoError("--bench store needs a store (--db)")
-        return f"store:{where or 'all'}", _store_items(store, where, limit)
+        text = where.text if isinstance(where, SqlCondition) else where
+        return f"store:{text or 'all'}", _store_items(store, where, limit)
     if bench in PRESETS:
         from corpus.presets import benchmark_file, data_lookup_hint
 
@@ -129,18 +135,27 @@ def _file_items(file: str, preset: str | None) -> list[BenchItem]:
     return out
 
 
-def _store_items(store: Store, where: str | None, limit: int | None) -> list[BenchItem]:
+def _store_items(store: Store, where: str | SqlCondition | None, limit: int | None
+                 ) -> list[BenchItem]:
+    """Labelled prompts matching ``where`` (a checked condition, evaluated read-only)."""
+    import duckdb
+
+    from corpus.sqlfragment import first_line, read_only
+
+    cond = SqlCondition.of(where, "--where")
+    shown = f"{cond.flag} {cond.text!r}" if cond else "--where"
     sql = (
         "SELECT prompt_id, text, gold_answer FROM prompts WHERE gold_answer IS NOT NULL"
-        + (f" AND ({where})" if where else "") + " ORDER BY prompt_id"
+        + (f" AND {cond.sql}" if cond else "") + " ORDER BY prompt_id"
         + (f" LIMIT {int(limit)}" if limit else "")
     )
     try:
-        rows = store.query(sql)
-    except Exception as exc:  # a user's WHERE clause: say which one failed
-        raise SelfevoError(f"--where {where!r} failed: {str(exc).splitlines()[0]}") from None
+        with store.connection() as con, read_only(con) as cur:
+            rows = cur.execute(sql).fetchall()
+    except duckdb.Error as exc:  # a user's WHERE clause: say which one failed
+        raise SelfevoError(f"{shown} failed: {first_line(exc)}") from None
     if not rows:
-        raise SelfevoError(f"no labelled prompts match --where {where!r}")
+        raise SelfevoError(f"no labelled prompts match {shown}")
     return [BenchItem(pid, text, gold) for pid, text, gold in rows]
 
 
@@ -205,6 +220,28 @@ def _score(gold: str, outputs: list[str | None]) -> tuple[str | None, bool, list
     return pred, bool(pred is not None and answers_match(pred, gold)), preds
 
 
+def _failed(r: RefineResult, mode: str) -> bool:
+    """Whether ``r``'s requests failed in ``mode`` (direct: its answer; refine: any stage)."""
+    return r.request_failed and (mode == "refine" or r.answer is None)
+
+
+def split_failed(items: Sequence[BenchItem], results: Sequence[RefineResult], samples: int,
+                 mode: str) -> tuple[list[BenchItem], list[RefineResult], Failures]:
+    """The items every request of which got an answer in ``mode`` (with their results), and
+    the failures of the others: a failed request is never scored as a wrong answer."""
+    failures = Failures()
+    kept_items: list[BenchItem] = []
+    kept_results: list[RefineResult] = []
+    for k, item in enumerate(items):
+        group = list(results[k * samples:(k + 1) * samples])
+        bad = next((r for r in group if _failed(r, mode)), None)
+        failures.add(bad is None, bad and bad.error_kind, bad and bad.error)
+        if bad is None:
+            kept_items.append(item)
+            kept_results += group
+    return kept_items, kept_results, failures
+
+
 def score_results(
     items: Sequence[BenchItem], results: Sequence[RefineResult], samples: int, mode: str
 ) -> list[dict[str, Any]]:
@@ -253,6 +290,7 @@ def evaluate(
     round: int | None = None,
     parent_run_id: str | None = None,
     progress: Progress | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[EvalSummary]:
     """Evaluate ``backend`` on ``items`` in each mode; writes ``evals`` and ``eval_items``.
 
@@ -261,7 +299,8 @@ def evaluate(
     is refined and the refined answers vote. ``prompts`` picks the templates of each stage.
     ``round`` (a self-evolution round) and ``parent_run_id`` (e.g. the evolve run) are kept
     in the run/evals config so comparisons and the report can order rounds. ``progress``
-    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`).
+    hears every finished request (see :func:`selfevo.refine_cli.stage_progress`). ``batch``
+    sends each stage as batches (``--mode batch|file``).
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -286,11 +325,17 @@ def evaluate(
         results = self_refine(
             backend, questions, steps=steps if "refine" in modes else 0,
             stop_on_correct=stop_on_correct, params=p, sample_indices=indices,
-            prompts=prompts, store=store, run_id=run.run_id, progress=progress,
+            prompts=prompts, store=store, run_id=run.run_id, progress=progress, batch=batch,
         )
         summaries = []
         for mode in modes:
-            rows = score_results(items, results, k, mode)
+            scored, answered, failures = split_failed(items, results, k, mode)
+            failures.check_any_succeeded(
+                f"items ({mode})", len(scored), f"Is {backend.spec} reachable? Rerun the same "
+                "command to retry (answered calls are cached).")
+            if failures.failed:
+                run.add(f"failed_items_{mode}", failures.failed)
+            rows = score_results(scored, answered, k, mode)
             correct = sum(r["correct"] for r in rows)
             lo, hi = wilson_interval(correct, len(rows))
             eval_id = content_id({"run_id": run.run_id, "mode": mode, "benchmark": benchmark,
@@ -298,7 +343,8 @@ def evaluate(
             summaries.append(EvalSummary(
                 eval_id=eval_id, model=backend.spec, benchmark=benchmark, mode=mode,
                 n=len(rows), correct=correct, accuracy=correct / len(rows), ci_low=lo,
-                ci_high=hi, model_id=model_id, items=rows,
+                ci_high=hi, model_id=model_id, items=rows, failed=failures.failed,
+                failure=failures.describe("items") if failures.failed else None,
             ))
         _write(store, summaries, config, run.run_id)
         run.add("evals", len(summaries))
@@ -365,6 +411,7 @@ def print_summaries(summaries: Sequence[EvalSummary]) -> None:
     """A rich table of one evaluation's modes (fits 80 columns)."""
     from rich import box
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
@@ -379,6 +426,9 @@ def print_summaries(summaries: Sequence[EvalSummary]) -> None:
     for s in summaries:
         table.add_row(s.mode, f"{s.correct} / {s.n}", format_accuracy(vars(s)), s.eval_id)
     console.print(table)
+    for s in summaries:  # partial failure: said with counts, never scored as wrong answers
+        if s.failure:
+            console.print(f"[yellow]{s.mode}: not scored: {escape(s.failure)}[/]")
 
 
 def print_comparison(rows: Sequence[dict[str, Any]]) -> None:

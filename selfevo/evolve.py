@@ -207,10 +207,14 @@ class Evolution:
     """
 
     def __init__(self, store: Store, config: EvolveConfig,
-                 log: Callable[[str], None] = print, display: Display | None = None):
+                 log: Callable[[str], None] = print, display: Display | None = None,
+                 batch: Any = None):
         config.check()
         self.store = store
         self.config = config
+        # --mode batch|file for the generate stage (how requests travel, not what the
+        # evolve is: it is not part of the config or the name)
+        self.batch = batch
         self.name = config.resolved_name()
         self.out = Path(config.out) / self.name
         self.log = log
@@ -272,9 +276,9 @@ class Evolution:
             for old in self._backends.values():  # one model in memory at a time
                 old.close()
             self._backends.clear()
-            from generation.backends import load_backend
+            from generation.batches import load_backend_for
 
-            self._backends[spec] = load_backend(spec)
+            self._backends[spec] = load_backend_for(spec, self.batch)
         return self._backends[spec]
 
     def close(self) -> None:
@@ -343,14 +347,21 @@ class Evolution:
     # -- stages ----------------------------------------------------------------------------
     def round_prompts(self, t: int) -> list[dict[str, Any]]:
         """The pool's prompts for round ``t``: all, or a deterministic per-round sample."""
+        import duckdb
+
+        from corpus.sqlfragment import SqlCondition, first_line, read_only
+
         cfg = self.config
+        pool = SqlCondition(cfg.prompts, "--prompts")
         limit = f"LIMIT {int(cfg.prompts_per_round)}" if cfg.prompts_per_round else ""
         try:
-            return self.store.query_dicts(
-                f"SELECT prompt_id, text FROM prompts WHERE ({cfg.prompts}) "
-                f"ORDER BY md5(prompt_id || ?) {limit}", [f"{self.name}/{t}/{cfg.seed}"])
-        except Exception as exc:  # a bad --prompts condition is the user's to fix
-            raise SelfevoError(f"--prompts failed: {str(exc).splitlines()[0]}") from None
+            with self.store.connection() as con, read_only(con) as cur:
+                rows = cur.execute(f"SELECT prompt_id, text FROM prompts WHERE {pool.sql} "
+                                   f"ORDER BY md5(prompt_id || ?) {limit}",
+                                   [f"{self.name}/{t}/{cfg.seed}"]).fetchall()
+        except duckdb.Error as exc:  # a bad --prompts condition is the user's to fix
+            raise SelfevoError(f"--prompts failed: {first_line(exc)}") from None
+        return [{"prompt_id": pid, "text": text} for pid, text in rows]
 
     def new_prompts(self, run: Run, t: int, student: str, seeds: list[dict[str, Any]]
                     ) -> list[dict[str, Any]]:
@@ -371,7 +382,7 @@ class Evolution:
                 template.render(examples=[s["text"] for s in shots]),
                 {"temperature": 1.0, "max_tokens": 160, "seed": self.config.seed}, i))
         out = ledger_generate(self.backend(student), self.store, run.run_id,
-                              self.refine_progress(f"round {t} generate"))(
+                              self.refine_progress(f"round {t} generate"), batch=self.batch)(
             requests, "new-question", template.hash)
         rows = []
         for (res, call_id), ids in zip(out, seed_ids, strict=True):
@@ -387,7 +398,11 @@ class Evolution:
         return [{"prompt_id": r["prompt_id"], "text": r["text"]} for r in rows]
 
     def generate(self, run: Run, t: int, student: str) -> None:
-        """Stage 1: M_t answers, criticises and refines; records kind=self, round=t."""
+        """Stage 1: M_t answers, criticises and refines; records kind=self, round=t.
+
+        When every request failed (the student's server is down) the stage fails instead of
+        going on with no records."""
+        from generation.failures import Failures
         from selfevo.refine import RefinePrompts, RefineStep, self_refine
 
         cfg = self.config
@@ -409,7 +424,7 @@ class Evolution:
                               params=cfg.gen, sample_indices=indices, prompts=tp,
                               store=self.store, run_id=run.run_id,
                               progress=self.refine_progress(f"round {t} generate"),
-                              judge=cfg.judges_refinement())
+                              judge=cfg.judges_refinement(), batch=self.batch)
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
@@ -431,6 +446,11 @@ class Evolution:
                            "refinement": hashes["self_refinement"]},
                 source=f"evolve:{self.name}",
                 meta={"evolve": self.name, "sample_index": r.sample_index}))
+        failures = Failures()
+        for r in results:
+            failures.add(not r.request_failed, r.error_kind, r.error)
+        failures.check_any_succeeded(f"round {t} questions", len(rows),
+                                     f"Is {_public(student)} reachable? Rerun to continue.")
         with self.store.transaction() as con:
             run.add("new_records", insert_records(con, rows, run.run_id))
         run.add("records", len(rows))
@@ -561,7 +581,7 @@ class Evolution:
         for spec in cfg.evals:
             bench, arg = _eval_spec(spec)
             name, items = load_items(bench, path=None if bench == "store" else arg,
-                                     where=arg if bench == "store" else None,
+                                     where=_store_condition(bench, arg),
                                      limit=cfg.eval_limit, store=self.store)
             summaries += evaluate(self.store, self.backend(student), items, benchmark=name,
                                   modes=cfg.eval_modes, model_id=model_id, round=t,
@@ -569,7 +589,7 @@ class Evolution:
                                   progress=self.refine_progress(f"round {t} eval {name}"))
         run.counts["evals"] = [
             {"benchmark": s.benchmark, "mode": s.mode, "n": s.n, "accuracy": s.accuracy,
-             "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id}
+             "ci_low": s.ci_low, "ci_high": s.ci_high, "eval_id": s.eval_id, "failed": s.failed}
             for s in summaries]
 
 
@@ -599,8 +619,9 @@ def stage_line(stage: str, round: int, counts: dict[str, Any]) -> str:
 
         by_bench: dict[tuple[str, int], list[str]] = {}
         for e in counts.get("evals", []):
+            failed = f" ({e['failed']} not scored: requests failed)" if e.get("failed") else ""
             by_bench.setdefault((e["benchmark"], e["n"]), []).append(
-                f"{e['mode']} {format_accuracy(e)}")
+                f"{e['mode']} {format_accuracy(e)}{failed}")
         return f"{label}: " + "; ".join(f"{bench} (n={n}): {', '.join(modes)}"
                                         for (bench, n), modes in by_bench.items())
     shown = STAGE_LINE.get(stage, {})
@@ -631,8 +652,25 @@ def _eval_spec(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
+def _store_condition(bench: str, arg: str | None) -> Any:
+    """The checked condition of a ``store:SQL`` eval spec (None for other benchmarks)."""
+    from corpus.sqlfragment import SqlCondition
+
+    return SqlCondition.of(arg, "--eval store:SQL") if bench == "store" else None
+
+
 def evolve(db: str, config: EvolveConfig, log: Callable[[str], None] = print,
-           display: Display | None = None) -> list[RoundResult]:
-    """Open the store and run (or resume) the evolve described by ``config``."""
+           display: Display | None = None, batch: Any = None) -> list[RoundResult]:
+    """Open the store and run (or resume) the evolve described by ``config``.
+
+    Its SQL conditions (``--prompts``, ``--eval store:SQL``) are checked before the store is
+    opened. ``batch`` (:class:`generation.batches.BatchOptions`): the generate stage's
+    requests go as batches; while they run the stage (and the command) stops ``waiting``,
+    and the same command run again resumes there."""
+    from corpus.sqlfragment import SqlCondition
+
+    SqlCondition(config.prompts, "--prompts")
+    for spec in config.evals:
+        _store_condition(*_eval_spec(spec))
     with Store.open(db, command="evolve") as store:
-        return Evolution(store, config, log, display).run()
+        return Evolution(store, config, log, display, batch).run()

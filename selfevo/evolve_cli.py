@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from corpus.options import db_option
+from generation.batches.options import BatchOptions, mode_options
 from selfevo import SelfevoError
 
 
@@ -12,7 +13,7 @@ from selfevo import SelfevoError
 @click.option("--student", required=True, help="M_1 spec, e.g. hf:BASE+ADAPTER or openai:M@URL.")
 @click.option("--base", required=True, help="Base model folder (or smollm2-135m) for training.")
 @click.option("--prompts", "prompts_where", required=True,
-              help="SQL condition over prompts: the unlabeled pool.")
+              help="The unlabeled pool: a condition, one SQL expression over prompts.")
 @click.option("--rounds", default=1, show_default=True, help="Self-evolution rounds T.")
 @click.option("--meta", help="Meta-skill snapshot replayed in every round's training data.")
 @click.option("--strategy", type=click.Choice(["restart", "continual"]), default="restart",
@@ -34,7 +35,8 @@ from selfevo import SelfevoError
 @click.option("--generate-prompts", default=0, show_default=True,
               help="New questions the student writes per round.")
 @click.option("--eval", "evals", multiple=True,
-              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL.")
+              help="Benchmark after each round: gsm8k:PATH, svamp:PATH, FILE or store:SQL "
+                   "(a condition over prompts).")
 @click.option("--eval-mode", type=click.Choice(["direct", "refine", "both"]), default="both",
               show_default=True)
 @click.option("--eval-limit", type=int, help="Items per benchmark.")
@@ -48,6 +50,7 @@ from selfevo import SelfevoError
 @click.option("--serve", metavar="URL",
               help="vLLM server (runtime LoRA loading) serving --base: each round's adapter is "
                    "loaded there and used as openai:NAME@URL.")
+@mode_options(out=False)
 @db_option
 def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str | None,
            strategy: str, filters: tuple[str, ...], verdict_on: str, self_layout: str,
@@ -55,7 +58,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
            prompts_per_round: int | None, generate_prompts: int, evals: tuple[str, ...],
            eval_mode: str, eval_limit: int | None, temperature: float, max_tokens: int,
            train_opts: tuple[str, ...], out: str, name: str | None, seed: int, serve: str | None,
-           db: str) -> None:
+           batch: BatchOptions | None, db: str) -> None:
     """Run SELF self-evolution rounds: generate, filter, snapshot, export, train, eval.
 
     The defaults are the paper's round: the student answers (r), criticises (f), refines (r̂)
@@ -64,6 +67,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
     --meta replay, from the base (--strategy restart). Each alternative is one flag,
     recorded in the evolve run's config. Re-running the same command resumes a killed run
     at its first unfinished stage.
+    --mode batch sends the generate stage through the provider's Batch API.
 
     \b
     Example:
@@ -95,7 +99,10 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},
         train=train_settings(train_opts), out=out, name=name, seed=seed, serve=serve)
     with progress() as display:
-        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display)
+        if batch is not None:
+            batch.display = display  # one task per batch while the generate stage polls
+        results = run_evolve(db, config, log=lambda m: click.echo(m, err=True), display=display,
+                             batch=batch)
     print_rounds(results)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from corpus.display import summary_line
+from corpus.sqlfragment import SqlCondition
 from corpus.store import Store
 
 if TYPE_CHECKING:
@@ -193,7 +194,7 @@ class Pipeline:
 
         with Store.open(self.db, command="demo") as store:
             prompts = store.query_dicts("SELECT prompt_id, gold_answer, gold_rationale FROM "
-                                        f"prompts WHERE {TRAIN} ORDER BY prompt_id")
+                                        f"prompts WHERE {SqlCondition(TRAIN)} ORDER BY prompt_id")
             rows = [make_record(prompt_id=p["prompt_id"], kind="qa", responder="gold",
                                 response=clean_rationale(p["gold_rationale"], p["gold_answer"]),
                                 source="generated") for p in prompts]
@@ -255,7 +256,7 @@ class Pipeline:
             name, items, sha = load_benchmark("gsm8k-test", str(path))
             return name, items, {"path": str(path), "sha256": sha,
                                  "described": f"GSM8K test ({path})"}
-        items = store.query(f"SELECT prompt_id, text FROM prompts WHERE {TEST} "
+        items = store.query(f"SELECT prompt_id, text FROM prompts WHERE {SqlCondition(TEST)} "
                             "ORDER BY prompt_id")
         return "generated-test", [(i, t) for i, t in items], {
             "prompts": TEST, "described": "the held-out generated test problems (no GSM8K "

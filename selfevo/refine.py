@@ -30,6 +30,8 @@ from generation.backends.base import Backend, ChatRequest, ChatResult
 
 if TYPE_CHECKING:
     from corpus.store import Store
+    from generation.batches import BatchOptions
+    from generation.failures import Failures
     from generation.ledger import Generate, Progress
 
 DEFAULT_PARAMS: dict[str, Any] = {"temperature": 0.0, "max_tokens": 512}
@@ -61,6 +63,15 @@ class RefineResult:
     error: str | None = None
     sample_index: int = 0
     judgement: RefineStep | None = None  # with ``judge``: the feedback on the final answer
+    error_kind: str | None = None  # of the failed request (connection, timeout, auth, empty …)
+
+    @property
+    def request_failed(self) -> bool:
+        """Whether a request failed (transport, not the model's own empty answer): the result
+        is then no answer of the model's (:mod:`generation.failures`)."""
+        from generation.failures import is_request_failure
+
+        return self.stopped == "failed" and is_request_failure(False, self.error_kind)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON form (eval_items.detail, ``--json`` output)."""
@@ -131,6 +142,7 @@ def self_refine(
     progress: Progress | None = None,
     generate: Generate | None = None,
     judge: bool = False,
+    batch: BatchOptions | None = None,
 ) -> list[RefineResult]:
     """Answer each question, then ``steps`` rounds of self-feedback and self-refinement.
 
@@ -143,13 +155,14 @@ def self_refine(
     :func:`selfevo.refine_cli.stage_progress`). ``generate`` replaces the ledger adapter.
     ``judge`` adds a last self-feedback on each refined final answer (``judgement``; stage
     ``refined-feedback``), for questions that refined without failing.
+    ``batch`` sends each stage as batches (``--mode batch|file``; needs the store).
     """
     from generation.ledger import ledger_generate
 
     if steps < 0:
         raise ValueError("steps must be >= 0")
     tp = prompts or RefinePrompts()
-    stages = _Stages(generate or ledger_generate(backend, store, run_id, progress),
+    stages = _Stages(generate or ledger_generate(backend, store, run_id, progress, batch),
                      _params(params), tp, tp.hashes())
     idx = list(sample_indices) if sample_indices is not None else [0] * len(questions)
     results = [RefineResult(question=q, answer=None, sample_index=i) for q, i in zip(
@@ -193,13 +206,15 @@ class _Stages:
             if res.ok and res.text is not None:
                 r.answer = res.text
             else:
-                r.stopped, r.error = "failed", res.error or "no answer"
+                r.stopped, r.error, r.error_kind = "failed", res.error or "no answer", res.error_kind
         for r in results:
             if r.stopped != "failed":
                 r.final = r.answer
 
-    def _feedback(self, todo: list[RefineResult], stage: str) -> list[RefineStep]:
-        """Self-feedback on each current answer, as steps (verdict parsed, failures kept)."""
+    def _feedback(self, todo: list[RefineResult], stage: str
+                  ) -> list[tuple[RefineStep, str | None]]:
+        """Self-feedback on each current answer, as steps (verdict parsed, failures kept),
+        each with the error kind of its failed request."""
         from curation.verdicts import parse_verdict
 
         out = self._ask(todo, [self.prompts.feedback(r.question, r.final) for r in todo],
@@ -212,16 +227,17 @@ class _Stages:
                 step.verdict, step.verdict_error = parse_verdict(res.text)
             else:
                 step.error = res.error or "no feedback"
-            steps.append(step)
+            steps.append((step, res.error_kind))
         return steps
 
     def feedback(self, active: list[RefineResult], stop_on_correct: bool) -> list[RefineResult]:
         """Self-feedback on each current answer; returns those to refine."""
         to_refine = []
-        for r, step in zip(active, self._feedback(active, "self-feedback"), strict=True):
+        for r, (step, kind) in zip(active, self._feedback(active, "self-feedback"),
+                                   strict=True):
             r.steps.append(step)
             if step.error is not None:
-                r.stopped, r.error = "failed", step.error
+                r.stopped, r.error, r.error_kind = "failed", step.error, kind
             elif stop_on_correct and step.verdict == "correct":
                 r.stopped = "correct"
             else:
@@ -230,7 +246,7 @@ class _Stages:
 
     def judge(self, todo: list[RefineResult]) -> None:
         """Self-feedback on each final (refined) answer: its ``judgement``."""
-        for r, step in zip(todo, self._feedback(todo, "refined-feedback"), strict=True):
+        for r, (step, _) in zip(todo, self._feedback(todo, "refined-feedback"), strict=True):
             r.judgement = step
 
     def refine(self, todo: list[RefineResult]) -> None:
@@ -242,10 +258,28 @@ class _Stages:
             step.refinement_call_id = call_id
             if not res.ok or res.text is None:
                 step.error = res.error or "no refinement"
-                r.stopped, r.error = "failed", step.error
+                r.stopped, r.error, r.error_kind = "failed", step.error, res.error_kind
                 continue
             step.refinement = res.text
             r.final = res.text
+
+
+def request_failures(results: Sequence[RefineResult]) -> Failures:
+    """The results whose requests failed (:mod:`generation.failures`), by kind."""
+    from generation.failures import Failures
+
+    failures = Failures()
+    for r in results:
+        failures.add(not r.request_failed, r.error_kind, r.error)
+    return failures
+
+
+def _check_any_answered(results: Sequence[RefineResult], model: str) -> None:
+    from generation.backends.openai_backend import public_spec
+
+    failures = request_failures(results)
+    failures.check_any_succeeded("questions", failures.total - failures.failed,
+                                 f"Is {public_spec(model)} reachable?")
 
 
 def refine_and_store(
@@ -258,25 +292,34 @@ def refine_and_store(
     prompts: RefinePrompts | None = None,
     db: str | None = None,
     progress: Progress | None = None,
+    batch: BatchOptions | None = None,
 ) -> list[RefineResult]:
-    """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger."""
+    """Load ``model``, self-refine ``questions``; with ``db`` the calls land in its ledger.
+
+    When every question's requests failed this raises
+    :class:`generation.failures.RequestsFailed` (the run row, with ``db``, is ``failed``)."""
     prompts = prompts or RefinePrompts()
     kwargs: dict[str, Any] = {"steps": steps, "stop_on_correct": stop_on_correct,
-                              "params": params, "prompts": prompts, "progress": progress}
-    from generation.backends import load_backend
+                              "params": params, "prompts": prompts, "progress": progress,
+                              "batch": batch}
+    from generation.batches import load_backend_for
 
-    backend = load_backend(model)
+    backend = load_backend_for(model, batch)
     try:
         if db is None:
-            return self_refine(backend, questions, **kwargs)
+            results = self_refine(backend, questions, **kwargs)
+            _check_any_answered(results, model)
+            return results
         from corpus.store import Store
 
         config = {"model": model, "steps": steps, "stop_on_correct": stop_on_correct,
                   "params": _params(params), "n_questions": len(questions),
-                  "template_set": prompts.template_set, "templates": prompts.hashes()}
+                  "template_set": prompts.template_set, "templates": prompts.hashes(),
+                  "batch": batch.as_config() if batch else None}
         with Store.open(db, command="refine") as store, store.run("refine", config) as run:
             results = self_refine(backend, questions, store=store, run_id=run.run_id, **kwargs)
             run.add("questions", len(results))
+            _check_any_answered(results, model)
             return results
     finally:
         backend.close()

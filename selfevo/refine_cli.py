@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from generation.batches.options import BatchOptions, mode_options
 from selfevo import SelfevoError
 
 if TYPE_CHECKING:
@@ -62,9 +63,10 @@ def read_questions(question: str | None, input_file: str | None) -> list[str]:
 @click.option("--db", default=None, type=click.Path(dir_okay=False), envvar="SELFEVO_DB",
               help="Store the calls in this store's ledger (default: nothing is stored).")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON lines.")
+@mode_options()
 def refine(question: str | None, model: str, input_file: str | None, steps: int,
            stop_on_correct: bool, max_tokens: int, temperature: float, template_set: str,
-           plain_answer: bool, db: str | None, as_json: bool) -> None:
+           plain_answer: bool, db: str | None, as_json: bool, batch: BatchOptions | None) -> None:
     """Answer QUESTION, criticise the answer and refine it, in the meta-skill layout.
 
     \b
@@ -72,20 +74,24 @@ def refine(question: str | None, model: str, input_file: str | None, steps: int,
       selfevo refine --model hf:smollm2-135m --steps 2 --stop-on-correct \\
           "Tom has 3 apples and buys 4 more. How many apples does he have?"
     """
-    from selfevo.refine import RefinePrompts, refine_and_store
+    from generation.batches import batch_display
+    from selfevo.refine import RefinePrompts, refine_and_store, request_failures
 
     questions = read_questions(question, input_file)
-    with stage_progress(len(questions) > 1) as progress:
+    with batch_display(batch), stage_progress(len(questions) > 1 and batch is None) as progress:
         results = refine_and_store(
             model, questions, steps=steps, stop_on_correct=stop_on_correct,
             params={"max_tokens": max_tokens, "temperature": temperature}, db=db,
-            prompts=RefinePrompts(template_set, plain_answer), progress=progress,
+            prompts=RefinePrompts(template_set, plain_answer), progress=progress, batch=batch,
         )
     if as_json:
         for r in results:
             click.echo(json.dumps(r.to_dict(), ensure_ascii=False))
     else:
         render_results(results)
+    failures = request_failures(results)
+    if failures.failed:  # some answered (none answered is an error): say so with counts
+        click.echo(f"warning: {failures.describe('questions')}", err=True)
 
 
 @contextlib.contextmanager

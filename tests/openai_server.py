@@ -1,15 +1,17 @@
 """A local OpenAI-compatible server for tests and benchmarks (stdlib only).
 
 It listens on 127.0.0.1 (ephemeral port by default) and serves ``POST /v1/chat/completions``
-and ``GET /v1/models``. Each request gets a :class:`Behaviour`: taken from a scripted queue
-(one per request received, in arrival order), else from ``handler(body, n)``, else the
+and ``GET /v1/models``, and the Files and Batches endpoints (``server.batches``, a
+:class:`openai_batches.BatchService`: scripted batch states and rows). Each request gets a
+:class:`Behaviour`: taken from a scripted queue (one per request received, in arrival order), else from ``handler(body, n)``, else the
 default — a deterministic answer derived from the messages after ``latency`` seconds. The
 default answer ends with ``The answer is 42.`` and, when the request asks for a verdict, with
 ``Verdict: correct``, so feedback parses.
 
 Faults it can play: latency, 429 with ``Retry-After`` / ``retry-after-ms``,
 ``insufficient_quota``, any status (500/502/503/401 …), a hang past the client's timeout,
-an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason.
+an HTML 200, malformed JSON, wrong-shaped JSON, empty content, a missing finish_reason, a
+200 page echoing the request's headers.
 
 Every request is recorded (``server.requests``) with arrival/finish times and its outcome; the
 server measures the most requests it had in flight at once (``max_in_flight``) and counts
@@ -36,6 +38,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from openai_batches import BatchService
+
 
 @dataclass
 class Behaviour:
@@ -46,7 +50,8 @@ class Behaviour:
     answer normally), ``html`` (a 200 with an HTML page), ``malformed`` (a 200 with broken
     JSON), ``wrong_shape`` (a 200 with JSON that is not a chat completion), ``empty`` (a
     completion whose content is ""), ``no_finish_reason`` (finish_reason null), ``close``
-    (drop the connection without answering).
+    (drop the connection without answering), ``echo_headers`` (a 200 text/plain page listing
+    the request's headers, Authorization included, as a misconfigured gateway does).
     """
 
     kind: str = "ok"
@@ -112,6 +117,20 @@ def default_answer(body: dict[str, Any], n: int) -> str:
     return answer
 
 
+def completion_data(body: dict[str, Any], n: int, text: str, finish: str | None = "stop",
+                    model: str = "test-model") -> dict[str, Any]:
+    """The chat completion object answering ``body`` with ``text`` (usage from the lengths)."""
+    messages = body.get("messages") or []
+    prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+    usage = {"prompt_tokens": prompt_chars // 4 + 1, "completion_tokens": len(text) // 4 + 1}
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
+            "model": body.get("model", model),
+            "choices": [{"index": 0, "finish_reason": finish,
+                         "message": {"role": "assistant", "content": text}}],
+            "usage": usage}
+
+
 class _HTTPServer(ThreadingHTTPServer):
     # socketserver's default backlog of 5 resets connections when 64 clients connect at once.
     request_queue_size = 512
@@ -147,6 +166,8 @@ class OpenAIServer:
         self.max_in_flight = 0
         self._lock = threading.Lock()
         self._release = threading.Event()
+        self.batches = BatchService(
+            lambda body, n: completion_data(body, n, default_answer(body, n)), request_key)
         self._httpd = _HTTPServer(("127.0.0.1", port), self._handler_class())
         self._httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -253,8 +274,15 @@ class OpenAIServer:
                 except OSError:
                     return True
 
+            def _batch_api(self, method: str, raw: bytes) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, payload, ctype = server.batches.handle(method, self.path, headers, raw)
+                self._send(status, payload, ctype)
+
             def do_GET(self) -> None:
-                if self.path.rstrip("/").endswith("/models"):
+                if server.batches.handles(self.path):
+                    self._batch_api("GET", b"")
+                elif self.path.rstrip("/").endswith("/models"):
                     data = {"object": "list", "data": [
                         {"id": m, "object": "model", "owned_by": "selfevo-tests"}
                         for m in [server.model, *server.adapters]]}
@@ -265,6 +293,9 @@ class OpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length)
+                if server.batches.handles(self.path):
+                    self._batch_api("POST", raw)
+                    return
                 try:
                     body = json.loads(raw)
                 except ValueError:
@@ -346,6 +377,13 @@ class OpenAIServer:
                     log.status = 200
                     self._send(200, b"<html><body>Gateway says hi</body></html>", "text/html")
                     return
+                if b.kind == "echo_headers":
+                    log.status = 200
+                    items = sorted(self.headers.items(),
+                                   key=lambda kv: kv[0].lower() != "authorization")
+                    page = "".join(f"{k}: {v}\n" for k, v in items)
+                    self._send(200, page.encode(), "text/plain")
+                    return
                 if b.kind == "malformed":
                     log.status = 200
                     self._send(200, b'{"id": "x", "choices": [', "application/json")
@@ -360,18 +398,7 @@ class OpenAIServer:
                     text = ""
                 elif b.kind == "no_finish_reason":
                     finish = None
-                messages = body.get("messages") or []
-                prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
-                usage = {"prompt_tokens": prompt_chars // 4 + 1,
-                         "completion_tokens": len(text) // 4 + 1}
-                usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-                data = {
-                    "id": f"chatcmpl-{n}", "object": "chat.completion", "created": 0,
-                    "model": body.get("model", server.model),
-                    "choices": [{"index": 0, "finish_reason": finish,
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": usage,
-                }
+                data = completion_data(body, n, text, finish, server.model)
                 log.status = 200
                 self._send(200, json.dumps(data).encode(), "application/json", b.headers)
                 self.wfile.flush()

@@ -168,12 +168,49 @@ def test_self_consistency_majority_vote(store):
     assert majority_vote([None, None]) is None
 
 
-def test_failed_generation_counts_as_wrong(store):
+def test_failed_requests_are_failures_not_wrong_answers(store):
+    """Issue 12, defect 6: nothing answered is an error, and no evaluation is stored."""
+    from generation.failures import RequestsFailed
+
     model = ScriptedModel(lambda stage, req: None)
-    [direct] = evaluate(store, model, items()[:2], benchmark="f")
-    assert (direct.n, direct.correct) == (2, 0)
-    detail = json.loads(store.query("SELECT detail FROM eval_items LIMIT 1")[0][0])
-    assert detail["errors"] == ["boom"]
+    with pytest.raises(RequestsFailed, match=r"2 of 2 items \(direct\) failed \(error 2\): boom"):
+        evaluate(store, model, items()[:2], benchmark="f")
+    assert store.query("SELECT count(*) FROM evals") == [(0,)]
+    assert store.query("SELECT status FROM runs WHERE command = 'eval run'") == [("failed",)]
+
+
+def test_partial_failure_scores_only_the_answered_items(store):
+    failing = {("answer", FIXTURE["q1"][0]), ("answer", FIXTURE["q3"][0]),
+               ("feedback", FIXTURE["q2"][0])}
+
+    def script(stage: str, req: ChatRequest) -> str | None:
+        return None if (stage, question_of(req)) in failing else fixture_script(stage, req)
+
+    direct, refine = evaluate(store, ScriptedModel(script), items(), benchmark="f",
+                              modes=["direct", "refine"])
+    # direct: q2 q4 q5 q6 answered, q5 right; refine: q2's feedback failed too, q5 right
+    assert (direct.n, direct.correct, direct.failed) == (4, 1, 2)
+    assert (refine.n, refine.correct, refine.failed) == (3, 1, 3)
+    assert direct.failure == "2 of 6 items failed (error 2): boom"
+    scored = store.query("SELECT e.mode, list(i.item_id ORDER BY i.item_id) FROM evals e "
+                         "JOIN eval_items i USING (eval_id) GROUP BY 1 ORDER BY 1")
+    assert scored == [("direct", ["q2", "q4", "q5", "q6"]), ("refine", ["q4", "q5", "q6"])]
+    counts = json.loads(store.query("SELECT counts FROM runs WHERE command = 'eval run'")[0][0])
+    assert counts["failed_items_direct"] == 2 and counts["failed_items_refine"] == 3
+
+
+def test_an_empty_answer_is_the_models_answer_and_is_scored(store):
+    class Empty(ScriptedModel):
+        def generate(self, requests, on_result=None):
+            out = [ChatResult(ok=False, error_kind="empty", error="200 with empty content")
+                   for _ in requests]
+            for i, r in enumerate(out):
+                if on_result:
+                    on_result(i, r)
+            return out
+
+    [direct] = evaluate(store, Empty(fixture_script), items()[:2], benchmark="f")
+    assert (direct.n, direct.correct, direct.failed) == (2, 0, 0)
 
 
 def test_links_registered_model_and_compare(store, tmp_path):

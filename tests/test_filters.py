@@ -242,7 +242,7 @@ def test_bad_where_and_snapshot_are_clear_errors(db):
     with Store.open(db) as store:
         with pytest.raises(CurationError, match="bad --where"):
             run_filters(store, [parse_step("verdict")], Selection(where="nosuchcol = 1"))
-        with pytest.raises(UserError, match="single SQL condition"):
+        with pytest.raises(UserError, match="one SQL condition, without"):
             run_filters(store, [parse_step("verdict")],
                         Selection(where="true; DELETE FROM records"))
         assert store.query("SELECT count(*) FROM records") == [(4,)]

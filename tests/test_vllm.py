@@ -301,3 +301,48 @@ def test_evolve_serve_loads_each_rounds_adapter_into_vllm(
     before = vllm_server.finished_requests()
     cli(*args)
     assert vllm_server.finished_requests() == before
+
+
+def test_file_mode_round_trip_through_vllm_run_batch(cli, db, tmp_path, monkeypatch):
+    """docs/collect.md's round trip, for real: shards -> ``vllm run-batch`` -> ingest."""
+    reason = _vllm_missing()
+    if reason:
+        pytest.skip(reason)
+    from generation.backends import smollm2
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)  # nothing is sent: no key needed
+    model = smollm2.convert()
+    cli("prompts", "generate", "--n", "4", "--seed", "3", "--split", "train", "--db", db)
+    # the spec the model would be served under online: the endpoint is part of the cache key
+    spec = f"openai:{SERVED}@http://127.0.0.1:8000/v1"
+    shards = tmp_path / "shards"
+    args = ("collect", "--db", db, "--teacher", "verifying", "--responder", spec,
+            "--max-tokens", "96", "--mode", "file", "--out", str(shards))
+    out = cli(*args, exit_code=3).output
+    assert "selfevo batches ingest" in out, out
+    written = _query(db, "SELECT batch_key, path FROM batches WHERE state = 'written'")
+    assert len(written) == 1
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
+    for key, path in written:
+        result = tmp_path / f"{key}.out.jsonl"
+        run = subprocess.run(
+            [VLLM_PYTHON, "-m", "vllm.entrypoints.openai.run_batch", "-i", path,
+             "-o", str(result), "--model", str(model), "--served-model-name", SERVED,
+             "--max-model-len", "1024"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=START_TIMEOUT,
+            start_new_session=True)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        lines = [json.loads(x) for x in result.read_text().splitlines()]
+        assert len(lines) == 4 and all(x["response"]["status_code"] == 200 for x in lines)
+        assert "ingested" in cli("batches", "ingest", str(result), "--db", db).output
+
+    cli(*args)  # every response is settled: the verifying teacher finishes offline
+    rows = _query(db, """
+        SELECT c.status, c.model, c.endpoint, c.completion_tokens, r.verdict
+        FROM records r JOIN calls c ON c.call_id = r.response_call_id""")
+    assert len(rows) == 4
+    for status, model_name, endpoint, completion, verdict in rows:
+        assert (status, model_name, endpoint) == ("ok", f"openai:{SERVED}",
+                                                   "http://127.0.0.1:8000/v1")
+        assert completion > 0 and verdict in ("correct", "incorrect")
+    assert _query(db, "SELECT DISTINCT state FROM batches") == [("settled",)]

@@ -30,7 +30,7 @@ from curation.dedup.clusters import (
     keeper_rank,
 )
 from curation.errors import CurationError
-from curation.selection import Selection, count_selected
+from curation.selection import Selection, count_selected, iter_selected_tables
 
 if TYPE_CHECKING:
     from corpus.display import Tracker
@@ -130,20 +130,9 @@ def load_records(store: Store, selection: Selection, text_field: str,
 
     Read in keyset-paginated Arrow chunks so the store is opened only briefly each time.
     """
-    cond, params = selection.sql()
-    tables, last = [], ""
-    while True:
-        with store.connection() as con:
-            t = con.execute(
-                f"SELECT record_id, {text_field} AS text, "
-                "epoch_us(created_at) AS created, coalesce(verdict = 'correct', false) AS correct "
-                f"FROM records_full WHERE {cond} AND record_id > ? "
-                f"ORDER BY record_id LIMIT {int(chunk_size)}", [*params, last]
-            ).to_arrow_table()
-        if t.num_rows == 0:
-            break
-        tables.append(t)
-        last = t.column("record_id")[-1].as_py()
+    tables = list(iter_selected_tables(
+        store, selection, f"record_id, {text_field} AS text, epoch_us(created_at) AS created, "
+        "coalesce(verdict = 'correct', false) AS correct", chunk_size))
     if not tables:
         return pl.DataFrame(schema={"record_id": pl.String, "text": pl.String,
                                     "created": pl.Int64, "correct": pl.Boolean,

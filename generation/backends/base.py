@@ -33,7 +33,7 @@ class AttemptInfo:
 
     attempt: int
     status: str  # ok | retry | failed
-    latency: float
+    latency: float | None  # None: not measured (a row of a provider's batch)
     http_status: int | None = None
     error_kind: str | None = None
     error: str | None = None
@@ -48,7 +48,7 @@ class ChatResult:
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    latency: float = 0.0
+    latency: float | None = 0.0  # None: not measured (a row of a provider's batch)
     cost: float | None = None
     error_kind: str | None = None
     error: str | None = None
@@ -71,6 +71,10 @@ class Backend(ABC):
     #: Whether :meth:`generate` calls ``before_send(i)`` right before request ``i`` is first
     #: sent. False: ``before_send`` is ignored and the ledger registers a batch up front.
     announces_sends: bool = False
+    #: Whether the ledger may send this backend's calls as Batch JSONL shards instead
+    #: (``--mode batch`` / ``--mode file``, :mod:`generation.batches`): OpenAI-compatible
+    #: endpoints only; in-process backends answer in process.
+    batchable: bool = False
 
     @property
     def concurrency(self) -> int:

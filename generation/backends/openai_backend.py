@@ -22,7 +22,9 @@ The official ``openai`` async client does the HTTP with its own retries off
   fit is not sent, so the spend never exceeds the budget.
 * **Secrets.** The API key comes from the environment (``OPENAI_API_KEY`` or a named
   variable), is never part of the spec, endpoint, errors or logs; credentials in a base URL
-  are stripped from everything stored.
+  (``http://user:password@host/v1``) are sent as HTTP Basic auth in place of the key and
+  stripped from everything stored. Both are registered with :mod:`corpus.redaction`, which
+  the ledger, the runs table and the CLI apply to every error text.
 
 * **Speed.** Requests run on the backend's own event-loop thread, kept across ``generate``
   calls (connections, pacing and the adaptive limit carry over); the client runs on its
@@ -36,6 +38,7 @@ finishes so the call ledger persists it at once. Call :meth:`OpenAIBackend.close
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import email.utils
 import json
@@ -47,8 +50,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit, urlunsplit
 
+from corpus.redaction import redact as redact_text
+from corpus.redaction import register_secret
 from generation.backends.base import (
     AttemptInfo,
     Backend,
@@ -89,6 +94,8 @@ class OpenAIOptions:
     # the default httpx2 pool at 64 in flight, see docs/benchmarks.md), "httpx" (the client's
     # default), or "auto" (aiohttp when installed).
     transport: str = "auto"
+    # False when nothing will be sent (--mode file writes request files): no key is needed.
+    require_key: bool = True
 
     def as_config(self) -> dict[str, Any]:
         """The options as stored in ``runs.config`` (names only: no secret is here)."""
@@ -97,24 +104,54 @@ class OpenAIOptions:
 
 # -- spec, endpoint and secrets -----------------------------------------------------------
 def parse_spec(spec: str) -> tuple[str, list[str]]:
-    """``openai:MODEL[@URL[,URL…]]`` → (model, base URLs). URLs are split at ``@http``."""
+    """``openai:MODEL[@URL[,URL…]]`` → (model, base URLs). URLs are split at ``@http``.
+
+    Each URL is checked (scheme, host, port) with a one-line error that never shows its
+    credentials; a URL's password is registered as a secret (:mod:`corpus.redaction`).
+    """
     if not spec.startswith("openai:"):
-        raise GenerationError(f"not an openai spec: {spec!r}; expected openai:MODEL[@BASE_URL]")
+        raise GenerationError(f"not an openai spec: {redact_text(spec)!r}; expected "
+                              "openai:MODEL[@BASE_URL]")
     rest = spec[len("openai:"):]
     m = re.search(r"@(?=https?://)", rest)
     model, urls = (rest[: m.start()], rest[m.end():]) if m else (rest, "")
     if not model:
-        raise GenerationError(f"model name missing in {spec!r}; e.g. openai:gpt-4o-mini")
+        raise GenerationError(f"model name missing in {redact_text(spec)!r}; e.g. "
+                              "openai:gpt-4o-mini")
     if "@" in model and not m:
         raise GenerationError(
-            f"cannot read the base URL in {spec!r}: it must start with http:// or https://, "
-            "e.g. openai:my-model@http://localhost:8000/v1"
+            f"cannot read the base URL in {redact_text(spec)!r}: it must start with http:// or "
+            "https://, e.g. openai:my-model@http://localhost:8000/v1"
         )
     base_urls = [u.strip() for u in urls.split(",") if u.strip()] or [DEFAULT_BASE_URL]
     for u in base_urls:
-        if not re.match(r"https?://[^/\s]+", u):
-            raise GenerationError(f"bad base URL {strip_credentials(u)!r} in the spec")
+        check_base_url(u)
     return model, base_urls
+
+
+_SECRET_QUERY = re.compile(r"key|token|sig|secret|pass|auth", re.IGNORECASE)
+
+
+def check_base_url(url: str) -> None:
+    """Refuse (GenerationError, one line, no credentials) a base URL that is not
+    ``http(s)://HOST[:PORT][/PATH]``: a bad port, a broken IPv6 address, no host. Its
+    password and key-like query values become registered secrets."""
+    shown = redact_text(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise GenerationError(f"bad base URL {shown!r} in the spec: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(
+            c.isspace() for c in url):
+        raise GenerationError(f"bad base URL {shown!r} in the spec: expected "
+                              "http(s)://HOST[:PORT][/PATH]")
+    if parts.password:
+        register_secret(parts.password)
+        register_secret(unquote(parts.password), user=unquote(parts.username or ""))
+    for name, value in parse_qsl(parts.query):
+        if _SECRET_QUERY.search(name):
+            register_secret(value)
 
 
 def spec_identity(spec: str) -> tuple[str, str]:
@@ -126,10 +163,26 @@ def spec_identity(spec: str) -> tuple[str, str]:
 def strip_credentials(url: str) -> str:
     """The URL without user:password@ and without a query string (keys hide in both)."""
     parts = urlsplit(url)
+    return urlunsplit((parts.scheme, _host_port(parts), parts.path.rstrip("/"), "", ""))
+
+
+def _host_port(parts: SplitResult) -> str:
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    if ":" in host:  # an IPv6 address keeps its brackets
+        host = f"[{host}]"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def transport_url(url: str) -> tuple[str, dict[str, str]]:
+    """(URL to connect to, headers) for a base URL: credentials in the URL travel as an HTTP
+    Basic ``Authorization`` header (instead of the API key's Bearer header), never in the URL
+    (the aiohttp transport refuses URL credentials beside an Authorization header)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, {}
+    plain = urlunsplit((parts.scheme, _host_port(parts), parts.path, parts.query, parts.fragment))
+    user_pass = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+    return plain, {"Authorization": "Basic " + base64.b64encode(user_pass.encode()).decode()}
 
 
 def public_spec(spec: str) -> str:
@@ -145,20 +198,16 @@ def public_spec(spec: str) -> str:
     return f"openai:{model}@{','.join(strip_credentials(u) for u in urls)}"
 
 
-_KEYLIKE = re.compile(r"\b(sk|key|api|token)[-_][A-Za-z0-9_\-*]{6,}", re.IGNORECASE)
-
-
 def redact(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with the given secrets and anything key-shaped removed, shortened to 300 chars."""
+    """``text`` without secrets (:func:`corpus.redaction.redact`, plus ``secrets``), on one
+    line, shortened to 300 characters."""
     for s in secrets:
         if s and len(s) >= 4:
             text = text.replace(s, "[redacted]")
-    text = _KEYLIKE.sub("[redacted]", text)
-    text = " ".join(text.split())
+    text = " ".join(redact_text(text).split())
     return text[:300]
 
 
-# -- budget -------------------------------------------------------------------------------
 class Budget:
     """Spend so far plus reservations of requests in flight; never above ``limit``."""
 
@@ -277,7 +326,9 @@ class Gate:
 
 # -- errors -------------------------------------------------------------------------------
 @dataclass
-class _Failure(Exception):
+class Failure(Exception):
+    """Why one attempt (an HTTP answer, or a batch output line) is not a usable completion."""
+
     kind: str  # rate_limit | quota | server | timeout | connection | conflict | auth | client | malformed | empty
     message: str
     retryable: bool
@@ -308,7 +359,8 @@ def retry_after_seconds(headers: Any) -> float | None:
     return None
 
 
-def _classify_status(status: int, body: Any, headers: Any, message: str) -> _Failure:
+def classify_status(status: int, body: Any, headers: Any, message: str) -> Failure:
+    """The failure an error status means: its kind, and whether a retry may succeed."""
     code = None
     if isinstance(body, dict):
         err = body.get("error", body)
@@ -316,44 +368,54 @@ def _classify_status(status: int, body: Any, headers: Any, message: str) -> _Fai
             code = err.get("code") or err.get("type")
     ra = retry_after_seconds(headers)
     if status == 429 and code == "insufficient_quota":
-        return _Failure("quota", f"429 insufficient_quota: {message}", False, status)
+        return Failure("quota", f"429 insufficient_quota: {message}", False, status)
     if status == 429:
-        return _Failure("rate_limit", f"429 rate limited: {message}", True, status, ra)
+        return Failure("rate_limit", f"429 rate limited: {message}", True, status, ra)
     if status == 408:
-        return _Failure("timeout", f"408 request timeout: {message}", True, status, ra)
+        return Failure("timeout", f"408 request timeout: {message}", True, status, ra)
     if status == 409:
-        return _Failure("conflict", f"409 conflict: {message}", True, status, ra)
+        return Failure("conflict", f"409 conflict: {message}", True, status, ra)
     if status >= 500:
-        return _Failure("server", f"{status} server error: {message}", True, status, ra)
+        return Failure("server", f"{status} server error: {message}", True, status, ra)
     if status in (401, 403):
-        return _Failure("auth", f"{status} not authorised (check the API key variable): {message}", False, status)
-    return _Failure("client", f"{status} client error: {message}", False, status)
+        return Failure("auth", f"{status} not authorised (check the API key variable): {message}", False, status)
+    return Failure("client", f"{status} client error: {message}", False, status)
 
 
 def parse_completion(status: int, content_type: str, body: bytes) -> tuple[str, str, dict[str, Any]]:
     """(text, finish_reason, usage) of a 200 response, or raise a malformed/empty failure."""
     head = body[:200].decode("utf-8", "replace")
     if "json" not in content_type.lower() or head.lstrip().startswith("<"):
-        raise _Failure("malformed", f"200 with a {content_type or 'untyped'} body, not a chat "
-                       f"completion: {head[:80]!r}", True, status)
+        raise Failure("malformed", f"200 with a {content_type or 'untyped'} body, not a chat "
+                      f"completion: {head[:80]!r}", True, status)
     try:
         data = json.loads(body)
     except ValueError as exc:
-        raise _Failure("malformed", f"200 with malformed JSON ({exc})", True, status) from None
+        raise Failure("malformed", f"200 with malformed JSON ({exc})", True, status) from None
+    return completion_fields(data, status, head)
+
+
+def completion_fields(data: Any, status: int = 200, head: str | None = None
+                      ) -> tuple[str, str, dict[str, Any]]:
+    """(text, finish_reason, usage) of a decoded chat completion, or raise malformed/empty.
+
+    The checks every answer passes, online or from a batch output line.
+    """
     try:
         choice = data["choices"][0]
         message = choice["message"]
         text = message.get("content")
         finish = choice.get("finish_reason")
     except (KeyError, IndexError, TypeError, AttributeError):
-        raise _Failure("malformed", f"200 with JSON that is not a chat completion: {head[:80]!r}",
-                       True, status) from None
+        head = head if head is not None else json.dumps(data)[:200]
+        raise Failure("malformed", f"200 with JSON that is not a chat completion: {head[:80]!r}",
+                      True, status) from None
     if text is not None and not isinstance(text, str):
-        raise _Failure("malformed", "200 with non-text message content", True, status)
+        raise Failure("malformed", "200 with non-text message content", True, status)
     if not finish or not isinstance(finish, str):
-        raise _Failure("malformed", "200 without a finish_reason", True, status)
+        raise Failure("malformed", "200 without a finish_reason", True, status)
     if not text or not text.strip():
-        raise _Failure("empty", f"200 with empty content (finish_reason={finish})", False, status)
+        raise Failure("empty", f"200 with empty content (finish_reason={finish})", False, status)
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     return text, finish, usage
 
@@ -378,6 +440,7 @@ class OpenAIBackend(Backend):
 
     #: ``before_send(i)`` is called right before request ``i``'s first attempt.
     announces_sends = True
+    batchable = True
 
     def __init__(self, model: str, base_urls: Sequence[str] | None = None,
                  options: OpenAIOptions | None = None):
@@ -420,7 +483,10 @@ class OpenAIBackend(Backend):
         name = self.options.api_key_env
         key = os.environ.get(name)
         if key:
+            register_secret(key)  # removed from everything stored or printed from now on
             return key
+        if not self.options.require_key:
+            return "not-needed"
         if name != DEFAULT_KEY_ENV:
             raise GenerationError(f"environment variable {name} (from --api-key-env) is not set")
         if any(strip_credentials(u) == DEFAULT_BASE_URL for u in self.base_urls):
@@ -429,6 +495,18 @@ class OpenAIBackend(Backend):
             )
         # Local servers (vLLM, llama.cpp, Ollama) accept any key; the client requires one.
         return "not-needed"
+
+    def sync_client(self, timeout: float | None = None) -> Any:
+        """A blocking ``openai.OpenAI`` client on the first base URL, retries off.
+
+        For the Batch API's few control calls (files, batches): their retries are the
+        caller's, since blindly retrying a batch creation could submit it twice.
+        """
+        import openai
+
+        url, headers = transport_url(self.base_urls[0])
+        return openai.OpenAI(api_key=self._api_key, base_url=url, max_retries=0,
+                             default_headers=headers, timeout=timeout or self.options.timeout)
 
     def request_stop(self, reason: str = "interrupted") -> None:
         """Send nothing new; requests in flight finish (thread-safe)."""
@@ -502,13 +580,13 @@ class OpenAIBackend(Backend):
                                max_keepalive_connections=opts.concurrency + 4)
         http = (openai.DefaultAioHttpClient if opts.transport == "aiohttp"
                 else openai.DefaultAsyncHttpx2Client)
-        self._clients = [
-            openai.AsyncOpenAI(
+        self._clients = []
+        for base_url in self.base_urls:
+            url, headers = transport_url(base_url)
+            self._clients.append(openai.AsyncOpenAI(
                 api_key=self._api_key, base_url=url, max_retries=0, timeout=opts.timeout,
-                http_client=http(limits=limits, timeout=opts.timeout),
-            )
-            for url in self.base_urls
-        ]
+                default_headers=headers, http_client=http(limits=limits, timeout=opts.timeout),
+            ))
         self._loads = [0] * len(self._clients)
         self._gate = Gate(opts.concurrency)
         self._pacer = Pacer(opts.rpm, opts.tpm)
@@ -575,7 +653,7 @@ class OpenAIBackend(Backend):
         est_prompt, est_completion = estimate_tokens(request)
         bound = self.cost_bound(request)
         params = dict(request.params)
-        last: _Failure | None = None
+        last: Failure | None = None
         for attempt in range(1, opts.max_attempts + 1):
             if attempt > 1 and self.stop_reason == "interrupted":
                 break  # Ctrl-C: finish what is in flight, start no retries
@@ -596,7 +674,7 @@ class OpenAIBackend(Backend):
                 t0 = time.perf_counter()
                 try:
                     text, finish, usage = await self._attempt(clients[k], request.messages, params)
-                except _Failure as f:
+                except Failure as f:
                     last = f
                 finally:
                     loads[k] -= 1
@@ -668,17 +746,17 @@ class OpenAIBackend(Backend):
                                          body={"model": self.model, "messages": messages, **params})
                 body = await http.aread()
         except TimeoutError:
-            raise _Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
+            raise Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
         except openai.APIConnectionError as exc:
             # The aiohttp transport reports refused or dropped connections as timeouts:
             # look at the root cause to tell them apart.
             root = _root_cause(exc)
             timed_out = isinstance(exc, openai.APITimeoutError) and not _is_connection_error(root)
             if timed_out or isinstance(root, TimeoutError):
-                raise _Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
-            raise _Failure("connection", self._clean(f"connection error: {root!r}"), True) from None
+                raise Failure("timeout", f"no answer within {self.options.timeout:g}s", True) from None
+            raise Failure("connection", self._clean(f"connection error: {root!r}"), True) from None
         except openai.APIStatusError as exc:
-            f = _classify_status(exc.status_code, exc.body, exc.response.headers, self._clean(str(exc.message)))
+            f = classify_status(exc.status_code, exc.body, exc.response.headers, self._clean(str(exc.message)))
             raise f from None
         return parse_completion(http.status_code, http.headers.get("content-type", ""), body)
 

@@ -20,7 +20,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from generation.backends.openai_backend import DEFAULT_KEY_ENV, redact, strip_credentials
+from generation.backends.openai_backend import (
+    DEFAULT_KEY_ENV,
+    redact,
+    strip_credentials,
+    transport_url,
+)
 from generation.errors import GenerationError
 
 ENABLE_HINT = ("start vLLM with --enable-lora (and --max-lora-rank ≥ the adapter's r) and the "
@@ -30,11 +35,14 @@ ENABLE_HINT = ("start vLLM with --enable-lora (and --max-lora-rank ≥ the adapt
 def _request(url: str, body: dict[str, Any] | None, timeout: float) -> tuple[int, str]:
     """(status, text) of a GET (no body) or JSON POST; the key comes from the environment."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method="GET" if body is None else "POST")
+    plain, auth = transport_url(url)  # URL credentials travel as a Basic header
+    req = urllib.request.Request(plain, data=data, method="GET" if body is None else "POST")
     req.add_header("Content-Type", "application/json")
     key = os.environ.get(DEFAULT_KEY_ENV)
     if key:
         req.add_header("Authorization", f"Bearer {key}")
+    for name, value in auth.items():
+        req.add_header(name, value)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, resp.read().decode("utf-8", "replace")
