@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 #: The task family the pilot chose (docs/experiments.md, "Pilot").
-FAMILY = "generated-easy"
+FAMILY = "generated"
 TEST, QA, META, POOL = "test", "qa", "meta", "pool"
 #: The gate, fixed before the arms run (docs/experiments.md): A1's direct accuracy on the
 #: held-out items must lie in this range, else the arms after A1 are not run.
