@@ -118,18 +118,12 @@ def record_conversations(
     return [meta] if layout == "meta" else [meta, _answer(prompt, answer)]
 
 
-def record_messages(
-    *,
-    kind: str,
-    prompt: str,
-    response: str | None,
-    feedback: str | None,
-    refinement: str | None,
-    layout: str | None = None,
-) -> list[dict[str, Any]]:
+def record_messages(*, layout: str | None = None, **texts: str | None
+                    ) -> list[dict[str, Any]]:
     """The ``messages`` column of one record: its first conversation in ``layout``.
 
-    Without a layout: meta/self records in the ``meta`` layout, qa records as ``answer``.
+    ``texts`` are the keywords of :func:`record_conversations` (kind, prompt, response,
+    feedback, refinement). Without a layout: meta/self records in the ``meta`` layout, qa
+    records as ``answer``.
     """
-    return record_conversations(kind=kind, prompt=prompt, response=response,
-                                feedback=feedback, refinement=refinement, layout=layout)[0]
+    return record_conversations(layout=layout, **texts)[0]  # type: ignore[arg-type]
