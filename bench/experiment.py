@@ -227,7 +227,7 @@ class Lab:
             rows = [make_record(prompt_id=p["prompt_id"], kind="qa", responder="gold",
                                 response=clean_rationale(p["gold_rationale"], p["gold_answer"]),
                                 source=f"exp:{self.s.family}") for p in prompts]
-            with store.run("experiment qa records", {}) as run, store.transaction() as con:
+            with store.run("experiment qa import", {}) as run, store.transaction() as con:
                 counts["qa_records"] = insert_records(con, rows, run.run_id)
             qa = f"kind = 'qa' AND prompt_id IN (SELECT prompt_id FROM prompts WHERE {self.where(QA)})"
             counts["qa"] = create_snapshot(store, "qa", qa, note="A1: QA data").n

@@ -1,8 +1,8 @@
 """An ``hf:`` backend answered by several worker processes (bench/experiment.py).
 
-On a CPU shared by several processes, one torch thread per process is much faster than two
-(measured in docs/experiments.md: 2 processes x 1 thread generated 3.5-12x faster than 1
-process x 2 threads while other jobs held the cores). :class:`PoolBackend` keeps ``workers``
+On a CPU shared by several processes a second torch thread per process mostly waits for a
+core (``python bench/experiment.py threads`` times 1 process x 2 threads against 2 x 1 on the
+same answers; docs/experiments.md). :class:`PoolBackend` keeps ``workers``
 spawned processes, each with the model loaded once and ``threads`` torch threads, and splits
 every batch between them (length-sorted, dealt round-robin so each gets short and long
 prompts). Its ``spec`` and ``endpoint`` are those of :class:`generation.backends.hf.HFBackend`

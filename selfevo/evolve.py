@@ -523,6 +523,9 @@ class Evolution:
         from trainer.train import train
 
         cfg = self.config
+        # the generating model is not needed while training: drop it, so the trainer's
+        # model is the only one in memory (it held ~0.55 GB beside the demo's training)
+        self.close()
         out = self.out / f"r{t}" / "model"
         if cfg.strategy == "restart":
             base = resolve_model(cfg.base)

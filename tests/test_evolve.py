@@ -282,7 +282,8 @@ def test_evolve_draws_a_bar_per_stage_on_a_terminal(db, tiny, tmp_path, tty):
     with progress(console=tty) as display:
         evolve(db, config, log=lines.append, display=display)
     drawn = tty.file.getvalue()
-    for stage in ("generate: self-refinement", "filter", "snapshot", "export", "train"):
+    # generate's last phase (the paper's round: the feedback on r̂) is drawn when it ends
+    for stage in ("generate: refined-feedback", "filter", "snapshot", "export", "train"):
         assert f"round 1 {stage}" in drawn
     assert "2/2" in drawn and "loss " in drawn  # the train stage's steps
     assert [ln.split(":")[0].strip() for ln in lines if ": " in ln][-5:] == [
