@@ -1,16 +1,16 @@
 """An ``hf:`` backend answered by several worker processes (bench/experiment.py).
 
 On a CPU shared by several processes a second torch thread per process mostly waits for a
-core (``python bench/experiment.py threads`` times 1 process x 2 threads against 2 x 1 on the
-same answers; docs/experiments.md). :class:`PoolBackend` keeps ``workers``
-spawned processes, each with the model loaded once and ``threads`` torch threads, and splits
-every batch between them (length-sorted, dealt round-robin so each gets short and long
-prompts). Its ``spec`` and ``endpoint`` are those of :class:`generation.backends.hf.HFBackend`
-for the same spec, so its calls land in the ledger under exactly the ids an in-process run
-would use (a cached call is a cache hit whichever ran it). Greedy answers do not depend on
-how a batch is split; sampled ones depend on it (the hf backend seeds each micro-batch from
-its content), deterministically for a given ``workers``.
-"""
+core (``python bench/experiment.py threads`` times 1 process x 2 threads against 2 x 1 on
+the same answers; docs/experiments.md: 2 x 1 was 4.7-7x faster while other jobs held the
+cores). :class:`PoolBackend` keeps ``workers`` spawned processes, each with the model loaded
+once and ``threads`` torch threads, and splits every batch between them (length-sorted,
+dealt round-robin so each gets short and long prompts). Its ``spec`` and ``endpoint`` are
+those of :class:`generation.backends.hf.HFBackend` for the same spec, so its calls land in
+the ledger under exactly the ids an in-process run would use (a cached call is a cache hit
+whichever ran it). Greedy answers do not depend on how a batch is split; sampled ones depend
+on it (the hf backend seeds each micro-batch from its content), deterministically for a
+given ``workers``."""
 
 from __future__ import annotations
 
