@@ -46,10 +46,11 @@ bench: $(STAMP)
 	$(PY) bench/answers_compare.py
 	$(PY) bench/report_bench.py
 
-# The small-scale SELF replication: docs/experiments.md, run 3 (about 35 min on 2 idle cores).
+# SELF at 135M, arms A0-A3o on 300 paired held-out items (docs/experiments.md; run it on an
+# idle machine: under 2 hours on 2 cores). Resumes where it stopped; the tables:
+# $(PY) bench/experiment.py table --out bench/out/experiment
 experiment: $(STAMP)
-	$(PY) bench/self_repro.py --out bench/out/self-repro-3 --n-train 32 --per-round 16 \
-	  --n-test 16 --gsm8k-test 16 --rounds 2 --meta-steps 96 --steps 48 --lr 1e-3 --correct-meta
+	$(PY) bench/experiment.py run --out bench/out/experiment --workers 2 --threads 1
 
 schemas: $(STAMP)
 	$(PY) -m schemas

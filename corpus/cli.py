@@ -6,6 +6,7 @@ import json
 
 import click
 
+from corpus.errors import CorpusError
 from corpus.migrations import MIGRATIONS
 from corpus.options import db_option
 from corpus.store import Store
@@ -343,18 +344,28 @@ def snapshot_diff(a: str, b: str, show: int, db: str) -> None:
               default="parquet", show_default=True, help="Data file format.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="New or empty directory (or an identical export of NAME, rewritten).")
+@click.option("--layout", "layouts", multiple=True, metavar="KIND=LAYOUT",
+              help="How records of KIND train: meta, answer (p -> r̂ for meta/self) or "
+                   "meta+answer; repeatable (default: meta and self meta, qa answer).")
 @db_option
-def snapshot_export(name: str, fmt: str, out: str, db: str) -> None:
+def snapshot_export(name: str, fmt: str, out: str, layouts: tuple[str, ...], db: str) -> None:
     """Export snapshot NAME with manifest.json and a dataset card (byte-reproducible).
 
     \b
     Example:
       selfevo snapshot export meta-ok --format parquet --out exports/meta-ok
       selfevo train --data exports/meta-ok --base HuggingFaceTB/SmolLM2-135M-Instruct --out ckpt
+      selfevo snapshot export round-1 --layout self=answer --out exports/r1   # SELF's (p, r̂)
     """
     from corpus.export import export_snapshot
 
-    m = export_snapshot(Store.open_readonly(db), name, fmt, out)
+    chosen = {}
+    for item in layouts:
+        kind, eq, layout = item.partition("=")
+        if not eq:
+            raise CorpusError(f"--layout {item!r}: expected KIND=LAYOUT, e.g. self=answer")
+        chosen[kind.strip()] = layout.strip()
+    m = export_snapshot(Store.open_readonly(db), name, fmt, out, chosen)
     click.echo(f"exported {m.n} records of {m.name} ({m.content_hash}) to {out}")
     for f in m.files:
         click.echo(f"  {f.path}  {f.bytes} bytes  sha256 {f.sha256[:16]}…")

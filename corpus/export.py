@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -41,9 +42,10 @@ from corpus.store import Store
 from schemas.conversation import (
     CONVERSATION_VERSION,
     FEEDBACK_INSTRUCTION,
-    PLACEHOLDERS,
     REFINE_INSTRUCTION,
-    layout_patterns,
+    LayoutError,
+    record_messages,
+    resolve_layouts,
 )
 from schemas.identity import file_sha256
 from schemas.records import (
@@ -66,33 +68,47 @@ ROW_GROUP_SIZE = 100_000
 #: Parquet writer settings (the row-group size is added by copy_rows).
 PARQUET_OPTIONS = "FORMAT parquet, COMPRESSION zstd"
 
-def _messages_case() -> str:
+#: The texts each layout's messages depend on (a CASE branch per pattern of present ones).
+_LAYOUT_FIELDS = {"answer": ("response",), "meta": ("response", "feedback", "refinement")}
+
+
+def _messages_case(layouts: dict[str, str]) -> str:
     """SQL for the ``messages`` column, derived from ``record_messages`` itself.
 
-    One CASE branch per pattern of present texts (``schemas.conversation.layout_patterns``:
-    qa with or without an answer; meta/self with any of r, f, r̂ missing), each a list
-    literal: the placeholders of record_messages()' output are translated to SQL, so the
-    column cannot drift from the Python layout, and a flat list literal is cheaper in DuckDB
-    than concatenating lists.
+    One CASE branch per kind and pattern of present texts (the ones its layout reads), each a
+    list literal: record_messages() is called with placeholders and its output translated to
+    SQL, so the column cannot drift from the Python layout, and a flat list literal is
+    cheaper in DuckDB than concatenating lists.
     """
-    sql = {PLACEHOLDERS["prompt"]: "p.text", PLACEHOLDERS["response"]: "r.response",
-           PLACEHOLDERS["feedback"]: "r.feedback", PLACEHOLDERS["refinement"]: "r.refinement",
-           FEEDBACK_INSTRUCTION: "$feedback_instruction",
-           REFINE_INSTRUCTION: "$refine_instruction"}
+    placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
+                    "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
+                    REFINE_INSTRUCTION: "$refine_instruction"}
+    columns = {"response": "\x00r", "feedback": "\x00f", "refinement": "\x00rr"}
     branches = []
-    for qa, present, msgs in layout_patterns():
-        conds = ["r.kind = 'qa'" if qa else "r.kind <> 'qa'"]
-        for part in (("response",) if qa else ("response", "feedback", "refinement")):
-            conds.append(f"r.{part} IS {'NOT ' if present[part] else ''}NULL")
-        items = ", ".join(
-            f"{{'role': '{m['role']}', 'content': {sql[m['content']]}, "
-            f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
-        branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
+    for kind, layout in layouts.items():
+        fields = _LAYOUT_FIELDS["meta" if layout.startswith("meta") else "answer"]
+        if layout == "answer" and kind != "qa":
+            fields = ("refinement",)  # a meta/self record's answer is r̂
+        for present in itertools.product((True, False), repeat=len(fields)):
+            texts = {f: columns[f] if has else None for f, has in zip(fields, present,
+                                                                         strict=True)}
+            msgs = record_messages(kind=kind, prompt="\x00p", layout=layout,
+                                   response=texts.get("response"),
+                                   feedback=texts.get("feedback"),
+                                   refinement=texts.get("refinement"))
+            conds = [f"r.kind = '{kind}'"] + [f"r.{f} IS {'NOT ' if has else ''}NULL"
+                                              for f, has in zip(fields, present, strict=True)]
+            items = ", ".join(
+                f"{{'role': '{m['role']}', 'content': {placeholders[m['content']]}, "
+                f"'train': {'true' if m['train'] else 'false'}}}" for m in msgs)
+            branches.append(f"WHEN {' AND '.join(conds)} THEN [{items}]")
     return "CASE\n        " + "\n        ".join(branches) + "\n    END"
 
 
-#: The export row: ExportRow's columns in order, ``messages`` last (see _messages_case).
-EXPORT_SELECT = f"""
+def export_select(layouts: dict[str, str] | None = None) -> str:
+    """The export row: ExportRow's columns in order, ``messages`` last (see _messages_case),
+    each kind's messages in its layout (``resolve_layouts(layouts)``)."""
+    return f"""
 SELECT
     r.record_id, r.prompt_id, r.kind, r.round, p.text AS prompt,
     r.response, r.feedback, r.verdict, r.refinement,
@@ -100,7 +116,7 @@ SELECT
     CAST(r.meta AS VARCHAR) AS meta, r.run_id, r.responder, r.teacher,
     r.response_call_id, r.feedback_call_id, r.refinement_call_id,
     CAST(r.templates AS VARCHAR) AS templates,
-    {_messages_case()} AS messages
+    {_messages_case(resolve_layouts(layouts))} AS messages
 FROM snapshot_records s
 JOIN records r ON r.record_id = s.record_id
 JOIN prompts p ON p.prompt_id = r.prompt_id
@@ -109,8 +125,12 @@ ORDER BY r.record_id
 """
 
 
+#: The export row with every kind in its natural layout.
+EXPORT_SELECT = export_select()
+
+
 def export_params(snapshot_id: str) -> dict[str, str]:
-    """Parameters of :data:`EXPORT_SELECT`."""
+    """Parameters of :func:`export_select`'s SQL."""
     return {
         "snapshot_id": snapshot_id,
         "feedback_instruction": FEEDBACK_INSTRUCTION,
@@ -118,10 +138,10 @@ def export_params(snapshot_id: str) -> dict[str, str]:
     }
 
 
-def export_sql(snapshot_id: str) -> str:
-    """:data:`EXPORT_SELECT` with its parameters inlined as literals (see sql_literal)."""
+def export_sql(snapshot_id: str, layouts: dict[str, str] | None = None) -> str:
+    """:func:`export_select` with its parameters inlined as literals (see sql_literal)."""
     params = export_params(snapshot_id)
-    return re.sub(r"\$(\w+)", lambda m: sql_literal(params[m.group(1)]), EXPORT_SELECT)
+    return re.sub(r"\$(\w+)", lambda m: sql_literal(params[m.group(1)]), export_select(layouts))
 
 
 def _sql_path(path: Path) -> str:
@@ -140,6 +160,7 @@ def _ordered(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
 
 def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt: str,
+              layouts: dict[str, str] | None = None,
               row_group_size: int = ROW_GROUP_SIZE) -> None:
     """Write the export rows of a snapshot to ``path`` (parquet or jsonl) with one COPY.
 
@@ -150,12 +171,13 @@ def copy_rows(con: duckdb.DuckDBPyConnection, snapshot_id: str, path: Path, fmt:
                else "FORMAT json")
     with _ordered(con):
         con.execute(
-            f"COPY ({export_sql(snapshot_id)}) TO {_sql_path(path)} ({options})")
+            f"COPY ({export_sql(snapshot_id, layouts)}) TO {_sql_path(path)} ({options})")
 
 
-def _check_out(out: Path, snap: Snapshot, fmt: str) -> None:
+def _check_out(out: Path, snap: Snapshot, fmt: str, layouts: dict[str, str]) -> None:
     """Refuse an output that exists and is not an identical export (same snapshot, format and
-    training hash: the bytes it would be rewritten with are the bytes it has)."""
+    training hash, which covers the layouts: the bytes it would be rewritten with are the
+    bytes it has)."""
     if not out.exists():
         if not out.parent.exists():
             raise CorpusError(f"--out {out}: parent directory {out.parent} does not exist")
@@ -173,7 +195,7 @@ def _check_out(out: Path, snap: Snapshot, fmt: str) -> None:
             "choose a new or empty directory"
         )
     if (previous.get("format") != fmt
-            or previous.get("training_hash") != current_training_hash(snap.content_hash)):
+            or previous.get("training_hash") != current_training_hash(snap.content_hash, layouts)):
         raise CorpusError(
             f"--out {out} holds an export of '{snap.name}' as {previous.get('format')} "
             f"(schema {previous.get('schema_version')}), not the {fmt} export this would "
@@ -304,25 +326,35 @@ def manifest_json(manifest: SnapshotManifest) -> str:
                       ensure_ascii=False) + "\n"
 
 
-def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str]) -> SnapshotManifest:
+def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[str],
+                    layouts: dict[str, str] | None = None) -> SnapshotManifest:
     """Export snapshot ``name`` as ``fmt`` (parquet, jsonl or hf) into directory ``out``.
 
-    ``out`` must be new, empty, or an identical export (same snapshot, format and training
-    hash), which is rewritten with the same bytes. Everything is written into a hidden
-    sibling directory first and renamed into place, so a crash never leaves a half-written
-    export at ``out``; the check and the rename happen under an exclusive lock of ``out``'s
-    parent directory, so of two exports racing to one ``out`` the second either finds the
-    first's identical result or is refused. A full disk is a one-line CorpusError.
+    ``layouts`` sets how records of a kind train (:mod:`schemas.conversation`), e.g.
+    ``{"self": "answer"}`` for SELF's (p, r̂); the others keep their natural layout. The
+    resolved layouts are written into the manifest, where the trainer reads them, and are
+    covered by its ``training_hash``.
+
+    ``out`` must be new, empty, or an identical export (same snapshot, format, layouts and
+    training hash), which is rewritten with the same bytes. Everything is written into a
+    hidden sibling directory first and renamed into place, so a crash never leaves a
+    half-written export at ``out``; the check and the rename happen under an exclusive lock of
+    ``out``'s parent directory, so of two exports racing to one ``out`` the second either finds
+    the first's identical result or is refused. A full disk is a one-line CorpusError.
     """
     if fmt not in FORMATS:
         raise CorpusError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    try:
+        layouts = resolve_layouts(layouts)
+    except LayoutError as exc:
+        raise CorpusError(f"--layout: {exc}") from None
     out = Path(out).absolute()
     snap = get_snapshot(store, name)
-    _check_out(out, snap, fmt)  # at once, before waiting for the lock; again under it
+    _check_out(out, snap, fmt, layouts)  # at once, before waiting for the lock; again under it
     try:
         with _destination_lock(out):
-            _check_out(out, snap, fmt)
-            return _export_into(store, snap, fmt, out)
+            _check_out(out, snap, fmt, layouts)
+            return _export_into(store, snap, fmt, out, layouts)
     except (OSError, duckdb.Error) as exc:
         converted = storage_error(exc)
         if converted is None:
@@ -330,7 +362,8 @@ def export_snapshot(store: Store, name: str, fmt: str, out: str | os.PathLike[st
         raise converted from None
 
 
-def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path) -> SnapshotManifest:
+def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path,
+                 layouts: dict[str, str]) -> SnapshotManifest:
     _remove_stale_partials(out)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -339,7 +372,7 @@ def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path) -> SnapshotM
         data_fmt = "jsonl" if fmt == "jsonl" else "parquet"  # hf is made from parquet
         data = tmp / DATA_FILES[data_fmt]
         with store.connection() as con:
-            copy_rows(con, snap.snapshot_id, data, data_fmt)
+            copy_rows(con, snap.snapshot_id, data, data_fmt, layouts)
             counts, runs = _counts_and_runs(
                 con, snap.snapshot_id, data if data_fmt == "parquet" else None)
             version = con.execute(
@@ -349,8 +382,9 @@ def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path) -> SnapshotM
             _write_hf(tmp, snap)
         manifest = SnapshotManifest(
             schema_version=EXPORT_SCHEMA_VERSION, conversation_version=CONVERSATION_VERSION,
+            layouts=layouts,
             name=snap.name, snapshot_id=snap.snapshot_id, content_hash=snap.content_hash,
-            training_hash=current_training_hash(snap.content_hash),
+            training_hash=current_training_hash(snap.content_hash, layouts),
             parent=snap.parent, selection=snap.selection, format=fmt, n=snap.n, counts=counts,
             files=_file_entries(tmp, fmt, snap.n), runs=runs,
             code_version=version[0] if version else "unknown",
@@ -390,7 +424,7 @@ def read_manifest(directory: str | os.PathLike[str]) -> SnapshotManifest:
 def verify_export(directory: str | os.PathLike[str]) -> SnapshotManifest:
     """Check an export's manifest (its training_hash) and every file (size and sha256)."""
     manifest = read_manifest(directory)
-    if manifest.training_hash != current_training_hash(manifest.content_hash):
+    if manifest.training_hash != current_training_hash(manifest.content_hash, manifest.layouts):
         raise CorpusError(
             f"{Path(directory) / MANIFEST}: training_hash does not match its content_hash and "
             "this selfevo's layout; the manifest was edited (or made by another version) — "

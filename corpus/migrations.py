@@ -338,9 +338,35 @@ def m007_batches(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
+    """The student's verdict on its own refinement r̂ (SELF's self-evolution filter).
+
+    A self record of ``evolve`` holds two self-feedbacks: ``feedback``/``verdict`` on the
+    first answer r, and these on the refinement r̂ (the same feedback request with r̂ in the
+    place of r). Like the call ids they describe the record and are not part of its identity
+    (``record_id`` stays the hash of prompt, kind, round, r, f, verdict, r̂). NULL where no
+    feedback on r̂ was asked (meta, qa, and self records written before this migration).
+    Only ALTER TABLE ADD COLUMN and CREATE VIEW (``records_full`` again, with the new
+    columns): DDL a DuckLake store accepts too.
+    """
+    con.execute(
+        """
+        ALTER TABLE records ADD COLUMN refined_feedback VARCHAR;         -- feedback on r̂, ending with a verdict line
+        ALTER TABLE records ADD COLUMN refined_verdict VARCHAR;          -- correct | incorrect | NULL (unparsed or not asked)
+        ALTER TABLE records ADD COLUMN refined_verdict_error VARCHAR;    -- why the verdict on r̂ could not be parsed
+        ALTER TABLE records ADD COLUMN refined_feedback_call_id VARCHAR; -- calls.call_id of the feedback on r̂
+        -- The same view again: a view's catalog entry keeps the columns it was created with.
+        CREATE OR REPLACE VIEW records_full AS
+        SELECT r.*, p.text AS prompt, p.gold_answer, p.gold_rationale,
+               p.source AS prompt_source, p.split
+        FROM records r JOIN prompts p USING (prompt_id);
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
-    m006_model_identity, m007_batches,
+    m006_model_identity, m007_batches, m009_refined_verdict,
 ]
 
 

@@ -23,6 +23,7 @@ RECORD_COLUMNS = [
     "record_id", "prompt_id", "kind", "round", "response", "feedback", "verdict",
     "verdict_error", "refinement", "responder", "teacher", "response_call_id",
     "feedback_call_id", "refinement_call_id", "templates", "parent_record_id", "source", "meta",
+    "refined_feedback", "refined_verdict", "refined_verdict_error", "refined_feedback_call_id",
 ]
 
 _JSON_COLUMNS = {"meta", "templates"}
@@ -60,7 +61,9 @@ def make_record(
     """A ``records`` row (without ``run_id``) with its content id.
 
     ``provenance`` takes the remaining columns: verdict_error, responder, teacher,
-    response_call_id, feedback_call_id, refinement_call_id, templates (dict), source, meta.
+    response_call_id, feedback_call_id, refinement_call_id, templates (dict), source, meta,
+    and the feedback on r̂ (refined_feedback, refined_verdict, refined_verdict_error,
+    refined_feedback_call_id; not part of the identity).
     """
     unknown = set(provenance) - set(RECORD_COLUMNS)
     if unknown:

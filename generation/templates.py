@@ -11,9 +11,9 @@ File format: Jinja2 text in which a line that is exactly ``<|system|>``, ``<|use
 content (surrounding blank lines stripped). ``{# … #}`` comments document the variables.
 Rendering is strict: a variable the template uses but the caller does not give is an error
 (``gold_answer`` is optional and defaults to none). The function ``conversation(prompt=,
-response=, feedback=, ask="feedback"|"refinement")`` inserts the meta-skill turns of
-:mod:`schemas.conversation` verbatim (passed beside the text, not through it), so
-self-feedback at inference time is exactly what the trainer trained.
+response=, feedback=, ask="answer"|"feedback"|"refinement")`` inserts the turns of
+:mod:`schemas.conversation` verbatim (passed beside the text, not through it), so the answer,
+self-feedback and self-refinement requests at inference are exactly what the trainer trained.
 
 A template's :attr:`PromptTemplate.hash` is ``content_id`` of its file text (plus the
 conversation version when it uses ``conversation``): it goes into every call and record.
@@ -39,17 +39,25 @@ _ROLE_LINE = re.compile(r"^<\|(system|user|assistant|conversation)\|>[ \t]*$", r
 
 
 def conversation_messages(
-    *, prompt: str, response: str, feedback: str | None = None, ask: str = "feedback"
+    *, prompt: str, response: str | None = None, feedback: str | None = None,
+    ask: str = "feedback",
 ) -> list[dict[str, str]]:
-    """The meta-skill turns up to the instruction that asks for ``ask`` (feedback|refinement).
+    """The turns of :mod:`schemas.conversation` up to the one that asks for ``ask``.
 
-    Built by :func:`schemas.conversation.record_messages` plus its instruction constants, so
-    a self-feedback request is exactly the context the trainer trained on.
+    ``answer``: the question alone (the first turn of every layout); ``feedback``: p, r and
+    the feedback instruction; ``refinement``: p, r, the instruction, f and the refine
+    instruction. Built by :func:`schemas.conversation.record_messages` plus its instruction
+    constants, so every request is exactly the context the trainer trained on.
     """
     from schemas.conversation import FEEDBACK_INSTRUCTION, REFINE_INSTRUCTION, record_messages
 
-    if ask not in ("feedback", "refinement"):
-        raise GenerationError(f"conversation(ask={ask!r}): expected 'feedback' or 'refinement'")
+    if ask not in ("answer", "feedback", "refinement"):
+        raise GenerationError(
+            f"conversation(ask={ask!r}): expected 'answer', 'feedback' or 'refinement'")
+    if ask == "answer":
+        return [{"role": "user", "content": prompt}]
+    if response is None:
+        raise GenerationError(f"conversation(ask={ask!r}) needs the response")
     if ask == "refinement" and feedback is None:
         raise GenerationError("conversation(ask='refinement') needs the feedback")
     msgs = record_messages(
@@ -58,6 +66,7 @@ def conversation_messages(
         response=response,
         feedback=feedback if ask == "refinement" else None,
         refinement=None,
+        layout="meta",
     )
     instruction = FEEDBACK_INSTRUCTION if ask == "feedback" else REFINE_INSTRUCTION
     msgs.append({"role": "user", "content": instruction})

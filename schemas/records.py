@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from schemas.conversation import CONVERSATION_VERSION, layout_hash
-from schemas.identity import training_hash
+from schemas.conversation import CONVERSATION_VERSION, NATURAL_LAYOUTS, layout_hash
+from schemas.identity import content_id, training_hash
 from schemas.numbers import canonical_answer, require_finite
 
 Kind = Literal["meta", "self", "qa"]
@@ -26,10 +26,13 @@ Verdict = Literal["correct", "incorrect"]
 EXPORT_SCHEMA_VERSION = 2
 
 
-def current_training_hash(content_hash: str) -> str:
-    """The ``training_hash`` an export of these records has when written by this code."""
+def current_training_hash(content_hash: str, layouts: dict[str, str] | None = None) -> str:
+    """The ``training_hash`` an export of these records, in ``layouts`` (kind -> layout; the
+    natural ones where absent), has when written by this code."""
+    chosen = {**NATURAL_LAYOUTS, **(layouts or {})}
     return training_hash(content_hash, schema_version=EXPORT_SCHEMA_VERSION,
-                         conversation_version=CONVERSATION_VERSION, layout=layout_hash())
+                         conversation_version=CONVERSATION_VERSION,
+                         layout=content_id({"layouts": chosen, "patterns": layout_hash()}))
 
 
 #: Deepest nesting of lists and objects accepted in a field (``meta``): deeper input is
@@ -207,6 +210,10 @@ class SnapshotManifest(_Strict):
 
     schema_version: int = Field(description="EXPORT_SCHEMA_VERSION of the writer.")
     conversation_version: str = Field(description="Layout of the messages column.")
+    layouts: dict[str, str] = Field(
+        default_factory=lambda: dict(NATURAL_LAYOUTS),
+        description="How each kind trains (schemas.conversation.LAYOUTS), e.g. self: answer "
+                    "for SELF's (p, r̂); absent in exports made before it: the natural layouts.")
     name: str
     snapshot_id: str
     content_hash: str = Field(description="selection_hash of the exported record ids.")

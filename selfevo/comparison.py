@@ -15,6 +15,7 @@ item id (refusing when a shared id carries a different question), and reports
 
 :func:`compare_evaluations` compares one A with several Bs, :func:`compare_neighbours` each
 evaluation with the next (arms A0 → A1 → A2); both add Holm-adjusted p-values.
+:func:`evaluation_pairs` lists the comparisons a store's evaluations invite (the report).
 Everything returned is plain data (dicts, numbers, strings) so the report can render it.
 """
 
@@ -192,6 +193,32 @@ def compare_pairs(store: Store, pairs: Sequence[tuple[EvalRef, EvalRef]]
     for r, p in zip(results, holm([r["mcnemar_p"] for r in results]), strict=True):
         r["holm_p"] = p
     return results
+
+
+def evaluation_pairs(store: Store, limit: int = 40) -> dict[str, list[tuple[EvalRef, EvalRef]]]:
+    """The comparisons a store's evaluations invite (the report's paired section).
+
+    ``refine``: direct vs refine of each evaluation run that scored both (the same answers,
+    so the transitions say what refining changed). ``neighbours``: per benchmark, each
+    direct evaluation of a model vs the previous direct evaluation of another model, in
+    order of creation (rounds of an evolve, arms of an experiment). Only evaluations that
+    have items; at most the ``limit`` newest evaluations are considered.
+    """
+    refs = list(reversed(_evals(store, "eval_id IN (SELECT DISTINCT eval_id FROM eval_items)",
+                                [])[:limit]))
+    by_run: dict[tuple[str, str, str], dict[str, EvalRef]] = {}
+    for r in refs:
+        by_run.setdefault((r.run_id, r.model, r.benchmark), {})[r.mode] = r
+    refine = [(m["direct"], m["refine"]) for m in by_run.values() if len(m) == 2]
+    neighbours, last = [], {}
+    for r in refs:
+        if r.mode != "direct":
+            continue
+        prev = last.get(r.benchmark)
+        if prev is not None and prev.model != r.model:
+            neighbours.append((prev, r))
+        last[r.benchmark] = r
+    return {"refine": refine, "neighbours": neighbours}
 
 
 # -- display --------------------------------------------------------------------------------

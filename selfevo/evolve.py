@@ -3,16 +3,21 @@
 Round t (1..T), each stage a ``runs`` row ``evolve <stage>`` whose config names the evolve
 and the round, and whose parent is the ``evolve`` run:
 
-1. ``generate`` — the current student M_t answers the round's prompts, writes self-feedback
-   with a verdict and a self-refinement (the layout of :mod:`schemas.conversation`, through
-   the call ledger); records ``kind='self', round=t``. With ``generate_prompts`` it first
+1. ``generate`` — the current student M_t answers the round's prompts (r), writes
+   self-feedback with a verdict (f) and a self-refinement (r̂), then — when the filter judges
+   r̂, as SELF does — self-feedback on r̂ too (the layout of :mod:`schemas.conversation`,
+   through the call ledger); records ``kind='self', round=t`` with both verdicts
+   (``verdict``, ``refined_verdict``) and their call ids. With ``generate_prompts`` it first
    asks M_t for new questions in the style of seed prompts (their provenance: source
    ``evolve:<name>``, meta with the seed prompt ids and the call id).
-2. ``filter`` — curation steps over the round's records (default ``verdict``: keep records
-   whose self-feedback judges the answer correct); a ``curate filter`` run, every decision a row.
+2. ``filter`` — curation steps over the round's records (default ``verdict`` with
+   ``verdict_on='refined'``: keep records whose self-feedback judges the refined answer
+   correct); a ``curate filter`` run, every decision a row.
 3. ``snapshot`` — ``evolve-<name>-r<t>``: the kept records plus the meta-skill snapshot
    (replay) and, for ``restart``, every earlier round's kept records.
-4. ``export`` — the snapshot as Parquet under ``<out>/r<t>/data``.
+4. ``export`` — the snapshot as Parquet under ``<out>/r<t>/data``, self records in the
+   ``self_layout`` (default ``answer``: SELF's D_self = {(p, r̂)}, the student learns to
+   answer p with r̂), meta and qa records in theirs; the manifest names the layouts.
 5. ``train`` — M_{t+1}: ``restart`` trains from the base on the snapshot; ``continual``
    trains from M_t's merged weights; the checkpoint is registered in ``models``.
 6. ``eval`` — each ``--eval`` benchmark, direct and/or refine, linked to the model.
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,10 @@ if TYPE_CHECKING:
 
 STAGES = ("generate", "filter", "snapshot", "export", "train", "eval")
 STRATEGIES = ("restart", "continual")
+#: What the verdict filter of a round reads: the student's verdict on r̂ (SELF), on r, or both.
+VERDICT_ON = ("refined", "response", "both")
+#: How kept self records train (schemas.conversation): p → r̂ (SELF), + the meta turns, or those.
+SELF_LAYOUTS = ("answer", "meta+answer", "meta")
 
 
 @dataclass
@@ -61,6 +71,8 @@ class EvolveConfig:
     meta: str | None = None  # meta-skill snapshot replayed in every round's training data
     strategy: str = "restart"  # restart (from base, all rounds) | continual (from M_t)
     filters: list[str] = field(default_factory=lambda: ["verdict"])  # curation step specs
+    verdict_on: str = "refined"  # the verdict steps judge: refined (SELF) | response | both
+    self_layout: str = "answer"  # kept self records train: answer (SELF's p → r̂) | meta+answer | meta
     samples: int = 1  # answers per prompt (temperature > 0 makes them differ)
     prompts_per_round: int | None = None  # a fresh deterministic sample of the pool per round
     generate_prompts: int = 0  # new questions M_t writes per round, in the seeds' style
@@ -86,6 +98,34 @@ class EvolveConfig:
             d.pop("serve")
         return "e" + content_id(d).split(":")[1][:8]
 
+    def filter_specs(self) -> list[str]:
+        """The round's curation steps, each ``verdict`` step judging ``verdict_on``.
+
+        A ``verdict`` step that names its own ``on=`` must agree with ``verdict_on``: the
+        generate stage asks for feedback on r̂ only when a filter will read it.
+        """
+        out = []
+        for spec in self.filters:
+            step = _parse_filter(spec)
+            if step.filter.name == "verdict":
+                if not re.search(r"[:,]\s*on\s*=", spec):
+                    spec = f"{spec}{',' if ':' in spec else ':'}on={self.verdict_on}"
+                elif step.filter.on != self.verdict_on:
+                    raise SelfevoError(f"--filter {spec!r} judges another verdict than "
+                                       f"--verdict-on {self.verdict_on}: use --verdict-on "
+                                       f"{step.filter.on} (it sets every verdict step)")
+            out.append(spec)
+        return out
+
+    def filter_steps(self) -> list[Any]:
+        """The configured filter steps of every round (:meth:`filter_specs` parsed)."""
+        return [_parse_filter(s) for s in self.filter_specs()]
+
+    def judges_refinement(self) -> bool:
+        """Whether a round's filter reads the student's verdict on r̂ (then it is asked)."""
+        return any(s.filter.name == "verdict" and s.filter.on in ("refined", "both")
+                   for s in self.filter_steps())
+
     def check(self) -> None:
         """Refuse impossible settings before anything runs."""
         if self.rounds < 1:
@@ -107,6 +147,12 @@ class EvolveConfig:
         bad = [m for m in self.eval_modes if m not in ("direct", "refine")]
         if bad:
             raise SelfevoError(f"--eval-mode {bad}: use direct, refine or both")
+        if self.verdict_on not in VERDICT_ON:
+            raise SelfevoError(f"--verdict-on {self.verdict_on!r}: use {', '.join(VERDICT_ON)}")
+        if self.self_layout not in SELF_LAYOUTS:
+            raise SelfevoError(f"--self-layout {self.self_layout!r}: use "
+                               f"{', '.join(SELF_LAYOUTS)}")
+        self.filter_steps()  # every step and parameter checked now
         from trainer.config import TrainConfig
 
         fixed = {"data", "base", "out", "seed", "progress", "resume"}  # set by each round
@@ -282,12 +328,13 @@ class Evolution:
                          {"student": _public(student), "gen": cfg.gen, "samples": cfg.samples})
         res.records = gen.get("records", 0)
         filt = self.stage("filter", t, lambda run: self.filter(run, t, student),
-                          {"filters": cfg.filters})
+                          {"filters": cfg.filter_specs(), "verdict_on": cfg.verdict_on})
         res.kept = filt.get("kept", 0)
         snap = self.stage("snapshot", t, lambda run: self.snapshot(run, t, filt["filter_run"]),
                           {"strategy": cfg.strategy, "meta": cfg.meta})
         res.snapshot, res.snapshot_n = snap["snapshot"], snap["n"]
-        exp = self.stage("export", t, lambda run: self.export(run, t, res.snapshot))
+        exp = self.stage("export", t, lambda run: self.export(run, t, res.snapshot),
+                         {"layouts": {"self": cfg.self_layout}})
         trained = self.stage("train", t, lambda run: self.train(run, t, student, exp["dir"]),
                              {"train": cfg.train, "strategy": cfg.strategy})
         res.model_id, res.student = trained["model_id"], trained["student"]
@@ -359,7 +406,7 @@ class Evolution:
         When every request failed (the student's server is down) the stage fails instead of
         going on with no records."""
         from generation.failures import Failures
-        from selfevo.refine import RefinePrompts, self_refine
+        from selfevo.refine import RefinePrompts, RefineStep, self_refine
 
         cfg = self.config
         prompts = self.round_prompts(t)
@@ -382,13 +429,14 @@ class Evolution:
                               params=cfg.gen, sample_indices=indices, prompts=tp,
                               store=self.store, run_id=run.run_id,
                               progress=self.refine_progress(f"round {t} generate"),
-                              batch=self.batch)
+                              judge=cfg.judges_refinement(), batch=self.batch)
         rows = []
         for p, r in zip(questions, results, strict=True):
             step = r.steps[0] if r.steps else None
             if r.answer is None or step is None or step.feedback is None:
                 run.add("failed")
                 continue
+            judged = r.judgement or RefineStep(feedback=None, verdict=None)
             rows.append(make_record(
                 prompt_id=p["prompt_id"], kind="self", round=t, response=r.answer,
                 feedback=step.feedback, verdict=step.verdict, refinement=step.refinement,
@@ -396,6 +444,9 @@ class Evolution:
                 teacher=_identity(student),
                 response_call_id=r.answer_call_id, feedback_call_id=step.feedback_call_id,
                 refinement_call_id=step.refinement_call_id,
+                refined_feedback=judged.feedback, refined_verdict=judged.verdict,
+                refined_verdict_error=judged.verdict_error or judged.error,
+                refined_feedback_call_id=judged.feedback_call_id,
                 templates={"response": hashes["answer"], "feedback": hashes["self_feedback"],
                            "refinement": hashes["self_refinement"]},
                 source=f"evolve:{self.name}",
@@ -409,6 +460,9 @@ class Evolution:
             run.add("new_records", insert_records(con, rows, run.run_id))
         run.add("records", len(rows))
         run.add("prompts", len(prompts))
+        run.add("r_correct", sum(r["verdict"] == "correct" for r in rows))
+        if cfg.judges_refinement():
+            run.add("refined_correct", sum(r["refined_verdict"] == "correct" for r in rows))
 
     def round_selection(self, t: int, student: str) -> Any:
         """The records of round ``t`` written by M_t for this evolve's prompts."""
@@ -423,9 +477,8 @@ class Evolution:
     def filter(self, run: Run, t: int, student: str) -> None:
         """Stage 2: the curation steps over the round's records, as a ``curate filter`` run."""
         from curation.curate import check_labels, run_filters
-        from curation.filters.base import parse_step
 
-        steps = [parse_step(s) for s in self.config.filters]
+        steps = self.config.filter_steps()
         check_labels(steps)
         fr = run_filters(self.store, steps, self.round_selection(t, student),
                          parent_run_id=run.run_id, progress=self.tracker)
@@ -456,13 +509,16 @@ class Evolution:
         run.counts.update(snapshot=name, n=snap.n, content_hash=snap.content_hash)
 
     def export(self, run: Run, t: int, snapshot: str) -> None:
-        """Stage 4: the snapshot as a Parquet export the trainer reads."""
+        """Stage 4: the snapshot as a Parquet export the trainer reads, self records in
+        ``self_layout`` (named in the manifest)."""
         from corpus.export import export_snapshot
 
         out = self.out / f"r{t}" / "data"
         out.parent.mkdir(parents=True, exist_ok=True)
-        manifest = export_snapshot(self.store, snapshot, "parquet", out)
-        run.counts.update(dir=str(out), n=manifest.n, content_hash=manifest.content_hash)
+        manifest = export_snapshot(self.store, snapshot, "parquet", out,
+                                   {"self": self.config.self_layout})
+        run.counts.update(dir=str(out), n=manifest.n, content_hash=manifest.content_hash,
+                          layouts=manifest.layouts)
 
     def train(self, run: Run, t: int, student: str, data: str) -> None:
         """Stage 5: train M_{t+1} and register it in ``models``."""
@@ -472,6 +528,9 @@ class Evolution:
         from trainer.train import train
 
         cfg = self.config
+        # the generating model is not needed while training: drop it, so the trainer's
+        # model is the only one in memory (it held ~0.55 GB beside the demo's training)
+        self.close()
         out = self.out / f"r{t}" / "model"
         if cfg.strategy == "restart":
             base = resolve_model(cfg.base)
@@ -545,6 +604,7 @@ class Evolution:
 #: What each stage's line shows: counts key -> words (in this order).
 STAGE_LINE = {
     "generate": {"prompts": "prompts", "records": "self records", "new_records": "new",
+                 "r_correct": "judged r correct", "refined_correct": "judged r̂ correct",
                  "failed": "failed", "new_prompts": "new prompts",
                  "new_prompts_failed": "new prompts failed"},
     "filter": {"selected": "selected", "kept": "kept", "filter_run": "filter run"},
@@ -574,6 +634,17 @@ def stage_line(stage: str, round: int, counts: dict[str, Any]) -> str:
                                         for (bench, n), modes in by_bench.items())
     shown = STAGE_LINE.get(stage, {})
     return summary_line(label, {words: counts.get(key) for key, words in shown.items()})
+
+
+def _parse_filter(spec: str) -> Any:
+    """A ``--filter`` step, its errors as the user's to fix."""
+    from curation.errors import CurationError
+    from curation.filters.base import parse_step
+
+    try:
+        return parse_step(spec)
+    except CurationError as exc:
+        raise SelfevoError(f"--filter {spec!r}: {exc}") from None
 
 
 def _in_snapshot(name: str) -> str:

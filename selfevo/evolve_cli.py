@@ -19,7 +19,17 @@ from selfevo import SelfevoError
 @click.option("--strategy", type=click.Choice(["restart", "continual"]), default="restart",
               show_default=True, help="Train M_{t+1} from the base or from M_t.")
 @click.option("--filter", "filters", multiple=True,
-              help="Curation step NAME[:k=v,...] (repeatable; default: verdict).")
+              help="Curation step NAME[:k=v,...] (repeatable; default: verdict). An oracle "
+                   "round: --filter gold-match (keeps r̂ that match the gold answer).")
+@click.option("--verdict-on", type=click.Choice(["refined", "response", "both"]),
+              default="refined", show_default=True,
+              help="Which self-verdict the verdict filter reads: on the refinement r̂ (the "
+                   "paper: the student also gives feedback on r̂), on the first answer r, or "
+                   "both correct.")
+@click.option("--self-layout", type=click.Choice(["answer", "meta+answer", "meta"]),
+              default="answer", show_default=True,
+              help="What kept self records train: answer = p -> r̂ (the paper's D_self), "
+                   "meta+answer = also the feedback and refinement turns, meta = only those.")
 @click.option("--samples", default=1, show_default=True, help="Answers per prompt.")
 @click.option("--prompts-per-round", type=int, help="A fresh sample of the pool per round.")
 @click.option("--generate-prompts", default=0, show_default=True,
@@ -43,14 +53,20 @@ from selfevo import SelfevoError
 @mode_options(out=False)
 @db_option
 def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str | None,
-           strategy: str, filters: tuple[str, ...], samples: int,
+           strategy: str, filters: tuple[str, ...], verdict_on: str, self_layout: str,
+           samples: int,
            prompts_per_round: int | None, generate_prompts: int, evals: tuple[str, ...],
            eval_mode: str, eval_limit: int | None, temperature: float, max_tokens: int,
            train_opts: tuple[str, ...], out: str, name: str | None, seed: int, serve: str | None,
            batch: BatchOptions | None, db: str) -> None:
     """Run SELF self-evolution rounds: generate, filter, snapshot, export, train, eval.
 
-    Re-running the same command resumes a killed run at its first unfinished stage.
+    The defaults are the paper's round: the student answers (r), criticises (f), refines (r̂)
+    and criticises r̂; records whose verdict on r̂ is correct are kept (--verdict-on
+    refined); the next student trains on their (p, r̂) (--self-layout answer) plus the
+    --meta replay, from the base (--strategy restart). Each alternative is one flag,
+    recorded in the evolve run's config. Re-running the same command resumes a killed run
+    at its first unfinished stage.
     --mode batch sends the generate stage through the provider's Batch API.
 
     \b
@@ -60,7 +76,7 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
         --filter verdict --eval store:"split = 'test'" --eval-limit 50 --train max_steps=50
       # students served by vLLM (started with --enable-lora and
       # VLLM_ALLOW_RUNTIME_LORA_UPDATING=True) instead of loaded in process:
-      selfevo evolve --student openai:meta@http://127.0.0.1:8000/v1 --base ./base \
+      selfevo evolve --student openai:meta@http://127.0.0.1:8000/v1 --base ./base \\
         --serve http://127.0.0.1:8000/v1 --prompts "split = 'train'" --rounds 2 --meta meta-v1
     """
     from corpus.display import progress
@@ -76,7 +92,8 @@ def evolve(student: str, base: str, prompts_where: str, rounds: int, meta: str |
 
     config = EvolveConfig(
         student=student, base=base, prompts=prompts_where, rounds=rounds, meta=meta,
-        strategy=strategy, filters=list(filters) or ["verdict"], samples=samples,
+        strategy=strategy, filters=list(filters) or ["verdict"], verdict_on=verdict_on,
+        self_layout=self_layout, samples=samples,
         prompts_per_round=prompts_per_round, generate_prompts=generate_prompts,
         evals=list(evals), eval_modes=["direct", "refine"] if eval_mode == "both" else [eval_mode],
         eval_limit=eval_limit, gen={"temperature": temperature, "max_tokens": max_tokens},

@@ -1,8 +1,11 @@
-"""The SELF pipeline as one sequence of library calls (``selfevo demo``, bench/self_repro.py).
+"""The SELF pipeline as one sequence of library calls (``selfevo demo``).
 
-generated word problems → responses from the base model → reference teacher feedback and
-refinements → curation (gold-match, format, dedup, decontamination) → meta-skill snapshot →
-LoRA training → self-evolution rounds (self-feedback, verdict filter, snapshot, training) →
+generated word problems → responses from the base model → feedback and refinements from the
+offline teacher (``verifying`` by default: it re-derives each problem and checks the
+response's own steps, so its feedback is a check the student can learn to do) → curation
+(gold-match, format, dedup, decontamination) → meta-skill snapshot → LoRA training →
+self-evolution rounds as in the paper (self-feedback, self-refinement, self-feedback on the
+refinement, keep what that verdict calls correct, train p → r̂ with the meta replay) →
 evaluation on held-out problems, direct and with self-refinement → HTML report.
 
 Every step is the same library function a command runs, against one store, so the result is
@@ -52,6 +55,7 @@ class PipelineConfig:
     prompts_per_round: int | None = None  # sample of the pool per round (default: n_pool)
     rounds: int = 1
     max_tokens: int = 160  # generation budget per answer / feedback / refinement
+    teacher: str = "verifying"  # offline teacher of the meta-skill corpus (or reference)
     meta_steps: int = 8  # LoRA steps on the meta-skill snapshot
     round_steps: int = 8  # LoRA steps per self-evolution round
     train: dict[str, Any] = field(default_factory=lambda: {
@@ -64,6 +68,10 @@ class PipelineConfig:
     # Also grade each problem's gold rationale as an answer (verdict correct), so the
     # meta-skill corpus teaches both verdicts even when the base model solves nothing.
     correct_meta: bool = False
+    # The self-evolution round's choices (selfevo.evolve.EvolveConfig; defaults: the paper's).
+    verdict_on: str = "refined"
+    self_layout: str = "answer"
+    threads: int = 0  # torch threads; 0: the cores the load average leaves free (free_cores)
     seed: int = 0
 
 
@@ -76,6 +84,20 @@ class PipelineResult:
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, Any] = field(default_factory=dict)
     rounds: list[Any] = field(default_factory=list)
+
+
+def free_cores() -> int:
+    """The cores the 1-minute load average leaves free, at least 1.
+
+    Torch's default (a thread per core) collapses when other jobs share the cores: on this
+    2-core machine, with the load average at 6, two processes of one thread generated 3.5 to
+    12 times faster than one process of two (docs/experiments.md). An idle machine gets all
+    its cores.
+    """
+    import os
+
+    cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - round(os.getloadavg()[0])))
 
 
 class Pipeline:
@@ -111,6 +133,10 @@ class Pipeline:
     def run(self) -> PipelineResult:
         """Every step of the pipeline; returns the result summary."""
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.c.model != "tiny":
+            import torch
+
+            torch.set_num_threads(self.c.threads or free_cores())
         base = self.step("base model", self.base_model)
         self.step("prompts", self.prompts)
         self.step("collect", lambda: self.collect(base))
@@ -151,11 +177,11 @@ class Pipeline:
         self.said["prompts in the store"] = self.result.counts["prompts"]
 
     def collect(self, base: str) -> None:
-        """r from the base model, f + verdict + r̂ from the reference teacher (kind meta)."""
+        """r from the base model, f + verdict + r̂ from the offline teacher (kind meta)."""
         from generation.collect import CollectConfig, run_collect
 
         summary = run_collect(self.db, CollectConfig(
-            teacher="reference", responder=f"hf:{base}", where=TRAIN,
+            teacher=self.c.teacher, responder=f"hf:{base}", where=TRAIN,
             max_tokens=self.c.max_tokens))
         self.said.update({"meta records": summary.records, "new": summary.records_new})
         self.add_qa_records()
@@ -180,10 +206,10 @@ class Pipeline:
             # A base model that solves nothing gives a corpus whose verdicts all say
             # "incorrect", and a student trained on it learns a constant verdict the verdict
             # filter never passes. Grading the qa records' responses (the gold rationales)
-            # with the reference teacher adds the "correct" side: meta records, responder gold.
+            # with the teacher adds the "correct" side: meta records, responder gold.
             from generation.collect import CollectConfig, run_collect
 
-            graded = run_collect(self.db, CollectConfig(teacher="reference", where=TRAIN,
+            graded = run_collect(self.db, CollectConfig(teacher=self.c.teacher, where=TRAIN,
                                                         responses_from=("qa",)))
             self.said["gold answers graded"] = graded.records
 
@@ -305,6 +331,7 @@ class Pipeline:
         config = EvolveConfig(
             student=student, base=base, prompts=c.pool_where or POOL,
             rounds=c.rounds, meta=META_SNAPSHOT, strategy="restart", filters=["verdict"],
+            verdict_on=c.verdict_on, self_layout=c.self_layout,
             prompts_per_round=c.prompts_per_round or c.n_pool,
             evals=[f"store:{TEST}", *c.evals], eval_limit=c.eval_limit or c.n_test,
             gen={"temperature": 0.0, "max_tokens": c.max_tokens},

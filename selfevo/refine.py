@@ -10,7 +10,9 @@ meta-skill trainer teaches), so what the student learned is what it is asked::
 Step k > 1 repeats the feedback/refinement pair with r̂ of step k-1 in the place of r: every
 request is a record-shaped conversation the model has seen in training. With
 ``stop_on_correct`` a question stops as soon as its self-feedback says ``correct`` (the
-current answer is kept and no refinement is requested).
+current answer is kept and no refinement is requested). With ``judge`` the model finally
+gives feedback on its final answer too (the same feedback request with r̂ in the place of r):
+that verdict on r̂ is what SELF's self-evolution filter keeps records by.
 
 Requests are batched across questions (one ``generate`` call per stage), and go through the
 call ledger when a store is given (:func:`generation.ledger.ledger_generate`), so a rerun
@@ -60,6 +62,7 @@ class RefineResult:
     answer_call_id: str | None = None
     error: str | None = None
     sample_index: int = 0
+    judgement: RefineStep | None = None  # with ``judge``: the feedback on the final answer
     error_kind: str | None = None  # of the failed request (connection, timeout, auth, empty …)
 
     @property
@@ -79,11 +82,11 @@ class RefineResult:
 class RefinePrompts:
     """How each stage's request is built, from a template set (``curation/templates``).
 
-    ``response`` asks for the answer (default set: a system line asking for "The answer is
-    N", which answer extraction relies on); ``self_feedback`` and ``self_refinement`` render
-    the meta-skill turns of :mod:`schemas.conversation` verbatim, so the student is asked
-    exactly what it was trained on. ``plain_answer`` asks the bare question instead (the
-    layout's own first turn), e.g. for a student trained on ``p → r̂``.
+    In the default set all three render the turns of :mod:`schemas.conversation` verbatim:
+    ``response`` the question alone (the first turn of every training layout),
+    ``self_feedback`` and ``self_refinement`` the meta-skill turns, so the student is asked
+    exactly what it was trained on. ``plain_answer`` asks the bare question whatever the
+    set's ``response`` template says (with the default set the two are the same request).
     """
 
     template_set: str = "default"
@@ -138,6 +141,7 @@ def self_refine(
     run_id: str | None = None,
     progress: Progress | None = None,
     generate: Generate | None = None,
+    judge: bool = False,
     batch: BatchOptions | None = None,
 ) -> list[RefineResult]:
     """Answer each question, then ``steps`` rounds of self-feedback and self-refinement.
@@ -149,6 +153,8 @@ def self_refine(
     ledger when ``store`` and ``run_id`` are given; ``progress(stage, advance, total)`` hears
     about each finished request (advance 0 when a stage starts; see
     :func:`selfevo.refine_cli.stage_progress`). ``generate`` replaces the ledger adapter.
+    ``judge`` adds a last self-feedback on each refined final answer (``judgement``; stage
+    ``refined-feedback``), for questions that refined without failing.
     ``batch`` sends each stage as batches (``--mode batch|file``; needs the store).
     """
     from generation.ledger import ledger_generate
@@ -167,6 +173,9 @@ def self_refine(
         if not active:
             break
         stages.refine(stages.feedback(active, stop_on_correct))
+    if judge:
+        stages.judge([r for r in results if r.stopped == "steps" and r.steps
+                      and r.steps[-1].refinement is not None])
     return results
 
 
@@ -202,27 +211,43 @@ class _Stages:
             if r.stopped != "failed":
                 r.final = r.answer
 
-    def feedback(self, active: list[RefineResult], stop_on_correct: bool) -> list[RefineResult]:
-        """Self-feedback on each current answer; returns those to refine."""
+    def _feedback(self, todo: list[RefineResult], stage: str
+                  ) -> list[tuple[RefineStep, str | None]]:
+        """Self-feedback on each current answer, as steps (verdict parsed, failures kept),
+        each with the error kind of its failed request."""
         from curation.verdicts import parse_verdict
 
-        out = self._ask(active, [self.prompts.feedback(r.question, r.final) for r in active],
-                        "self-feedback", "self_feedback")
-        to_refine = []
-        for r, (res, call_id) in zip(active, out, strict=True):
+        out = self._ask(todo, [self.prompts.feedback(r.question, r.final) for r in todo],
+                        stage, "self_feedback")
+        steps = []
+        for res, call_id in out:
             step = RefineStep(feedback=None, verdict=None, feedback_call_id=call_id)
-            r.steps.append(step)
-            if not res.ok or res.text is None:
+            if res.ok and res.text is not None:
+                step.feedback = res.text
+                step.verdict, step.verdict_error = parse_verdict(res.text)
+            else:
                 step.error = res.error or "no feedback"
-                r.stopped, r.error, r.error_kind = "failed", step.error, res.error_kind
-                continue
-            step.feedback = res.text
-            step.verdict, step.verdict_error = parse_verdict(res.text)
-            if stop_on_correct and step.verdict == "correct":
+            steps.append((step, res.error_kind))
+        return steps
+
+    def feedback(self, active: list[RefineResult], stop_on_correct: bool) -> list[RefineResult]:
+        """Self-feedback on each current answer; returns those to refine."""
+        to_refine = []
+        for r, (step, kind) in zip(active, self._feedback(active, "self-feedback"),
+                                   strict=True):
+            r.steps.append(step)
+            if step.error is not None:
+                r.stopped, r.error, r.error_kind = "failed", step.error, kind
+            elif stop_on_correct and step.verdict == "correct":
                 r.stopped = "correct"
-                continue
-            to_refine.append(r)
+            else:
+                to_refine.append(r)
         return to_refine
+
+    def judge(self, todo: list[RefineResult]) -> None:
+        """Self-feedback on each final (refined) answer: its ``judgement``."""
+        for r, (step, _) in zip(todo, self._feedback(todo, "refined-feedback"), strict=True):
+            r.judgement = step
 
     def refine(self, todo: list[RefineResult]) -> None:
         """Self-refinement of each answer with its latest feedback; it becomes the final."""

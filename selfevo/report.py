@@ -42,6 +42,7 @@ SECTIONS = [
     ("dedup", "Dedup clusters"),
     ("decontam", "Decontamination hits"),
     ("accuracy", "Accuracy per model and round"),
+    ("paired", "Paired comparisons"),
     ("cost", "Tokens and cost per model"),
     ("lengths", "Length histograms"),
 ]
@@ -417,6 +418,44 @@ def section_accuracy(store: Store) -> Data:
             "benchmarks": benchmarks}
 
 
+def section_paired(store: Store) -> Data:
+    """Evaluations on the same items compared item by item (:mod:`selfevo.comparison`):
+    refine vs direct of each run, and each model vs the one evaluated before it; each
+    family's exact McNemar p-values Holm-adjusted."""
+    from selfevo.comparison import compare_pairs, evaluation_pairs
+
+    pairs = evaluation_pairs(store)
+    tables = {}
+    for family, headers in (
+            ("refine", ["model", "benchmark", "n", "direct", "refine", "wrong→right",
+                        "right→wrong", "McNemar p", "Holm p", "critic sensitivity",
+                        "critic specificity"]),
+            ("neighbours", ["A", "B", "benchmark", "n", "A right", "B right", "only A",
+                            "only B", "McNemar p", "Holm p"])):
+        results = compare_pairs(store, pairs[family]) if pairs[family] else []
+        tables[family] = table(headers, [_paired_row(family, r) for r in results],
+                               cls="paired") if results else None
+    return {"empty": None if any(tables.values()) else
+            "No evaluations with items to pair yet (run 'selfevo eval run' twice, or with "
+            "--mode both).", **tables}
+
+
+def _paired_row(family: str, r: Data) -> list[Any]:
+    """One comparison as table cells (p-values to 3 significant digits)."""
+    a, b, t = r["accuracy"]["a"], r["accuracy"]["b"], r["table"]
+    p = (f"{r['mcnemar_p']:.3g}", f"{r['holm_p']:.3g}")
+    if family == "neighbours":
+        return [r["a"]["model"], r["b"]["model"], r["a"]["benchmark"], r["items"]["paired"],
+                f"{a['correct']} ({_pct(a['accuracy'])})",
+                f"{b['correct']} ({_pct(b['accuracy'])})", t["a_only"], t["b_only"], *p]
+    critic = r["critic"]["b"] or {}
+    tr = r["transitions"] or {"wrong_to_right": "-", "right_to_wrong": "-"}
+    return [r["a"]["model"], r["a"]["benchmark"], r["items"]["paired"],
+            f"{a['correct']} ({_pct(a['accuracy'])})", f"{b['correct']} ({_pct(b['accuracy'])})",
+            tr["wrong_to_right"], tr["right_to_wrong"], *p,
+            _pct(critic.get("sensitivity")), _pct(critic.get("specificity"))]
+
+
 def _model_label(r: Data) -> str:
     model = r["model"]
     return model if len(model) <= 28 else "…" + model[-27:]
@@ -481,7 +520,7 @@ def section_lengths(store: Store) -> Data:
 GATHERERS: dict[str, Callable[[Store], Data]] = {
     "corpus": section_corpus, "funnel": section_funnel, "agreement": section_agreement,
     "dedup": section_dedup, "decontam": section_decontam, "accuracy": section_accuracy,
-    "cost": section_cost, "lengths": section_lengths,
+    "paired": section_paired, "cost": section_cost, "lengths": section_lengths,
 }
 
 

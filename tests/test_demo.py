@@ -4,6 +4,7 @@ linked rows, and a re-run redoes nothing."""
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 
@@ -25,14 +26,34 @@ def test_quick_demo_runs_the_pipeline_and_links_everything(cli, tmp_path, monkey
     assert "8 meta records, 8 new, 8 qa records" in said["collect"]
     assert said["meta training"].startswith("meta training: 2 steps, ")
     assert "{" not in run.output
-    assert "held-out accuracy" in first and first.count("selfevo sql --db") == 5
+    assert "held-out accuracy" in first
+    # the five queries, and for a round that kept nothing a sixth that says why (it runs)
+    s = Store.open_readonly(out / "selfevo.duckdb")
+    kept = s.query("SELECT count(*) FROM decisions WHERE step = 'verdict' AND passed")[0][0]
+    s.close()
+    assert first.count("selfevo sql --db") == (5 if kept else 6)
+    if not kept:
+        line = next(ln for ln in first.splitlines() if "kept none" in ln)
+        path, sql = re.search(r'selfevo sql --db (\S+) "(.*)"', line).groups()
+        why = cli("sql", "--db", path, sql, "--format", "json").output
+        assert sum(r["count_star()"] for r in json.loads(why)) == 6
     for step in ("gold-match", "format", "dedup-exact", "dedup-near", "verdict"):
         assert step in first  # the curation funnels are printed
     s = Store.open_readonly(out / "selfevo.duckdb")
     kinds = dict(s.query("SELECT kind, count(*) FROM records GROUP BY 1"))
     assert kinds == {"meta": 8, "qa": 8, "self": 6}
-    # meta records: the base model's responses graded by the reference teacher
-    assert s.query("SELECT DISTINCT teacher FROM records WHERE kind = 'meta'") == [("reference",)]
+    # meta records: the base model's responses graded by the verifying teacher
+    assert s.query("SELECT DISTINCT teacher FROM records WHERE kind = 'meta'") == [("verifying",)]
+    # the paper's round: the student's verdict on r̂ (asked for every refined record) filters
+    judged = s.query("SELECT count(*) FROM records r JOIN calls c ON c.call_id = "
+                     "r.refined_feedback_call_id WHERE r.kind = 'self' AND "
+                     "c.purpose = 'refined-feedback'")[0][0]
+    assert judged == s.query("SELECT count(*) FROM records WHERE kind = 'self' AND "
+                             "refinement IS NOT NULL")[0][0] > 0
+    assert {r for (r,) in s.query("SELECT DISTINCT reason FROM decisions WHERE step = "
+                                  "'verdict'")} <= {"verdict on r̂ is correct",
+                                                    "verdict on r̂ is incorrect",
+                                                    "verdict on r̂ is NULL (null=drop)"}
     assert s.query("SELECT count(*) FROM records r JOIN calls c ON c.call_id = "
                    "r.response_call_id WHERE r.kind = 'meta' AND c.status = 'ok'") == [(8,)]
     # curation: every curated record judged by every step

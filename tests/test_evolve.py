@@ -61,9 +61,11 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
 
 @pytest.mark.parametrize("strategy", ["restart", "continual"])
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
+    """restart runs the paper's round (the defaults); continual the ablations, one flag each."""
     make_store(db)
     extra = ["--generate-prompts", "2"] if strategy == "continual" else []
-    out = cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra).output
+    ablation = ["--verdict-on", "response", "--self-layout", "meta+answer"] if extra else []
+    out = cli(*evolve_args(db, tiny, tmp_path / "out", strategy), *extra, *ablation).output
     # one readable line per finished stage (no JSON), then the rounds table
     assert "{" not in out
     for t, stage in [(0, "eval")] + [(t, st) for t in (1, 2) for st in (
@@ -110,6 +112,7 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
         judged = s.query("SELECT count(DISTINCT d.record_id) FROM decisions d JOIN records r "
                          "USING (record_id) WHERE r.round = ? AND d.step = 'verdict'", [t])
         assert judged == [(per_round[t],)]
+    check_round_choices(s, strategy, paper=not ablation, out=tmp_path / "out")
     # replay: the meta snapshot is in every round; restart also keeps round 1 in round 2
     meta = set(snapshot_record_ids(s, "meta"))
     r1 = set(snapshot_record_ids(s, f"evolve-t-{strategy}-r1"))
@@ -129,6 +132,38 @@ def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     assert [(r, m) for r, m, _ in evals] == [(t, m) for t in (0, 1, 2)
                                              for m in ("direct", "refine")]
     assert {mid for r, _, mid in evals if r > 0} == {mid for mid, _ in models}
+
+
+def check_round_choices(s: Store, strategy: str, paper: bool, out: Path) -> None:
+    """The paper's round: feedback on r̂ asked (its call is the feedback request with r̂ in
+    the place of r), the filter reads that verdict, self records train p → r̂. The
+    ablation: no feedback on r̂, the filter reads the verdict on r, both layouts trained.
+    Either way the choices are in the evolve run's config."""
+    from corpus.export import read_manifest
+    from schemas.conversation import FEEDBACK_INSTRUCTION
+
+    config = json.loads(s.query("SELECT config FROM runs WHERE command = 'evolve'")[0][0])
+    assert (config["verdict_on"], config["self_layout"]) == (
+        ("refined", "answer") if paper else ("response", "meta+answer"))
+    judged = s.query_dicts(
+        "SELECT r.refinement, r.refined_feedback, c.messages, c.purpose, c.response "
+        "FROM records r JOIN calls c ON c.call_id = r.refined_feedback_call_id "
+        "WHERE r.kind = 'self'")
+    refined = s.query("SELECT count(*) FROM records WHERE kind = 'self' "
+                      "AND refinement IS NOT NULL")[0][0]
+    assert len(judged) == (refined if paper else 0)
+    for j in judged:
+        msgs = json.loads(j["messages"])
+        assert j["purpose"] == "refined-feedback" and j["response"] == j["refined_feedback"]
+        assert msgs[1]["content"] == j["refinement"]
+        assert msgs[-1]["content"] == FEEDBACK_INSTRUCTION and len(msgs) == 3
+    reasons = {r for (r,) in s.query("SELECT DISTINCT reason FROM decisions "
+                                     "WHERE step = 'verdict'")}
+    assert reasons and all(r.startswith("verdict on r̂ " if paper else "verdict on r ")
+                           for r in reasons)
+    manifest = read_manifest(out / f"t-{strategy}" / "r1" / "data")
+    assert manifest.layouts == {"meta": "meta", "qa": "answer",
+                                "self": "answer" if paper else "meta+answer"}
 
 
 KILLED = -9
@@ -189,7 +224,7 @@ def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tin
     path, sql = query.split(" ", 1)
     assert path == db
     why = cli("sql", "--db", path, sql.strip().strip('"'), "--format", "json").output
-    assert json.loads(why) == [{"step": "verdict", "reason": "verdict is NULL (null=drop)",
+    assert json.loads(why) == [{"step": "verdict", "reason": "verdict on r̂ is NULL (null=drop)",
                                 "count_star()": 3}]
     snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
     assert snaps["evolve-t-restart-r1"] == snaps["meta"]
@@ -247,7 +282,8 @@ def test_evolve_draws_a_bar_per_stage_on_a_terminal(db, tiny, tmp_path, tty):
     with progress(console=tty) as display:
         evolve(db, config, log=lines.append, display=display)
     drawn = tty.file.getvalue()
-    for stage in ("generate: self-refinement", "filter", "snapshot", "export", "train"):
+    # generate's last phase (the paper's round: the feedback on r̂) is drawn when it ends
+    for stage in ("generate: refined-feedback", "filter", "snapshot", "export", "train"):
         assert f"round 1 {stage}" in drawn
     assert "2/2" in drawn and "loss " in drawn  # the train stage's steps
     assert [ln.split(":")[0].strip() for ln in lines if ": " in ln][-5:] == [

@@ -14,9 +14,11 @@ from corpus import CorpusError, Store
 from corpus import export as export_mod
 from corpus.export import export_snapshot, verify_export
 from corpus.snapshots import create_snapshot
-from schemas.conversation import CONVERSATION_VERSION, record_messages
+from schemas.conversation import CONVERSATION_VERSION, LAYOUTS, record_messages
 from schemas.identity import canonical_json, file_sha256
 from schemas.records import EXPORT_SCHEMA_VERSION, ExportRow, SnapshotManifest
+from trainer.data import load_export
+from trainer.errors import TrainerError
 
 
 def _store_with_snapshot(db: str, where: str = "true") -> dict[str, object]:
@@ -258,7 +260,63 @@ def test_messages_match_record_messages_for_every_pattern_of_present_texts(db, t
             assert insert_records(con, records, run.run_id) == 24
         create_snapshot(store, "patterns", "true")
         export_snapshot(store, "patterns", "jsonl", tmp_path / "exp")
-    rows = [json.loads(x) for x in (tmp_path / "exp" / "records.jsonl").read_text().splitlines()]
-    assert len(rows) == 24
-    for row in rows:
-        assert row["messages"] == _expected_messages(row), row
+        # every layout a meta or self record can take, each kind its own (qa: only answer)
+        layouts = [{"meta": a, "self": b} for a, b in itertools.product(LAYOUTS, repeat=2)]
+        for i, chosen in enumerate(layouts):
+            m = export_snapshot(store, "patterns", "jsonl", tmp_path / f"exp{i}", chosen)
+            assert m.layouts == {**chosen, "qa": "answer"}
+    for i, chosen in enumerate([{}, *layouts]):
+        out = tmp_path / ("exp" if not chosen else f"exp{i - 1}")
+        rows = [json.loads(x) for x in (out / "records.jsonl").read_text().splitlines()]
+        assert len(rows) == 24
+        for row in rows:
+            assert row["messages"] == record_messages(
+                kind=row["kind"], prompt=row["prompt"], response=row["response"],
+                feedback=row["feedback"], refinement=row["refinement"],
+                layout=chosen.get(row["kind"])), (chosen, row)
+        load_export(out)  # the trainer checks the messages against the manifest's layouts
+
+
+def test_self_records_in_the_answer_layout_train_p_to_the_refinement(db, tmp_path):
+    """SELF's D_self: a self record exported with layout answer is user p -> assistant r̂,
+    trained; the manifest says so, the trainer builds exactly that example, and a manifest
+    whose layouts were edited no longer verifies (the messages disagree with it)."""
+    from transformers import AutoTokenizer
+
+    from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+    from trainer.sequences import build_examples
+    from trainer.testing.tiny import build_tiny_model
+
+    prompt = make_prompt("Ann has 2 pens; she gets 3 more. How many?", gold_answer="5")
+    rec = make_record(prompt_id=prompt["prompt_id"], kind="self", round=1,
+                      response="2 * 3 = 6. The answer is 6.", feedback="No.\nVerdict: incorrect",
+                      verdict="incorrect", refinement="2 + 3 = 5. The answer is 5.")
+    with Store.open(db) as store:
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            insert_prompts(con, [prompt], run.run_id)
+            insert_records(con, [rec], run.run_id)
+        create_snapshot(store, "self", "true")
+        for name, layout in (("answer", "answer"), ("both", "meta+answer")):
+            export_snapshot(store, "self", "parquet", tmp_path / name, {"self": layout})
+        with pytest.raises(CorpusError, match="layout 'sideways' for self"):
+            export_snapshot(store, "self", "parquet", tmp_path / "bad", {"self": "sideways"})
+    export = load_export(tmp_path / "answer")
+    assert export.manifest.layouts["self"] == "answer"
+    [row] = export.rows
+    assert row["messages"] == [
+        {"role": "user", "content": prompt["text"], "train": False},
+        {"role": "assistant", "content": rec["refinement"], "train": True}]
+    tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "tiny"))
+    [ex], _ = build_examples(export.rows, tok, max_len=512, layouts=export.manifest.layouts)
+    trained = tok.decode([t for t in ex.labels if t != -100], skip_special_tokens=True)
+    assert trained == rec["refinement"] and ex.part == "self"
+    both = load_export(tmp_path / "both")
+    examples, stats = build_examples(both.rows, tok, max_len=512, layouts=both.manifest.layouts)
+    assert [e.part for e in examples] == ["self", "direct"] and stats.by_part == {
+        "self": 1, "direct": 1}
+    assert examples[1].labels == ex.labels and examples[1].input_ids == ex.input_ids
+    manifest = json.loads((tmp_path / "answer" / "manifest.json").read_text())
+    manifest["layouts"]["self"] = "meta"
+    (tmp_path / "answer" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TrainerError, match="messages do not match"):
+        load_export(tmp_path / "answer")

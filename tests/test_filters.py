@@ -83,6 +83,32 @@ def test_repetition_fraction_and_threshold():
     assert check("repetition:max_fraction=1.0", refinement=loop)[0]
 
 
+@pytest.mark.parametrize("on", ["response", "refined", "both"])
+@pytest.mark.parametrize("null", ["drop", "keep"])
+def test_verdict_on_r_on_the_refinement_or_both_for_every_pair_of_verdicts(on, null):
+    """Every (verdict on r, verdict on r̂) pair, against the rule written out: the verdicts
+    ``on`` chooses must all be correct; one incorrect drops; unknown ones follow ``null``.
+    The step reads only the columns it needs and its reason names what was judged."""
+    import itertools
+
+    step = parse_step(f"verdict:on={on},null={null}").filter
+    chosen = {"response": ("r",), "refined": ("r̂",), "both": ("r", "r̂")}[on]
+    assert step.needed_columns() == tuple(
+        {"r": "verdict", "r̂": "refined_verdict"}[w] for w in chosen)
+    values = ("correct", "incorrect", None)
+    for v_r, v_rr in itertools.product(values, values):
+        said = [v for w, v in (("r", v_r), ("r̂", v_rr)) if w in chosen]
+        expected = ("incorrect" not in said
+                    and (None not in said or null == "keep"))
+        passed, score, reason = step.check({"verdict": v_r, "refined_verdict": v_rr})[:3]
+        assert passed is expected, (v_r, v_rr)
+        assert score == (0.0 if "incorrect" in said else None if None in said else 1.0)
+        pairs = [(w, v) for w, v in (("r", v_r), ("r̂", v_rr)) if w in chosen]
+        deciding = ([w for w, v in pairs if v == "incorrect"]
+                    or [w for w, v in pairs if v is None] or list(chosen))
+        assert reason.startswith(f"verdict on {' and '.join(deciding)} is ")
+
+
 def test_format_needs_verdict_line_and_final_answer():
     good = {"feedback": "Step 2 is wrong.\nVerdict: incorrect", "refinement": "#### 12"}
     assert check("format", **good)[0]
@@ -178,7 +204,7 @@ def test_every_step_judges_every_record_and_funnel_is_cumulative(db):
     assert result.kept == 1 and result.selected == 4
     config = json.loads(run["config"])
     assert [s["step"] for s in config["steps"]] == ["verdict", "gold-match", "length"]
-    assert config["steps"][0]["params"] == {"null": "drop"}
+    assert config["steps"][0]["params"] == {"on": "response", "null": "drop"}
     assert run["status"] == "ok" and json.loads(run["counts"])["kept"] == 1
     assert [(r.step, r.checked, r.passed, r.dropped, r.remaining) for r in funnel.rows] == [
         ("verdict", 4, 3, 1, 3), ("gold-match", 4, 3, 1, 2), ("length", 4, 3, 1, 1)]

@@ -14,7 +14,7 @@ import pytest
 from generation.backends import ChatRequest, is_reference, load_backend
 from generation.backends.hf import HFBackend, identity_spec, parse_spec, readable_name
 from generation.errors import GenerationError
-from schemas.conversation import record_messages
+from schemas.conversation import record_conversations
 
 
 def ask(text: str, **params) -> ChatRequest:
@@ -121,23 +121,39 @@ def test_stop_strings_and_eos(backend: HFBackend, tiny_model_dir: Path, tmp_path
     assert (res.text, res.finish_reason, res.completion_tokens) == ("", "stop", 1)
 
 
-def test_prompt_ids_match_the_trainer(backend: HFBackend, tiny_model_dir: Path) -> None:
-    """Self-feedback prompts are tokenised exactly as the trainer tokenises that context."""
+@pytest.mark.parametrize("fixture", ["tiny_model_dir", "tiny_model_dir_plain"])
+def test_every_inference_prompt_is_the_trained_prefix(fixture: str, request) -> None:
+    """Inference = training, token for token: for every record layout and every turn the
+    trainer puts loss on, the request selfevo sends at inference for that turn (the answer,
+    the self-feedback, the self-refinement — the default templates, as evolve, refine and
+    eval ask) tokenises to exactly the ids the trainer builds before that turn. For the
+    chat-template tokenizer and the plain User:/Assistant: format, on generated texts."""
     from transformers import AutoTokenizer
 
-    from generation.templates import get_template
+    from selfevo.refine import RefinePrompts
     from trainer.sequences import SequenceBuilder
 
-    question, response, feedback = "How many apples?\n", "3 + 4 = 7. The answer is 7.", "Fine.\nVerdict: correct"
-    messages = get_template("self_refinement").render(
-        question=question, response=response, feedback=feedback
-    )
-    trained = record_messages(kind="self", prompt=question, response=response,
-                              feedback=feedback, refinement="The answer is 7.")
-    builder = SequenceBuilder(AutoTokenizer.from_pretrained(tiny_model_dir))
-    pieces = builder.pieces(trained)
-    context = [t for ids, _ in pieces[:-1] for t in ids]  # everything before r̂'s tokens
-    assert backend.prompt_ids(messages) == context
+    folder = request.getfixturevalue(fixture)
+    b = load_backend(f"hf:{folder}", device="cpu")
+    builder = SequenceBuilder(AutoTokenizer.from_pretrained(folder))
+    assert builder.format_name == ("plain" if fixture.endswith("plain") else "chat-template")
+    tp, rng = RefinePrompts(), random.Random(11)
+    words = ["apples", "3 + 4 = 7.", "\n", "  ", "Verdict: correct", "The answer is 12.", "é"]
+    for _ in range(6):
+        p, r, f, rr = (" ".join(rng.choices(words, k=rng.randint(1, 6))) for _ in range(4))
+        # a trained turn's position -> what inference sends to have it written
+        asked = {1: tp.answer(p), 3: tp.feedback(p, r), 5: tp.refinement(p, r, f)}
+        for kind, layout in (("qa", "answer"), ("self", "answer"), ("self", "meta"),
+                             ("meta", "meta+answer")):
+            for conversation in record_conversations(kind=kind, prompt=p, response=r,
+                                                     feedback=f, refinement=rr, layout=layout):
+                trained = [i for i, m in enumerate(conversation) if m["train"]]
+                assert trained
+                for i in trained:
+                    messages = asked[i]
+                    context = [t for ids, _ in builder.pieces(conversation[: i + 1])[:-1]
+                               for t in ids]
+                    assert b.prompt_ids(messages) == context, (fixture, kind, layout, i)
 
 
 def test_plain_format_without_chat_template(tiny_model_dir_plain: Path) -> None:

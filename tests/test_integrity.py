@@ -135,11 +135,14 @@ def test_training_hash_covers_records_version_and_layout(db, tmp_path):
     m = json.loads((exp / "manifest.json").read_text())
     assert m["training_hash"] == current_training_hash(m["content_hash"])
     assert load_export(exp).manifest.training_hash == m["training_hash"]
-    from schemas.identity import training_hash
+    from schemas.identity import content_id, training_hash
 
+    layout = content_id({"layouts": m["layouts"], "patterns": layout_hash()})
     base = dict(schema_version=m["schema_version"],
-                conversation_version=m["conversation_version"], layout=layout_hash())
+                conversation_version=m["conversation_version"], layout=layout)
     assert training_hash(m["content_hash"], **base) == m["training_hash"]
+    # the layouts each kind trains in are covered too (SELF's p -> r̂ vs the meta layout)
+    assert current_training_hash(m["content_hash"], {"self": "answer"}) != m["training_hash"]
     for key, other in [("schema_version", 99), ("conversation_version", "x"), ("layout", "h1:0")]:
         assert training_hash(m["content_hash"], **{**base, key: other}) != m["training_hash"]
 

@@ -34,7 +34,7 @@ def stage_of(req: ChatRequest) -> str:
 
 
 def question_of(req: ChatRequest) -> str:
-    """The question: the first user turn (after the response template's system line)."""
+    """The question: the first user turn."""
     return next(m["content"] for m in req.messages if m["role"] == "user")
 
 
@@ -80,8 +80,8 @@ def test_default_templates_render_the_training_layout():
     tp = RefinePrompts()
     assert tp.feedback("Q?", "R") == chat_messages("Q?", "R")
     assert tp.refinement("Q?", "R", "F") == chat_messages("Q?", "R", "F")
-    answer = tp.answer("Q?")
-    assert answer[-1] == {"role": "user", "content": "Q?"} and answer[0]["role"] == "system"
+    # the answer request is the training layout's first turn, nothing more (no system line)
+    assert tp.answer("Q?") == chat_messages("Q?")
     assert RefinePrompts(plain_answer=True).answer("Q?") == chat_messages("Q?")
     hashes = tp.hashes()
     assert all(h and h.startswith("h1:") for h in hashes.values())
@@ -286,3 +286,38 @@ def test_given_answers_are_refined_without_asking_again():
     assert [stage_of(r) for r in model.requests].count("answer") == 1
     assert model.requests[1].messages[1]["content"] == "existing"  # feedback on the given one
     assert a.final == b.final == "fixed"
+
+
+def test_judge_gives_feedback_on_the_refined_answer_in_the_feedback_layout():
+    """judge: one more self-feedback, on r̂ in the place of r (the request the trainer's
+    feedback turn was trained on); not for a question whose refinement failed or that
+    stopped on a correct verdict (its final answer is unrefined)."""
+    def script(stage, req):
+        q = question_of(req)
+        if stage == "answer":
+            return f"first answer to {q}"
+        if stage == "feedback":
+            judged = req.messages[1]["content"]
+            if q == "stops" and judged.startswith("first"):
+                return "Verdict: correct"
+            return f"on {judged}\nVerdict: " + ("correct" if judged.startswith("refined")
+                                                else "incorrect")
+        return None if q == "breaks" else f"refined {q}. The answer is 3."
+
+    model = ScriptedModel(script)
+    events: list[tuple[str, int, int]] = []
+    ok, breaks, stops = self_refine(model, ["ok", "breaks", "stops"], steps=1,
+                                    stop_on_correct=True, judge=True,
+                                    progress=lambda *e: events.append(e))
+    assert ok.steps[0].verdict == "incorrect" and ok.final == "refined ok. The answer is 3."
+    assert ok.judgement is not None and ok.judgement.verdict == "correct"
+    assert ok.judgement.feedback == "on refined ok. The answer is 3.\nVerdict: correct"
+    judged = model.requests[-1]
+    assert judged.messages == chat_messages("ok", "refined ok. The answer is 3.")
+    assert breaks.judgement is None and breaks.stopped == "failed"
+    assert stops.judgement is None and stops.stopped == "correct"
+    assert [(s, t) for s, a, t in events if a == 0][-1] == ("refined-feedback", 1)
+    assert ok.to_dict()["judgement"]["verdict"] == "correct"
+    without = ScriptedModel(script)
+    [plain] = self_refine(without, ["ok"], steps=1)
+    assert plain.judgement is None and len(without.requests) == 3

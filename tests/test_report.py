@@ -414,3 +414,48 @@ def test_agreement_is_sampled_above_the_limit(db, tmp_path, monkeypatch):
     monkeypatch.setattr(report, "AGREEMENT_LIMIT", 3)
     text = write_report(db, tmp_path / "report.html").read_text()
     assert "sample of 3 of 5 labelled records" in section(text, "agreement")
+
+
+def add_eval(con, eval_id: str, model: str, mode: str, run: str, gold: list[str],
+             right: list[bool], verdicts: list[str]) -> None:
+    """An evals row and its items (refine items carry the first self-feedback verdict)."""
+    con.execute("INSERT INTO evals (eval_id, model, benchmark, mode, n, correct, accuracy,"
+                " config, run_id) VALUES (?, ?, 'mini', ?, ?, ?, ?, '{}', ?)",
+                [eval_id, model, mode, len(right), sum(right), sum(right) / len(right), run])
+    for i, ok in enumerate(right):
+        detail: dict = {"answer_call_ids": [f"c{i}" if model == "hf:a" else None]}
+        if mode == "refine":
+            detail["steps"] = [[{"verdict": verdicts[i]}]]
+        con.execute("INSERT INTO eval_items (eval_id, item_id, question, gold, correct, detail)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [eval_id, f"i{i}", f"question {i}", gold[i], ok, json.dumps(detail)])
+
+
+def test_paired_section_counts_by_hand(db, tmp_path):
+    """Five items; A answers 2 right, refining fixes 2 and breaks 1; B answers 4 right.
+    Hand-counted: refine vs direct 2 wrong→right, 1 right→wrong, McNemar p = 1 (1 vs 2
+    discordant); A vs B 0 only-A, 2 only-B, p = 2 · 0.5² = 0.5; the critic accepts 1 of 2
+    right answers (50.0%) and catches 2 of 3 wrong ones (66.7%)."""
+    gold = ["1", "2", "3", "4", "5"]
+    a_direct = [True, True, False, False, False]
+    a_refine = [True, False, True, True, False]
+    b_direct = [True, True, True, False, True]
+    verdicts = ["correct", "incorrect", "incorrect", "correct", "incorrect"]
+    with Store.open(db) as store:
+        with store.transaction() as con:
+            for i, ok in enumerate(a_direct):
+                con.execute("INSERT INTO calls (call_id, model, messages, params, status, "
+                            "response, run_id) VALUES (?, 'hf:a', '[]', '{}', 'ok', ?, 'r0')",
+                            [f"c{i}", f"The answer is {gold[i] if ok else 0}."])
+        for eval_id, model, mode, run, right in [("ea1", "hf:a", "direct", "run-a", a_direct),
+                                                 ("ea2", "hf:a", "refine", "run-a", a_refine),
+                                                 ("eb1", "hf:b", "direct", "run-b", b_direct)]:
+            with store.transaction() as con:  # one evaluation after the other, as runs do
+                add_eval(con, eval_id, model, mode, run, gold, right, verdicts)
+    page = section(write_report(db, tmp_path / "report.html").read_text(), "paired")
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", page)
+    refine_row, neighbour_row = cells[:11], cells[11:]
+    assert refine_row == ["hf:a", "mini", "5", "2 (40.0%)", "3 (60.0%)", "2", "1", "1", "1",
+                          "50.0%", "66.7%"]
+    assert neighbour_row == ["hf:a", "hf:b", "mini", "5", "2 (40.0%)", "4 (80.0%)", "0", "2",
+                             "0.5", "0.5"]

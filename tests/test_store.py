@@ -120,6 +120,31 @@ def test_m006_names_old_models_and_moves_their_base_folder_to_base_path(tmp_path
         ("h1:b", "full", "org/hub-model", None, "/ckpt/full/", None)]
 
 
+def test_m009_the_verdict_on_the_refinement_is_columns_outside_the_identity(tmp_path):
+    """Old rows get NULLs; new rows keep the feedback on r̂ with its call id, readable through
+    records_full; two records differing only there have one id (the first one written stays)."""
+    from corpus.records import insert_records, make_record
+
+    db = v1_store(tmp_path)
+    with Store.open(db) as store:
+        assert store.query("SELECT count(*) FROM records_full WHERE refined_verdict IS NULL "
+                           "AND refined_feedback_call_id IS NULL") == [(10,)]
+        pid = store.query("SELECT prompt_id FROM prompts LIMIT 1")[0][0]
+        texts = {"prompt_id": pid, "kind": "self", "round": 1, "response": "r", "feedback": "f",
+                 "verdict": "incorrect", "refinement": "r2"}
+        first = make_record(**texts, refined_feedback="ok\nVerdict: correct",
+                            refined_verdict="correct", refined_feedback_call_id="h1:c")
+        second = make_record(**texts, refined_feedback="no", refined_verdict=None,
+                             refined_verdict_error="no verdict line")
+        assert first["record_id"] == second["record_id"]
+        with store.run("fixture", {}) as run, store.transaction() as con:
+            assert insert_records(con, [first], run.run_id) == 1
+            assert insert_records(con, [second], run.run_id) == 0
+        got = store.query("SELECT verdict, refined_verdict, refined_feedback_call_id "
+                          "FROM records_full WHERE record_id = ?", [first["record_id"]])
+    assert got == [("incorrect", "correct", "h1:c")]
+
+
 def test_run_rows_hold_status_config_and_counts(db):
     with Store.open(db) as store:
         with store.run("unit", {"k": 1}) as run:

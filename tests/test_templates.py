@@ -23,8 +23,8 @@ def test_default_set_has_every_template_with_distinct_hashes() -> None:
     assert len({t.hash for t in templates}) == len(templates)
     assert all(t.hash.startswith("h1:") for t in templates)
     # A plain template's hash is the content id of its file text.
-    response = get_template("response")
-    assert response.hash == content_id(response.path.read_text(encoding="utf-8"))
+    feedback = get_template("feedback")
+    assert feedback.hash == content_id(feedback.path.read_text(encoding="utf-8"))
 
 
 def test_feedback_asks_for_the_verdict_line_and_shows_gold_only_when_given() -> None:
@@ -61,6 +61,12 @@ def test_self_templates_are_exactly_the_trained_layout(question: str) -> None:
 
     def plain(msgs):  # the trainer's messages without the training flags
         return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+    # The answer request is the first turn of every layout, verbatim (no system line).
+    for layout in ("answer", "meta"):
+        first = record_messages(kind="self", prompt=question, response=response,
+                                feedback=feedback, refinement="r̂", layout=layout)[:1]
+        assert get_template("response").render(question=question) == plain(first)
 
     got = get_template("self_feedback").render(question=question, response=response)
     expected = plain(

@@ -10,11 +10,12 @@ An export (``selfevo snapshot export``) is ``manifest.json`` + ``README.md`` + o
 3. every row has the ExportRow fields, and its ``prompt_id`` and ``record_id`` recomputed from
    its content match the stored ids (so an edited text cannot slip through under the old id);
 4. each row's ``messages`` (what is trained, with their ``train`` flags) equal
-   :func:`schemas.conversation.record_messages` of its id-covered fields;
+   :func:`schemas.conversation.record_messages` of its id-covered fields in the layout the
+   manifest gives its kind (``layouts``);
 5. ``content_hash`` equals ``selection_hash`` of the row ids, and ``n`` the row count;
 6. ``training_hash`` equals :func:`schemas.records.current_training_hash` of that content
-   hash: the chain rows -> record ids -> content hash -> training hash covers the texts, the
-   flags and the manifest fields that change training.
+   hash and the manifest's layouts: the chain rows -> record ids -> content hash -> training
+   hash covers the texts, the flags and the manifest fields that change training.
 
 Any mismatch raises :class:`~trainer.errors.TrainerError` naming the file, row and field.
 """
@@ -133,9 +134,9 @@ def _check_fields(row: dict[str, Any], where: str) -> None:
         ) from None
 
 
-def verify_row(row: dict[str, Any], where: str) -> None:
-    """Check a row's fields, recompute its ids and messages from its content; raise on any
-    mismatch."""
+def verify_row(row: dict[str, Any], where: str, layout: str | None = None) -> None:
+    """Check a row's fields, recompute its ids and messages (in ``layout``, default the
+    kind's natural one) from its content; raise on any mismatch."""
     _check_fields(row, where)
     pid = prompt_id(row["prompt"])
     if row.get("prompt_id") != pid:
@@ -164,6 +165,7 @@ def verify_row(row: dict[str, Any], where: str) -> None:
         response=row.get("response"),
         feedback=row.get("feedback"),
         refinement=row.get("refinement"),
+        layout=layout,
     )
     got = [
         {"role": m["role"], "content": m["content"], "train": m["train"]}
@@ -201,7 +203,8 @@ def load_export(export_dir: str | Path) -> Export:
     if len(rows) != manifest.n:
         raise TrainerError(f"{root}: {len(rows)} rows but manifest.json says n={manifest.n}")
     for i, row in enumerate(rows):
-        verify_row(row, f"{root} row {i} ({row.get('record_id')})")
+        verify_row(row, f"{root} row {i} ({row.get('record_id')})",
+                   manifest.layouts.get(str(row.get("kind"))))  # verify_row names a missing kind
     got = selection_hash([r["record_id"] for r in rows])
     if got != manifest.content_hash:
         raise TrainerError(
@@ -209,7 +212,7 @@ def load_export(export_dir: str | Path) -> Export:
             f"{got}; rows were added or removed — re-export the snapshot"
         )
     # From the rows just verified and this trainer's own layout, not from manifest fields.
-    expected = current_training_hash(got)
+    expected = current_training_hash(got, manifest.layouts)
     if manifest.training_hash != expected:
         raise TrainerError(
             f"{root}/manifest.json: training_hash {manifest.training_hash} but these rows in "

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas.conversation import NATURAL_LAYOUTS, record_conversations
 from trainer.errors import TrainerError
 
 IGNORE = -100
@@ -173,16 +174,22 @@ class SequenceBuilder:
         return Example(input_ids=ids, labels=labels, **meta)
 
 
-def row_conversations(row: dict[str, Any], direct_weight: float) -> Iterable[tuple[str, float, list]]:
-    """(part, weight, messages) for one export row: the row itself and the optional p -> r̂."""
+def row_conversations(row: dict[str, Any], direct_weight: float, layout: str | None = None
+                      ) -> Iterable[tuple[str, float, list]]:
+    """(part, weight, messages) for one export row: its ``messages``, the ``answer``
+    conversation p → r̂ when its layout is ``meta+answer`` (part ``direct``), and with
+    ``direct_weight`` > 0 that p → r̂ for a meta/self row whose layout does not train it yet."""
     messages = [dict(m) for m in row["messages"]]
     yield row["kind"], 1.0, messages
-    if direct_weight > 0 and row["kind"] in ("meta", "self") and row.get("refinement"):
-        direct = [
-            {"role": "user", "content": row["prompt"], "train": False},
-            {"role": "assistant", "content": row["refinement"], "train": True},
-        ]
-        yield "direct", direct_weight, direct
+    layout = layout or NATURAL_LAYOUTS[row["kind"]]
+    if row["kind"] == "qa" or not row.get("refinement") or layout == "answer":
+        return
+    weight = 1.0 if layout == "meta+answer" else direct_weight
+    if weight > 0:
+        direct = record_conversations(kind=row["kind"], prompt=row["prompt"], response=None,
+                                      feedback=None, refinement=row["refinement"],
+                                      layout="answer")[0]
+        yield "direct", weight, direct
 
 
 def build_examples(
@@ -193,8 +200,12 @@ def build_examples(
     use_chat_template: bool = True,
     direct_weight: float = 0.0,
     kinds: Iterable[str] = ("meta", "self", "qa"),
+    layouts: dict[str, str] | None = None,
 ) -> tuple[list[Example], BuildStats]:
-    """Examples for all rows of the selected kinds; sequences over ``max_len`` are dropped."""
+    """Examples for all rows of the selected kinds; sequences over ``max_len`` are dropped.
+
+    ``layouts`` are the export manifest's (how each kind trains; default: the natural ones).
+    """
     builder = SequenceBuilder(tokenizer, use_chat_template=use_chat_template)
     keep = set(kinds)
     stats = BuildStats()
@@ -202,7 +213,8 @@ def build_examples(
     for row in rows:
         if row["kind"] not in keep:
             continue
-        for part, weight, messages in row_conversations(row, direct_weight):
+        layout = (layouts or {}).get(row["kind"])
+        for part, weight, messages in row_conversations(row, direct_weight, layout):
             ex = builder.build(messages, weight=weight, record_id=row["record_id"], part=part)
             if ex.n_trained == 0:
                 continue  # nothing to learn (e.g. a record without feedback/refinement)

@@ -60,6 +60,7 @@ def show_masks(cfg: TrainConfig, n: int, console: Any = None) -> None:
     examples, stats = build_examples(
         export.rows[: max(n, 1) * 2], tokenizer, max_len=cfg.max_len,
         use_chat_template=cfg.chat_template, direct_weight=cfg.direct_weight, kinds=cfg.kinds,
+        layouts=export.manifest.layouts,
     )
     # Without colours (a pipe, a file, NO_COLOR) the trained spans are bracketed ⟦…⟧ instead.
     brackets = console.color_system is None

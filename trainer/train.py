@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, *, log: Any = print, on_step: OnStep | None = None) 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples, stats = build_examples(
         export.rows, tokenizer, max_len=cfg.max_len, use_chat_template=cfg.chat_template,
-        direct_weight=cfg.direct_weight, kinds=cfg.kinds,
+        direct_weight=cfg.direct_weight, kinds=cfg.kinds, layouts=export.manifest.layouts,
     )
     if not examples:
         raise TrainerError(
