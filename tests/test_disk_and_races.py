@@ -65,8 +65,9 @@ def test_an_export_that_waited_rechecks_the_destination(db, tmp_path):
             with Store.open_readonly(db) as store:  # meanwhile the holder writes its export
                 from corpus.export import _export_into
                 from corpus.snapshots import get_snapshot
+                from schemas.conversation import resolve_layouts
 
-                _export_into(store, get_snapshot(store, "qa"), "parquet", out)
+                _export_into(store, get_snapshot(store, "qa"), "parquet", out, resolve_layouts())
         finally:
             os.close(fd)
         assert waiting.wait(timeout=120) == 1
