@@ -42,6 +42,7 @@ from corpus.store import Store
 from schemas.conversation import (
     CONVERSATION_VERSION,
     FEEDBACK_INSTRUCTION,
+    PLACEHOLDERS,
     REFINE_INSTRUCTION,
     LayoutError,
     record_messages,
@@ -80,10 +81,10 @@ def _messages_case(layouts: dict[str, str]) -> str:
     SQL, so the column cannot drift from the Python layout, and a flat list literal is
     cheaper in DuckDB than concatenating lists.
     """
-    placeholders = {"\x00p": "p.text", "\x00r": "r.response", "\x00f": "r.feedback",
-                    "\x00rr": "r.refinement", FEEDBACK_INSTRUCTION: "$feedback_instruction",
-                    REFINE_INSTRUCTION: "$refine_instruction"}
-    columns = {"response": "\x00r", "feedback": "\x00f", "refinement": "\x00rr"}
+    placeholders = {PLACEHOLDERS["prompt"]: "p.text", FEEDBACK_INSTRUCTION: "$feedback_instruction",
+                    REFINE_INSTRUCTION: "$refine_instruction",
+                    **{PLACEHOLDERS[f]: f"r.{f}" for f in ("response", "feedback", "refinement")}}
+    columns = {f: PLACEHOLDERS[f] for f in ("response", "feedback", "refinement")}
     branches = []
     for kind, layout in layouts.items():
         fields = _LAYOUT_FIELDS["meta" if layout.startswith("meta") else "answer"]
@@ -92,7 +93,7 @@ def _messages_case(layouts: dict[str, str]) -> str:
         for present in itertools.product((True, False), repeat=len(fields)):
             texts = {f: columns[f] if has else None for f, has in zip(fields, present,
                                                                          strict=True)}
-            msgs = record_messages(kind=kind, prompt="\x00p", layout=layout,
+            msgs = record_messages(kind=kind, prompt=PLACEHOLDERS["prompt"], layout=layout,
                                    response=texts.get("response"),
                                    feedback=texts.get("feedback"),
                                    refinement=texts.get("refinement"))
