@@ -455,6 +455,14 @@ def tables(db: str) -> str:
             t = r["table"]
             lines.append(f"| {a} → {b} | {t['a_only']} | {t['b_only']} | "
                          f"{r['mcnemar_p']:.3g} | {r['holm_p']:.3g} |")
+        floor = dict(zip(pairs, results, strict=True)).get(("a1", "a1b"))
+        if floor:  # the noise floor: how often two seeds of one recipe disagree
+            t, n = floor["table"], acc[evals["a1"]["direct"]][1]
+            share = (t["a_only"] + t["b_only"]) / n
+            lines += ["", f"Minimum detectable effect (exact McNemar's normal approximation, "
+                          f"alpha 0.05, power 0.8) at n = {n} with A1/A1b's discordance "
+                          f"{share:.1%}: {100 * minimum_detectable_effect(n, share):.1f} "
+                          f"points of direct accuracy."]
         lines += ["", "| arm | refine: wrong→right | right→wrong | McNemar p | critic "
                       "sensitivity | critic specificity |", "|---|---:|---:|---:|---|---|"]
         for arm in ("a2", "a3"):
