@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS
-from schemas.identity import canonical_json, prompt_ids, record_ids
+from schemas.identity import canonical_json_tree, prompt_ids, record_ids
 from schemas.numbers import canonical_answer
 from schemas.records import MAX_DEPTH, MAX_ROUND, PromptIn, RecordIn, check_json_value
 
@@ -55,18 +55,57 @@ def _column(cols: Columns, key: str, n: int) -> list[Any]:
     return cols.get(key) or [MISSING] * n
 
 
+# The checks below run over whole columns in C (set(map(type, …)), min, max, set
+# inclusion, str.join) rather than a Python expression per value.
+_TEXT = frozenset((str,))
+_OPTIONAL_TEXT = frozenset((str, type(None)))
+
+
+def _present(values: list[Any], default: Any = None) -> list[Any]:
+    """``values`` with MISSING replaced by ``default``."""
+    if MISSING not in values:
+        return values
+    return [default if v is MISSING else v for v in values]
+
+
+def _only(values: list[Any], types: frozenset[type]) -> None:
+    """Reject unless every value's type is one of ``types`` (exactly: no subclass)."""
+    if not set(map(type, values)) <= types:
+        raise Reject
+
+
 def _optional_text(values: list[Any]) -> list[str | None]:
     """``None`` for absent or null; every other value must be a ``str`` (not a subclass)."""
-    out = [None if v is MISSING else v for v in values]
-    if not all(v is None or type(v) is str for v in out):
+    out = _present(values)
+    _only(out, _OPTIONAL_TEXT)
+    return out
+
+
+def _required_text(values: list[Any]) -> list[str]:
+    """Every value a non-empty ``str``."""
+    _only(values, _TEXT)
+    if not all(values):
+        raise Reject
+    return values
+
+
+def _one_of(values: list[Any], allowed: frozenset[str], optional: bool = False) -> list[Any]:
+    """Every value one of ``allowed`` (or None when ``optional``; MISSING reads as None)."""
+    out = _present(values) if optional else values
+    _only(out, _OPTIONAL_TEXT if optional else _TEXT)
+    if not set(out) - {None} <= allowed or (not optional and None in out):
         raise Reject
     return out
 
 
 def _encodable(*columns: list[Any]) -> None:
-    """Every text of the columns has a UTF-8 spelling (no lone surrogate): one encode."""
+    """Every text of the columns has a UTF-8 spelling (no lone surrogate): one encode each."""
     try:
-        "\x00".join(v for col in columns for v in col if type(v) is str).encode("utf-8")
+        for col in columns:
+            try:
+                "\x00".join(filter(None, col)).encode("utf-8")
+            except TypeError:  # not only texts and None: the texts alone
+                "\x00".join(v for v in col if type(v) is str).encode("utf-8")
     except UnicodeEncodeError:
         raise Reject from None
 
@@ -117,7 +156,7 @@ def _canonical(value: dict[str, Any] | None, name: str) -> str | None:
     if value is None:
         return None
     try:
-        text = canonical_json(value, allow_nan=False)
+        text = canonical_json_tree(value)
     except (TypeError, ValueError, RecursionError):
         raise Reject from None
     if text.count("{") > 1 or text.count("[") >= MAX_DEPTH or not all(
@@ -171,9 +210,7 @@ def fast_prompt_columns(cols: Columns, n: int, *, source: str | None, split: str
     """:func:`fast_prompts` of a batch given as columns (:func:`row_columns`,
     :func:`arrow_columns`) of ``n`` rows."""
     extra = [k for k in cols if k not in PromptIn.model_fields and k != "__split__"]
-    text = _column(cols, "text", n)
-    if not all(type(t) is str and t for t in text):
-        raise Reject
+    text = _required_text(_column(cols, "text", n))
     raw_gold = _column(cols, "gold_answer", n)
     gold = _gold(raw_gold)
     rationale = _optional_text(_column(cols, "gold_rationale", n))
@@ -197,8 +234,9 @@ _RECORD_KEYS = frozenset(RecordIn.model_fields) | {
 
 
 def _rounds(values: list[Any]) -> list[int]:
-    out = [0 if v is MISSING else v for v in values]
-    if not all(type(v) is int and 0 <= v <= MAX_ROUND for v in out):
+    out = _present(values, 0)
+    _only(out, frozenset((int,)))
+    if out and not (min(out) >= 0 and max(out) <= MAX_ROUND):
         raise Reject
     return out
 
@@ -218,13 +256,9 @@ def fast_record_columns(cols: Columns, n: int, *, source: str | None, default_so
     """:func:`fast_records` of a batch given as columns of ``n`` rows."""
     if not cols.keys() <= _RECORD_KEYS:
         raise Reject
-    prompt = _column(cols, "prompt", n)
-    kind = _column(cols, "kind", n)
-    verdict = [None if v is MISSING else v for v in _column(cols, "verdict", n)]
-    if not (all(type(t) is str and t for t in prompt) and all(type(k) is str and k in KINDS
-                                                             for k in kind)
-            and all(v is None or (type(v) is str and v in VERDICTS) for v in verdict)):
-        raise Reject
+    prompt = _required_text(_column(cols, "prompt", n))
+    kind = _one_of(_column(cols, "kind", n), KINDS)
+    verdict = _one_of(_column(cols, "verdict", n), VERDICTS, optional=True)
     texts = {c: _optional_text(_column(cols, c, n)) for c in (
         "response", "feedback", "refinement", "responder", "teacher", "parent_record_id")}
     rounds = _rounds(_column(cols, "round", n))

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from corpus import inserts
 from corpus.errors import CorpusError
 from corpus.importbatch import (
     Columns,
@@ -57,6 +58,7 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
                        "feedback_call_id", "refinement_call_id", "created_at", "verdict_error"}
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
+_KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 BATCH_ROWS = 10_000  # rows per validated batch, per staged Arrow table and per INSERT
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
@@ -540,9 +542,10 @@ class _Stage:
         self.rows[table] += rows.num_rows
 
     def land(self, store: Store, progress: Tracker | None, label: str) -> dict[str, int]:
-        """Insert the staged rows not in the store yet, in one transaction; new counts."""
-        from corpus.records import insert_table
+        """Insert the staged rows not in the store yet, in one transaction; new counts.
 
+        One statement per table over the staged file: of several rows with one id the first
+        in file order wins, and ids already stored are skipped."""
         for w in self._writers.values():
             w.close()
         if progress is not None:
@@ -553,11 +556,12 @@ class _Stage:
             for table in ("prompts", "records"):  # prompts first: records point at them
                 if table not in self._writers:
                     continue
-                staged = pq.ParquetFile(f"{self._dir.name}/{table}.parquet")
-                for batch in staged.iter_batches(batch_size=BATCH_ROWS):
-                    new[table] += insert_table(con, table, pa.Table.from_batches([batch]))
-                    if progress is not None:
-                        progress.advance(batch.num_rows)
+                path = f"{self._dir.name}/{table}.parquet".replace("'", "''")
+                new[table] = inserts.insert_absent_from(
+                    con, table, _KEYS[table], f"read_parquet('{path}', file_row_number=true)",
+                    self._writers[table].schema.names, first_by="file_row_number")
+                if progress is not None:
+                    progress.advance(self.rows[table])
         return new
 
 

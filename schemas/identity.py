@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from json.encoder import c_make_encoder  # type: ignore[attr-defined]
 from json.encoder import encode_basestring as _json_text  # what json.dumps(ensure_ascii=False) uses
 from typing import Any
 
@@ -31,6 +32,25 @@ def canonical_json(obj: Any, *, allow_nan: bool = True) -> str:
 
     ``allow_nan=False`` raises ValueError on NaN and infinities instead of writing them."""
     return _ENCODERS[allow_nan].encode(obj)
+
+
+def _not_json(obj: Any) -> Any:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# The C encoder canonical_json ends in, made once and without the circular-reference check.
+_TREE_ENCODER = None if c_make_encoder is None else c_make_encoder(
+    None, _not_json, _json_text, None, ":", ",", True, False, False)
+
+
+def canonical_json_tree(obj: dict[str, Any] | list[Any]) -> str:
+    """:func:`canonical_json` of an object or list that is a tree (as ``json.loads`` and Arrow
+    build them: no value reached twice), with ``allow_nan=False``: the bulk import's form,
+    without the per-call set-up and the circular-reference bookkeeping. A cycle raises
+    RecursionError instead of ValueError."""
+    if _TREE_ENCODER is None:
+        return canonical_json(obj, allow_nan=False)
+    return "".join(_TREE_ENCODER(obj, 0))
 
 
 def content_id(obj: Any) -> str:
@@ -125,12 +145,21 @@ def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
                parents: list[str | None]) -> list[str]:
     """:func:`record_id` of many records given as columns, with the canonical JSON written
     directly (keys in sorted order, texts encoded by json's own string encoder) instead of
-    through ``json.dumps`` of a dict; a test checks both agree on generated records."""
+    through ``json.dumps`` of a dict; a test checks both agree on generated records. Values
+    that repeat (prompt ids, kinds, verdicts) are encoded once."""
     j = _json_opt
+    seen: dict[str | None, str] = {}
+
+    def once(v: str | None) -> str:
+        out = seen.get(v)
+        if out is None:
+            out = seen[v] = j(v)
+        return out
+
     return [
-        _hex_id(f'{{"feedback":{j(f)},"kind":{j(k)},"parent_record_id":{j(pa)},'
-                f'"prompt_id":{j(p)},"refinement":{j(rf)},"response":{j(r)},'
-                f'"round":{int(n)},"verdict":{j(v)}}}')
+        _hex_id(f'{{"feedback":{j(f)},"kind":{once(k)},"parent_record_id":{j(pa)},'
+                f'"prompt_id":{once(p)},"refinement":{j(rf)},"response":{j(r)},'
+                f'"round":{int(n)},"verdict":{once(v)}}}')
         for p, k, n, r, f, v, rf, pa in zip(prompt_ids, kinds, rounds, responses, feedbacks,
                                             verdicts, refinements, parents, strict=True)
     ]
