@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
@@ -39,6 +40,11 @@ Columns = dict[str, list[Any]]  # key -> one value per row, MISSING where a row 
 
 def row_columns(rows: Sequence[dict[str, Any]]) -> Columns:
     """The rows of a batch as columns: every key any row has, MISSING where a row lacks it."""
+    if rows and len(rows[0]) > 1:
+        first = rows[0].keys()
+        if all(r.keys() == first for r in rows):  # the usual file: one set of keys, in C
+            return dict(zip(first, map(list, zip(*map(itemgetter(*first), rows), strict=True)),
+                            strict=True))
     keys: dict[str, None] = {}
     for r in rows:
         keys.update(dict.fromkeys(r))

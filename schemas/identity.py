@@ -148,18 +148,12 @@ def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
     through ``json.dumps`` of a dict; a test checks both agree on generated records. Values
     that repeat (prompt ids, kinds, verdicts) are encoded once."""
     j = _json_opt
-    seen: dict[str | None, str] = {}
-
-    def once(v: str | None) -> str:
-        out = seen.get(v)
-        if out is None:
-            out = seen[v] = j(v)
-        return out
-
+    # one dict per column of repeated values, looked up by subscript (no call per row)
+    pj, kj, vj = ({v: j(v) for v in set(col)} for col in (prompt_ids, kinds, verdicts))
     return [
-        _hex_id(f'{{"feedback":{j(f)},"kind":{once(k)},"parent_record_id":{j(pa)},'
-                f'"prompt_id":{once(p)},"refinement":{j(rf)},"response":{j(r)},'
-                f'"round":{int(n)},"verdict":{once(v)}}}')
+        _hex_id(f'{{"feedback":{j(f)},"kind":{kj[k]},"parent_record_id":{j(pa)},'
+                f'"prompt_id":{pj[p]},"refinement":{j(rf)},"response":{j(r)},'
+                f'"round":{int(n)},"verdict":{vj[v]}}}')
         for p, k, n, r, f, v, rf, pa in zip(prompt_ids, kinds, rounds, responses, feedbacks,
                                             verdicts, refinements, parents, strict=True)
     ]

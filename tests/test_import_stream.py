@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from corpus import Store, importers
 from corpus.importbatch import (
+    MISSING,
     Reject,
     _canonical,
     _encodable,
@@ -35,6 +36,7 @@ from corpus.importbatch import (
     fast_prompts,
     fast_record_columns,
     fast_records,
+    row_columns,
 )
 from corpus.importers import ImportInputError, import_prompts, import_records
 from corpus.records import PROMPT_COLUMNS, arrow_rows, make_prompt
@@ -425,3 +427,35 @@ def test_the_tree_encoder_writes_what_canonical_json_writes(value):
     assert canonical_json_tree(value) == expected
     assert expected == json.dumps(value, sort_keys=True, ensure_ascii=False,
                                   separators=(",", ":"))
+
+
+utf8_text = any_text.filter(_utf8)
+
+
+@_PROPS
+@given(rows=st.lists(st.tuples(
+    st.sampled_from(["p1", "p2"]) | utf8_text, st.sampled_from(["meta", "self", "qa"]),
+    st.integers(0, 2**31 - 1), *[st.none() | utf8_text] * 3,
+    st.sampled_from(["correct", "incorrect", None]), st.none() | utf8_text), max_size=8))
+def test_bulk_record_ids_are_byte_identical_to_record_id(rows):
+    pids = prompt_ids([r[0] for r in rows])
+    cols = list(zip(*rows, strict=True)) if rows else [[]] * 8
+    got = record_ids(pids, list(cols[1]), list(cols[2]), list(cols[3]), list(cols[4]),
+                     list(cols[6]), list(cols[5]), list(cols[7]))
+    assert got == [record_id(prompt_id=prompt_id(p), kind=k, round=n, response=r, feedback=f,
+                             verdict=v, refinement=rf, parent_record_id=pa)
+                   for p, k, n, r, f, rf, v, pa in rows]
+
+
+@_PROPS
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), json_values, max_size=3),
+                     max_size=5))
+def test_row_columns_hold_every_key_and_missing_where_a_row_lacks_it(rows):
+    cols = row_columns(rows)
+    keys = {k for r in rows for k in r}
+    assert set(cols) == keys
+    for k in keys:
+        got = cols[k]
+        assert len(got) == len(rows)
+        assert all((got[i] is MISSING) if k not in r else (got[i] is r[k])
+                   for i, r in enumerate(rows))
