@@ -60,7 +60,8 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 _KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-BATCH_ROWS = 10_000  # rows per validated batch, per staged Arrow table and per INSERT
+BATCH_ROWS = 10_000  # rows per validated batch and per staged Arrow table
+PART_BATCHES = 10  # batches per staged part file and per INSERT of the final transaction
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
 # installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
 pa.enable_signal_handlers(False)
@@ -515,12 +516,14 @@ class _Stage:
     """Validated batches staged as Parquet files in a private temporary folder.
 
     Memory holds one batch; the store is not touched until :meth:`land`, which inserts
-    what is absent in ONE transaction, so a failed or killed import leaves nothing.
+    what is absent in ONE transaction, so a failed or killed import leaves nothing. Each
+    table's rows go to part files of PART_BATCHES batches, in file order.
     """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="selfevo-import-")
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._parts: dict[str, list[tuple[str, int]]] = {"prompts": [], "records": []}
         self.rows: dict[str, int] = {"prompts": 0, "records": 0}
 
     def __enter__(self) -> _Stage:
@@ -535,33 +538,41 @@ class _Stage:
         """Append validated rows (``corpus.records`` columns plus run_id) for ``table``."""
         if rows.num_rows == 0:
             return
-        if table not in self._writers:
-            self._writers[table] = pq.ParquetWriter(
-                f"{self._dir.name}/{table}.parquet", rows.schema, compression="lz4")
+        parts = self._parts[table]
+        if not parts or parts[-1][1] >= PART_BATCHES * BATCH_ROWS:
+            if table in self._writers:
+                self._writers.pop(table).close()
+            parts.append((f"{self._dir.name}/{table}-{len(parts):06d}.parquet", 0))
+            self._writers[table] = pq.ParquetWriter(parts[-1][0], rows.schema,
+                                                    compression="lz4")
         self._writers[table].write_table(rows)
+        parts[-1] = (parts[-1][0], parts[-1][1] + rows.num_rows)
         self.rows[table] += rows.num_rows
 
     def land(self, store: Store, progress: Tracker | None, label: str) -> dict[str, int]:
         """Insert the staged rows not in the store yet, in one transaction; new counts.
 
-        One statement per table over the staged file: of several rows with one id the first
-        in file order wins, and ids already stored are skipped."""
+        One statement per part file, parts in file order: of several rows with one id the
+        first in the part wins, and ids already stored (by an earlier part too) are skipped,
+        so the first row of the file wins."""
+        names = {t: w.schema.names for t, w in self._writers.items()}
         for w in self._writers.values():
             w.close()
+        self._writers.clear()
         if progress is not None:
             progress.restart(f"write {label}", sum(self.rows.values()))
             progress.update(info="rows written")
         new = {"prompts": 0, "records": 0}
         with store.transaction() as con:
             for table in ("prompts", "records"):  # prompts first: records point at them
-                if table not in self._writers:
-                    continue
-                path = f"{self._dir.name}/{table}.parquet".replace("'", "''")
-                new[table] = inserts.insert_absent_from(
-                    con, table, _KEYS[table], f"read_parquet('{path}', file_row_number=true)",
-                    self._writers[table].schema.names, first_by="file_row_number")
-                if progress is not None:
-                    progress.advance(self.rows[table])
+                for path, n in self._parts[table]:
+                    source = "read_parquet('{}', file_row_number=true)".format(
+                        path.replace("'", "''"))
+                    new[table] += inserts.insert_absent_from(
+                        con, table, _KEYS[table], source, names[table],
+                        first_by="file_row_number")
+                    if progress is not None:
+                        progress.advance(n)
         return new
 
 

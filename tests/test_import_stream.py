@@ -459,3 +459,19 @@ def test_row_columns_hold_every_key_and_missing_where_a_row_lacks_it(rows):
         assert len(got) == len(rows)
         assert all((got[i] is MISSING) if k not in r else (got[i] is r[k])
                    for i, r in enumerate(rows))
+
+
+def test_the_first_row_of_an_id_wins_across_staged_parts(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(importers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(importers, "PART_BATCHES", 1)  # every 2 rows a part, one INSERT each
+    f = tmp_path / "r.jsonl"
+    rows = [("a", "1"), ("b", "2"), ("c", "3"), ("a", "4"), ("a", "5"), ("b", "6")]
+    f.write_text("".join(json.dumps({"prompt": p, "kind": "qa", "gold_answer": g,
+                                     "source": f"s{g}"}) + "\n" for p, g in rows))
+    with Store.open(db) as store:
+        res = import_records(store, f)
+        assert (res.new_prompts, res.new_records) == (3, 3)
+        assert store.query("SELECT text, gold_answer, source FROM prompts ORDER BY text") == [
+            ("a", "1", "s1"), ("b", "2", "s2"), ("c", "3", "s3")]
+        assert store.query("SELECT source FROM records ORDER BY source") == [
+            ("s1",), ("s2",), ("s3",)]
