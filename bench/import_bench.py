@@ -28,6 +28,7 @@ import argparse
 import importlib.util
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,31 @@ def _load() -> str:
         return f.read().split()[0]
 
 
+def _run(work: Path, fmt: str, variant: str, args: argparse.Namespace) -> dict:
+    out = subprocess.run(
+        [sys.executable, __file__, "--baseline-rev", args.baseline_rev,
+         "--stream-rev", args.stream_rev, "--phase", str(work), fmt, variant],
+        check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _table_for(fmt: str, variants: list[str], work: Path, args: argparse.Namespace) -> None:
+    """Every variant ``--repeat`` times, rounds interleaved (a load change hits all variants
+    alike); rows: the median rate and the largest peak RSS of each."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(args.repeat):
+        for variant in variants:
+            runs[variant].append(_run(work, fmt, variant, args))
+    rates = {v: statistics.median(r["rows"] / r["seconds"] for r in rs) for v, rs in runs.items()}
+    counts = {(r["prompts"], r["records"]) for rs in runs.values() for r in rs}
+    for variant, rate in rates.items():
+        ratios = [f"{rate / rates[b]:.2f}" if b in rates else "-" for b in ("before", "stream")]
+        rss = max(r["rss_mb"] for r in runs[variant])
+        print(f"{fmt:8} {variant:8} {rate:10,.0f} {ratios[0]:>9} {ratios[1]:>9}"
+              f" {rss:12,.0f} {runs[variant][0]['records']:12,}", flush=True)
+    assert len(counts) == 1, f"variants stored different counts: {counts}"
+
+
 def main() -> None:
     """Run every variant on both formats and print a table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -98,6 +124,8 @@ def main() -> None:
     ap.add_argument("--baseline-rev", default="integrity")
     ap.add_argument("--stream-rev", default="a0bb0f8")
     ap.add_argument("--skip", action="append", default=[], choices=VARIANTS)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each variant, interleaved; the table gives the median")
     ap.add_argument("--phase", nargs=3, metavar=("WORK", "FMT", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     revs = {"before": args.baseline_rev, "stream": args.stream_rev}
@@ -109,27 +137,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="selfevo-import-bench-") as d:
         work = Path(d)
         make_inputs(work, args.n)
-        print(f"records import, n={args.n:,}, load before: {_load()} (1-min load average)")
+        print(f"records import, n={args.n:,}, {args.repeat} run(s) each, load before: {_load()}"
+              " (1-min load average)")
         print(f"{'format':8} {'variant':8} {'records/s':>10} {'x before':>9} {'x stream':>9}"
               f" {'peak RSS MB':>12} {'new records':>12}")
         for fmt in ("jsonl", "parquet"):
-            rates: dict[str, float] = {}
-            counts = set()
-            for variant in VARIANTS:
-                if variant in args.skip:
-                    continue
-                out = subprocess.run(
-                    [sys.executable, __file__, "--baseline-rev", args.baseline_rev,
-                     "--stream-rev", args.stream_rev, "--phase", str(work), fmt, variant],
-                    check=True, capture_output=True, text=True).stdout
-                r = json.loads(out.strip().splitlines()[-1])
-                rate = rates[variant] = r["rows"] / r["seconds"]
-                ratios = [f"{rate / rates[b]:.2f}" if b in rates else "-"
-                          for b in ("before", "stream")]
-                counts.add((r["prompts"], r["records"]))
-                print(f"{fmt:8} {variant:8} {rate:10,.0f} {ratios[0]:>9} {ratios[1]:>9}"
-                      f" {r['rss_mb']:12,.0f} {r['records']:12,}", flush=True)
-            assert len(counts) == 1, f"variants stored different counts: {counts}"
+            _table_for(fmt, [v for v in VARIANTS if v not in args.skip], work, args)
         print(f"load after: {_load()}")
 
 

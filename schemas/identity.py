@@ -119,24 +119,25 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _hex_id(canonical: str) -> str:
-    return f"{SCHEME}:{hashlib.sha256(canonical.encode('utf-8')).hexdigest()[:32]}"
+def _hex_ids(canonicals: list[str]) -> list[str]:
+    """:func:`content_id` of many canonical JSON texts (one comprehension, no call per id)."""
+    sha = hashlib.sha256
+    return [f"{SCHEME}:{sha(c.encode('utf-8')).hexdigest()[:32]}" for c in canonicals]
 
 
 def prompt_ids(texts: list[str]) -> list[str]:
-    """:func:`prompt_id` of many texts, each text hashed once (bulk import)."""
-    seen: dict[str, str] = {}
-    out = []
-    for t in texts:
-        pid = seen.get(t)
-        if pid is None:
-            pid = seen[t] = _hex_id('{"prompt":' + _json_text(t) + "}")
-        out.append(pid)
-    return out
+    """:func:`prompt_id` of many texts, each distinct text hashed once (bulk import)."""
+    distinct = list(dict.fromkeys(texts))
+    jt = _json_text
+    ids = dict(zip(distinct, _hex_ids(['{"prompt":' + jt(t) + "}" for t in distinct]),
+                   strict=True))
+    return [ids[t] for t in texts]
 
 
-def _json_opt(v: str | None) -> str:
-    return "null" if v is None else _json_text(v)
+def _json_opt(values: list[str | None]) -> list[str]:
+    """Each value as a JSON string literal (``null`` for None), as ``json.dumps`` writes it."""
+    jt = _json_text
+    return [("null" if v is None else jt(v)) for v in values]
 
 
 def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
@@ -147,13 +148,14 @@ def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
     directly (keys in sorted order, texts encoded by json's own string encoder) instead of
     through ``json.dumps`` of a dict; a test checks both agree on generated records. Values
     that repeat (prompt ids, kinds, verdicts) are encoded once."""
-    j = _json_opt
-    # one dict per column of repeated values, looked up by subscript (no call per row)
-    pj, kj, vj = ({v: j(v) for v in set(col)} for col in (prompt_ids, kinds, verdicts))
-    return [
-        _hex_id(f'{{"feedback":{j(f)},"kind":{kj[k]},"parent_record_id":{j(pa)},'
-                f'"prompt_id":{pj[p]},"refinement":{j(rf)},"response":{j(r)},'
-                f'"round":{int(n)},"verdict":{vj[v]}}}')
-        for p, k, n, r, f, v, rf, pa in zip(prompt_ids, kinds, rounds, responses, feedbacks,
-                                            verdicts, refinements, parents, strict=True)
-    ]
+    # repeated values: one dict per column, looked up by subscript (no call per row)
+    pj, kj, vj = ({v: _json_opt([v])[0] for v in set(col)}
+                  for col in (prompt_ids, kinds, verdicts))
+    r, f, rf, pa = (_json_opt(col) for col in (responses, feedbacks, refinements, parents))
+    return _hex_ids([
+        f'{{"feedback":{f_},"kind":{kj[k]},"parent_record_id":{pa_},'
+        f'"prompt_id":{pj[p]},"refinement":{rf_},"response":{r_},'
+        f'"round":{int(n)},"verdict":{vj[v]}}}'
+        for p, k, n, r_, f_, v, rf_, pa_ in zip(prompt_ids, kinds, rounds, r, f, verdicts, rf,
+                                                 pa, strict=True)
+    ])
