@@ -13,7 +13,8 @@ each import in its own process (peak RSS is per process):
 * ``fast``: the importer as shipped (Parquet batches as Arrow columns, no row dicts; one
   ``json.dumps`` per meta; falling back to the reference per batch).
 
-Ratios are against ``before`` and ``stream`` in the same run. Every variant must store the
+Ratios are against ``before`` and ``stream`` in the same run; records per CPU-second (all
+threads) is the steadier figure on a shared machine, records/s the one that counts when idle. Every variant must store the
 same rows (the bench checks the counts of new prompts and records agree).
 
 Usage:
@@ -77,14 +78,20 @@ def phase(work: Path, fmt: str, variant: str, revs: dict[str, str]) -> dict:
             return import_records(store, path, fast=variant == "fast")
 
     db = work / f"{variant}-{fmt}.duckdb"
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), _cpu()
     with Store.open(db, command="bench import") as store:
         result = run(store, work / f"records.{fmt}")
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, _cpu() - cpu
     db.unlink()
-    return {"seconds": seconds, "rows": result.rows, "prompts": result.new_prompts,
+    return {"seconds": seconds, "cpu": cpu, "rows": result.rows, "prompts": result.new_prompts,
             "records": result.new_records,
             "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (DuckDB's too), user and system."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def _load() -> str:
@@ -108,12 +115,16 @@ def _table_for(fmt: str, variants: list[str], work: Path, args: argparse.Namespa
         for variant in variants:
             runs[variant].append(_run(work, fmt, variant, args))
     rates = {v: statistics.median(r["rows"] / r["seconds"] for r in rs) for v, rs in runs.items()}
+    per_cpu = {v: statistics.median(r["rows"] / r["cpu"] for r in rs) for v, rs in runs.items()}
     counts = {(r["prompts"], r["records"]) for rs in runs.values() for r in rs}
     for variant, rate in rates.items():
         ratios = [f"{rate / rates[b]:.2f}" if b in rates else "-" for b in ("before", "stream")]
         rss = max(r["rss_mb"] for r in runs[variant])
+        cpu_ratio = (f"{per_cpu[variant] / per_cpu['stream']:.2f}" if "stream" in per_cpu
+                     else "-")
         print(f"{fmt:8} {variant:8} {rate:10,.0f} {ratios[0]:>9} {ratios[1]:>9}"
-              f" {rss:12,.0f} {runs[variant][0]['records']:12,}", flush=True)
+              f" {per_cpu[variant]:10,.0f} {cpu_ratio:>9} {rss:12,.0f}"
+              f" {runs[variant][0]['records']:12,}", flush=True)
     assert len(counts) == 1, f"variants stored different counts: {counts}"
 
 
@@ -140,7 +151,7 @@ def main() -> None:
         print(f"records import, n={args.n:,}, {args.repeat} run(s) each, load before: {_load()}"
               " (1-min load average)")
         print(f"{'format':8} {'variant':8} {'records/s':>10} {'x before':>9} {'x stream':>9}"
-              f" {'peak RSS MB':>12} {'new records':>12}")
+              f" {'rec/CPU-s':>10} {'x stream':>9} {'peak RSS MB':>12} {'new records':>12}")
         for fmt in ("jsonl", "parquet"):
             _table_for(fmt, [v for v in VARIANTS if v not in args.skip], work, args)
         print(f"load after: {_load()}")
