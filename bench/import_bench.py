@@ -14,8 +14,9 @@ each import in its own process (peak RSS is per process):
   ``json.dumps`` per meta; falling back to the reference per batch).
 
 Ratios are against ``before`` and ``stream`` in the same run; records per CPU-second (all
-threads) is the steadier figure on a shared machine, records/s the one that counts when idle. Every variant must store the
-same rows (the bench checks the counts of new prompts and records agree).
+threads) is the steadier figure on a shared machine, records/s the one that counts when
+idle. Every variant must store the same rows (the bench checks the counts of new prompts
+and records agree).
 
 Usage:
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 100000
