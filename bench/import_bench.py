@@ -58,9 +58,12 @@ def _load_at(rev: str, path: str, name: str, work: Path):
 
 def _old_importer(rev: str, work: Path):
     """``corpus.importers`` as it was at ``rev``, with its ``corpus.importbatch`` where it had
-    one (both use only ``corpus.records``' and ``schemas``' public API)."""
+    one and its ``schemas.identity`` (they use only ``corpus.records``' and ``schemas``'
+    public API)."""
     listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", rev, "corpus/"],
                             check=True, capture_output=True, text=True).stdout.split()
+    # its bulk id and JSON helpers as they were too (modules imported before keep theirs)
+    _load_at(rev, "schemas/identity.py", "schemas.identity", work)
     if "corpus/importbatch.py" in listed:
         _load_at(rev, "corpus/importbatch.py", "corpus.importbatch", work)
     return _load_at(rev, "corpus/importers.py", "corpus._importers_before", work)
