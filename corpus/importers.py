@@ -496,11 +496,13 @@ class _Stage:
 
         for w in self._writers.values():
             w.close()
-        if progress is not None:
-            progress.restart(f"write {label}", sum(self.rows.values()))
-            progress.update(info="rows written")
-        new = {"prompts": 0, "records": 0}
-        with store.transaction() as con:
+        def write(con: Any) -> dict[str, int]:
+            # Re-run whole when a commit on a lake loses to another writer: the bar starts
+            # over with it (display only; the counts come from this attempt alone).
+            if progress is not None:
+                progress.restart(f"write {label}", sum(self.rows.values()))
+                progress.update(info="rows written")
+            new = {"prompts": 0, "records": 0}
             for table in ("prompts", "records"):  # prompts first: records point at them
                 if table not in self._writers:
                     continue
@@ -509,7 +511,9 @@ class _Stage:
                     new[table] += insert_table(con, table, pa.Table.from_batches([batch]))
                     if progress is not None:
                         progress.advance(batch.num_rows)
-        return new
+            return new
+
+        return store.transact(write)
 
 
 def _reading(progress: Tracker | None, label: str) -> None:
