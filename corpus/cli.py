@@ -23,7 +23,7 @@ def init_cmd(db: str) -> None:
     """
     with Store.open(db, command="init") as store:
         applied = store.query("SELECT count(*) FROM _migrations")[0][0]
-    click.echo(f"store {db} ready ({applied}/{len(MIGRATIONS)} migrations applied)")
+    click.echo(f"store {store.spec} ready ({applied}/{len(MIGRATIONS)} migrations applied)")
 
 
 # -- prompts / records import ------------------------------------------------------------

@@ -180,6 +180,44 @@ def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tm
             assert duplicate_ids(con) == {}
 
 
+def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, server):
+    from corpus.records import insert_prompts, make_prompt
+
+    rows = [make_prompt(f"Ann has {i} apples and gets {i + 1} more. How many?",
+                        gold_answer=str(2 * i + 1), source="t", split="ab"[i % 2])
+            for i in range(16)]
+    with Store.open(lake_db) as store, store.run("seed", {}) as run:
+        store.transact(lambda con: insert_prompts(con, rows, run.run_id))
+    server.latency = 0.01
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    env = {**os.environ, "SELFEVO_DB": lake_db}
+    commands = [[selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
+                 "--responder", f"openai:student@{server.base_url}", "--max-tokens", "64",
+                 "--where", f"split = '{split}'"] for split in "ab"]
+    commands.append([selfevo, "snapshot", "create", "prompts-only", "--where", "true"])
+    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c in commands]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    # The snapshot may find no records yet (a one-line refusal) or some: both are fine.
+    assert [p.returncode for p in procs[:2]] == [0, 0], outs
+    with Store.open_readonly(lake_db) as store:
+        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records") == [(16, 16)]
+        assert store.query("SELECT count(*), count(DISTINCT call_id) FROM calls "
+                           "WHERE status = 'ok'") == [(48, 48)]
+        assert store.query("SELECT status, count(*) FROM runs WHERE command = 'collect' "
+                           "GROUP BY ALL") == [("ok", 2)]
+        assert store.query("SELECT count(*) FROM runs WHERE status <> 'ok' "
+                           "AND command <> 'snapshot create prompts-only'") == [(0,)]
+        with store.connection() as con:
+            assert duplicate_ids(con) == {}
+    assert len(server.chat_requests()) == 48  # nothing sent twice
+
+
 # -- snapshots and time travel --------------------------------------------------------------
 def test_an_old_snapshot_exports_the_same_bytes_after_later_writes(lake_db, cli, tmp_path):
     cli("prompts", "generate", "--n", "20", "--seed", "1", "--db", lake_db)
