@@ -209,20 +209,26 @@ class Store:
             raise CorpusError(f"directory {store.path.parent} does not exist; create it first "
                               "or pass --db (SELFEVO_DB) a file in another")
         store._lock = JobLock(store.path, command)
-        try:
+        with store._closed_on_failure():
             store._lock.acquire()
             with store.transaction():
                 pass  # the file is checked and migrated on connect
             store._lock.acquire_identity()  # a new store exists only now
             with store.transaction() as con:
                 reap_dead_runs(con, store._lock.last_words)
+        return store
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """Opening: on any failure close what was opened; storage errors become one line."""
+        try:
+            yield
         except BaseException as exc:
-            store.close()
+            self.close()
             converted = storage_error(exc)
             if converted is not None:
                 raise converted from exc
             raise
-        return store
 
     @classmethod
     def open_readonly(cls, path: str | os.PathLike[str] | None = None, wait: float = 30.0,
@@ -259,19 +265,13 @@ class Store:
         from corpus.lakeschema import prepare_lake
 
         self.lake = Lake(self.spec, read_only=not self.write, version=version)
-        try:
+        with self._closed_on_failure():
             if self.write:
                 prepare_lake(self.transact, lambda con: check_writable_store(con, self.spec))
                 self.transact(reap_stale_runs)
             else:
                 with self.connection() as con:
                     self._check_readable(con, current=version is None)
-        except BaseException as exc:
-            self.close()
-            converted = storage_error(exc)
-            if converted is not None:
-                raise converted from exc
-            raise
 
     def _check_readable(self, con: duckdb.DuckDBPyConnection, *, current: bool = True) -> None:
         if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = "

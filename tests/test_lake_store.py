@@ -146,6 +146,21 @@ def test_a_run_on_a_lake_sends_heartbeats(lake_db, monkeypatch):
                            [run.run_id]) == [(True, socket.gethostname())]
 
 
+def _run_together(commands: list[list[str]], db: str) -> tuple[list[int], list[str]]:
+    """Start every command at once against store ``db``; their exit codes and outputs."""
+    env = {**os.environ, "SELFEVO_DB": db}
+    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c in commands]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], outs
+
+
 def _prompts_file(path: Path, ids: range, shared: int) -> Path:
     rows = [{"text": f"Question number {i}: what is {i} + 1?", "gold_answer": str(i + 1)}
             for i in ids]
@@ -156,22 +171,14 @@ def _prompts_file(path: Path, ids: range, shared: int) -> Path:
 
 def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tmp_path):
     Store.open(lake_db).close()
-    env = {**os.environ, "SELFEVO_DB": lake_db}
     files = [_prompts_file(tmp_path / f"w{w}.jsonl", range(w * 1000, w * 1000 + 60), 25)
              for w in range(2)]
     selfevo = str(Path(sys.executable).parent / "selfevo")
     commands = [[selfevo, "prompts", "import", str(f)]
                 for f in files for _ in range(2)]  # each file twice: four writers
     commands.append([selfevo, "prompts", "generate", "--n", "30"])
-    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for c in commands]
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    assert [p.returncode for p in procs] == [0] * len(procs), outs
+    codes, outs = _run_together(commands, lake_db)
+    assert codes == [0] * len(commands), outs
     with Store.open_readonly(lake_db) as store:
         assert store.query("SELECT count(*) FROM prompts") == [(2 * 60 + 25 + 30,)]
         assert store.query("SELECT status, count(*) FROM runs GROUP BY ALL") == [
@@ -190,21 +197,13 @@ def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, 
         store.transact(lambda con: insert_prompts(con, rows, run.run_id))
     server.latency = 0.01
     selfevo = str(Path(sys.executable).parent / "selfevo")
-    env = {**os.environ, "SELFEVO_DB": lake_db}
     commands = [[selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
                  "--responder", f"openai:student@{server.base_url}", "--max-tokens", "64",
                  "--where", f"split = '{split}'"] for split in "ab"]
     commands.append([selfevo, "snapshot", "create", "prompts-only", "--where", "true"])
-    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for c in commands]
-    try:
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    codes, outs = _run_together(commands, lake_db)
     # The snapshot may find no records yet (a one-line refusal) or some: both are fine.
-    assert [p.returncode for p in procs[:2]] == [0, 0], outs
+    assert codes[:2] == [0, 0], outs
     with Store.open_readonly(lake_db) as store:
         assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records") == [(16, 16)]
         assert store.query("SELECT count(*), count(DISTINCT call_id) FROM calls "
