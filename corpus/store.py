@@ -362,7 +362,7 @@ class Store:
         keeping readers out meanwhile. On a lake: a cursor per thread (readers are never
         kept out there).
         """
-        if self.lake is not None:
+        if self.spec.is_lake:
             with self._lake_cursor() as cur:
                 yield cur
             return
@@ -380,12 +380,18 @@ class Store:
                     self._con.close()
                 self._con = None
 
+    def _attached(self) -> Lake:
+        """The attached lake; a closed lake store is an error (never a file of that name)."""
+        if self.lake is None:
+            raise CorpusError(f"store {self.spec} is closed")
+        return self.lake
+
     @contextlib.contextmanager
     def _lake_cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        assert self.lake is not None
+        lake = self._attached()
         local = self._cursors
         if getattr(local, "depth", 0) == 0:
-            local.cur = self.lake.cursor()
+            local.cur = lake.cursor()
         local.depth = getattr(local, "depth", 0) + 1
         try:
             yield local.cur
@@ -404,7 +410,7 @@ class Store:
         """
         if not self.write:
             raise CorpusError("this store was opened read-only")
-        if self.lake is not None:
+        if self.spec.is_lake:
             raise CorpusError("internal: a DuckLake store writes through Store.transact(fn)")
         with self.connection() as con:
             con.execute("BEGIN TRANSACTION")
@@ -426,10 +432,10 @@ class Store:
         no progress, no files), so running it again is harmless. On a file store it runs once.
         On a lake conflicts are re-run with backoff and jitter (``corpus.lake.Lake.transact``).
         """
-        if self.lake is not None:
+        if self.spec.is_lake:
             if not self.write:
                 raise CorpusError("this store was opened read-only")
-            return self.lake.transact(fn)
+            return self._attached().transact(fn)
         with self.transaction() as con:
             return fn(con)
 
@@ -441,7 +447,7 @@ class Store:
         statement (``Lake`` turns DuckLake's rebasing off), and snapshot ids count up by
         one, so the commit of a transaction that reads snapshot v makes v + 1.
         """
-        if self.lake is None:
+        if not self.spec.is_lake:
             return None
         from corpus.lake import current_snapshot
 
@@ -451,7 +457,7 @@ class Store:
     def reading_at(self, version: int | None) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read connection to the store as of DuckLake snapshot ``version`` (``None``: now;
         a file store has only now)."""
-        if version is None or self.lake is None:
+        if version is None or not self.spec.is_lake:
             with self.connection() as con:
                 yield con
             return
@@ -491,7 +497,7 @@ class Store:
             "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
             [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
              socket.gethostname()]))
-        if self.lake is not None:
+        if self.spec.is_lake:
             self._start_heartbeat(run.run_id)
 
     def _start_heartbeat(self, run_id: str) -> None:

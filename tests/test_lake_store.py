@@ -256,3 +256,15 @@ def test_sql_at_reads_the_lake_as_it_was(lake_db, cli, db):
     refused = cli("sql", "--db", db, "--at", "1", "SELECT 1", exit_code=None)
     assert refused.exit_code != 0 and "time travel needs a DuckLake store" in refused.output
     assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_a_closed_lake_store_never_falls_back_to_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store.open("ducklake:c.ducklake")
+    store.close()
+    catalog = (tmp_path / "c.ducklake").read_bytes()
+    with pytest.raises(CorpusError, match="is closed"):
+        store.transact(lambda con: con.execute("SELECT 1"))
+    with pytest.raises(CorpusError, match="is closed"):
+        store.query("SELECT 1")
+    assert (tmp_path / "c.ducklake").read_bytes() == catalog
