@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -485,7 +486,7 @@ class Evolution:
         run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
         if fr.selected and not fr.kept:  # the round adds nothing: say so, and where to look
             self.log(f"  round {t} filter: kept none of {fr.selected} self records, so this "
-                     f"round's snapshot is replay only; why: selfevo sql --db '{self.store.spec}' "
+                     f"round's snapshot is replay only; why: selfevo sql --db {shlex.quote(str(self.store.spec))} "
                      f"\"SELECT step, reason, count(*) FROM decisions WHERE run_id = "
                      f"'{fr.run_id}' GROUP BY ALL\"")
 
