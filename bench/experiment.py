@@ -459,7 +459,7 @@ def tables(db: str) -> str:
         if floor:  # the noise floor: how often two seeds of one recipe disagree
             t, n = floor["table"], acc[evals["a1"]["direct"]][1]
             share = (t["a_only"] + t["b_only"]) / n
-            lines += ["", f"Minimum detectable effect (exact McNemar's normal approximation, "
+            lines += ["", f"Minimum detectable effect (McNemar, normal approximation, "
                           f"alpha 0.05, power 0.8) at n = {n} with A1/A1b's discordance "
                           f"{share:.1%}: {100 * minimum_detectable_effect(n, share):.1f} "
                           f"points of direct accuracy."]

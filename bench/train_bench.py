@@ -112,6 +112,21 @@ def epoch_flops(examples: list, shape: Any, full: bool) -> float:
                        lora=lora_params(shape, TrainConfig(lora_r=16)))
 
 
+def padded_flops(r: dict, shape: Any, full: bool) -> float | None:
+    """Model FLOPs of a padded contender's epoch as it ran: every slot of its batches
+    (padding included) through the body, the LM head at every slot (a Trainer computes logits
+    everywhere), causal attention over each padded row. None for padding-free contenders,
+    whose attention this accounting does not follow."""
+    from trainer.config import TrainConfig
+    from trainer.plan import lora_params, train_flops
+
+    if not r.get("sum_sq_rows") or r["padded_tokens"] == r["tokens"]:
+        return None
+    return train_flops(shape, tokens=r["padded_tokens"], trained_tokens=r["padded_tokens"],
+                       sum_sq_lengths=r["sum_sq_rows"], full=full,
+                       lora=lora_params(shape, TrainConfig(lora_r=16)))
+
+
 def examples_for(export: Path, model: Path, max_len: int):
     """Verified rows -> selfevo examples (ids + labels): the identical input for both trainers."""
     from transformers import AutoTokenizer
@@ -205,11 +220,13 @@ def counting(collate: Any, counts: dict[str, int]) -> Any:
     Causal LMs in transformers shift labels inside the model, so a row's trained targets are
     its labels at positions >= 1 (padding-free collators mask each sequence's first label).
     """
-    counts.update(padded_tokens=0, trained_tokens=0)
+    counts.update(padded_tokens=0, trained_tokens=0, sum_sq_rows=0)
 
     def collate_and_count(features: Any) -> Any:
         b = collate(features)
         counts["padded_tokens"] += int(b["input_ids"].numel())
+        rows, length = b["input_ids"].shape
+        counts["sum_sq_rows"] += int(rows) * int(length) ** 2  # attention over padded rows
         counts["trained_tokens"] += int((b["labels"][:, 1:] != -100).sum())
         return b
 
@@ -471,12 +488,18 @@ def compare(args, work: Path, model: Path, examples: list, stats: Any, pack_len:
         plan = selfevo_plan_gb(args, shape, full, pack_len, stats.trained_tokens / stats.tokens)
         print(f"{mode}: {flops / 1e12:.1f} TFLOP per epoch; selfevo's memory plan "
               f"{plan:.2f} GiB per GPU")
+        for name in names:
+            if name in best:
+                best[name]["work"] = flops if name == "selfevo" else padded_flops(
+                    best[name], shape, full)
         rows += [(mode, name, best[name], flops, plan) for name in names if name in best]
     if args.dry_run or not rows:
         return
     base = {mode: r["tps"] for mode, name, r, _, _ in rows if name == "hf-grouped"}
+    base_work = {mode: r["work"] for mode, name, r, _, _ in rows if name == "hf-grouped"}
     print(f"\n{'mode':<5} {'trainer':<33} {'steps':>5} {'trained':>7} {'padding':>7} "
-          f"{'trained tok/s':>13} {'vs grouped':>10} {'peak mem GB':>11} {'final loss':>10}"
+          f"{'trained tok/s':>13} {'vs grouped':>10} {'FLOPs bound':>11} {'peak mem GB':>11} "
+          f"{'final loss':>10}"
           + ("    MFU  plan GB" if cuda else ""))
     for mode, name, r, flops, plan in rows:
         pad_share = 1 - r["tokens"] / r["padded_tokens"]
@@ -486,8 +509,9 @@ def compare(args, work: Path, model: Path, examples: list, stats: Any, pack_len:
 
             extra = f"  {100 * mfu(flops, r['seconds'], args.peak_tflops):5.1f}%"
             extra += f"  {plan:7.2f}" if name == "selfevo" else ""
+        bound = f"{base_work[mode] / r['work']:.2f}x" if r.get("work") else "-"
         print(f"{mode:<5} {LABELS[name]:<33} {r['steps']:>5} {r['trained_tokens']:>7} "
-              f"{pad_share:>7.0%} {r['tps']:>13.0f} {r['tps'] / base[mode]:>9.2f}x "
+              f"{pad_share:>7.0%} {r['tps']:>13.0f} {r['tps'] / base[mode]:>9.2f}x {bound:>11} "
               f"{r['peak_mem_gb']:>11.2f} {r['final_loss']:>10.3f}{extra}")
 
 

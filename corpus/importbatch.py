@@ -16,14 +16,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import itemgetter, methodcaller
 from typing import Any
 
 import pyarrow as pa
 
 from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS
-from schemas.identity import canonical_json, prompt_ids, record_ids
+from schemas.identity import canonical_json_tree, prompt_ids, record_ids
 from schemas.numbers import canonical_answer
-from schemas.records import MAX_ROUND, PromptIn, RecordIn, check_json_value
+from schemas.records import MAX_DEPTH, MAX_ROUND, PromptIn, RecordIn, check_json_value
 
 MISSING: Any = object()  # a key the row does not have (unlike an explicit null)
 KINDS = frozenset(("meta", "self", "qa"))
@@ -34,22 +36,82 @@ class Reject(Exception):
     """The fast path cannot vouch for this batch; the reference path must read it."""
 
 
-def _column(rows: Sequence[dict[str, Any]], key: str) -> list[Any]:
-    return [r.get(key, MISSING) for r in rows]
+Columns = dict[str, list[Any]]  # key -> one value per row, MISSING where a row lacks the key
+
+
+def row_columns(rows: Sequence[dict[str, Any]]) -> Columns:
+    """The rows of a batch as columns: every key any row has, MISSING where a row lacks it."""
+    if rows and len(rows[0]) > 1:
+        first = rows[0].keys()
+        if all(r.keys() == first for r in rows):  # the usual file: one set of keys, in C
+            return dict(zip(first, map(list, zip(*map(itemgetter(*first), rows), strict=True)),
+                            strict=True))
+    # keys in first-seen order; each column one C-level map of dict.get over the rows
+    return {k: list(map(methodcaller("get", k, MISSING), rows))
+            for k in dict.fromkeys(chain.from_iterable(rows))}
+
+
+def arrow_columns(batch: pa.RecordBatch | pa.Table) -> Columns:
+    """A batch read by Arrow as columns (each value as its ``to_pylist`` row would hold it)."""
+    return {name: col.to_pylist() for name, col in zip(batch.column_names, batch.columns,
+                                                        strict=True)}
+
+
+def _column(cols: Columns, key: str, n: int) -> list[Any]:
+    return cols.get(key) or [MISSING] * n
+
+
+# The checks below run over whole columns in C (set(map(type, …)), min, max, set
+# inclusion, str.join) rather than a Python expression per value.
+_TEXT = frozenset((str,))
+_OPTIONAL_TEXT = frozenset((str, type(None)))
+
+
+def _present(values: list[Any], default: Any = None) -> list[Any]:
+    """``values`` with MISSING replaced by ``default``."""
+    if MISSING not in values:
+        return values
+    return [default if v is MISSING else v for v in values]
+
+
+def _only(values: list[Any], types: frozenset[type]) -> None:
+    """Reject unless every value's type is one of ``types`` (exactly: no subclass)."""
+    if not set(map(type, values)) <= types:
+        raise Reject
 
 
 def _optional_text(values: list[Any]) -> list[str | None]:
     """``None`` for absent or null; every other value must be a ``str`` (not a subclass)."""
-    out = [None if v is MISSING else v for v in values]
-    if not all(v is None or type(v) is str for v in out):
+    out = _present(values)
+    _only(out, _OPTIONAL_TEXT)
+    return out
+
+
+def _required_text(values: list[Any]) -> list[str]:
+    """Every value a non-empty ``str``."""
+    _only(values, _TEXT)
+    if not all(values):
+        raise Reject
+    return values
+
+
+def _one_of(values: list[Any], allowed: frozenset[str], optional: bool = False) -> list[Any]:
+    """Every value one of ``allowed`` (or None when ``optional``; MISSING reads as None)."""
+    out = _present(values) if optional else values
+    _only(out, _OPTIONAL_TEXT if optional else _TEXT)
+    if not set(out) - {None} <= allowed or (not optional and None in out):
         raise Reject
     return out
 
 
 def _encodable(*columns: list[Any]) -> None:
-    """Every text of the columns has a UTF-8 spelling (no lone surrogate): one encode."""
+    """Every text of the columns has a UTF-8 spelling (no lone surrogate): one encode each."""
     try:
-        "\x00".join(v for col in columns for v in col if type(v) is str).encode("utf-8")
+        for col in columns:
+            try:
+                "\x00".join(filter(None, col)).encode("utf-8")
+            except TypeError:  # not only texts and None: the texts alone
+                "\x00".join(v for v in col if type(v) is str).encode("utf-8")
     except UnicodeEncodeError:
         raise Reject from None
 
@@ -88,13 +150,28 @@ def _json_dict(v: Any) -> dict[str, Any] | None:
     return v
 
 
-def _checked(meta: dict[str, Any] | None, name: str = "meta") -> dict[str, Any] | None:
-    if meta is not None:
+def _canonical(value: dict[str, Any] | None, name: str) -> str | None:
+    """``canonical_json(value)`` of a value ``check_json_value`` accepts, or Reject.
+
+    One ``json.dumps`` does most of the check: it refuses NaN and infinities
+    (``allow_nan=False``) and every non-JSON type, and a lone surrogate, kept raw by
+    ``ensure_ascii=False``, fails the batch's one UTF-8 encode (:func:`_encodable`). What it
+    lets through that the walk refuses is a non-``str`` key (written as text) and depth, so
+    only a flat object with ``str`` keys and few brackets skips the exact walk.
+    """
+    if value is None:
+        return None
+    try:
+        text = canonical_json_tree(value)
+    except (TypeError, ValueError, RecursionError):
+        raise Reject from None
+    if text.count("{") > 1 or text.count("[") >= MAX_DEPTH or not all(
+            isinstance(k, str) for k in value):
         try:
-            check_json_value(meta, name)
+            check_json_value(value, name)
         except ValueError:
             raise Reject from None
-    return meta
+    return text
 
 
 def _table(columns: dict[str, list[Any]], names: list[str], run_id: str) -> pa.Table:
@@ -108,13 +185,6 @@ def _table(columns: dict[str, list[Any]], names: list[str], run_id: str) -> pa.T
     return pa.Table.from_arrays(arrays, names=[*names, "run_id"])
 
 
-def _keys(rows: Sequence[dict[str, Any]]) -> set[str]:
-    keys: set[str] = set()
-    for r in rows:
-        keys.update(r)
-    return keys
-
-
 def _or(first: str | None, values: list[Any], default: Callable[[int], Any]) -> list[Any]:
     """``first or value or default`` per row, as the reference spells source and split."""
     out = []
@@ -126,28 +196,38 @@ def _or(first: str | None, values: list[Any], default: Callable[[int], Any]) -> 
 def fast_prompts(rows: Sequence[dict[str, Any]], *, source: str | None, split: str | None,
                  default_source: str, run_id: str) -> pa.Table:
     """The prompt rows of a batch (already ``--map``-ped, no preset), or raise Reject."""
-    keys = _keys(rows)
-    extra = [k for k in keys if k not in PromptIn.model_fields and k != "__split__"]
-    text = _column(rows, "text")
-    if not all(type(t) is str and t for t in text):
-        raise Reject
-    raw_gold = _column(rows, "gold_answer")
+    return fast_prompt_columns(row_columns(rows), len(rows), source=source, split=split,
+                               default_source=default_source, run_id=run_id)
+
+
+def _metas(cols: Columns, n: int, extra: list[str]) -> list[dict[str, Any] | None]:
+    """Each row's meta object, with the unmapped columns ``extra`` merged in (as the
+    reference keeps them); Reject when a meta is not an object."""
+    metas = [_json_dict(v) for v in _column(cols, "meta", n)]
+    for k in extra:
+        for i, v in enumerate(cols[k]):
+            if v is not MISSING:
+                metas[i] = {**(metas[i] or {}), k: v}
+    return metas
+
+
+def fast_prompt_columns(cols: Columns, n: int, *, source: str | None, split: str | None,
+                        default_source: str, run_id: str) -> pa.Table:
+    """:func:`fast_prompts` of a batch given as columns (:func:`row_columns`,
+    :func:`arrow_columns`) of ``n`` rows."""
+    extra = [k for k in cols if k not in PromptIn.model_fields and k != "__split__"]
+    text = _required_text(_column(cols, "text", n))
+    raw_gold = _column(cols, "gold_answer", n)
     gold = _gold(raw_gold)
-    rationale = _optional_text(_column(rows, "gold_rationale"))
-    default_split = _column(rows, "__split__")
-    srcs = _or(source, _column(rows, "source"), lambda i: default_source)
-    splits = _or(split, _column(rows, "split"),
+    rationale = _optional_text(_column(cols, "gold_rationale", n))
+    default_split = _column(cols, "__split__", n)
+    srcs = _or(source, _column(cols, "source", n), lambda i: default_source)
+    splits = _or(split, _column(cols, "split", n),
                  lambda i: None if default_split[i] is MISSING else default_split[i])
     _optional_text(srcs), _optional_text(splits)
-    metas = []
-    for r in rows:
-        meta = _json_dict(r.get("meta", MISSING))
-        more = {k: r[k] for k in extra if k in r}
-        if more:  # unmapped columns are kept in meta, as the reference does
-            meta = {**(meta or {}), **more}
-        meta = _checked(meta)
-        metas.append(canonical_json(meta) if meta else None)  # make_prompt: {} -> None
-    _encodable(text, raw_gold, gold, rationale, srcs, splits)
+    # make_prompt stores an empty meta as NULL
+    metas = [_canonical(m, "meta") if m else None for m in _metas(cols, n, extra)]
+    _encodable(text, raw_gold, gold, rationale, srcs, splits, metas)
     columns = {"prompt_id": prompt_ids(text), "text": text, "gold_answer": gold,
                "gold_rationale": rationale, "source": srcs, "split": splits, "meta": metas}
     return _table(columns, PROMPT_COLUMNS, run_id)
@@ -160,8 +240,9 @@ _RECORD_KEYS = frozenset(RecordIn.model_fields) | {
 
 
 def _rounds(values: list[Any]) -> list[int]:
-    out = [0 if v is MISSING else v for v in values]
-    if not all(type(v) is int and 0 <= v <= MAX_ROUND for v in out):
+    out = _present(values, 0)
+    _only(out, frozenset((int,)))
+    if out and not (min(out) >= 0 and max(out) <= MAX_ROUND):
         raise Reject
     return out
 
@@ -172,25 +253,28 @@ def fast_records(rows: Sequence[dict[str, Any]], *, source: str | None, default_
 
     Prompts are one per distinct text, the first row's gold answer and source.
     """
-    if not _keys(rows) <= _RECORD_KEYS:
+    return fast_record_columns(row_columns(rows), len(rows), source=source,
+                               default_source=default_source, run_id=run_id)
+
+
+def fast_record_columns(cols: Columns, n: int, *, source: str | None, default_source: str,
+                        run_id: str) -> tuple[pa.Table, pa.Table]:
+    """:func:`fast_records` of a batch given as columns of ``n`` rows."""
+    if not cols.keys() <= _RECORD_KEYS:
         raise Reject
-    prompt = _column(rows, "prompt")
-    kind = _column(rows, "kind")
-    verdict = [None if v is MISSING else v for v in _column(rows, "verdict")]
-    if not (all(type(t) is str and t for t in prompt) and all(type(k) is str and k in KINDS
-                                                             for k in kind)
-            and all(v is None or (type(v) is str and v in VERDICTS) for v in verdict)):
-        raise Reject
-    texts = {c: _optional_text(_column(rows, c)) for c in (
+    prompt = _required_text(_column(cols, "prompt", n))
+    kind = _one_of(_column(cols, "kind", n), KINDS)
+    verdict = _one_of(_column(cols, "verdict", n), VERDICTS, optional=True)
+    texts = {c: _optional_text(_column(cols, c, n)) for c in (
         "response", "feedback", "refinement", "responder", "teacher", "parent_record_id")}
-    rounds = _rounds(_column(rows, "round"))
-    raw_gold = _column(rows, "gold_answer")
+    rounds = _rounds(_column(cols, "round", n))
+    raw_gold = _column(cols, "gold_answer", n)
     gold = _gold(raw_gold)
-    row_src = [source] * len(rows) if source else _optional_text(_column(rows, "source"))
+    row_src = [source] * n if source else _optional_text(_column(cols, "source", n))
     src = [s or default_source for s in row_src]
-    metas = [_checked(_json_dict(r.get("meta", MISSING))) for r in rows]
-    templates = [_checked(_json_dict(r.get("templates", MISSING)), "templates") for r in rows]
-    _encodable(prompt, raw_gold, gold, row_src, *texts.values())
+    metas = [_canonical(m, "meta") for m in _metas(cols, n, [])]
+    templates = [_canonical(_json_dict(t), "templates") for t in _column(cols, "templates", n)]
+    _encodable(prompt, raw_gold, gold, row_src, metas, templates, *texts.values())
     pids = prompt_ids(prompt)
     first: dict[str, int] = {}
     for i, pid in enumerate(pids):
@@ -203,8 +287,6 @@ def fast_records(rows: Sequence[dict[str, Any]], *, source: str | None, default_
         "record_id": record_ids(pids, kind, rounds, texts["response"], texts["feedback"],
                                 verdict, texts["refinement"], texts["parent_record_id"]),
         "prompt_id": pids, "kind": kind, "round": rounds, "verdict": verdict, "source": src,
-        "meta": [None if m is None else canonical_json(m) for m in metas],
-        "templates": [None if t is None else canonical_json(t) for t in templates],
-        **texts,
+        "meta": metas, "templates": templates, **texts,
     }
     return prompts, _table(columns, RECORD_COLUMNS, run_id)

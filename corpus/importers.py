@@ -32,8 +32,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
+from corpus import inserts
 from corpus.errors import CorpusError
-from corpus.importbatch import Reject, fast_prompts, fast_records
+from corpus.importbatch import (
+    Columns,
+    Reject,
+    arrow_columns,
+    fast_prompt_columns,
+    fast_record_columns,
+    row_columns,
+)
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
 from schemas.identity import file_sha256
@@ -50,8 +58,10 @@ EXPORT_ONLY_COLUMNS = {"record_id", "prompt_id", "run_id", "messages", "response
                        "feedback_call_id", "refinement_call_id", "created_at", "verdict_error"}
 # Provenance columns of an export that are kept when present.
 PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
+_KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
-BATCH_ROWS = 10_000  # rows per validated batch, per staged Arrow table and per INSERT
+BATCH_ROWS = 10_000  # rows per validated batch and per staged Arrow table
+PART_BATCHES = 10  # batches per staged part file and per INSERT of the final transaction
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
 # installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
 pa.enable_signal_handlers(False)
@@ -192,13 +202,16 @@ def _read_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         yield f"line {start}", {k: (v if v != "" else None) for k, v in row.items()}
 
 
-def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+def _parquet_file(path: Path) -> pq.ParquetFile:
     try:
-        pf = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a non-Parquet file
         raise ImportInputError(f"{path}: not a readable Parquet file ({exc})") from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     n = 0
-    for batch in pf.iter_batches(batch_size=10_000):
+    for batch in _parquet_file(path).iter_batches(batch_size=BATCH_ROWS):
         for row in batch.to_pylist():
             n += 1
             yield f"row {n}", row
@@ -440,9 +453,33 @@ def _require_rows(path: Path, n: int) -> None:
         raise ImportInputError(f"{path}: file is empty (no rows to import)")
 
 
-def _chunks(rows: Iterator[tuple[str, dict[str, Any]]],
-            ) -> Iterator[tuple[list[tuple[str, dict[str, Any]]], ImportInputError | None]]:
-    """Rows in batches of ``size``; a reading error ends the batch read so far and comes
+class Chunk:
+    """One batch of input rows: ``(location, row)`` pairs for the per-row reference, or
+    columns for the fast path; a batch Arrow read (Parquet) becomes rows only when the
+    reference must read it."""
+
+    def __init__(self, rows: list[tuple[str, dict[str, Any]]] | None = None, *,
+                 batch: pa.RecordBatch | None = None, first: int = 1) -> None:
+        self._rows, self._batch, self._first = rows, batch, first
+        self.n = batch.num_rows if batch is not None else len(rows or [])
+
+    def rows(self) -> list[tuple[str, dict[str, Any]]]:
+        """The rows with their locations (``row 3``, ``line 3`` …)."""
+        if self._rows is None:
+            assert self._batch is not None
+            self._rows = [(f"row {i}", r) for i, r in
+                          enumerate(self._batch.to_pylist(), start=self._first)]
+        return self._rows
+
+    def columns(self, mapping: dict[str, str]) -> Columns:
+        """The rows, ``--map``-ped, as columns (``corpus.importbatch``)."""
+        if self._batch is not None and not mapping:
+            return arrow_columns(self._batch)
+        return row_columns([_apply_map(raw, mapping) for _, raw in self.rows()])
+
+
+def _chunks(rows: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[tuple[Chunk, ImportInputError | None]]:
+    """Rows in batches of BATCH_ROWS; a reading error ends the batch read so far and comes
     with it, so the caller validates those rows first and the file's FIRST error is the one
     reported, exactly as when rows were validated one by one as read."""
     size = BATCH_ROWS  # read at call time: tests make batches small
@@ -451,25 +488,42 @@ def _chunks(rows: Iterator[tuple[str, dict[str, Any]]],
         for item in rows:
             chunk.append(item)
             if len(chunk) >= size:
-                yield chunk, None
+                yield Chunk(chunk), None
                 chunk = []
     except ImportInputError as exc:
-        yield chunk, exc
+        yield Chunk(chunk), exc
         return
     if chunk:
-        yield chunk, None
+        yield Chunk(chunk), None
+
+
+def _parquet_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None]]:
+    """A Parquet file's record batches as they are read: no row dicts unless needed."""
+    first = 1
+    for batch in _parquet_file(path).iter_batches(batch_size=BATCH_ROWS):
+        yield Chunk(batch=batch, first=first), None
+        first += batch.num_rows
+
+
+def read_chunks(path: Path, fmt: str | None) -> Iterator[tuple[Chunk, ImportInputError | None]]:
+    """The rows of a file in batches (:func:`read_rows`' checks and errors)."""
+    if path.exists() and (fmt or detect_format(path)) == "parquet":
+        return _parquet_chunks(path)
+    return _chunks(read_rows(path, fmt))
 
 
 class _Stage:
     """Validated batches staged as Parquet files in a private temporary folder.
 
     Memory holds one batch; the store is not touched until :meth:`land`, which inserts
-    what is absent in ONE transaction, so a failed or killed import leaves nothing.
+    what is absent in ONE transaction, so a failed or killed import leaves nothing. Each
+    table's rows go to part files of PART_BATCHES batches, in file order.
     """
 
     def __init__(self) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="selfevo-import-")
         self._writers: dict[str, pq.ParquetWriter] = {}
+        self._parts: dict[str, list[tuple[str, int]]] = {"prompts": [], "records": []}
         self.rows: dict[str, int] = {"prompts": 0, "records": 0}
 
     def __enter__(self) -> _Stage:
@@ -484,18 +538,28 @@ class _Stage:
         """Append validated rows (``corpus.records`` columns plus run_id) for ``table``."""
         if rows.num_rows == 0:
             return
-        if table not in self._writers:
-            self._writers[table] = pq.ParquetWriter(
-                f"{self._dir.name}/{table}.parquet", rows.schema, compression="lz4")
+        parts = self._parts[table]
+        if not parts or parts[-1][1] >= PART_BATCHES * BATCH_ROWS:
+            if table in self._writers:
+                self._writers.pop(table).close()
+            parts.append((f"{self._dir.name}/{table}-{len(parts):06d}.parquet", 0))
+            self._writers[table] = pq.ParquetWriter(parts[-1][0], rows.schema,
+                                                    compression="lz4")
         self._writers[table].write_table(rows)
+        parts[-1] = (parts[-1][0], parts[-1][1] + rows.num_rows)
         self.rows[table] += rows.num_rows
 
     def land(self, store: Store, progress: Tracker | None, label: str) -> dict[str, int]:
-        """Insert the staged rows not in the store yet, in one transaction; new counts."""
-        from corpus.records import insert_table
+        """Insert the staged rows not in the store yet, in one transaction; new counts.
 
+        One statement per part file, parts in file order: of several rows with one id the
+        first in the part wins, and ids already stored (by an earlier part too) are skipped,
+        so the first row of the file wins."""
+        names = {t: w.schema.names for t, w in self._writers.items()}
         for w in self._writers.values():
             w.close()
+        self._writers.clear()
+
         def write(con: Any) -> dict[str, int]:
             # Re-run whole when a commit on a lake loses to another writer: the bar starts
             # over with it (display only; the counts come from this attempt alone).
@@ -504,13 +568,14 @@ class _Stage:
                 progress.update(info="rows written")
             new = {"prompts": 0, "records": 0}
             for table in ("prompts", "records"):  # prompts first: records point at them
-                if table not in self._writers:
-                    continue
-                staged = pq.ParquetFile(f"{self._dir.name}/{table}.parquet")
-                for batch in staged.iter_batches(batch_size=BATCH_ROWS):
-                    new[table] += insert_table(con, table, pa.Table.from_batches([batch]))
+                for path, n in self._parts[table]:
+                    source = "read_parquet('{}', file_row_number=true)".format(
+                        path.replace("'", "''"))
+                    new[table] += inserts.insert_absent_from(
+                        con, table, _KEYS[table], source, names[table],
+                        first_by="file_row_number")
                     if progress is not None:
-                        progress.advance(batch.num_rows)
+                        progress.advance(n)
             return new
 
         return store.transact(write)
@@ -522,17 +587,18 @@ def _reading(progress: Tracker | None, label: str) -> None:
                         force=True)
 
 
-def _stage_all(stage: _Stage, path: Path, rows: Iterator[tuple[str, dict[str, Any]]],
-               validate: Callable[[list[tuple[str, dict[str, Any]]]], dict[str, pa.Table]],
+def _stage_all(stage: _Stage, path: Path,
+               chunks: Iterator[tuple[Chunk, ImportInputError | None]],
+               validate: Callable[[Chunk], dict[str, pa.Table]],
                progress: Tracker | None) -> int:
-    """Validate and stage every batch of ``rows``; returns how many rows were read."""
+    """Validate and stage every batch; returns how many rows were read."""
     n = 0
-    for chunk, error in _chunks(rows):
+    for chunk, error in chunks:
         for table, staged in validate(chunk).items():
             stage.add(table, staged)
-        n += len(chunk)
+        n += chunk.n
         if progress is not None:
-            progress.advance(len(chunk))
+            progress.advance(chunk.n)
         if error is not None:
             raise error
     _require_rows(path, n)
@@ -547,12 +613,12 @@ def _file_config(path: Path, fmt: str | None) -> dict[str, Any]:
     return config
 
 
-Validate = Callable[[str, list[tuple[str, dict[str, Any]]]], dict[str, pa.Table]]
+Validate = Callable[[str, Chunk], dict[str, pa.Table]]
 
 
 def _land(
     store: Store, command: str, config: dict[str, Any], label: Path,
-    rows: Iterator[tuple[str, dict[str, Any]]], validate: Validate,
+    chunks: Iterator[tuple[Chunk, ImportInputError | None]], validate: Validate,
     progress: Tracker | None, *, records: bool = False,
 ) -> ImportResult:
     """Validate and stage batch by batch, then insert what is new in one transaction under
@@ -560,7 +626,8 @@ def _land(
     with store.run(command, config) as run, _Stage() as stage:
         name = label.name if label.exists() else str(label)  # a file, or hf:NAME
         _reading(progress, name)
-        n = _stage_all(stage, label, rows, lambda chunk: validate(run.run_id, chunk), progress)
+        n = _stage_all(stage, label, chunks, lambda chunk: validate(run.run_id, chunk),
+                       progress)
         new = stage.land(store, progress, name)
         run.add("rows", n)
         run.add("prompts", new["prompts"])
@@ -586,16 +653,16 @@ def _prompt_validator(
     mapping = mapping or {}
     default_source = _default_source(path, p)
 
-    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
+    def validate(run_id: str, chunk: Chunk) -> dict[str, pa.Table]:
         if p is None:
             with contextlib.suppress(Reject):
-                return {"prompts": fast_prompts(
-                    [_apply_map(raw, mapping) for _, raw in chunk], source=source,
-                    split=split, default_source=default_source, run_id=run_id)}
+                return {"prompts": fast_prompt_columns(
+                    chunk.columns(mapping), chunk.n, source=source, split=split,
+                    default_source=default_source, run_id=run_id)}
         made = [make_prompt(**_prompt_fields(path, where, raw, preset=p, mapping=mapping,
                                              source=source, split=split,
                                              default_source=default_source))
-                for where, raw in chunk]
+                for where, raw in chunk.rows()]
         return {"prompts": arrow_rows(made, PROMPT_COLUMNS, run_id)}
 
     return validate
@@ -618,7 +685,7 @@ def import_prompts(
                                         "source": source, "split": split}
     validate = _prompt_validator(path, preset=preset, mapping=mapping, source=source,
                                  split=split)
-    return _land(store, "prompts import", config, path, read_rows(path, fmt), validate,
+    return _land(store, "prompts import", config, path, read_chunks(path, fmt), validate,
                  progress)
 
 
@@ -634,8 +701,8 @@ def import_hub_prompts(
     label = Path(f"hf:{name}")
     validate = _prompt_validator(label, preset=preset, mapping=mapping, source=source,
                                  split=split)
-    return _land(store, "prompts import", config, label, read_hub_rows(name, split), validate,
-                 progress)
+    return _land(store, "prompts import", config, label, _chunks(read_hub_rows(name, split)),
+                 validate, progress)
 
 
 def import_generated(
@@ -654,12 +721,12 @@ def import_generated(
                               "split": split, "meta": p["meta"]})
             for i, p in enumerate(generate_problems(n, seed), start=1))
 
-    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
-        return {"prompts": arrow_rows([make_prompt(**f) for _, f in chunk], PROMPT_COLUMNS,
-                                      run_id)}
+    def validate(run_id: str, chunk: Chunk) -> dict[str, pa.Table]:
+        return {"prompts": arrow_rows([make_prompt(**f) for _, f in chunk.rows()],
+                                      PROMPT_COLUMNS, run_id)}
 
     return _land(store, "prompts generate", config, Path(f"generated(n={n}, seed={seed})"),
-                 rows, validate, progress)
+                 _chunks(rows), validate, progress)
 
 
 def record_rows(path: Path, chunk: list[tuple[str, dict[str, Any]]], *, run_id: str,
@@ -706,15 +773,14 @@ def import_records(
     config = _file_config(path, fmt) | {"map": mapping, "source": source}
     default_source = source or path.stem
 
-    def validate(run_id: str, chunk: list[tuple[str, dict[str, Any]]]) -> dict[str, pa.Table]:
+    def validate(run_id: str, chunk: Chunk) -> dict[str, pa.Table]:
         if fast:
             with contextlib.suppress(Reject):
-                p, r = fast_records([_apply_map(raw, mapping) for _, raw in chunk],
-                                    source=source, default_source=default_source,
-                                    run_id=run_id)
+                p, r = fast_record_columns(chunk.columns(mapping), chunk.n, source=source,
+                                           default_source=default_source, run_id=run_id)
                 return {"prompts": p, "records": r}
-        return record_rows(path, chunk, run_id=run_id, mapping=mapping, source=source,
+        return record_rows(path, chunk.rows(), run_id=run_id, mapping=mapping, source=source,
                            default_source=default_source)
 
-    return _land(store, "records import", config, path, read_rows(path, fmt), validate,
+    return _land(store, "records import", config, path, read_chunks(path, fmt), validate,
                  progress, records=True)

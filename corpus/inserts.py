@@ -24,16 +24,32 @@ def insert_absent(con: Any, table: str, key: str | Sequence[str], rows: pa.Table
     row per key; returns how many rows were added."""
     if rows.num_rows == 0:
         return 0
-    keys = [key] if isinstance(key, str) else list(key)
-    cols = ", ".join(rows.column_names)
-    on = ", ".join(keys)
     name = f"_absent_{table}"
     con.register(name, rows)
     try:
-        added = con.execute(
-            f"INSERT INTO {table} ({cols}) SELECT DISTINCT ON ({on}) {cols} "
-            f"FROM {name} ANTI JOIN {table} USING ({on})").fetchone()
+        return insert_absent_from(con, table, key, name, rows.column_names)
     finally:
         con.unregister(name)
-    return int(added[0]) if added else 0
 
+
+def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: str,
+                       columns: Sequence[str], *, first_by: str | None = None) -> int:
+    """:func:`insert_absent` of the rows of ``source``, a relation in SQL (a registered
+    table, ``read_parquet('…')``); returns how many rows were added.
+
+    ``first_by``: a column of ``source`` that orders its rows; of several rows with one key
+    the one with the least value is inserted (deterministic, where ``DISTINCT ON`` keeps an
+    arbitrary one), through an aggregate of the keys only, not of whole rows.
+    """
+    keys = [key] if isinstance(key, str) else list(key)
+    cols = ", ".join(columns)
+    on = ", ".join(keys)
+    if first_by is None:
+        select = f"SELECT DISTINCT ON ({on}) {cols} FROM {source}"
+    else:
+        select = (f"SELECT {cols} FROM {source} SEMI JOIN (SELECT {on}, min({first_by}) AS "
+                  f"{first_by} FROM {source} GROUP BY ALL) USING ({on}, {first_by})")
+    added = con.execute(
+        f"INSERT INTO {table} ({cols}) SELECT * FROM ({select}) ANTI JOIN {table} USING ({on})"
+    ).fetchone()
+    return int(added[0]) if added else 0

@@ -26,10 +26,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from corpus import Store, importers
-from corpus.importbatch import Reject, fast_prompts, fast_records
+from corpus.importbatch import (
+    MISSING,
+    Reject,
+    _canonical,
+    _encodable,
+    arrow_columns,
+    fast_prompt_columns,
+    fast_prompts,
+    fast_record_columns,
+    fast_records,
+    row_columns,
+)
 from corpus.importers import ImportInputError, import_prompts, import_records
 from corpus.records import PROMPT_COLUMNS, arrow_rows, make_prompt
-from schemas.identity import prompt_id, prompt_ids, record_id, record_ids
+from schemas.identity import (
+    canonical_json,
+    canonical_json_tree,
+    prompt_id,
+    prompt_ids,
+    record_id,
+    record_ids,
+)
+from schemas.records import check_json_value
 
 _PROPS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow], deadline=None)
@@ -262,16 +281,16 @@ def test_the_first_row_of_an_id_wins_across_batches(db, tmp_path, monkeypatch):
 
 _KILLER = """
 import os, signal, sys
-from corpus import importers, records
+from corpus import importers, inserts
 from corpus.store import Store
 importers.BATCH_ROWS = 2
-real, calls = records.insert_table, []
-def insert_table(con, table, rows):
+real, calls = inserts.insert_absent_from, []
+def insert_absent_from(con, table, *args, **kw):
     calls.append(table)
-    if len(calls) == 3:  # inside the final transaction, after two batches went in
+    if len(calls) == 2:  # inside the final transaction, after the prompts went in
         os.kill(os.getpid(), signal.SIGKILL)
-    return real(con, table, rows)
-records.insert_table = insert_table
+    return real(con, table, *args, **kw)
+inserts.insert_absent_from = insert_absent_from
 with Store.open(sys.argv[1]) as store:
     importers.import_records(store, sys.argv[2])
 """
@@ -288,3 +307,171 @@ def test_sigkill_in_the_final_insert_leaves_nothing(db, tmp_path):
         assert _stored(store) == ([], [])
         assert store.query("SELECT status FROM runs WHERE command = 'records import'") == [
             ("killed",)]
+
+
+# -- the columnar fast path: Arrow batches, one json.dumps per meta ------------------------------
+
+
+def _arrow(rows: list[dict]) -> pa.Table | None:
+    """The rows as Arrow infers them (what a Parquet file of them holds), or None."""
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowException, UnicodeEncodeError, OverflowError):
+        return None
+
+
+@_PROPS
+@given(rows=st.lists(_typed_record(), min_size=1, max_size=6),
+       source=st.sampled_from([None, "cli-src"]))
+def test_arrow_record_batches_equal_the_reference(rows, source):
+    table = _arrow(rows)
+    if table is None:
+        return
+    chunk = importers.Chunk(batch=table.to_batches()[0])
+    try:
+        fast = fast_record_columns(arrow_columns(table), table.num_rows, source=source,
+                                   default_source="in", run_id=RUN)
+    except Reject:
+        fast = None
+    ref = _reference(importers.record_rows, PATH, chunk.rows(), run_id=RUN, mapping={},
+                     source=source, default_source=source or "in")
+    if fast is not None:
+        assert not isinstance(ref, str), ref
+        assert fast[0].equals(ref["prompts"]) and fast[1].equals(ref["records"])
+
+
+@_PROPS
+@given(rows=st.lists(st.fixed_dictionaries(
+    {"text": st.sampled_from(["What is 2+2?", " q "]) | any_text},
+    optional={"gold_answer": opt, "gold_rationale": opt, "source": opt, "split": opt,
+              "meta": clean_meta, "extra": clean_values}), min_size=1, max_size=6))
+def test_arrow_prompt_batches_equal_the_reference(rows):
+    table = _arrow(rows)
+    if table is None:
+        return
+    try:
+        fast = fast_prompt_columns(arrow_columns(table), table.num_rows, source=None,
+                                   split=None, default_source="in", run_id=RUN)
+    except Reject:
+        fast = None
+
+    def reference():
+        made = [make_prompt(**importers._prompt_fields(
+            PATH, f"row {i}", raw, preset=None, mapping={}, source=None, split=None,
+            default_source="in")) for i, raw in enumerate(table.to_pylist(), start=1)]
+        return arrow_rows(made, PROMPT_COLUMNS, RUN)
+
+    ref = _reference(reference)
+    if fast is not None:
+        assert not isinstance(ref, str), ref
+        assert fast.equals(ref)
+
+
+def _nested(depth: int, leaf: object) -> object:
+    value = leaf
+    for i in range(depth):
+        value = [value] if i % 2 else {"k": value}
+    return value
+
+
+@_PROPS
+@given(meta=st.one_of(
+    st.dictionaries(any_text, json_values, max_size=4),
+    st.dictionaries(st.one_of(st.integers(), st.booleans(), st.none(), any_text), finite,
+                    max_size=3),
+    st.builds(lambda d, leaf: {"a": _nested(d, leaf)}, st.integers(55, 70), finite | any_text),
+    st.builds(lambda d: {"a": [[[[]]]] * d}, st.integers(10, 30))))
+def test_the_one_dumps_meta_check_accepts_only_what_the_walk_accepts(meta):
+    try:
+        text = _canonical(meta, "meta")
+        _encodable([text])
+    except Reject:
+        return  # refusing is always allowed: the reference then reads the batch
+    check_json_value(meta, "meta")  # accepted: the exact walk accepts it too …
+    assert text == canonical_json(meta)  # … and the stored text is the reference's
+
+
+def test_a_typed_parquet_file_is_read_by_the_fast_path_only(db, tmp_path, monkeypatch):
+    rows = [{"prompt": f"q{i // 2} é\n\"x\"", "kind": ["meta", "self", "qa"][i % 3],
+             "round": i % 3, "response": f"r{i}\x01", "feedback": None if i % 3 else f"f{i}",
+             "verdict": [None, "correct", "incorrect"][i % 3], "gold_answer": f"{i},000",
+             "meta": {"i": i, "tag": "t\u2028", "xs": [1.5, None, True]}}
+            for i in range(30)]
+    f = tmp_path / "r.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), f)
+    monkeypatch.setattr(importers, "BATCH_ROWS", 7)
+    with Store.open(tmp_path / "ref.duckdb") as store:
+        import_records(store, f, fast=False)
+        reference = _stored(store)
+
+    def no_reference(*args, **kw):
+        raise AssertionError("the reference read a batch of a clean file")
+
+    monkeypatch.setattr(importers, "record_rows", no_reference)
+    with Store.open(db) as store:
+        res = import_records(store, f)
+        assert (res.rows, res.new_records, res.new_prompts) == (30, 30, 15)
+        assert _stored(store) == reference
+
+
+@_PROPS
+@given(value=st.one_of(st.dictionaries(any_text, json_values, max_size=4),
+                       st.lists(json_values, max_size=4)))
+def test_the_tree_encoder_writes_what_canonical_json_writes(value):
+    try:
+        expected = canonical_json(value, allow_nan=False)
+    except ValueError:  # NaN or an infinity: refused by both
+        with pytest.raises(ValueError):
+            canonical_json_tree(value)
+        return
+    assert canonical_json_tree(value) == expected
+    assert expected == json.dumps(value, sort_keys=True, ensure_ascii=False,
+                                  separators=(",", ":"))
+
+
+utf8_text = any_text.filter(_utf8)
+
+
+@_PROPS
+@given(rows=st.lists(st.tuples(
+    st.sampled_from(["p1", "p2"]) | utf8_text, st.sampled_from(["meta", "self", "qa"]),
+    st.integers(0, 2**31 - 1), *[st.none() | utf8_text] * 3,
+    st.sampled_from(["correct", "incorrect", None]), st.none() | utf8_text), max_size=8))
+def test_bulk_record_ids_are_byte_identical_to_record_id(rows):
+    pids = prompt_ids([r[0] for r in rows])
+    cols = list(zip(*rows, strict=True)) if rows else [[]] * 8
+    got = record_ids(pids, list(cols[1]), list(cols[2]), list(cols[3]), list(cols[4]),
+                     list(cols[6]), list(cols[5]), list(cols[7]))
+    assert got == [record_id(prompt_id=prompt_id(p), kind=k, round=n, response=r, feedback=f,
+                             verdict=v, refinement=rf, parent_record_id=pa)
+                   for p, k, n, r, f, rf, v, pa in rows]
+
+
+@_PROPS
+@given(rows=st.lists(st.dictionaries(st.sampled_from(["a", "b", "c"]), json_values, max_size=3),
+                     max_size=5))
+def test_row_columns_hold_every_key_and_missing_where_a_row_lacks_it(rows):
+    cols = row_columns(rows)
+    keys = {k for r in rows for k in r}
+    assert set(cols) == keys
+    for k in keys:
+        got = cols[k]
+        assert len(got) == len(rows)
+        assert all((got[i] is MISSING) if k not in r else (got[i] is r[k])
+                   for i, r in enumerate(rows))
+
+
+def test_the_first_row_of_an_id_wins_across_staged_parts(db, tmp_path, monkeypatch):
+    monkeypatch.setattr(importers, "BATCH_ROWS", 2)
+    monkeypatch.setattr(importers, "PART_BATCHES", 1)  # every 2 rows a part, one INSERT each
+    f = tmp_path / "r.jsonl"
+    rows = [("a", "1"), ("b", "2"), ("c", "3"), ("a", "4"), ("a", "5"), ("b", "6")]
+    f.write_text("".join(json.dumps({"prompt": p, "kind": "qa", "gold_answer": g,
+                                     "source": f"s{g}"}) + "\n" for p, g in rows))
+    with Store.open(db) as store:
+        res = import_records(store, f)
+        assert (res.new_prompts, res.new_records) == (3, 3)
+        assert store.query("SELECT text, gold_answer, source FROM prompts ORDER BY text") == [
+            ("a", "1", "s1"), ("b", "2", "s2"), ("c", "3", "s3")]
+        assert store.query("SELECT source FROM records ORDER BY source") == [
+            ("s1",), ("s2",), ("s3",)]
