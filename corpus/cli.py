@@ -23,7 +23,7 @@ def init_cmd(db: str) -> None:
     """
     with Store.open(db, command="init") as store:
         applied = store.query("SELECT count(*) FROM _migrations")[0][0]
-    click.echo(f"store {db} ready ({applied}/{len(MIGRATIONS)} migrations applied)")
+    click.echo(f"store {store.spec} ready ({applied}/{len(MIGRATIONS)} migrations applied)")
 
 
 # -- prompts / records import ------------------------------------------------------------
@@ -179,8 +179,11 @@ def store_copy(src: str, dst: str) -> None:
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
               show_default=True, help="Output format.")
+@click.option("--at", "at", type=click.IntRange(min=0), default=None, metavar="VERSION",
+              help="Read a DuckLake store as it was at DuckLake snapshot VERSION "
+                   "(snapshots.lake_version, ducklake_snapshots()).")
 @db_option
-def sql(query: str, fmt: str, db: str) -> None:
+def sql(query: str, fmt: str, db: str, at: int | None) -> None:
     """Run a read-only SQL QUERY (one SELECT) against the store; writes are refused.
 
     Works while another selfevo process is running a job.
@@ -189,11 +192,12 @@ def sql(query: str, fmt: str, db: str) -> None:
     Example:
       selfevo sql "SELECT step, reason, count(*) FROM decisions WHERE NOT passed GROUP BY ALL"
       selfevo sql "SELECT * FROM prompts LIMIT 5" --format json
+      selfevo sql "SELECT count(*) FROM records" --at 42 --db ducklake:team.ducklake
     """
     from corpus.audit import check_read_only, format_rows, rich_table, run_query
 
     check_read_only(query)  # before the store is even opened
-    columns, rows = run_query(Store.open_readonly(db), query)
+    columns, rows = run_query(Store.open_readonly(db, at=at), query)
     if fmt == "table":
         from rich.console import Console
 

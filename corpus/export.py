@@ -372,7 +372,9 @@ def _export_into(store: Store, snap: Snapshot, fmt: str, out: Path,
     try:
         data_fmt = "jsonl" if fmt == "jsonl" else "parquet"  # hf is made from parquet
         data = tmp / DATA_FILES[data_fmt]
-        with store.connection() as con:
+        # On a lake, the store as the snapshot's commit left it: later writes (or a
+        # reconciliation) cannot change an old snapshot's bytes.
+        with store.reading_at(snap.lake_version) as con:
             copy_rows(con, snap.snapshot_id, data, data_fmt, layouts)
             counts, runs = _counts_and_runs(
                 con, snap.snapshot_id, data if data_fmt == "parquet" else None)

@@ -559,11 +559,14 @@ class _Stage:
         for w in self._writers.values():
             w.close()
         self._writers.clear()
-        if progress is not None:
-            progress.restart(f"write {label}", sum(self.rows.values()))
-            progress.update(info="rows written")
-        new = {"prompts": 0, "records": 0}
-        with store.transaction() as con:
+
+        def write(con: Any) -> dict[str, int]:
+            # Re-run whole when a commit on a lake loses to another writer: the bar starts
+            # over with it (display only; the counts come from this attempt alone).
+            if progress is not None:
+                progress.restart(f"write {label}", sum(self.rows.values()))
+                progress.update(info="rows written")
+            new = {"prompts": 0, "records": 0}
             for table in ("prompts", "records"):  # prompts first: records point at them
                 for path, n in self._parts[table]:
                     source = "read_parquet('{}', file_row_number=true)".format(
@@ -573,7 +576,9 @@ class _Stage:
                         first_by="file_row_number")
                     if progress is not None:
                         progress.advance(n)
-        return new
+            return new
+
+        return store.transact(write)
 
 
 def _reading(progress: Tracker | None, label: str) -> None:

@@ -13,26 +13,29 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
+from typing import Any
 
 import duckdb
 
 from corpus.errors import CorpusError
 from corpus.extensions import offline_config
-from corpus.migrations import MIGRATIONS, migrate
+from corpus.migrations import MIGRATIONS, Migration, applied_migrations, migrate
 from corpus.storespec import sql_literal
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-def _reference() -> duckdb.DuckDBPyConnection:
+def _reference(upto: int | None = None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config=offline_config())
-    migrate(con)
+    migrate(con, upto)
     return con
 
 
-def schema_statements() -> list[str]:
-    """DDL creating the current schema on a DuckLake: tables, then views and macros."""
-    con = _reference()
+def schema_statements(upto: int | None = None) -> list[str]:
+    """DDL creating the current schema (or the one after ``upto`` migrations) on a DuckLake:
+    tables, then views and macros."""
+    con = _reference(upto)
     out = []
     for name, oid in con.execute("SELECT table_name, table_oid FROM duckdb_tables() "
                                  "WHERE NOT internal ORDER BY table_oid").fetchall():
@@ -71,18 +74,97 @@ def _identity_keys() -> tuple[tuple[str, tuple[str, ...]], ...]:
     return tuple((table, tuple(cols)) for table, cols in rows)
 
 
-def create_schema(con: duckdb.DuckDBPyConnection) -> list[str]:
+def create_schema(con: duckdb.DuckDBPyConnection, upto: int | None = None) -> list[str]:
     """Create the current schema in the (empty) lake ``con`` uses; record the migrations.
 
-    Run it inside a transaction. Returns the migration names recorded as applied.
+    Run it inside a transaction. Returns the migration names recorded as applied. ``upto``
+    makes the schema of an older selfevo (the first ``upto`` migrations): tests migrate it.
     """
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = "
                    "current_database()").fetchone()[0]:
         raise CorpusError("the lake already has tables; create the schema in an empty lake")
-    for sql in schema_statements():
+    for sql in schema_statements(upto):
         con.execute(sql)
-    names = [m.__name__ for m in MIGRATIONS]
+    names = [m.__name__ for m in MIGRATIONS[:upto]]
     con.executemany("INSERT INTO _migrations (name) VALUES (?)", [[n] for n in names])
+    return names
+
+
+_COMMENT = re.compile(r"--[^\n]*")
+_TABLE_KEY = re.compile(r",\s*PRIMARY\s+KEY\s*\(([^)]*)\)", re.IGNORECASE)
+_COLUMN_KEY = re.compile(r"\s+PRIMARY\s+KEY\b(?!\s*\()", re.IGNORECASE)
+_COLUMN_UNIQUE = re.compile(r"\s+UNIQUE\b(?!\s*\()", re.IGNORECASE)
+_UNSUPPORTED = re.compile(r"\b(?:PRIMARY\s+KEY|UNIQUE|CHECK|CREATE\s+(?:UNIQUE\s+)?INDEX|"
+                          r"CREATE\s+SEQUENCE)\b", re.IGNORECASE)
+
+
+def lake_ddl(sql: str) -> str:
+    """A migration's SQL in its lake form: comments, PRIMARY KEY and UNIQUE dropped (the
+    NOT NULL a key implies is kept).
+
+    The keys are kept on a lake by :func:`corpus.inserts.insert_absent` (and
+    :func:`identity_keys` still reads them from the file store's schema). Anything else a
+    lake refuses (CHECK, indexes, sequences) is an error here: such a migration needs a
+    hand-written lake form. Migration SQL is selfevo's own text: no ``--`` inside strings.
+    """
+    out = _COMMENT.sub("", sql)
+    for key in _TABLE_KEY.findall(out):  # a key's columns are NOT NULL: keep that
+        for col in (c.strip() for c in key.split(",")):
+            out = re.sub(rf"(^[ \t(]*{re.escape(col)}\s[^,\n]*?)(\s*(?:,|\n|\)\s*$))",
+                         r"\1 NOT NULL\2", out, count=1, flags=re.MULTILINE)
+    out = _COLUMN_UNIQUE.sub("", _COLUMN_KEY.sub(" NOT NULL", _TABLE_KEY.sub("", out)))
+    if _UNSUPPORTED.search(out):
+        raise CorpusError(f"a migration uses DDL a DuckLake refuses: {out.strip()[:120]}")
+    return out
+
+
+class _LakeForm:
+    """A connection whose ``execute`` runs :func:`lake_ddl` of the SQL (migrations only)."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
+        self._con = con
+
+    def execute(self, sql: str, *args: Any) -> Any:
+        """Run the lake form of ``sql``."""
+        return self._con.execute(lake_ddl(sql), *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._con, name)
+
+
+def apply_on_lake(con: duckdb.DuckDBPyConnection, migration: Migration) -> bool:
+    """Apply ``migration`` in its lake form unless the lake has it; run it in a transaction.
+
+    It reads ``_migrations`` first, so a re-run after a lost commit (another process
+    migrated meanwhile) does nothing. Returns whether it applied the migration.
+    """
+    if migration.__name__ in applied_migrations(con):
+        return False
+    migration(_LakeForm(con))  # type: ignore[arg-type]
+    con.execute("INSERT INTO _migrations (name) VALUES (?)", [migration.__name__])
+    return True
+
+
+def prepare_lake(transact: Callable[[Callable[[duckdb.DuckDBPyConnection], Any]], Any],
+                 check: Callable[[duckdb.DuckDBPyConnection], None]) -> list[str]:
+    """Give a lake the current schema: create it when the lake is empty, else apply the
+    migrations it lacks in their lake form, each in its own re-runnable transaction.
+
+    ``check(con)`` refuses a lake that is not (or no longer) this selfevo's to write.
+    Returns the migration names applied or recorded.
+    """
+    def create(con: duckdb.DuckDBPyConnection) -> tuple[list[str], list[str]]:
+        check(con)
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = "
+                       "current_database()").fetchone()[0]:
+            return [], applied_migrations(con)
+        names = create_schema(con)
+        return names, names
+
+    names, applied = transact(create)
+    for m in MIGRATIONS:
+        if m.__name__ not in applied and transact(lambda con, m=m: apply_on_lake(con, m)):
+            names.append(m.__name__)
     return names
 
 

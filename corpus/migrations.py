@@ -364,16 +364,43 @@ def m009_refined_verdict(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+def m010_run_liveness(con: duckdb.DuckDBPyConnection) -> None:
+    """Which machine runs a run, and when it last said it was alive.
+
+    On a DuckLake store several machines write at once, so a ``running`` run whose PID is not
+    alive *here* may be alive elsewhere: reaping goes by ``host`` and ``heartbeat_at`` (a
+    writer on a lake updates it every minute; ``corpus.store.reap_stale_runs``). The file
+    store still reaps by its job lock. Only ALTER TABLE ADD COLUMN: DDL a lake accepts.
+    """
+    con.execute(
+        """
+        ALTER TABLE runs ADD COLUMN host VARCHAR;              -- socket.gethostname() of the writer
+        ALTER TABLE runs ADD COLUMN heartbeat_at TIMESTAMPTZ;  -- last sign of life (start, heartbeat)
+        """
+    )
+
+
+def m011_snapshot_lake_version(con: duckdb.DuckDBPyConnection) -> None:
+    """The DuckLake snapshot a selfevo snapshot was cut from (NULL on a file store).
+
+    ``snapshot export`` on a lake reads the store as of that version, so later writes (or a
+    reconciliation) cannot change an old snapshot's bytes. ALTER TABLE ADD COLUMN only.
+    """
+    con.execute("ALTER TABLE snapshots ADD COLUMN lake_version BIGINT")
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
-    m006_model_identity, m007_batches, m009_refined_verdict,
+    m006_model_identity, m007_batches, m009_refined_verdict, m010_run_liveness,
+    m011_snapshot_lake_version,
 ]
 
 
 def applied_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Names of the migrations already applied to this store, in order."""
     exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations'"
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations' "
+        "AND table_catalog = current_database()"
     ).fetchone()[0]
     if not exists:
         return []

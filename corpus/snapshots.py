@@ -42,6 +42,8 @@ class Snapshot:
     note: str | None
     run_id: str
     created_at: datetime
+    #: the DuckLake snapshot whose commit made it (None on a file store): export reads there
+    lake_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,12 @@ def _row_to_snapshot(row: dict[str, Any]) -> Snapshot:
         snapshot_id=row["snapshot_id"], name=row["name"], parent=row["parent"],
         selection=json.loads(row["selection"]), n=row["n"], content_hash=row["content_hash"],
         note=row["note"], run_id=row["run_id"], created_at=row["created_at"],
+        lake_version=row["lake_version"],
     )
 
 
-_COLUMNS = "snapshot_id, name, parent, selection, n, content_hash, note, run_id, created_at"
+_COLUMNS = ("snapshot_id, name, parent, selection, n, content_hash, note, run_id, created_at, "
+            "lake_version")
 
 
 def find_snapshot(con: duckdb.DuckDBPyConnection, name: str) -> Snapshot | None:
@@ -177,12 +181,16 @@ def create_snapshot(
     snapshot_id = content_id({"name": name, "content_hash": content_hash})
     selection = {"where": condition.text, "from": base, "note": note}
     with store.run("snapshot create", {"name": name, **selection}) as run:
-        with store.transaction() as con:
+        def write(con: duckdb.DuckDBPyConnection) -> None:
+            version = store.commit_version(con)  # first: it fixes the transaction's snapshot
+            if find_snapshot(con, name) is not None:  # a lake has no UNIQUE (name)
+                raise CorpusError(f"snapshot '{name}' was just created by another writer; "
+                                  "snapshots are immutable: choose another name")
             con.execute(
                 "INSERT INTO snapshots (snapshot_id, name, parent, selection, n, content_hash,"
-                " note, run_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " note, run_id, lake_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [snapshot_id, name, base, json.dumps(selection, sort_keys=True), len(ids),
-                 content_hash, note, run.run_id],
+                 content_hash, note, run.run_id, version],
             )
             con.register("_snapshot_ids", pa.table({"record_id": pa.array(ids, pa.string())}))
             try:
@@ -192,6 +200,8 @@ def create_snapshot(
                 )
             finally:
                 con.unregister("_snapshot_ids")
+
+        store.transact(write)
         run.add("snapshot_records", len(ids))
     return get_snapshot(store, name)
 

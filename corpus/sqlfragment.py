@@ -217,6 +217,11 @@ def read_only(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnect
     transaction, so this works beside a transaction open on ``con`` (it sees committed rows)."""
     cur = con.cursor()
     try:
+        # A new cursor starts in the instance's default database: on a lake, ``con`` uses
+        # the attached lake instead (``corpus.lake.Lake.cursor``), and so must the cursor.
+        database = con.execute("SELECT current_database()").fetchone()[0]
+        if cur.execute("SELECT current_database()").fetchone()[0] != database:
+            cur.execute(f'USE "{database}"')
         cur.execute("BEGIN TRANSACTION READ ONLY")
         yield cur
     finally:

@@ -31,6 +31,7 @@ import os
 import random
 import secrets
 import signal
+import socket
 import sys
 import threading
 import time
@@ -38,7 +39,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import duckdb
 
@@ -64,6 +65,9 @@ from corpus.version import code_version
 from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
+if TYPE_CHECKING:
+    from corpus.lake import Lake
+
 T = TypeVar("T")
 
 DEFAULT_DB = "selfevo.duckdb"
@@ -73,23 +77,33 @@ FINISH_TIMEOUT_S = 10.0
 DB_ENV = "SELFEVO_DB"
 
 
+#: A run on a lake whose heartbeat is older than this is dead (its machine stopped it).
+STALE_AFTER_S = 300.0
+#: How often a run on a lake says it is alive (``runs.heartbeat_at``).
+HEARTBEAT_S = 60.0
+
+
 def default_db_path() -> str:
     """``$SELFEVO_DB`` or ``./selfevo.duckdb``, validated by :func:`store_file`."""
     return store_file(os.environ.get(DB_ENV) or DEFAULT_DB)
 
 
 def store_file(text: str | os.PathLike[str]) -> str:
-    """The DuckDB file a ``--db`` value names, parsed by ``StoreSpec.parse`` (the one choke
-    point for every store spec).
-
-    A DuckLake spec is refused in one line until the store runs on a lake: without this
-    check ``--db ducklake:…`` would silently create a DuckDB *file* of that name.
-    """
+    """The store a ``--db`` value names, parsed by ``StoreSpec.parse`` (the one choke point
+    for every store spec): a DuckDB file's path, or the DuckLake spec as given (it may hold
+    a password: show ``StoreSpec.parse(text)`` instead, which prints ``***``)."""
     spec = StoreSpec.parse(text)
-    if spec.is_lake:
-        raise CorpusError(f"DuckLake stores ({spec}) are not supported yet; "
-                          "pass --db a DuckDB file (e.g. selfevo.duckdb)")
-    return spec.target
+    return str(text).strip() if spec.is_lake else spec.target
+
+
+def _shown_path(spec: StoreSpec) -> Path:
+    """A path naming the store in messages and beside which its files go (batch shards):
+    the file; a lake's catalog file, or its data directory."""
+    if not spec.is_lake:
+        return Path(spec.target)
+    if spec.catalog == "duckdb":
+        return Path(spec.target)
+    return Path((spec.data_path or "ducklake").rstrip("/"))
 
 
 def new_run_id() -> str:
@@ -164,7 +178,11 @@ class Store:
     """A selfevo DuckDB store. Use :meth:`open` for writing, :meth:`open_readonly` to read."""
 
     def __init__(self, path: str | os.PathLike[str], *, write: bool, wait: float = 30.0):
-        self.path = Path(store_file(path))
+        self.spec = StoreSpec.parse(path)
+        self.path = _shown_path(self.spec)
+        self.lake: Lake | None = None  # set for a DuckLake store (corpus.lake)
+        self._cursors = threading.local()  # a lake's per-thread connection and its depth
+        self._heartbeats: dict[str, threading.Event] = {}
         self.write = write
         self.wait = wait
         self._con: duckdb.DuckDBPyConnection | None = None
@@ -179,31 +197,54 @@ class Store:
         cls, path: str | os.PathLike[str] | None = None, *, command: str = "selfevo",
         wait: float = 120.0,
     ) -> Store:
-        """Open (creating if needed) for writing: take the job lock, migrate, reap dead runs."""
+        """Open (creating if needed) for writing: take the job lock, migrate, reap dead runs.
+
+        On a DuckLake: attach it, create or migrate its schema, reap stale runs by liveness
+        (other machines may be writing: no job lock)."""
         store = cls(path or default_db_path(), write=True, wait=wait)
+        if store.spec.is_lake:
+            store._open_lake()
+            return store
         if store.path.parent and not store.path.parent.exists():
             raise CorpusError(f"directory {store.path.parent} does not exist; create it first "
                               "or pass --db (SELFEVO_DB) a file in another")
         store._lock = JobLock(store.path, command)
-        try:
+        with store._closed_on_failure():
             store._lock.acquire()
             with store.transaction():
                 pass  # the file is checked and migrated on connect
             store._lock.acquire_identity()  # a new store exists only now
             with store.transaction() as con:
                 reap_dead_runs(con, store._lock.last_words)
+        return store
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self) -> Iterator[None]:
+        """Opening: on any failure close what was opened; storage errors become one line."""
+        try:
+            yield
         except BaseException as exc:
-            store.close()
+            self.close()
             converted = storage_error(exc)
             if converted is not None:
                 raise converted from exc
             raise
-        return store
 
     @classmethod
-    def open_readonly(cls, path: str | os.PathLike[str] | None = None, wait: float = 30.0) -> Store:
-        """Open an existing store for reading; works while another process runs a job."""
+    def open_readonly(cls, path: str | os.PathLike[str] | None = None, wait: float = 30.0,
+                      *, at: int | None = None) -> Store:
+        """Open an existing store for reading; works while another process runs a job.
+
+        ``at``: a DuckLake store as of that DuckLake snapshot (time travel); a file store
+        has no history, so ``at`` is refused there in one line.
+        """
         store = cls(path or default_db_path(), write=False, wait=wait)
+        if at is not None and not store.spec.is_lake:
+            raise CorpusError(f"--at {at}: time travel needs a DuckLake store; {store.path} is "
+                              "a DuckDB file (it keeps no history)")
+        if store.spec.is_lake:
+            store._open_lake(at)
+            return store
         if not store.path.exists():
             raise CorpusError(
                 f"no store at {store.path}; create one with 'selfevo init --db {store.path}' "
@@ -217,8 +258,40 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _open_lake(self, version: int | None = None) -> None:
+        """Attach the lake (read-only for a reader, at ``version`` for time travel); a writer
+        prepares its schema and reaps stale runs."""
+        from corpus.lake import Lake
+        from corpus.lakeschema import prepare_lake
+
+        self.lake = Lake(self.spec, read_only=not self.write, version=version)
+        with self._closed_on_failure():
+            if self.write:
+                prepare_lake(self.transact, lambda con: check_writable_store(con, self.spec))
+                self.transact(reap_stale_runs)
+            else:
+                with self.connection() as con:
+                    self._check_readable(con, current=version is None)
+
+    def _check_readable(self, con: duckdb.DuckDBPyConnection, *, current: bool = True) -> None:
+        if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE database_name = "
+                           "current_database()").fetchone()[0]:
+            raise CorpusError(f"no store in {self.spec}; create one with 'selfevo init --db …'")
+        if foreign_tables(con):
+            raise CorpusError(f"{self.spec} is a DuckLake but not a selfevo store; "
+                              "pass --db a selfevo store")
+        if current and pending_migrations(con):  # the past of a lake may be older
+            raise CorpusError(f"store {self.spec} was made by an older selfevo; run "
+                              "'selfevo init --db …' once to migrate it")
+
     def close(self) -> None:
-        """Close any open connection and release the job lock."""
+        """Close any open connection and release the job lock (a lake: detach it)."""
+        for stop in self._heartbeats.values():
+            stop.set()
+        self._heartbeats.clear()
+        if self.lake is not None:
+            self.lake.close()
+            self.lake = None
         if self._con is not None:
             self._con.close()
             self._con = None
@@ -286,8 +359,13 @@ class Store:
         """A connection, opened on entry and closed when the outermost block exits.
 
         Nest it (or wrap a whole job in it) to keep one connection open, at the price of
-        keeping readers out meanwhile.
+        keeping readers out meanwhile. On a lake: a cursor per thread (readers are never
+        kept out there).
         """
+        if self.spec.is_lake:
+            with self._lake_cursor() as cur:
+                yield cur
+            return
         if self._con is None:
             self._con = self._connect()
         self._depth += 1
@@ -302,11 +380,38 @@ class Store:
                     self._con.close()
                 self._con = None
 
+    def _attached(self) -> Lake:
+        """The attached lake; a closed lake store is an error (never a file of that name)."""
+        if self.lake is None:
+            raise CorpusError(f"store {self.spec} is closed")
+        return self.lake
+
+    @contextlib.contextmanager
+    def _lake_cursor(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        lake = self._attached()
+        local = self._cursors
+        if getattr(local, "depth", 0) == 0:
+            local.cur = lake.cursor()
+        local.depth = getattr(local, "depth", 0) + 1
+        try:
+            yield local.cur
+        finally:
+            local.depth -= 1
+            if local.depth == 0:
+                local.cur.close()
+                local.cur = None
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One write transaction: all of it lands, or (on any exception) none of it."""
+        """One write transaction: all of it lands, or (on any exception) none of it.
+
+        File stores only: on a lake a commit may lose to another writer and must be re-run,
+        which a ``with`` body cannot be; write through :meth:`transact` there.
+        """
         if not self.write:
             raise CorpusError("this store was opened read-only")
+        if self.spec.is_lake:
+            raise CorpusError("internal: a DuckLake store writes through Store.transact(fn)")
         with self.connection() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -325,9 +430,45 @@ class Store:
         The callable form of :meth:`transaction`, for a store on a DuckLake where a commit that
         lost to another writer is re-run: ``fn`` must do database work only (no ``run.add``,
         no progress, no files), so running it again is harmless. On a file store it runs once.
+        On a lake conflicts are re-run with backoff and jitter (``corpus.lake.Lake.transact``).
         """
+        if self.spec.is_lake:
+            if not self.write:
+                raise CorpusError("this store was opened read-only")
+            return self._attached().transact(fn)
         with self.transaction() as con:
             return fn(con)
+
+    def commit_version(self, con: duckdb.DuckDBPyConnection) -> int | None:
+        """Inside a :meth:`transact` body on a lake: the DuckLake snapshot its commit will
+        make (None on a file store). Call it first in the body.
+
+        A lake transaction commits only when no other commit landed since its first
+        statement (``Lake`` turns DuckLake's rebasing off), and snapshot ids count up by
+        one, so the commit of a transaction that reads snapshot v makes v + 1.
+        """
+        if not self.spec.is_lake:
+            return None
+        from corpus.lake import current_snapshot
+
+        return current_snapshot(con) + 1
+
+    @contextlib.contextmanager
+    def reading_at(self, version: int | None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read connection to the store as of DuckLake snapshot ``version`` (``None``: now;
+        a file store has only now)."""
+        if version is None or not self.spec.is_lake:
+            with self.connection() as con:
+                yield con
+            return
+        from corpus.lake import Lake
+
+        with Lake(self.spec, version=version) as old:
+            cur = old.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         """Run one statement and fetch all rows."""
@@ -352,12 +493,34 @@ class Store:
         config = redact(canonical_json(run.config))
         self.transact(lambda con: con.execute(
             "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
-            " pid, parent_run_id) VALUES (?, ?, ?, ?, now(), 'running', ?, ?)",
-            [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id]))
+            " pid, parent_run_id, host, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
+            [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
+             socket.gethostname()]))
+        if self.spec.is_lake:
+            self._start_heartbeat(run.run_id)
+
+    def _start_heartbeat(self, run_id: str) -> None:
+        """Update the run's ``heartbeat_at`` every :data:`HEARTBEAT_S` until it finishes, so
+        writers on other machines can tell it from a dead one (:func:`reap_stale_runs`)."""
+        stop = threading.Event()
+        self._heartbeats[run_id] = stop
+
+        def beat() -> None:
+            while not stop.wait(HEARTBEAT_S):
+                with contextlib.suppress(Exception):  # a missed beat is retried next minute
+                    self.transact(lambda con: con.execute(
+                        "UPDATE runs SET heartbeat_at = now() WHERE run_id = ? "
+                        "AND status = 'running'", [run_id]))
+
+        threading.Thread(target=beat, name=f"selfevo-heartbeat-{run_id}", daemon=True).start()
 
     def finish_run(self, run: Run, status: str = "ok", error: str | None = None) -> None:
         """Mark a run finished with its counts."""
         counts = json.dumps(run.counts, sort_keys=True)
+        stop = self._heartbeats.pop(run.run_id, None)
+        if stop is not None:
+            stop.set()
         self.transact(lambda con: con.execute(
             "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
             "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
@@ -481,7 +644,7 @@ def _deferred_sigint(redeliver: bool = True) -> Iterator[None]:
         signal.raise_signal(signal.SIGINT)
 
 
-def check_writable_store(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+def check_writable_store(con: duckdb.DuckDBPyConnection, path: Path | StoreSpec) -> None:
     """Refuse, before writing a byte, someone else's DuckDB file or a newer selfevo's store."""
     foreign = foreign_tables(con)
     if foreign:
@@ -520,12 +683,7 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection,
     dead = [r[0] for r in con.execute(
         "SELECT run_id FROM runs WHERE status = 'running' ORDER BY run_id").fetchall()]
     if dead:
-        counts: dict[str, dict[str, int]] = {rid: {} for rid in dead}
-        for table in _run_tables(con):
-            for rid, n in con.execute(
-                    f'SELECT run_id, count(*) FROM "{table}" WHERE run_id IN '
-                    f'(SELECT unnest(?)) GROUP BY run_id', [dead]).fetchall():
-                counts[rid][table] = n
+        counts = _committed_counts(con, dead)
         for rid in dead:
             status, error = (last_words or {}).get(rid) or (
                 "killed", "process ended without finishing the run; its committed rows are "
@@ -541,6 +699,60 @@ def reap_dead_runs(con: duckdb.DuckDBPyConnection,
         "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')"
     )
     return dead
+
+
+def reap_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """On a lake, give a final state to the ``running`` runs that are dead: their heartbeat
+    is older than :data:`STALE_AFTER_S`, or they ran on this host under a PID that is gone.
+
+    Other machines' live runs are left alone (a PID means nothing across hosts), and only
+    the ``pending`` calls of a reaped run are flagged ``possibly_billed``. Runs in one
+    transaction (re-runnable); returns the reaped run ids.
+    """
+    host = socket.gethostname()
+    rows = con.execute(
+        "SELECT run_id, host, pid, coalesce(heartbeat_at, started_at) < now() - "
+        f"INTERVAL {int(STALE_AFTER_S)} SECOND FROM runs WHERE status = 'running'"
+        " ORDER BY run_id").fetchall()
+    dead = [rid for rid, h, pid, stale in rows
+            if stale or (h == host and pid is not None and not _pid_alive(int(pid)))]
+    if not dead:
+        return []
+    counts = _committed_counts(con, dead)
+    for rid in dead:
+        con.execute(
+            "UPDATE runs SET status = 'killed', finished_at = now(), error = ?, counts = ? "
+            "WHERE run_id = ?",
+            ["process stopped sending heartbeats (or ended) without finishing the run; its "
+             "committed rows are kept (counts)", json.dumps(counts[rid], sort_keys=True), rid])
+    con.execute(
+        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
+        "run_id IN (SELECT unnest(?)) AND "
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')", [dead])
+    return dead
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _committed_counts(con: duckdb.DuckDBPyConnection, runs: list[str]) -> dict[str, dict[str, int]]:
+    """Per run, the rows it committed in each table that names its run."""
+    counts: dict[str, dict[str, int]] = {rid: {} for rid in runs}
+    for table in _run_tables(con):
+        for rid, n in con.execute(
+                f'SELECT run_id, count(*) FROM "{table}" WHERE run_id IN '
+                f'(SELECT unnest(?)) GROUP BY run_id', [runs]).fetchall():
+            counts[rid][table] = n
+    return counts
 
 
 def run_error(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from corpus.decisions import insert_decisions
 from corpus.store import Store
@@ -89,15 +89,18 @@ def run_filters(
                     raise RuntimeError(f"step {step.label} returned {len(results)} results "
                                        f"for {len(chunk)} records")
                 per_step.append(results)
-            with store.transaction() as con:
-                for step, results in zip(steps, per_step, strict=True):
-                    insert_decisions(
-                        con,
-                        ({"record_id": rec["record_id"], "passed": bool(r.passed),
+            # Lists, not generators: the body may run again after a lost commit on a lake.
+            batches = [(step.label, step.filter.params(),
+                        [{"record_id": rec["record_id"], "passed": bool(r.passed),
                           "score": r.score, "reason": r.reason, "detail": r.detail}
-                         for rec, r in zip(chunk, results, strict=True)),
-                        run_id=run.run_id, step=step.label, params=step.filter.params(),
-                    )
+                         for rec, r in zip(chunk, results, strict=True)])
+                       for step, results in zip(steps, per_step, strict=True)]
+
+            def write(con: Any, batches: list[Any] = batches) -> None:
+                for label, params, rows in batches:
+                    insert_decisions(con, rows, run_id=run.run_id, step=label, params=params)
+
+            store.transact(write)
             kept += sum(all(res[i].passed for res in per_step) for i in range(len(chunk)))
             run.add("records", len(chunk))
             if progress is not None:

@@ -240,8 +240,8 @@ def decontaminate(
             t0 = time.perf_counter()
             rows = [_decide(index, rec, fields, min_overlap) for rec in chunk]
             seconds += time.perf_counter() - t0
-            with store.transaction() as con:
-                insert_decisions(con, rows, run_id=run.run_id, step=step, params=params)
+            store.transact(lambda con, rows=rows: insert_decisions(
+                con, rows, run_id=run.run_id, step=step, params=params))
             flagged += sum(not r["passed"] for r in rows)
             run.add("records", len(chunk))
             if progress is not None:

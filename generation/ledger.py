@@ -346,58 +346,54 @@ class Writer:
 
     def _run_job(self, con: duckdb.DuckDBPyConnection, fn: Callable[[duckdb.DuckDBPyConnection], Any],
                  fut: Future[Any]) -> None:
-        con.execute("BEGIN TRANSACTION")
+        # ``con`` (held by the loop) keeps a file store's connection open between jobs;
+        # Store.transact runs on it there, and re-runs ``fn`` after a lost commit on a lake.
         try:
-            result = fn(con)
+            result = self.store.transact(fn)
         except BaseException as exc:
-            con.execute("ROLLBACK")
             fut.set_exception(exc)
             return
-        con.execute("COMMIT")
         fut.set_result(result)
 
     def _write(self, con: duckdb.DuckDBPyConnection, b: _Batch) -> None:
-        if not len(b):
-            return
-        con.execute("BEGIN TRANSACTION")
-        try:
-            if b.new_calls:
-                insert_pending(con, b.new_calls)
-            if b.resend:
-                mark_resend(con, b.resend)
-            if b.done:
-                con.register("_done", _table(b.done, _DONE_ROW))
-                con.execute(
-                    "UPDATE calls SET status = d.status, response = d.response, "
-                    "finish_reason = d.finish_reason, prompt_tokens = d.prompt_tokens, "
-                    "completion_tokens = d.completion_tokens, cost = d.cost, latency = d.latency, "
-                    "n_attempts = calls.n_attempts + d.n_attempts, error_kind = d.error_kind, "
-                    "error = d.error, completed_at = now() "
-                    "FROM _done d WHERE calls.call_id = d.call_id")
-                con.unregister("_done")
-            if b.attempts:
-                con.register("_attempts", _table(b.attempts, _ATTEMPT_ROW))
-                con.execute(f"INSERT INTO attempts ({', '.join(_ATTEMPT_ROW)}) "
-                            f"SELECT {', '.join(_ATTEMPT_ROW)} FROM _attempts")
-                con.unregister("_attempts")
-            if b.unsent_new:
-                con.register("_unsent", pa.table({"call_id": pa.array(b.unsent_new, pa.string())}))
-                con.execute("DELETE FROM calls WHERE status = 'pending' "
-                            "AND call_id IN (SELECT call_id FROM _unsent)")
-                con.unregister("_unsent")
-            if b.unsent_failed:
-                con.register("_unsent", pa.table({"call_id": pa.array(b.unsent_failed, pa.string())}))
-                con.execute("UPDATE calls SET status = 'failed' WHERE status = 'pending' "
-                            "AND call_id IN (SELECT call_id FROM _unsent)")
-                con.unregister("_unsent")
-            if b.records:
-                insert_records(con, b.records, self.run_id)
-            for fn in b.then:
-                fn(con)
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+        if len(b):
+            self.store.transact(lambda c: self._write_batch(c, b))
+
+    def _write_batch(self, con: duckdb.DuckDBPyConnection, b: _Batch) -> None:
+        """One batch's statements; a lake re-runs them all when its commit lost a race."""
+        if b.new_calls:
+            insert_pending(con, b.new_calls)
+        if b.resend:
+            mark_resend(con, b.resend)
+        if b.done:
+            con.register("_done", _table(b.done, _DONE_ROW))
+            con.execute(
+                "UPDATE calls SET status = d.status, response = d.response, "
+                "finish_reason = d.finish_reason, prompt_tokens = d.prompt_tokens, "
+                "completion_tokens = d.completion_tokens, cost = d.cost, latency = d.latency, "
+                "n_attempts = calls.n_attempts + d.n_attempts, error_kind = d.error_kind, "
+                "error = d.error, completed_at = now() "
+                "FROM _done d WHERE calls.call_id = d.call_id")
+            con.unregister("_done")
+        if b.attempts:
+            con.register("_attempts", _table(b.attempts, _ATTEMPT_ROW))
+            con.execute(f"INSERT INTO attempts ({', '.join(_ATTEMPT_ROW)}) "
+                        f"SELECT {', '.join(_ATTEMPT_ROW)} FROM _attempts")
+            con.unregister("_attempts")
+        if b.unsent_new:
+            con.register("_unsent", pa.table({"call_id": pa.array(b.unsent_new, pa.string())}))
+            con.execute("DELETE FROM calls WHERE status = 'pending' "
+                        "AND call_id IN (SELECT call_id FROM _unsent)")
+            con.unregister("_unsent")
+        if b.unsent_failed:
+            con.register("_unsent", pa.table({"call_id": pa.array(b.unsent_failed, pa.string())}))
+            con.execute("UPDATE calls SET status = 'failed' WHERE status = 'pending' "
+                        "AND call_id IN (SELECT call_id FROM _unsent)")
+            con.unregister("_unsent")
+        if b.records:
+            insert_records(con, b.records, self.run_id)
+        for fn in b.then:
+            fn(con)
 
 
 def insert_pending(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> None:

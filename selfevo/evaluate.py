@@ -354,20 +354,24 @@ def evaluate(
 
 def _write(store: Store, summaries: list[EvalSummary], config: dict[str, Any], run_id: str
            ) -> None:
-    with store.transaction() as con:
-        for s in summaries:
-            con.execute(
-                "INSERT INTO evals (eval_id, model, model_id, benchmark, mode, n, correct,"
-                " accuracy, ci_low, ci_high, config, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                [s.eval_id, s.model, s.model_id, s.benchmark, s.mode, s.n, s.correct,
-                 s.accuracy, s.ci_low, s.ci_high, canonical_json(config), run_id],
-            )
-            con.executemany(
-                "INSERT INTO eval_items (eval_id, item_id, question, gold, prediction, response,"
-                " correct, detail) VALUES (?,?,?,?,?,?,?,?)",
-                [[s.eval_id, r["item_id"], r["question"], r["gold"], r["prediction"],
-                  r["response"], r["correct"], canonical_json(r["detail"])] for r in s.items],
-            )
+    store.transact(lambda con: _insert_evals(con, summaries, config, run_id))
+
+
+def _insert_evals(con: Any, summaries: list[EvalSummary], config: dict[str, Any],
+                  run_id: str) -> None:
+    for s in summaries:
+        con.execute(
+            "INSERT INTO evals (eval_id, model, model_id, benchmark, mode, n, correct,"
+            " accuracy, ci_low, ci_high, config, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            [s.eval_id, s.model, s.model_id, s.benchmark, s.mode, s.n, s.correct,
+             s.accuracy, s.ci_low, s.ci_high, canonical_json(config), run_id],
+        )
+        con.executemany(
+            "INSERT INTO eval_items (eval_id, item_id, question, gold, prediction, response,"
+            " correct, detail) VALUES (?,?,?,?,?,?,?,?)",
+            [[s.eval_id, r["item_id"], r["question"], r["gold"], r["prediction"],
+              r["response"], r["correct"], canonical_json(r["detail"])] for r in s.items],
+        )
 
 
 # -- comparison ---------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -396,8 +397,8 @@ class Evolution:
             rows.append(make_prompt(text, source=f"evolve:{self.name}", split="evolve", meta={
                 "evolve": self.name, "round": t, "model": _identity(student), "seeds": ids,
                 "call_id": call_id, "template": template.hash}))
-        with self.store.transaction() as con:
-            run.add("new_prompts", insert_prompts(con, rows, run.run_id))
+        run.add("new_prompts", self.store.transact(
+            lambda con: insert_prompts(con, rows, run.run_id)))
         return [{"prompt_id": r["prompt_id"], "text": r["text"]} for r in rows]
 
     def generate(self, run: Run, t: int, student: str) -> None:
@@ -456,8 +457,8 @@ class Evolution:
             failures.add(not r.request_failed, r.error_kind, r.error)
         failures.check_any_succeeded(f"round {t} questions", len(rows),
                                      f"Is {_public(student)} reachable? Rerun to continue.")
-        with self.store.transaction() as con:
-            run.add("new_records", insert_records(con, rows, run.run_id))
+        run.add("new_records", self.store.transact(
+            lambda con: insert_records(con, rows, run.run_id)))
         run.add("records", len(rows))
         run.add("prompts", len(prompts))
         run.add("r_correct", sum(r["verdict"] == "correct" for r in rows))
@@ -485,7 +486,7 @@ class Evolution:
         run.counts.update(filter_run=fr.run_id, selected=fr.selected, kept=fr.kept)
         if fr.selected and not fr.kept:  # the round adds nothing: say so, and where to look
             self.log(f"  round {t} filter: kept none of {fr.selected} self records, so this "
-                     f"round's snapshot is replay only; why: selfevo sql --db {self.store.path} "
+                     f"round's snapshot is replay only; why: selfevo sql --db {shlex.quote(str(self.store.spec))} "
                      f"\"SELECT step, reason, count(*) FROM decisions WHERE run_id = "
                      f"'{fr.run_id}' GROUP BY ALL\"")
 

@@ -198,9 +198,9 @@ class Pipeline:
             rows = [make_record(prompt_id=p["prompt_id"], kind="qa", responder="gold",
                                 response=clean_rationale(p["gold_rationale"], p["gold_answer"]),
                                 source="generated") for p in prompts]
-            with store.run("demo qa records", {"from": "gold_rationale"}) as run, \
-                    store.transaction() as con:
-                run.add("records", insert_records(con, rows, run.run_id))
+            with store.run("demo qa records", {"from": "gold_rationale"}) as run:
+                run.add("records", store.transact(
+                    lambda con: insert_records(con, rows, run.run_id)))
         self.said["qa records"] = len(rows)
         if self.c.correct_meta:
             # A base model that solves nothing gives a corpus whose verdicts all say

@@ -115,4 +115,4 @@ def train(data: str | None, base: str, out: str | None, show_masks: int,
 
         with Store.open(db, command="train") as store, store.run("train", cfg.resolved()) as run:
             model_id = register_checkpoint(store, run, result, cfg)
-        click.echo(f"registered model {model_id} in {db}")
+        click.echo(f"registered model {model_id} in {store.spec}")  # a password shows as ***

@@ -20,8 +20,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> str:
-    """Path of a fresh (not yet created) store file."""
+def db(request, tmp_path: Path) -> str:
+    """Path of a fresh (not yet created) store file; parametrised with ``lake`` (see
+    ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead."""
+    if getattr(request, "param", "file") == "lake":
+        return request.getfixturevalue("lake_db")
     return str(tmp_path / "test.duckdb")
 
 

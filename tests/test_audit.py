@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from backends import both_stores
 
 from corpus import Store
 from corpus.audit import ReadOnlyViolation, check_read_only
@@ -31,7 +32,7 @@ def filled(db: str) -> dict[str, str]:
         r2 = make_record(prompt_id=p2["prompt_id"], kind="self", round=1, response="9",
                          feedback="Verdict: correct", verdict="correct", refinement="9")
         r3 = make_record(prompt_id=p2["prompt_id"], kind="qa", response="9")
-        with store.transaction() as con:
+        def fill(con):
             insert_prompts(con, [p1, p2], run.run_id)
             insert_records(con, [r1, r2, r3], run.run_id)
             con.execute("INSERT INTO calls (call_id, model, messages, params, status, response, "
@@ -45,12 +46,15 @@ def filled(db: str) -> dict[str, str]:
             insert_decisions(con, [{"record_id": r2["record_id"], "passed": True, "score": 0.1,
                                     "detail": {"cluster": 7}}],
                              run_id=run.run_id, step="dedup-near")
+
+        store.transact(fill)
     return {"meta": r1["record_id"], "self": r2["record_id"], "qa": r3["record_id"]}
 
 
 # -- sql -------------------------------------------------------------------------------------
 
 
+@both_stores
 def test_sql_formats(cli, db, filled):
     q = "SELECT kind, round FROM records ORDER BY kind"
     assert cli("sql", q, "--db", db, "--format", "csv").output == (
@@ -63,6 +67,7 @@ def test_sql_formats(cli, db, filled):
     assert "What is 2 + 2?" in table and "NULL" in table and "2 rows" in table
 
 
+@both_stores
 def test_sql_views_answer_why_a_record_was_dropped(cli, db, filled):
     out = cli("sql", f"SELECT step, passed, reason, command FROM decision_log "
                      f"WHERE record_id = '{filled['meta']}'", "--db", db, "--format", "json")
@@ -116,6 +121,7 @@ def test_refusal_happens_before_the_store_is_opened(cli, tmp_path):
     check_read_only("EXPLAIN SELECT * FROM records")
 
 
+@both_stores
 def test_sql_errors_are_one_line(cli, db, filled):
     assert "does not parse" in cli("sql", "SELEC 1", "--db", db, exit_code=1).output
     assert "query failed" in cli("sql", "SELECT nope FROM records", "--db", db,
@@ -139,6 +145,7 @@ def test_sql_starts_without_torch_and_fast(db, filled):
 # -- stats -----------------------------------------------------------------------------------
 
 
+@both_stores
 def test_stats_counts_by_kind_round_source_verdict_and_runs(cli, db, filled):
     out = cli("stats", "--db", db, "--format", "json").output
     stats = json.loads(out)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backends import both_stores  # noqa: E402
 from children import child, reap, spawn  # noqa: E402
 from openai_server import Behaviour, OpenAIServer, request_key  # noqa: E402
 
@@ -28,8 +29,7 @@ def seed(db: str, n: int, split: str = "train", start: int = 0) -> list[str]:
                         gold_answer=str(2 * i + 2), gold_rationale=f"{i} + {i + 2} = {2 * i + 2}\n#### {2 * i + 2}",
                         source="test", split=split) for i in range(start, start + n)]
     with Store.open(db, command="test") as store, store.run("test", {}) as run:
-        with store.transaction() as con:
-            insert_prompts(con, rows, run.run_id)
+        store.transact(lambda con: insert_prompts(con, rows, run.run_id))
     return [r["prompt_id"] for r in rows]
 
 
@@ -43,6 +43,7 @@ def query(db: str, sql: str):
         return store.query(sql)
 
 
+@both_stores
 def test_collect_writes_meta_records_linked_to_calls(db, server, cli):
     seed(db, 6)
     result = cli(*collect_args(db, server))
@@ -66,6 +67,7 @@ def test_collect_writes_meta_records_linked_to_calls(db, server, cli):
     assert json.loads(runs[0][2])["records_new"] == 6
 
 
+@both_stores
 def test_cached_rerun_sends_nothing(db, server, cli):
     seed(db, 5)
     cli(*collect_args(db, server))
@@ -76,6 +78,7 @@ def test_cached_rerun_sends_nothing(db, server, cli):
     assert query(db, "SELECT count(*) FROM records")[0][0] == 5
 
 
+@both_stores
 def test_where_limit_and_in_flight_bound(db, server, cli):
     seed(db, 8, split="train")
     seed(db, 4, split="test", start=100)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from backends import both_stores
 from test_snapshots import build_store
 
 from corpus import CorpusError, Store
@@ -38,6 +39,7 @@ def _tree_bytes(d: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
+@both_stores
 def test_parquet_rows_follow_export_row_and_conversation(db, cli, tmp_path):
     fx = _store_with_snapshot(db)
     out = tmp_path / "exp"
@@ -61,6 +63,7 @@ def test_parquet_rows_follow_export_row_and_conversation(db, cli, tmp_path):
     assert [m["train"] for m in meta_row["messages"]] == [False, False, False, True, False, True]
 
 
+@both_stores
 def test_manifest_lists_files_counts_and_provenance(db, tmp_path):
     _store_with_snapshot(db)
     out = tmp_path / "exp"

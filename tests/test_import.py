@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from backends import both_stores
 from children import child
 from conftest import shared_data
 
@@ -57,6 +58,7 @@ def count(db: str, table: str) -> int:
 # -- formats and mapping -------------------------------------------------------------------
 
 
+@both_stores
 def test_jsonl_with_map_lands_once_and_records_its_run(cli, db, tmp_path):
     f = write_jsonl(tmp_path / "qs.jsonl", [
         {"question": "How many legs do 3 cats have?", "answer": "12", "difficulty": "easy"},
@@ -83,6 +85,7 @@ def test_jsonl_with_map_lands_once_and_records_its_run(cli, db, tmp_path):
     assert json.loads(runs[1]["counts"]) == {"prompts": 0, "rows": 2}
 
 
+@both_stores
 def test_csv_empty_cells_are_null_and_extra_columns_go_to_meta(cli, db, tmp_path):
     f = tmp_path / "qs.csv"
     with open(f, "w", newline="", encoding="utf-8") as fh:
@@ -167,6 +170,7 @@ def test_parse_gsm8k_answer_requires_hashes():
         parse_gsm8k_answer("no final line")
 
 
+@both_stores
 def test_prompts_generate_is_idempotent(cli, db):
     assert "50 new" in cli("prompts", "generate", "--n", "50", "--seed", "2", "--db", db).output
     assert "0 new" in cli("prompts", "generate", "--n", "50", "--seed", "2", "--db", db).output
@@ -178,6 +182,7 @@ def test_prompts_generate_is_idempotent(cli, db):
 # -- records -------------------------------------------------------------------------------
 
 
+@both_stores
 def test_records_import_creates_prompts_and_is_idempotent(cli, db, tmp_path):
     f = write_jsonl(tmp_path / "meta.jsonl", RECORDS)
     out = cli("records", "import", str(f), "--db", db).output

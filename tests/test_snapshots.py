@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from backends import both_stores
 
 from corpus import CorpusError, Store
 from corpus.decisions import insert_decisions
@@ -40,20 +41,25 @@ def build_store(db: str) -> dict[str, object]:
         make_record(prompt_id=p[2], kind="qa", response=None),
     ]
     with Store.open(db) as store:
-        with store.run("fixture", {}) as run, store.transaction() as con:
-            insert_prompts(con, prompts, run.run_id)
-            insert_records(con, records, run.run_id)
+        with store.run("fixture", {}) as run:
+            store.transact(lambda con: (insert_prompts(con, prompts, run.run_id),
+                                        insert_records(con, records, run.run_id)))
         ids = [r["record_id"] for r in records]
-        with store.run("curate filter", {}) as curate, store.transaction() as con:
+
+        def decide(con):
             insert_decisions(con, [{"record_id": i, "passed": True} for i in ids[:4]],
                              run_id=curate.run_id, step="verdict")
             insert_decisions(con, [{"record_id": ids[0], "passed": True},
                                    {"record_id": ids[1], "passed": False, "reason": "long"},
                                    {"record_id": ids[2], "passed": True}],
                              run_id=curate.run_id, step="length")
+
+        with store.run("curate filter", {}) as curate:
+            store.transact(decide)
     return {"ids": ids, "curate_run": curate.run_id, "prompts": p}
 
 
+@both_stores
 def test_create_freezes_ids_hash_and_provenance(db, cli):
     fx = build_store(db)
     result = cli("snapshot", "create", "all-meta", "--where", "kind = 'meta'", "--note", "hi",
@@ -69,6 +75,7 @@ def test_create_freezes_ids_hash_and_provenance(db, cli):
     assert snapshot_record_ids(Store.open_readonly(db), "all-meta") == expected
 
 
+@both_stores
 def test_where_sees_prompt_columns_and_from_intersects(db, cli):
     fx = build_store(db)
     cli("snapshot", "create", "train", "--where", "split = 'train'", "--db", db)
@@ -80,6 +87,7 @@ def test_where_sees_prompt_columns_and_from_intersects(db, cli):
     assert store.query("SELECT parent FROM snapshots WHERE name = 'train-qa'") == [("train",)]
 
 
+@both_stores
 def test_select_records_that_passed_every_step_of_a_run(db, cli):
     fx = build_store(db)
     where = (
@@ -111,6 +119,7 @@ def test_same_content_same_hash_whatever_the_name(db):
     assert a.content_hash == b.content_hash and a.snapshot_id != b.snapshot_id
 
 
+@both_stores
 def test_existing_name_is_an_error_and_nothing_changes(db, cli):
     build_store(db)
     cli("snapshot", "create", "s", "--where", "kind = 'qa'", "--db", db)
@@ -165,6 +174,7 @@ def test_empty_selection_and_unknown_from_are_errors(db, cli):
     assert "not allowed" in result.output
 
 
+@both_stores
 def test_list_and_diff(db, cli):
     fx = build_store(db)
     assert "no snapshots yet" in cli("snapshot", "list", "--db", db).output

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from backends import both_stores
 
 from corpus import CorpusError, Store, StoreBusy
 from corpus.migrations import MIGRATIONS
@@ -145,6 +146,7 @@ def test_m009_the_verdict_on_the_refinement_is_columns_outside_the_identity(tmp_
     assert got == [("incorrect", "correct", "h1:c")]
 
 
+@both_stores
 def test_run_rows_hold_status_config_and_counts(db):
     with Store.open(db) as store:
         with store.run("unit", {"k": 1}) as run:
@@ -175,11 +177,15 @@ def test_a_failed_runs_error_does_not_depend_on_the_environment(db, monkeypatch)
     assert errors[0] == errors[1] and "\n" not in errors[0] and "Traceback" not in errors[0]
 
 
+@both_stores
 def test_failed_transaction_leaves_nothing(db):
     with Store.open(db) as store:
-        with pytest.raises(RuntimeError), store.transaction() as con:
+        def crash(con):
             con.execute("INSERT INTO prompts (prompt_id, text, run_id) VALUES ('p', 't', 'r')")
             raise RuntimeError("crash mid-import")
+
+        with pytest.raises(RuntimeError):
+            store.transact(crash)
         assert store.query("SELECT count(*) FROM prompts") == [(0,)]
 
 

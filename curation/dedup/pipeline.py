@@ -266,9 +266,8 @@ def dedup_records(
             # decisions are recognisable.
             rows = decision_rows(ids, out)
             while batch := list(itertools.islice(rows, batch_rows)):
-                with store.transaction() as con:
-                    insert_decisions(con, batch, run_id=run.run_id, step=out.step,
-                                     params=out.params)
+                store.transact(lambda con, batch=batch, out=out: insert_decisions(
+                    con, batch, run_id=run.run_id, step=out.step, params=out.params))
                 if progress is not None:
                     progress.advance(len(batch))
             kept_all &= out.clusters.kept

@@ -1,0 +1,270 @@
+"""The Store on a DuckLake: schema and migrations, liveness reaping, read-only readers,
+concurrent writer processes, snapshots cut at a DuckLake version, time travel."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import corpus.store as store_module
+from corpus.errors import CorpusError
+from corpus.lake import Lake
+from corpus.lakeschema import create_schema, duplicate_ids, lake_ddl
+from corpus.migrations import MIGRATIONS, migrate
+from corpus.store import Store
+from corpus.storespec import StoreSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _described(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    return con.execute(
+        "SELECT table_name, column_name, data_type, is_nullable, "
+        "trim(coalesce(column_default, 'NULL'), '''') FROM duckdb_columns() "
+        "WHERE database_name = current_database() ORDER BY ALL").fetchall()
+
+
+# -- schema and migrations ------------------------------------------------------------------
+@pytest.mark.parametrize("catalog", ["postgres", "duckdb"])
+def test_a_lake_of_an_older_selfevo_is_migrated_in_lake_form(catalog, request, tmp_path):
+    spec = (request.getfixturevalue("lake_db") if catalog == "postgres"
+            else f"ducklake:{tmp_path}/c.ducklake")
+    with Lake(StoreSpec.parse(spec)) as lake:  # the schema of m001..m005: before the keys
+        lake.transact(lambda con: create_schema(con, upto=5))   # of m007 (batches)
+    with Store.open(spec) as store:
+        with store.connection() as con:
+            migrated = _described(con)
+        assert store.query("SELECT name FROM _migrations ORDER BY name") == sorted(
+            (m.__name__,) for m in MIGRATIONS)
+    file = duckdb.connect(str(tmp_path / "f.duckdb"))
+    migrate(file)
+    assert migrated == _described(file)
+
+
+_COLUMN = st.tuples(st.from_regex(r"[a-z][a-z_]{0,8}", fullmatch=True),
+                    st.sampled_from(["VARCHAR", "INTEGER", "BIGINT", "JSON", "TIMESTAMPTZ"]),
+                    st.sampled_from(["", " NOT NULL", " PRIMARY KEY", " UNIQUE",
+                                     " NOT NULL DEFAULT 0", " NOT NULL UNIQUE"]),
+                    st.sampled_from(["", " -- a note (with, commas)", " -- PRIMARY KEY (x)"]))
+
+
+@given(st.lists(_COLUMN, min_size=1, max_size=6, unique_by=lambda c: c[0]), st.booleans())
+def test_the_lake_form_of_a_table_has_its_columns_and_no_keys(columns, table_key):
+    keyed = [i for i, (_, _, c, _) in enumerate(columns) if "PRIMARY" in c][1:]
+    columns = [(f"c_{n}", "INTEGER" if "DEFAULT 0" in c else t,
+                " NOT NULL" if i in keyed else c, note)  # one PRIMARY KEY per table
+               for i, (n, t, c, note) in enumerate(columns)]
+    lines = [f"{n} {t}{c},{note}" for n, t, c, note in columns]
+    if table_key and not any("PRIMARY" in c for _, _, c, _ in columns):
+        lines.append(f"PRIMARY KEY ({columns[0][0]})")
+    else:
+        lines[-1] = lines[-1].replace(",", "", 1) if "," in lines[-1].split("--")[0] else lines[-1]
+    sql = "CREATE TABLE t (\n" + "\n".join(lines) + "\n)"
+    file = duckdb.connect()
+    file.execute(sql)
+    lake = duckdb.connect()
+    lake.execute(lake_ddl(sql))
+    assert _described(lake) == _described(file)
+    assert lake.execute("SELECT count(*) FROM duckdb_constraints() WHERE constraint_type IN "
+                        "('PRIMARY KEY', 'UNIQUE')").fetchone() == (0,)
+
+
+def test_ddl_a_lake_refuses_needs_a_hand_written_lake_form():
+    with pytest.raises(CorpusError, match="DDL a DuckLake refuses"):
+        lake_ddl("CREATE TABLE t (a INTEGER, CHECK (a > 0))")
+    with pytest.raises(CorpusError, match="DDL a DuckLake refuses"):
+        lake_ddl("CREATE INDEX i ON t (a)")
+
+
+# -- readers and writers --------------------------------------------------------------------
+def test_a_reader_of_a_lake_cannot_write(lake_db, cli):
+    Store.open(lake_db).close()
+    reader = Store.open_readonly(lake_db)
+    try:
+        with pytest.raises(CorpusError, match="read-only"):
+            reader.transact(lambda con: con.execute("DELETE FROM runs"))
+        with reader.connection() as con, pytest.raises(duckdb.Error, match="read-only|read only"):
+            con.execute("INSERT INTO runs (run_id) VALUES ('x')")
+    finally:
+        reader.close()
+    result = cli("sql", "--db", lake_db, "DELETE FROM runs", exit_code=None)
+    assert result.exit_code != 0 and "read" in result.output.lower()
+
+
+def test_a_lake_store_never_writes_through_a_with_transaction(lake_db):
+    with Store.open(lake_db) as store, pytest.raises(CorpusError, match="Store.transact"):
+        with store.transaction():
+            pass
+
+
+def _run_row(con, run_id: str, host: str, pid: int, age_s: int) -> None:
+    con.execute("INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
+                " pid, host, heartbeat_at) VALUES (?, 'collect', '{}', 'v', now(), 'running',"
+                f" ?, ?, now() - INTERVAL {int(age_s)} SECOND)", [run_id, pid, host])
+    con.execute("INSERT INTO calls (call_id, model, messages, params, status, run_id) "
+                "VALUES (?, 'm', '[]', '{}', 'pending', ?)", [f"call-{run_id}", run_id])
+
+
+def test_reaping_on_a_lake_goes_by_liveness_not_by_pid(lake_db):
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    here = socket.gethostname()
+    with Store.open(lake_db) as store:
+        store.transact(lambda con: [
+            _run_row(con, "r-live-elsewhere", "other-machine", 1, 10),
+            _run_row(con, "r-silent-elsewhere", "other-machine", 1, 3600),
+            _run_row(con, "r-dead-here", here, int(dead_pid), 10),
+            _run_row(con, "r-live-here", here, os.getpid(), 10)])
+    with Store.open(lake_db) as store:  # a second writer arrives
+        rows = dict(store.query("SELECT run_id, status FROM runs"))
+        billed = dict(store.query("SELECT run_id, possibly_billed FROM calls"))
+    assert rows == {"r-live-elsewhere": "running", "r-silent-elsewhere": "killed",
+                    "r-dead-here": "killed", "r-live-here": "running"}
+    assert billed == {"r-live-elsewhere": False, "r-silent-elsewhere": True,
+                      "r-dead-here": True, "r-live-here": False}
+
+
+def test_a_run_on_a_lake_sends_heartbeats(lake_db, monkeypatch):
+    monkeypatch.setattr(store_module, "HEARTBEAT_S", 0.05)
+    with Store.open(lake_db) as store, store.run("collect", {}) as run:
+        first = store.query("SELECT heartbeat_at FROM runs WHERE run_id = ?", [run.run_id])
+        deadline = time.monotonic() + 30
+        while store.query("SELECT heartbeat_at FROM runs WHERE run_id = ?",
+                          [run.run_id]) == first and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.query("SELECT heartbeat_at > started_at, host FROM runs WHERE run_id = ?",
+                           [run.run_id]) == [(True, socket.gethostname())]
+
+
+def _run_together(commands: list[list[str]], db: str) -> tuple[list[int], list[str]]:
+    """Start every command at once against store ``db``; their exit codes and outputs."""
+    env = {**os.environ, "SELFEVO_DB": db}
+    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c in commands]
+    try:
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return [p.returncode for p in procs], outs
+
+
+def _prompts_file(path: Path, ids: range, shared: int) -> Path:
+    rows = [{"text": f"Question number {i}: what is {i} + 1?", "gold_answer": str(i + 1)}
+            for i in ids]
+    rows += [{"text": f"Shared question {i}?", "gold_answer": str(i)} for i in range(shared)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tmp_path):
+    Store.open(lake_db).close()
+    files = [_prompts_file(tmp_path / f"w{w}.jsonl", range(w * 1000, w * 1000 + 60), 25)
+             for w in range(2)]
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    commands = [[selfevo, "prompts", "import", str(f)]
+                for f in files for _ in range(2)]  # each file twice: four writers
+    commands.append([selfevo, "prompts", "generate", "--n", "30"])
+    codes, outs = _run_together(commands, lake_db)
+    assert codes == [0] * len(commands), outs
+    with Store.open_readonly(lake_db) as store:
+        assert store.query("SELECT count(*) FROM prompts") == [(2 * 60 + 25 + 30,)]
+        assert store.query("SELECT status, count(*) FROM runs GROUP BY ALL") == [
+            ("ok", len(commands))]
+        with store.connection() as con:
+            assert duplicate_ids(con) == {}
+
+
+def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, server):
+    from corpus.records import insert_prompts, make_prompt
+
+    rows = [make_prompt(f"Ann has {i} apples and gets {i + 1} more. How many?",
+                        gold_answer=str(2 * i + 1), source="t", split="ab"[i % 2])
+            for i in range(16)]
+    with Store.open(lake_db) as store, store.run("seed", {}) as run:
+        store.transact(lambda con: insert_prompts(con, rows, run.run_id))
+    server.latency = 0.01
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    commands = [[selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
+                 "--responder", f"openai:student@{server.base_url}", "--max-tokens", "64",
+                 "--where", f"split = '{split}'"] for split in "ab"]
+    commands.append([selfevo, "snapshot", "create", "prompts-only", "--where", "true"])
+    codes, outs = _run_together(commands, lake_db)
+    # The snapshot may find no records yet (a one-line refusal) or some: both are fine.
+    assert codes[:2] == [0, 0], outs
+    with Store.open_readonly(lake_db) as store:
+        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records") == [(16, 16)]
+        assert store.query("SELECT count(*), count(DISTINCT call_id) FROM calls "
+                           "WHERE status = 'ok'") == [(48, 48)]
+        assert store.query("SELECT status, count(*) FROM runs WHERE command = 'collect' "
+                           "GROUP BY ALL") == [("ok", 2)]
+        assert store.query("SELECT count(*) FROM runs WHERE status <> 'ok' "
+                           "AND command <> 'snapshot create prompts-only'") == [(0,)]
+        with store.connection() as con:
+            assert duplicate_ids(con) == {}
+    assert len(server.chat_requests()) == 48  # nothing sent twice
+
+
+# -- snapshots and time travel --------------------------------------------------------------
+def test_an_old_snapshot_exports_the_same_bytes_after_later_writes(lake_db, cli, tmp_path):
+    cli("prompts", "generate", "--n", "20", "--seed", "1", "--db", lake_db)
+    rows = [{"prompt": f"What is {i} + {i}?", "response": str(2 * i), "kind": "qa"}
+            for i in range(12)]
+    f = tmp_path / "r.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cli("records", "import", str(f), "--db", lake_db)
+    cli("snapshot", "create", "s1", "--where", "kind = 'qa'", "--db", lake_db)
+    cli("snapshot", "export", "s1", "--out", str(tmp_path / "a"), "--db", lake_db)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
+    with Store.open(lake_db) as store:  # later writes touch what the snapshot holds
+        store.transact(lambda con: con.execute(
+            "UPDATE prompts SET gold_answer = 'changed', text = text || ' (edited)'"))
+        version = store.query("SELECT lake_version FROM snapshots WHERE name = 's1'")[0][0]
+    assert version is not None
+    cli("snapshot", "export", "s1", "--out", str(tmp_path / "b"), "--db", lake_db)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "b").iterdir()} == before
+    with Lake(StoreSpec.parse(lake_db), version=version) as at, \
+            Lake(StoreSpec.parse(lake_db), version=version - 1) as just_before:
+        count = "SELECT count(*) FROM snapshot_records"
+        assert at.cursor().execute(count).fetchone() == (12,)  # its own commit made `version`
+        assert just_before.cursor().execute(count).fetchone() == (0,)
+
+
+def test_sql_at_reads_the_lake_as_it_was(lake_db, cli, db):
+    cli("prompts", "generate", "--n", "5", "--seed", "1", "--db", lake_db)
+    with Store.open(lake_db) as store:
+        with store.connection() as con:
+            then = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0]
+    cli("prompts", "generate", "--n", "9", "--seed", "2", "--db", lake_db)
+    now = cli("sql", "--db", lake_db, "--format", "csv", "SELECT count(*) AS n FROM prompts")
+    old = cli("sql", "--db", lake_db, "--at", str(then), "--format", "csv",
+              "SELECT count(*) AS n FROM prompts")
+    assert old.output.split() == ["n", "5"] and now.output.split() == ["n", "14"]
+    cli("init", "--db", db)
+    refused = cli("sql", "--db", db, "--at", "1", "SELECT 1", exit_code=None)
+    assert refused.exit_code != 0 and "time travel needs a DuckLake store" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+
+
+def test_a_closed_lake_store_never_falls_back_to_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store.open("ducklake:c.ducklake")
+    store.close()
+    catalog = (tmp_path / "c.ducklake").read_bytes()
+    with pytest.raises(CorpusError, match="is closed"):
+        store.transact(lambda con: con.execute("SELECT 1"))
+    with pytest.raises(CorpusError, match="is closed"):
+        store.query("SELECT 1")
+    assert (tmp_path / "c.ducklake").read_bytes() == catalog
