@@ -103,13 +103,17 @@ def prepare(work: Path, n: int, model_name: str) -> tuple[Path, Path]:
 def epoch_flops(examples: list, shape: Any, full: bool) -> float:
     """Model FLOPs of one epoch over ``examples`` (trainer.plan.train_flops; LoRA r 16,
     all-linear, as every contender here)."""
+    lengths = [len(e.input_ids) for e in examples]
+    return _flops(shape, full, tokens=sum(lengths),
+                  trained_tokens=sum(e.n_trained for e in examples),
+                  sum_sq_lengths=sum(n * n for n in lengths))
+
+
+def _flops(shape: Any, full: bool, **counts: int) -> float:
     from trainer.config import TrainConfig
     from trainer.plan import lora_params, train_flops
 
-    lengths = [len(e.input_ids) for e in examples]
-    return train_flops(shape, tokens=sum(lengths), trained_tokens=sum(e.n_trained for e in examples),
-                       sum_sq_lengths=sum(n * n for n in lengths), full=full,
-                       lora=lora_params(shape, TrainConfig(lora_r=16)))
+    return train_flops(shape, **counts, full=full, lora=lora_params(shape, TrainConfig(lora_r=16)))
 
 
 def padded_flops(r: dict, shape: Any, full: bool) -> float | None:
@@ -117,14 +121,10 @@ def padded_flops(r: dict, shape: Any, full: bool) -> float | None:
     (padding included) through the body, the LM head at every slot (a Trainer computes logits
     everywhere), causal attention over each padded row. None for padding-free contenders,
     whose attention this accounting does not follow."""
-    from trainer.config import TrainConfig
-    from trainer.plan import lora_params, train_flops
-
     if not r.get("sum_sq_rows") or r["padded_tokens"] == r["tokens"]:
         return None
-    return train_flops(shape, tokens=r["padded_tokens"], trained_tokens=r["padded_tokens"],
-                       sum_sq_lengths=r["sum_sq_rows"], full=full,
-                       lora=lora_params(shape, TrainConfig(lora_r=16)))
+    return _flops(shape, full, tokens=r["padded_tokens"], trained_tokens=r["padded_tokens"],
+                  sum_sq_lengths=r["sum_sq_rows"])
 
 
 def examples_for(export: Path, model: Path, max_len: int):
@@ -509,7 +509,8 @@ def compare(args, work: Path, model: Path, examples: list, stats: Any, pack_len:
 
             extra = f"  {100 * mfu(flops, r['seconds'], args.peak_tflops):5.1f}%"
             extra += f"  {plan:7.2f}" if name == "selfevo" else ""
-        bound = f"{base_work[mode] / r['work']:.2f}x" if r.get("work") else "-"
+        known = r.get("work") and base_work.get(mode)
+        bound = f"{base_work[mode] / r['work']:.2f}x" if known else "-"
         print(f"{mode:<5} {LABELS[name]:<33} {r['steps']:>5} {r['trained_tokens']:>7} "
               f"{pad_share:>7.0%} {r['tps']:>13.0f} {r['tps'] / base[mode]:>9.2f}x {bound:>11} "
               f"{r['peak_mem_gb']:>11.2f} {r['final_loss']:>10.3f}{extra}")
