@@ -14,6 +14,7 @@ identical tables.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from itertools import chain
@@ -21,9 +22,16 @@ from operator import itemgetter, methodcaller
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS
-from schemas.identity import canonical_json_tree, prompt_ids, record_ids
+from schemas.identity import (
+    SCHEME,
+    _json_text,  # json's own string encoder, as ids spell texts
+    canonical_json_tree,
+    prompt_ids,
+    record_ids,
+)
 from schemas.numbers import canonical_answer
 from schemas.records import MAX_DEPTH, MAX_ROUND, PromptIn, RecordIn, check_json_value
 
@@ -290,3 +298,196 @@ def fast_record_columns(cols: Columns, n: int, *, source: str | None, default_so
         "meta": metas, "templates": templates, **texts,
     }
     return prompts, _table(columns, RECORD_COLUMNS, run_id)
+
+
+# -- the Arrow path: a batch read as Arrow (Parquet) checked and hashed over whole arrays ------
+#
+# Where the batch's Arrow types say what the list path above would find (texts as strings,
+# rounds as integers, meta as a flat struct of texts, integers and booleans, or as JSON text),
+# the checks, the canonical JSON of ids and meta, and the output columns are Arrow compute
+# kernels over whole arrays; only hashing (one sha256 per id), gold answers (once per distinct
+# value) and texts that need JSON escapes beyond the common ones are per value in Python.
+# Anything else raises Reject and the caller tries the list path, then the reference.
+
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"), ("\r", "\\r"), ("\t", "\\t"))
+_NEEDS_ESCAPE = r'[\x00-\x1f"\\]'  # what json's encode_basestring rewrites (RE2 syntax)
+_CONTROL = r"[\x00-\x1f]"
+
+
+def json_quoted(values: pa.Array) -> pa.Array:
+    """Each text as a JSON string literal exactly as ``json.dumps(ensure_ascii=False)`` writes
+    it, ``null`` for a null: quotes, backslashes, newlines, returns and tabs escaped over the
+    whole array, and only the rare texts with another control character encoded in Python."""
+    values = values.cast(pa.string())
+    if pc.any(pc.match_substring_regex(values, _NEEDS_ESCAPE)).as_py():
+        escaped = values
+        for raw, spelled in _ESCAPES:
+            escaped = pc.replace_substring(escaped, raw, spelled)
+        out = pc.binary_join_element_wise('"', escaped, '"', "")
+        rest = pc.fill_null(pc.match_substring_regex(escaped, _CONTROL), False)
+        if pc.any(rest).as_py():
+            exact = [_json_text(v) for v in values.filter(rest).to_pylist()]
+            out = pc.replace_with_mask(out, rest, pa.array(exact, pa.string()))
+    else:
+        out = pc.binary_join_element_wise('"', values, '"', "")
+    return pc.fill_null(out, "null")
+
+
+def hashed_ids(canonicals: pa.Array) -> pa.Array:
+    """``content_id`` of each canonical JSON text of ``canonicals`` (one sha256 each)."""
+    sha = hashlib.sha256
+    return pa.array([SCHEME + ":" + sha(b).hexdigest()[:32]
+                     for b in canonicals.cast(pa.binary()).to_pylist()], pa.string())
+
+
+def arrow_prompt_ids(texts: pa.Array) -> pa.Array:
+    """``prompt_id`` of each text, each distinct text hashed once."""
+    distinct = pc.unique(texts)
+    ids = hashed_ids(pc.binary_join_element_wise('{"prompt":', json_quoted(distinct), "}", ""))
+    return ids.take(pc.index_in(texts, value_set=distinct))
+
+
+def arrow_record_ids(pids: pa.Array, kinds: pa.Array, rounds: pa.Array, responses: pa.Array,
+                     feedbacks: pa.Array, verdicts: pa.Array, refinements: pa.Array,
+                     parents: pa.Array) -> pa.Array:
+    """``record_id`` of each record given as Arrow columns: the canonical JSON joined over
+    whole arrays (keys in sorted order), then one sha256 each."""
+    q = json_quoted
+    return hashed_ids(pc.binary_join_element_wise(
+        '{"feedback":', q(feedbacks), ',"kind":', q(kinds), ',"parent_record_id":', q(parents),
+        ',"prompt_id":', q(pids), ',"refinement":', q(refinements), ',"response":',
+        q(responses), ',"round":', rounds.cast(pa.string()), ',"verdict":', q(verdicts), "}",
+        ""))
+
+
+_FLAT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_integer,
+         pa.types.is_boolean)
+
+
+def _json_member(values: pa.Array) -> pa.Array:
+    """A flat struct field's values as JSON (texts quoted, numbers and booleans as written)."""
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return json_quoted(values)
+    return pc.fill_null(values.cast(pa.string()), "null")
+
+
+def arrow_canonical(values: pa.Array | None, n: int, name: str) -> pa.Array:
+    """``_canonical`` of each meta/templates value: a flat struct (texts, integers, booleans)
+    written as canonical JSON over the whole array, anything else value by value."""
+    if values is None or pa.types.is_null(values.type):
+        return pa.nulls(n, pa.string())
+    t = values.type
+    names = [t.field(i).name for i in range(t.num_fields)] if pa.types.is_struct(t) else []
+    if (names and len(set(names)) == len(names)
+            and all(any(ok(t.field(i).type) for ok in _FLAT) for i in range(t.num_fields))):
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        pieces: list[Any] = []
+        for i, key in sorted(enumerate(names), key=itemgetter(1)):
+            pieces += [("{" if not pieces else ",") + _json_text(key) + ":",
+                       _json_member(values.field(i))]
+        joined = pc.binary_join_element_wise(*pieces, "}", "")
+        return pc.if_else(pc.is_valid(values), joined, pa.nulls(n, pa.string()))
+    return pa.array([_canonical(_json_dict(v), name) for v in values.to_pylist()], pa.string())
+
+
+def _text_column(batch: pa.RecordBatch, key: str, *, required: bool = False) -> pa.Array:
+    """A text column as strings (all null when the batch lacks it); Reject unless its Arrow
+    type is text (or all-null), or, ``required``, when a value is null or empty."""
+    n = batch.num_rows
+    i = batch.schema.get_field_index(key)
+    if i < 0:
+        if required:
+            raise Reject
+        return pa.nulls(n, pa.string())
+    col = batch.column(i)
+    if pa.types.is_null(col.type) and not required:
+        return pa.nulls(n, pa.string())
+    if not (pa.types.is_string(col.type) or pa.types.is_large_string(col.type)):
+        raise Reject
+    col = col.cast(pa.string())
+    if required and (col.null_count or (n and pc.min(pc.binary_length(col)).as_py() == 0)):
+        raise Reject
+    return col
+
+
+def _all_in(values: pa.Array, allowed: frozenset[str]) -> None:
+    present = values.drop_null()
+    if len(present) and not pc.all(pc.is_in(present, value_set=pa.array(sorted(allowed)))).as_py():
+        raise Reject
+
+
+def _arrow_rounds(batch: pa.RecordBatch) -> pa.Array:
+    n = batch.num_rows
+    i = batch.schema.get_field_index("round")
+    if i < 0:
+        return pa.array([0] * n, pa.int32())
+    col = batch.column(i)
+    if not pa.types.is_integer(col.type) or col.null_count:
+        raise Reject
+    if n:
+        lo, hi = pc.min_max(col).values()
+        if lo.as_py() < 0 or hi.as_py() > MAX_ROUND:
+            raise Reject
+    return col.cast(pa.int32())
+
+
+def _arrow_gold(raw: pa.Array) -> pa.Array:
+    """Canonical gold answers, each distinct text canonicalised once."""
+    distinct = pc.unique(raw.drop_null())
+    try:
+        canon = pa.array([canonical_answer(v) for v in distinct.to_pylist()], pa.string())
+    except ValueError:
+        raise Reject from None
+    return canon.take(pc.index_in(raw, value_set=distinct))
+
+
+def fast_record_arrow(batch: pa.RecordBatch, *, source: str | None, default_source: str,
+                      run_id: str) -> tuple[pa.Table, pa.Table]:
+    """:func:`fast_record_columns` of a batch read by Arrow, over whole arrays; Reject where
+    the types are not the plain ones (the list path then decides)."""
+    n = batch.num_rows
+    if not set(batch.schema.names) <= _RECORD_KEYS or "__split__" in batch.schema.names:
+        raise Reject
+    try:
+        batch.validate(full=True)  # texts are UTF-8 (no lone surrogate can hide in them)
+    except pa.ArrowInvalid:
+        raise Reject from None
+    prompt = _text_column(batch, "prompt", required=True)
+    kind = _text_column(batch, "kind", required=True)
+    verdict = _text_column(batch, "verdict")
+    _all_in(kind, KINDS), _all_in(verdict, VERDICTS)
+    texts = {c: _text_column(batch, c) for c in (
+        "response", "feedback", "refinement", "responder", "teacher", "parent_record_id")}
+    rounds = _arrow_rounds(batch)
+    gold = _arrow_gold(_text_column(batch, "gold_answer"))
+    if source:
+        src = pa.array([source] * n, pa.string())
+    else:
+        row_src = _text_column(batch, "source")
+        src = pc.if_else(pc.fill_null(pc.equal(row_src, ""), True), default_source, row_src)
+    meta = arrow_canonical(_field(batch, "meta"), n, "meta")
+    templates = arrow_canonical(_field(batch, "templates"), n, "templates")
+    pids = arrow_prompt_ids(prompt)
+    first = pc.index_in(pc.unique(prompt), value_set=prompt)  # each text's first row
+    runs = pa.array([run_id] * n, pa.string())
+    prompts = pa.Table.from_arrays(
+        [pids.take(first), prompt.take(first), gold.take(first), pa.nulls(len(first), pa.string()),
+         src.take(first), pa.nulls(len(first), pa.string()), pa.nulls(len(first), pa.string()),
+         runs.slice(0, len(first))], names=[*PROMPT_COLUMNS, "run_id"])
+    columns = {
+        "record_id": arrow_record_ids(pids, kind, rounds, texts["response"],
+                                      texts["feedback"], verdict, texts["refinement"],
+                                      texts["parent_record_id"]),
+        "prompt_id": pids, "kind": kind, "round": rounds, "verdict": verdict, "source": src,
+        "meta": meta, "templates": templates, **texts,
+    }
+    records = pa.Table.from_arrays(
+        [columns.get(c, pa.nulls(n, pa.int32() if c == "round" else pa.string()))
+         for c in RECORD_COLUMNS] + [runs], names=[*RECORD_COLUMNS, "run_id"])
+    return prompts, records
+
+
+def _field(batch: pa.RecordBatch, key: str) -> pa.Array | None:
+    i = batch.schema.get_field_index(key)
+    return None if i < 0 else batch.column(i)

@@ -4,15 +4,19 @@ Formats: JSONL (one object per line), JSON (an array of objects, e.g. SVAMP.json
 (header row), Parquet, and a directory saved by HF ``datasets`` (``save_to_disk``).
 
 An import streams and is atomic. The file is read in batches of BATCH_ROWS rows; each batch
-is validated (column by column in ``corpus.importbatch`` when it can vouch for the batch,
-else row by row through pydantic, the reference, which words every error) and staged as
-Parquet in a private temporary folder, with no store connection open, so memory holds one
-batch whatever the file's size. The first bad row stops it with a one-line error naming the
-file, the line (or row) and the field. Only then are the staged rows inserted in ONE write
-transaction under a ``runs`` row, so a failure or a SIGKILL at any point leaves nothing from
-the file in the store (the run row is marked failed, or killed by the next writer). Ids are
-content hashes and inserts keep the first row per id and skip ids already stored, so
-importing the same file twice adds nothing.
+is validated (over whole Arrow arrays or column lists in ``corpus.importbatch`` when it can
+vouch for the batch, else row by row through pydantic, the reference, which words every
+error). On a file store a writer thread holds ONE write transaction open from the start and
+inserts the validated batches, a group at a time, while the next ones are read and
+validated (DuckDB's work overlaps Python's); on a lake, whose commit may lose to another
+writer and be re-run, the batches are staged as Parquet in a private temporary folder with
+no store connection open and inserted in ONE transaction at the end. Either way memory
+holds a few batches of the file (DuckDB spills the transaction's rows past WRITE_MEMORY),
+the first bad row stops the import with a one-line error naming the file, the line (or row)
+and the field, and a failure or a SIGKILL at any point leaves nothing from the file in the
+store (the transaction never commits; the run row is marked failed, or killed by the next
+writer). Ids are content hashes and inserts keep the first row per id and skip ids already
+stored, so importing the same file twice adds nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import contextlib
 import csv
 import io
 import json
+import queue
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +45,7 @@ from corpus.importbatch import (
     Reject,
     arrow_columns,
     fast_prompt_columns,
+    fast_record_arrow,
     fast_record_columns,
     row_columns,
 )
@@ -62,6 +69,8 @@ _KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 BATCH_ROWS = 10_000  # rows per validated batch and per staged Arrow table
 PART_BATCHES = 10  # batches per staged part file and per INSERT of the final transaction
+WRITE_MEMORY = 256 << 20  # bytes of rows DuckDB holds in a live import before spilling
+QUEUE_GROUPS = 1  # groups of PART_BATCHES batches waiting for the live writer
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
 # installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
 pa.enable_signal_handlers(False)
@@ -471,6 +480,10 @@ class Chunk:
                           enumerate(self._batch.to_pylist(), start=self._first)]
         return self._rows
 
+    def arrow(self, mapping: dict[str, str]) -> pa.RecordBatch | None:
+        """The batch as Arrow read it, when nothing is ``--map``-ped (else None)."""
+        return self._batch if not mapping else None
+
     def columns(self, mapping: dict[str, str]) -> Columns:
         """The rows, ``--map``-ped, as columns (``corpus.importbatch``)."""
         if self._batch is not None and not mapping:
@@ -512,32 +525,109 @@ def read_chunks(path: Path, fmt: str | None) -> Iterator[tuple[Chunk, ImportInpu
     return _chunks(read_rows(path, fmt))
 
 
-class _Stage:
-    """Validated batches staged as Parquet files in a private temporary folder.
+class _Aborted(Exception):
+    """The reader failed: the writer's transaction must roll back."""
 
-    Memory holds one batch; the store is not touched until :meth:`land`, which inserts
-    what is absent in ONE transaction, so a failed or killed import leaves nothing. Each
-    table's rows go to part files of PART_BATCHES batches, in file order.
+
+_END, _ABORT = object(), object()  # what the reader hands the writer besides batches
+
+
+class _Stage:
+    """Validated batches on their way into the store, all in ONE transaction.
+
+    Live (a file store): a writer thread opens the transaction at once and inserts each
+    group of PART_BATCHES batches as the reader hands it over (a queue of QUEUE_GROUPS), so
+    DuckDB inserts one group (GIL released) while Python validates the next; memory holds
+    a few groups. A
+    reading error or an interrupt hands over an abort, which rolls the transaction back.
+
+    Spilled (a lake, whose commit may lose to another writer and is then re-run from the
+    start, which a file being read cannot be): batches go to Parquet part files of
+    PART_BATCHES batches in a private temporary folder, with no store connection open, and
+    are inserted at the end.
+
+    Either way :meth:`land` is the one transaction, and of several rows with one id the
+    first of the file wins: within a batch or part by row order, across them because each
+    insert skips the ids already stored, by an earlier batch too.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, live: bool) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="selfevo-import-")
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._parts: dict[str, list[tuple[str, int]]] = {"prompts": [], "records": []}
         self.rows: dict[str, int] = {"prompts": 0, "records": 0}
+        self._queue: queue.Queue[Any] | None = queue.Queue(QUEUE_GROUPS) if live else None
+        self._thread: threading.Thread | None = None
+        self._pending: dict[str, list[pa.Table]] = {}  # live: batches not handed over yet
+        self._pending_rows = 0
+        self._outcome: dict[str, Any] = {}
+        self.written = 0  # rows the live writer has inserted (display only)
 
     def __enter__(self) -> _Stage:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            self._hand_over(_ABORT)  # the reader failed or was interrupted
+            self._thread.join()
         for w in self._writers.values():
             w.close()
         self._dir.cleanup()
 
-    def add(self, table: str, rows: pa.Table) -> None:
-        """Append validated rows (``corpus.records`` columns plus run_id) for ``table``."""
-        if rows.num_rows == 0:
+    def start(self, store: Store, label: str) -> None:
+        """Live: begin the transaction on a writer thread that takes the batches of :meth:`add`."""
+        def write() -> None:
+            try:
+                with store.connection() as con, _memory_restored(con):
+                    self._outcome["new"] = self.land(store, None, label)
+            except BaseException as exc:  # noqa: BLE001 (re-raised in the reader's thread)
+                self._outcome["error"] = exc
+
+        self._thread = threading.Thread(target=write, name="selfevo-import-writer", daemon=True)
+        self._thread.start()
+
+    def add(self, tables: dict[str, pa.Table]) -> None:
+        """Hand over (live) or stage (spilled) one validated batch: per table its rows
+        (``corpus.records`` columns plus run_id)."""
+        for table, rows in tables.items():
+            self.rows[table] += rows.num_rows
+        if self._queue is not None:
+            for table, rows in tables.items():
+                self._pending.setdefault(table, []).append(rows)
+            self._pending_rows += max(rows.num_rows for rows in tables.values())
+            if self._pending_rows >= PART_BATCHES * BATCH_ROWS:
+                self._hand_over_pending()
             return
+        for table, rows in tables.items():
+            if rows.num_rows:
+                self._spill(table, rows)
+
+    def _hand_over_pending(self) -> None:
+        """Hand the batches gathered so far to the writer as one group: one INSERT per table
+        per PART_BATCHES batches (each INSERT's anti-join reads the table's ids once)."""
+        group = {t: pa.concat_tables(rows, promote_options="permissive")
+                 for t, rows in self._pending.items()}
+        self._pending, self._pending_rows = {}, 0
+        if group:
+            self._hand_over(group)
+
+    def _hand_over(self, item: Any) -> None:
+        """Put ``item`` on the writer's queue, waiting while it is full; a writer that failed
+        (or finished) takes nothing more: its error is raised here."""
+        assert self._queue is not None and self._thread is not None
+        while True:
+            if not self._thread.is_alive():
+                if item is _ABORT:
+                    return
+                raise self._outcome.get("error") or CorpusError(
+                    "internal: the import's writer stopped early")
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _spill(self, table: str, rows: pa.Table) -> None:
         parts = self._parts[table]
         if not parts or parts[-1][1] >= PART_BATCHES * BATCH_ROWS:
             if table in self._writers:
@@ -547,14 +637,38 @@ class _Stage:
                                                     compression="lz4")
         self._writers[table].write_table(rows)
         parts[-1] = (parts[-1][0], parts[-1][1] + rows.num_rows)
-        self.rows[table] += rows.num_rows
+
+    def finish(self, progress: Tracker | None, label: str) -> dict[str, int]:
+        """Live: tell the writer the file is read, wait for its commit; the new counts."""
+        assert self._thread is not None
+        self._hand_over_pending()
+        self._hand_over(_END)
+        total = sum(self.rows.values())
+        if progress is not None:
+            progress.restart(f"write {label}", total)
+            progress.update(info="rows written")
+        while self._thread.is_alive():
+            self._thread.join(0.1)
+            if progress is not None:
+                progress.update(completed=self.written)
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        if progress is not None:
+            progress.update(completed=total, force=True)
+        return self._outcome["new"]
+
+    def _live_batches(self) -> Iterator[dict[str, pa.Table]]:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not _END:
+            if item is _ABORT:
+                raise _Aborted
+            yield item
 
     def land(self, store: Store, progress: Tracker | None, label: str) -> dict[str, int]:
-        """Insert the staged rows not in the store yet, in one transaction; new counts.
+        """Insert the rows not in the store yet in ONE transaction; the new counts per table.
 
-        One statement per part file, parts in file order: of several rows with one id the
-        first in the part wins, and ids already stored (by an earlier part too) are skipped,
-        so the first row of the file wins."""
+        Live: the batches as the reader hands them over (prompts before records, batch by
+        batch); spilled: one statement per part file, parts in file order."""
         names = {t: w.schema.names for t, w in self._writers.items()}
         for w in self._writers.values():
             w.close()
@@ -567,18 +681,50 @@ class _Stage:
                 progress.restart(f"write {label}", sum(self.rows.values()))
                 progress.update(info="rows written")
             new = {"prompts": 0, "records": 0}
-            for table in ("prompts", "records"):  # prompts first: records point at them
+            if self._queue is not None:
+                for batch in self._live_batches():
+                    _bound_memory(con)
+                    for table in ("prompts", "records"):  # records point at prompts
+                        if table in batch:
+                            new[table] += inserts.insert_absent(
+                                con, table, _KEYS[table], batch[table], first_wins=True)
+                            self.written += batch[table].num_rows
+                return new
+            for table in ("prompts", "records"):
                 for path, n in self._parts[table]:
                     source = "read_parquet('{}', file_row_number=true)".format(
                         path.replace("'", "''"))
                     new[table] += inserts.insert_absent_from(
                         con, table, _KEYS[table], source, names[table],
-                        first_by="file_row_number")
+                        first_by=inserts.ORDINAL)
                     if progress is not None:
                         progress.advance(n)
             return new
 
         return store.transact(write)
+
+
+@contextlib.contextmanager
+def _memory_restored(con: Any) -> Iterator[None]:
+    """The connection's ``memory_limit`` as it was before the block (which lowers it)."""
+    old = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):  # a closed or broken connection keeps nothing
+            con.execute(f"SET memory_limit = '{old}'")
+
+
+def _bound_memory(con: Any) -> None:
+    """Let the open transaction hold WRITE_MEMORY of rows and working room besides what
+    DuckDB cannot evict (the key indexes): past it the transaction's rows spill to DuckDB's
+    temporary files, so memory stays flat in the number of records (the indexes aside).
+
+    Reset before each insert because the indexes grow with the rows: a fixed limit would
+    make a large import fail where the indexes alone outgrow it."""
+    pinned = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
+                         "WHERE tag IN ('ART_INDEX', 'METADATA')").fetchone()[0]
+    con.execute(f"SET memory_limit = '{(int(pinned) + WRITE_MEMORY) >> 20}MiB'")
 
 
 def _reading(progress: Tracker | None, label: str) -> None:
@@ -594,8 +740,7 @@ def _stage_all(stage: _Stage, path: Path,
     """Validate and stage every batch; returns how many rows were read."""
     n = 0
     for chunk, error in chunks:
-        for table, staged in validate(chunk).items():
-            stage.add(table, staged)
+        stage.add(validate(chunk))
         n += chunk.n
         if progress is not None:
             progress.advance(chunk.n)
@@ -623,12 +768,15 @@ def _land(
 ) -> ImportResult:
     """Validate and stage batch by batch, then insert what is new in one transaction under
     one run (see the module docstring). ``validate(run_id, batch)`` gives the tables."""
-    with store.run(command, config) as run, _Stage() as stage:
+    live = not store.spec.is_lake
+    with store.run(command, config) as run, _Stage(live) as stage:
         name = label.name if label.exists() else str(label)  # a file, or hf:NAME
         _reading(progress, name)
+        if live:
+            stage.start(store, name)
         n = _stage_all(stage, label, chunks, lambda chunk: validate(run.run_id, chunk),
                        progress)
-        new = stage.land(store, progress, name)
+        new = stage.finish(progress, name) if live else stage.land(store, progress, name)
         run.add("rows", n)
         run.add("prompts", new["prompts"])
         if records:
@@ -774,6 +922,11 @@ def import_records(
     default_source = source or path.stem
 
     def validate(run_id: str, chunk: Chunk) -> dict[str, pa.Table]:
+        if fast and (batch := chunk.arrow(mapping)) is not None:
+            with contextlib.suppress(Reject):
+                p, r = fast_record_arrow(batch, source=source, default_source=default_source,
+                                         run_id=run_id)
+                return {"prompts": p, "records": r}
         if fast:
             with contextlib.suppress(Reject):
                 p, r = fast_record_columns(chunk.columns(mapping), chunk.n, source=source,

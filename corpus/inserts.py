@@ -17,34 +17,59 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+
+ORDINAL = "file_row_number"  # the column that orders a source's rows for ``first_by``
 
 
-def insert_absent(con: Any, table: str, key: str | Sequence[str], rows: pa.Table) -> int:
+def insert_absent(con: Any, table: str, key: str | Sequence[str], rows: pa.Table, *,
+                  first_wins: bool = False) -> int:
     """Insert the ``rows`` whose ``key`` (a column or columns) is not in ``table`` yet, one
-    row per key; returns how many rows were added."""
+    row per key; returns how many rows were added.
+
+    ``first_wins``: of several rows with one key the first of ``rows`` is inserted (else an
+    arbitrary one, which is cheaper)."""
     if rows.num_rows == 0:
         return 0
     name = f"_absent_{table}"
+    columns = rows.column_names
+    if isinstance(key, str) and _distinct(rows.column(key)):
+        first_by, dedup = None, False  # one row per key already: no aggregate needed
+    elif first_wins:
+        rows = rows.append_column(ORDINAL, pa.array(range(rows.num_rows), pa.int64()))
+        first_by, dedup = ORDINAL, True
+    else:
+        first_by, dedup = None, True
     con.register(name, rows)
     try:
-        return insert_absent_from(con, table, key, name, rows.column_names)
+        return insert_absent_from(con, table, key, name, columns, first_by=first_by,
+                                  dedup=dedup)
     finally:
         con.unregister(name)
 
 
+def _distinct(keys: pa.ChunkedArray) -> bool:
+    """Whether no key repeats (and none is null) in ``keys``."""
+    return keys.null_count == 0 and pc.count_distinct(keys).as_py() == len(keys)
+
+
 def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: str,
-                       columns: Sequence[str], *, first_by: str | None = None) -> int:
+                       columns: Sequence[str], *, first_by: str | None = None,
+                       dedup: bool = True) -> int:
     """:func:`insert_absent` of the rows of ``source``, a relation in SQL (a registered
     table, ``read_parquet('…')``); returns how many rows were added.
 
     ``first_by``: a column of ``source`` that orders its rows; of several rows with one key
     the one with the least value is inserted (deterministic, where ``DISTINCT ON`` keeps an
-    arbitrary one), through an aggregate of the keys only, not of whole rows.
+    arbitrary one), through an aggregate of the keys only, not of whole rows. ``dedup=False``:
+    the caller knows no key repeats in ``source``.
     """
     keys = [key] if isinstance(key, str) else list(key)
     cols = ", ".join(columns)
     on = ", ".join(keys)
-    if first_by is None:
+    if not dedup:
+        select = f"SELECT {cols} FROM {source}"
+    elif first_by is None:
         select = f"SELECT DISTINCT ON ({on}) {cols} FROM {source}"
     else:
         select = (f"SELECT {cols} FROM {source} SEMI JOIN (SELECT {on}, min({first_by}) AS "
