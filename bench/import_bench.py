@@ -9,19 +9,23 @@ each import in its own process (peak RSS is per process):
 * ``stream``: the first streaming importer, at ``--stream-rev`` (default ``a0bb0f8``: batches
   of row dicts, column checks in Python lists, meta walked by ``check_json_value``), loaded
   from git with its ``corpus.importbatch``;
+* ``prev``: the columnar importer before the Arrow path and the writer thread, at
+  ``--prev-rev`` (default ``7daa9ce``: Parquet batches as Python column lists, staged as
+  Parquet, one transaction at the end), loaded from git with its ``corpus.importbatch``;
 * ``rows``: the importer as shipped with the per-row reference validation only (``fast=False``);
-* ``fast``: the importer as shipped (Parquet batches as Arrow columns, no row dicts; one
-  ``json.dumps`` per meta; falling back to the reference per batch).
+* ``fast``: the importer as shipped (Parquet batches checked, canonicalised and hashed over
+  whole Arrow arrays; JSONL as column lists; a writer thread inserting into the one open
+  transaction while the next batches are validated; falling back to the reference per batch).
 
-Ratios are against ``before`` and ``stream`` in the same run; records per CPU-second (all
+Ratios are against ``before`` and ``prev`` in the same run; records per CPU-second (all
 threads) is the steadier figure on a shared machine, records/s the one that counts when
 idle. Every variant must store the same rows (the bench checks the counts of new prompts
 and records agree).
 
 Usage:
-  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 100000
-  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 1000000
-  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 3000000 --skip before --skip rows
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 100000 --repeat 3
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 1000000 --skip stream
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 3000000 --skip before --skip stream --skip rows
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-VARIANTS = ("before", "stream", "rows", "fast")
+VARIANTS = ("before", "stream", "prev", "rows", "fast")
+BASES = ("before", "prev")  # the ratio columns
 
 
 def _load_at(rev: str, path: str, name: str, work: Path):
@@ -106,7 +111,8 @@ def _load() -> str:
 def _run(work: Path, fmt: str, variant: str, args: argparse.Namespace) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--baseline-rev", args.baseline_rev,
-         "--stream-rev", args.stream_rev, "--phase", str(work), fmt, variant],
+         "--stream-rev", args.stream_rev, "--prev-rev", args.prev_rev,
+         "--phase", str(work), fmt, variant],
         check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -122,12 +128,12 @@ def _table_for(fmt: str, variants: list[str], work: Path, args: argparse.Namespa
     per_cpu = {v: statistics.median(r["rows"] / r["cpu"] for r in rs) for v, rs in runs.items()}
     counts = {(r["prompts"], r["records"]) for rs in runs.values() for r in rs}
     for variant, rate in rates.items():
-        ratios = [f"{rate / rates[b]:.2f}" if b in rates else "-" for b in ("before", "stream")]
+        ratios = [f"{rate / rates[b]:.2f}" if b in rates else "-" for b in BASES]
+        cpu_ratios = [f"{per_cpu[variant] / per_cpu[b]:.2f}" if b in per_cpu else "-"
+                      for b in BASES]
         rss = max(r["rss_mb"] for r in runs[variant])
-        cpu_ratio = (f"{per_cpu[variant] / per_cpu['stream']:.2f}" if "stream" in per_cpu
-                     else "-")
         print(f"{fmt:8} {variant:8} {rate:10,.0f} {ratios[0]:>9} {ratios[1]:>9}"
-              f" {per_cpu[variant]:10,.0f} {cpu_ratio:>9} {rss:12,.0f}"
+              f" {per_cpu[variant]:10,.0f} {cpu_ratios[0]:>9} {cpu_ratios[1]:>9} {rss:12,.0f}"
               f" {runs[variant][0]['records']:12,}", flush=True)
     assert len(counts) == 1, f"variants stored different counts: {counts}"
 
@@ -138,12 +144,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--baseline-rev", default="integrity")
     ap.add_argument("--stream-rev", default="a0bb0f8")
+    ap.add_argument("--prev-rev", default="7daa9ce")
     ap.add_argument("--skip", action="append", default=[], choices=VARIANTS)
     ap.add_argument("--repeat", type=int, default=1,
                     help="runs of each variant, interleaved; the table gives the median")
     ap.add_argument("--phase", nargs=3, metavar=("WORK", "FMT", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
-    revs = {"before": args.baseline_rev, "stream": args.stream_rev}
+    revs = {"before": args.baseline_rev, "stream": args.stream_rev, "prev": args.prev_rev}
     if args.phase:
         print(json.dumps(phase(Path(args.phase[0]), args.phase[1], args.phase[2], revs)))
         return
@@ -154,8 +161,9 @@ def main() -> None:
         make_inputs(work, args.n)
         print(f"records import, n={args.n:,}, {args.repeat} run(s) each, load before: {_load()}"
               " (1-min load average)")
-        print(f"{'format':8} {'variant':8} {'records/s':>10} {'x before':>9} {'x stream':>9}"
-              f" {'rec/CPU-s':>10} {'x stream':>9} {'peak RSS MB':>12} {'new records':>12}")
+        print(f"{'format':8} {'variant':8} {'records/s':>10} {'x before':>9} {'x prev':>9}"
+              f" {'rec/CPU-s':>10} {'x before':>9} {'x prev':>9} {'peak RSS MB':>12}"
+              f" {'new records':>12}")
         for fmt in ("jsonl", "parquet"):
             _table_for(fmt, [v for v in VARIANTS if v not in args.skip], work, args)
         print(f"load after: {_load()}")

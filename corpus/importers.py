@@ -552,7 +552,7 @@ class _Stage:
     """
 
     def __init__(self, live: bool) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="selfevo-import-")
+        self._dir = None if live else tempfile.TemporaryDirectory(prefix="selfevo-import-")
         self._writers: dict[str, pq.ParquetWriter] = {}
         self._parts: dict[str, list[tuple[str, int]]] = {"prompts": [], "records": []}
         self.rows: dict[str, int] = {"prompts": 0, "records": 0}
@@ -572,7 +572,8 @@ class _Stage:
             self._thread.join()
         for w in self._writers.values():
             w.close()
-        self._dir.cleanup()
+        if self._dir is not None:
+            self._dir.cleanup()
 
     def start(self, store: Store, label: str) -> None:
         """Live: begin the transaction on a writer thread that takes the batches of :meth:`add`."""
@@ -628,6 +629,7 @@ class _Stage:
                 continue
 
     def _spill(self, table: str, rows: pa.Table) -> None:
+        assert self._dir is not None
         parts = self._parts[table]
         if not parts or parts[-1][1] >= PART_BATCHES * BATCH_ROWS:
             if table in self._writers:

@@ -27,23 +27,23 @@ def insert_absent(con: Any, table: str, key: str | Sequence[str], rows: pa.Table
     """Insert the ``rows`` whose ``key`` (a column or columns) is not in ``table`` yet, one
     row per key; returns how many rows were added.
 
-    ``first_wins``: of several rows with one key the first of ``rows`` is inserted (else an
-    arbitrary one, which is cheaper)."""
+    ``first_wins`` (one key column): of several rows with one key the first of ``rows`` is
+    inserted (else an arbitrary one), and the rows reach DuckDB as a relation, not as a
+    registered view: a view dropped inside a transaction keeps its Arrow table alive until
+    the commit, so a long transaction of many inserts would hold every batch it inserted."""
     if rows.num_rows == 0:
         return 0
+    if first_wins:
+        assert isinstance(key, str)
+        keys = rows.column(key)
+        if not _distinct(keys):
+            rows = rows.take(pc.index_in(pc.unique(keys), value_set=keys))  # each key's first
+        return insert_absent_from(con, table, key, con.from_arrow(rows), rows.column_names,
+                                  dedup=False)
     name = f"_absent_{table}"
-    columns = rows.column_names
-    if isinstance(key, str) and _distinct(rows.column(key)):
-        first_by, dedup = None, False  # one row per key already: no aggregate needed
-    elif first_wins:
-        rows = rows.append_column(ORDINAL, pa.array(range(rows.num_rows), pa.int64()))
-        first_by, dedup = ORDINAL, True
-    else:
-        first_by, dedup = None, True
     con.register(name, rows)
     try:
-        return insert_absent_from(con, table, key, name, columns, first_by=first_by,
-                                  dedup=dedup)
+        return insert_absent_from(con, table, key, name, rows.column_names)
     finally:
         con.unregister(name)
 
@@ -53,7 +53,7 @@ def _distinct(keys: pa.ChunkedArray) -> bool:
     return keys.null_count == 0 and pc.count_distinct(keys).as_py() == len(keys)
 
 
-def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: str,
+def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: Any,
                        columns: Sequence[str], *, first_by: str | None = None,
                        dedup: bool = True) -> int:
     """:func:`insert_absent` of the rows of ``source``, a relation in SQL (a registered
@@ -62,8 +62,12 @@ def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: s
     ``first_by``: a column of ``source`` that orders its rows; of several rows with one key
     the one with the least value is inserted (deterministic, where ``DISTINCT ON`` keeps an
     arbitrary one), through an aggregate of the keys only, not of whole rows. ``dedup=False``:
-    the caller knows no key repeats in ``source``.
+    the caller knows no key repeats in ``source``, which may then also be a DuckDB relation
+    (:func:`_insert_relation`).
     """
+    if not isinstance(source, str):
+        assert not dedup and isinstance(key, str)
+        return _insert_relation(con, table, key, source, columns)
     keys = [key] if isinstance(key, str) else list(key)
     cols = ", ".join(columns)
     on = ", ".join(keys)
@@ -78,3 +82,25 @@ def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: s
         f"INSERT INTO {table} ({cols}) SELECT * FROM ({select}) ANTI JOIN {table} USING ({on})"
     ).fetchone()
     return int(added[0]) if added else 0
+
+
+def _insert_relation(con: Any, table: str, key: str, rows: Any, columns: Sequence[str]) -> int:
+    """Insert the rows of the relation ``rows`` (one per key) whose key is not in ``table``,
+    through the relational API; returns how many were added.
+
+    ``insert_into`` takes every column of the table in order, so the ones ``rows`` lacks get
+    their default (``now()`` is the transaction's start, as for a plain INSERT) or NULL."""
+    have = set(columns)
+    exprs = []
+    for name, type_, default in con.execute(
+            "SELECT column_name, data_type, column_default FROM duckdb_columns() "
+            "WHERE table_name = ? AND schema_name = current_schema() ORDER BY column_index",
+            [table]).fetchall():
+        quoted = '"' + name.replace('"', '""') + '"'
+        exprs.append(quoted if name in have
+                     else f"CAST({default or 'NULL'} AS {type_}) AS {quoted}")
+    stored = con.table(table).select(f"{key} AS _stored_{key}")
+    new = rows.join(stored, f"{key} = _stored_{key}", how="anti").project(", ".join(exprs))
+    before = con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    new.insert_into(table)
+    return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]) - int(before)
