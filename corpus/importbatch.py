@@ -30,7 +30,6 @@ from schemas.identity import (
     _json_text,  # json's own string encoder, as ids spell texts
     canonical_json_tree,
     prompt_ids,
-    record_ids,
 )
 from schemas.numbers import canonical_answer
 from schemas.records import MAX_DEPTH, MAX_ROUND, PromptIn, RecordIn, check_json_value
@@ -283,21 +282,39 @@ def fast_record_columns(cols: Columns, n: int, *, source: str | None, default_so
     metas = [_canonical(m, "meta") for m in _metas(cols, n, [])]
     templates = [_canonical(_json_dict(t), "templates") for t in _column(cols, "templates", n)]
     _encodable(prompt, raw_gold, gold, row_src, metas, templates, *texts.values())
-    pids = prompt_ids(prompt)
-    first: dict[str, int] = {}
-    for i, pid in enumerate(pids):
-        first.setdefault(pid, i)
-    at = list(first.values())
-    prompts = _table({"prompt_id": [pids[i] for i in at], "text": [prompt[i] for i in at],
-                      "gold_answer": [gold[i] for i in at], "source": [src[i] for i in at]},
-                     PROMPT_COLUMNS, run_id)
-    columns = {
-        "record_id": record_ids(pids, kind, rounds, texts["response"], texts["feedback"],
-                                verdict, texts["refinement"], texts["parent_record_id"]),
-        "prompt_id": pids, "kind": kind, "round": rounds, "verdict": verdict, "source": src,
-        "meta": metas, "templates": templates, **texts,
-    }
-    return prompts, _table(columns, RECORD_COLUMNS, run_id)
+    try:
+        arrays = {c: pa.array(v, pa.string()) for c, v in (
+            ("prompt", prompt), ("kind", kind), ("verdict", verdict), ("gold", gold),
+            ("source", src), ("meta", metas), ("templates", templates), *texts.items())}
+        arrays["round"] = pa.array(rounds, pa.int32())
+    except (pa.ArrowException, OverflowError):
+        raise Reject from None
+    return _record_tables(arrays, run_id)
+
+
+def _record_tables(cols: dict[str, pa.Array], run_id: str) -> tuple[pa.Table, pa.Table]:
+    """(prompts, records) of checked columns (``prompt``, ``kind``, ``round``, ``verdict``,
+    ``gold``, ``source``, ``meta``, ``templates`` and the texts): ids hashed over the arrays,
+    one prompt per distinct text with its first row's gold answer and source."""
+    n = len(cols["prompt"])
+    prompt = cols["prompt"]
+    pids = arrow_prompt_ids(prompt)
+    first = pc.index_in(pc.unique(prompt), value_set=prompt)  # each text's first row
+    k = len(first)
+    runs = pa.array([run_id] * n, pa.string())
+    none = pa.nulls(k, pa.string())
+    prompts = pa.Table.from_arrays(
+        [pids.take(first), prompt.take(first), cols["gold"].take(first), none,
+         cols["source"].take(first), none, none, runs.slice(0, k)],
+        names=[*PROMPT_COLUMNS, "run_id"])
+    record_id = arrow_record_ids(pids, cols["kind"], cols["round"], cols["response"],
+                                 cols["feedback"], cols["verdict"], cols["refinement"],
+                                 cols["parent_record_id"])
+    columns = {**cols, "record_id": record_id, "prompt_id": pids}
+    records = pa.Table.from_arrays(
+        [columns.get(c, pa.nulls(n, pa.int32() if c == "round" else pa.string()))
+         for c in RECORD_COLUMNS] + [runs], names=[*RECORD_COLUMNS, "run_id"])
+    return prompts, records
 
 
 # -- the Arrow path: a batch read as Arrow (Parquet) checked and hashed over whole arrays ------
@@ -466,26 +483,11 @@ def fast_record_arrow(batch: pa.RecordBatch, *, source: str | None, default_sour
     else:
         row_src = _text_column(batch, "source")
         src = pc.if_else(pc.fill_null(pc.equal(row_src, ""), True), default_source, row_src)
-    meta = arrow_canonical(_field(batch, "meta"), n, "meta")
-    templates = arrow_canonical(_field(batch, "templates"), n, "templates")
-    pids = arrow_prompt_ids(prompt)
-    first = pc.index_in(pc.unique(prompt), value_set=prompt)  # each text's first row
-    runs = pa.array([run_id] * n, pa.string())
-    prompts = pa.Table.from_arrays(
-        [pids.take(first), prompt.take(first), gold.take(first), pa.nulls(len(first), pa.string()),
-         src.take(first), pa.nulls(len(first), pa.string()), pa.nulls(len(first), pa.string()),
-         runs.slice(0, len(first))], names=[*PROMPT_COLUMNS, "run_id"])
-    columns = {
-        "record_id": arrow_record_ids(pids, kind, rounds, texts["response"],
-                                      texts["feedback"], verdict, texts["refinement"],
-                                      texts["parent_record_id"]),
-        "prompt_id": pids, "kind": kind, "round": rounds, "verdict": verdict, "source": src,
-        "meta": meta, "templates": templates, **texts,
-    }
-    records = pa.Table.from_arrays(
-        [columns.get(c, pa.nulls(n, pa.int32() if c == "round" else pa.string()))
-         for c in RECORD_COLUMNS] + [runs], names=[*RECORD_COLUMNS, "run_id"])
-    return prompts, records
+    return _record_tables({
+        "prompt": prompt, "kind": kind, "round": rounds, "verdict": verdict, "gold": gold,
+        "source": src, "meta": arrow_canonical(_field(batch, "meta"), n, "meta"),
+        "templates": arrow_canonical(_field(batch, "templates"), n, "templates"), **texts},
+        run_id)
 
 
 def _field(batch: pa.RecordBatch, key: str) -> pa.Array | None:
