@@ -10,10 +10,10 @@ error). On a file store a writer thread holds ONE write transaction open from th
 inserts the validated batches, a group at a time, while the next ones are read and
 validated (DuckDB's work overlaps Python's); on a lake, whose commit may lose to another
 writer and be re-run, the batches are staged as Parquet in a private temporary folder with
-no store connection open and inserted in ONE transaction at the end. Either way memory
-holds a few batches of the file (DuckDB spills the transaction's rows past WRITE_MEMORY),
-the first bad row stops the import with a one-line error naming the file, the line (or row)
-and the field, and a failure or a SIGKILL at any point leaves nothing from the file in the
+no store connection open and inserted in ONE transaction at the end. Either way Python holds
+a few batches of the file (DuckDB holds the transaction's rows), the first bad row stops
+the import with a one-line error naming the file, the line (or row) and the field, and a
+failure or a SIGKILL at any point leaves nothing from the file in the
 store (the transaction never commits; the run row is marked failed, or killed by the next
 writer). Ids are content hashes and inserts keep the first row per id and skip ids already
 stored, so importing the same file twice adds nothing.
@@ -69,7 +69,6 @@ _KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 BATCH_ROWS = 10_000  # rows per validated batch and per staged Arrow table
 PART_BATCHES = 10  # batches per staged part file and per INSERT of the final transaction
-WRITE_MEMORY = 256 << 20  # bytes of rows DuckDB holds in a live import before spilling
 QUEUE_GROUPS = 1  # groups of PART_BATCHES batches waiting for the live writer
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
 # installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
@@ -579,8 +578,7 @@ class _Stage:
         """Live: begin the transaction on a writer thread that takes the batches of :meth:`add`."""
         def write() -> None:
             try:
-                with store.connection() as con, _memory_restored(con):
-                    self._outcome["new"] = self.land(store, None, label)
+                self._outcome["new"] = self.land(store, None, label)
             except BaseException as exc:  # noqa: BLE001 (re-raised in the reader's thread)
                 self._outcome["error"] = exc
 
@@ -685,7 +683,6 @@ class _Stage:
             new = {"prompts": 0, "records": 0}
             if self._queue is not None:
                 for batch in self._live_batches():
-                    _bound_memory(con)
                     for table in ("prompts", "records"):  # records point at prompts
                         if table in batch:
                             new[table] += inserts.insert_absent(
@@ -704,29 +701,6 @@ class _Stage:
             return new
 
         return store.transact(write)
-
-
-@contextlib.contextmanager
-def _memory_restored(con: Any) -> Iterator[None]:
-    """The connection's ``memory_limit`` as it was before the block (which lowers it)."""
-    old = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # a closed or broken connection keeps nothing
-            con.execute(f"SET memory_limit = '{old}'")
-
-
-def _bound_memory(con: Any) -> None:
-    """Let the open transaction hold WRITE_MEMORY of rows and working room besides what
-    DuckDB cannot evict (the key indexes): past it the transaction's rows spill to DuckDB's
-    temporary files, so memory stays flat in the number of records (the indexes aside).
-
-    Reset before each insert because the indexes grow with the rows: a fixed limit would
-    make a large import fail where the indexes alone outgrow it."""
-    pinned = con.execute("SELECT coalesce(sum(memory_usage_bytes), 0) FROM duckdb_memory() "
-                         "WHERE tag IN ('ART_INDEX', 'METADATA')").fetchone()[0]
-    con.execute(f"SET memory_limit = '{(int(pinned) + WRITE_MEMORY) >> 20}MiB'")
 
 
 def _reading(progress: Tracker | None, label: str) -> None:
