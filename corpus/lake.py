@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -131,6 +131,30 @@ class Lake:
                 f"writers ({str(last).splitlines()[0]})")
         finally:
             cur.close()
+
+
+def transact_appending(rebasing: Lake, serial: Lake,
+                       fn: Callable[[duckdb.DuckDBPyConnection], T], *,
+                       tables: Sequence[str], run_id: str) -> T:
+    """Run the long bulk append ``fn`` of run ``run_id`` on ``rebasing`` (a Lake with
+    DuckLake's own retries on), then reconcile the ids that run wrote to ``tables`` on
+    ``serial`` in one first-committer-wins transaction; returns what ``fn`` returned.
+
+    In serial mode a transaction that takes a second never commits while another writer
+    commits every 0.1 s; rebased, it commits at once, but its anti-join inserts did not see
+    rows committed meanwhile, so an id may now have two rows. The reconcile keeps the row of
+    the smallest run_id (``corpus.lakeschema.reconcile``), whichever writer reconciles first,
+    so "importing the same data twice adds nothing" holds again once this returns. ``fn``'s
+    counts may include rows the reconcile then removed in favour of an earlier run's.
+    """
+    from corpus.lakeschema import reconcile
+
+    if rebasing.spec != serial.spec:
+        raise CorpusError("internal: the rebasing and the serial Lake must be one lake")
+    result = rebasing.transact(fn)
+    keys = list(dict.fromkeys(tables))
+    serial.transact(lambda con: [reconcile(con, t, run_id=run_id) for t in keys])
+    return result
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
