@@ -737,24 +737,31 @@ def reap_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
     """On a lake, give a final state to the ``running`` runs that are dead: their heartbeat
     is older than :data:`STALE_AFTER_S`, or they ran on this host under a PID that is gone.
 
-    Other machines' live runs are left alone (a PID means nothing across hosts), and only
-    the ``pending`` calls of a reaped run are flagged ``possibly_billed``. Runs in one
-    transaction (re-runnable); returns the reaped run ids.
+    Other machines' live runs are left alone (a PID means nothing across hosts). The
+    ``pending`` calls of runs that are no longer running (reaped now, or ended ``failed`` /
+    ``interrupted`` by an exception while calls were in flight) are flagged
+    ``possibly_billed``, as the file store's next writer flags every pending call. Runs in
+    one transaction (re-runnable); returns the reaped run ids.
+
+    ``calls.run_id`` is the run that first registered the call: a call a live run is
+    re-sending for a finished one gets the flag too (a conservative flag; exact needs the
+    ledger to record which run set ``pending``).
     """
     dead = stale_runs(con)
-    if not dead:
-        return []
-    counts = _committed_counts(con, dead)
-    for rid in dead:
-        con.execute(
-            "UPDATE runs SET status = 'killed', finished_at = now(), error = ?, counts = ? "
-            "WHERE run_id = ?",
-            ["process stopped sending heartbeats (or ended) without finishing the run; its "
-             "committed rows are kept (counts)", json.dumps(counts[rid], sort_keys=True), rid])
+    if dead:
+        counts = _committed_counts(con, dead)
+        for rid in dead:
+            con.execute(
+                "UPDATE runs SET status = 'killed', finished_at = now(), error = ?, counts = ? "
+                "WHERE run_id = ?",
+                ["process stopped sending heartbeats (or ended) without finishing the run; "
+                 "its committed rows are kept (counts)",
+                 json.dumps(counts[rid], sort_keys=True), rid])
     con.execute(
-        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
-        "run_id IN (SELECT unnest(?)) AND "
-        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')", [dead])
+        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND NOT "
+        "coalesce(possibly_billed, false) AND run_id IN (SELECT run_id FROM runs WHERE "
+        "status <> 'running') AND "
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')")
     return dead
 
 
