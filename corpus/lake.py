@@ -137,23 +137,34 @@ def transact_appending(rebasing: Lake, serial: Lake,
                        fn: Callable[[duckdb.DuckDBPyConnection], T], *,
                        tables: Sequence[str], run_id: str) -> T:
     """Run the long bulk append ``fn`` of run ``run_id`` on ``rebasing`` (a Lake with
-    DuckLake's own retries on), then reconcile the ids that run wrote to ``tables`` on
-    ``serial`` in one first-committer-wins transaction; returns what ``fn`` returned.
+    DuckLake's own retries on), then reconcile the ids that run wrote to ``tables``; returns
+    what ``fn`` returned. ``serial`` (the store's first-committer-wins Lake) only reads.
 
     In serial mode a transaction that takes a second never commits while another writer
     commits every 0.1 s; rebased, it commits at once, but its anti-join inserts did not see
-    rows committed meanwhile, so an id may now have two rows. The reconcile keeps the row of
-    the smallest run_id (``corpus.lakeschema.reconcile``), whichever writer reconciles first,
-    so "importing the same data twice adds nothing" holds again once this returns. ``fn``'s
-    counts may include rows the reconcile then removed in favour of an earlier run's.
+    rows committed meanwhile, so an id may now have two rows. Then, per table: a plain read
+    (no transaction to lose) looks for duplicate ids, and only a table that has some is
+    reconciled (``corpus.lakeschema.reconcile``: per id the row of the smallest run_id, then
+    rowid, survives), on the rebasing Lake too: a serial reconcile, which scans the table,
+    starved as the append did against a writer committing every 50 ms. Rebased, it can miss a row that another run appended
+    meanwhile; that run reconciles its own ids after its append and sees ours, and the
+    survivor of an id is the same whoever reconciles (a total order), so once every writer
+    has returned no id has two rows. ``fn``'s counts may include rows that went to an
+    earlier run.
     """
-    from corpus.lakeschema import reconcile
+    from corpus.lakeschema import duplicate_ids, identity_keys, reconcile
 
     if rebasing.spec != serial.spec:
         raise CorpusError("internal: the rebasing and the serial Lake must be one lake")
     result = rebasing.transact(fn)
-    keys = list(dict.fromkeys(tables))
-    serial.transact(lambda con: [reconcile(con, t, run_id=run_id) for t in keys])
+    keys = identity_keys()
+    cur = serial.cursor()
+    try:
+        dirty = duplicate_ids(cur, {t: keys[t] for t in dict.fromkeys(tables)})
+    finally:
+        cur.close()
+    for table in sorted(dirty):
+        rebasing.transact(lambda con, t=table: reconcile(con, t, run_id=run_id))
     return result
 
 

@@ -443,8 +443,8 @@ class Store:
 
         ``appends``: ``fn`` is a long bulk append (an import) of run ``run_id``'s rows to these
         id-keyed tables. On a Postgres lake it then commits on a rebasing connection, which
-        busy writers cannot starve, and the ids it wrote are reconciled right after in a
-        serial transaction (``corpus.lake.transact_appending``). Elsewhere it is an ordinary
+        busy writers cannot starve, and the ids it wrote are reconciled right after
+        (``corpus.lake.transact_appending``). Elsewhere it is an ordinary
         transaction (a file store or a DuckDB-file catalog has one writer).
         """
         if self.spec.is_lake:

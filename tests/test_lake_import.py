@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
-from corpus import Store
+import pytest
+
+from corpus import Store, inserts
 from corpus.importers import import_prompts
+from corpus.lake import CommitConflict, Lake, RetryPolicy
 from corpus.lakeschema import duplicate_ids
 
-N = 10000  # prompts in the big import; the racers import overlapping slices of them
+N = 3000  # prompts in the big import; the racing imports write overlapping slices of them
 
 
 def _write(path: Path, lo: int, hi: int) -> Path:
@@ -19,65 +21,64 @@ def _write(path: Path, lo: int, hi: int) -> Path:
     return path
 
 
-def test_an_import_racing_committing_writers_completes_without_duplicates(lake_db, tmp_path):
+def _race_every_insert(monkeypatch, other: Store, tmp_path: Path) -> list[str]:
+    """Each time an import has inserted prompts, another writer commits a whole import of
+    40 prompts the big file also has (its own run row, rows and final status): every attempt
+    of the big import's transaction has other commits land after its first statement.
+    Returns the racing runs' ids."""
+    original, runs = inserts.insert_absent_from, []
+
+    def racing(con, table, *args, **kw):
+        added = original(con, table, *args, **kw)  # the transaction's snapshot is now fixed
+        if table == "prompts" and not getattr(racing, "busy", False):
+            racing.busy = True
+            try:
+                lo = 37 * len(runs) % (N - 40)
+                part = _write(tmp_path / f"part{len(runs)}.jsonl", lo, lo + 40)
+                runs.append(import_prompts(other, part).run_id)
+            finally:
+                racing.busy = False
+        return added
+
+    monkeypatch.setattr(inserts, "insert_absent_from", racing)
+    return runs
+
+
+def test_an_import_racing_committing_writers_completes_without_duplicates(
+        lake_store_db, tmp_path, monkeypatch):
     big = _write(tmp_path / "big.jsonl", 0, N)
-    with Store.open(lake_db, command="test") as store:  # the lake's schema, before the race
-        pass
-    stop, beating, racer_runs, errors = threading.Event(), threading.Event(), [], []
-
-    def race() -> None:
-        # Imports of overlapping 40-prompt slices, back to back: each one commits its run row,
-        # its rows and its final status while the big import's transaction is open.
-        try:
-            with Store.open(lake_db, command="racer") as other:
-                k = 0
-                while not stop.is_set() or k < 2:
-                    lo = (k * 37) % (N - 40)
-                    part = _write(tmp_path / f"part{k}.jsonl", lo, lo + 40)
-                    racer_runs.append(import_prompts(other, part).run_id)
-                    k += 1
-        except BaseException as exc:  # surfaces in the test's thread
-            errors.append(exc)
-            racer_runs.append("failed")
-
-    def beat() -> None:
-        # A busy writer: one small commit after another (a run's heartbeat, as a ledger
-        # writes its batches), so in serial mode the long import would lose every commit.
-        try:
-            with Store.open(lake_db, command="beats") as other:
-                run = other.start_run("beats", {})
-                while not stop.is_set():
-                    other.transact(lambda con: con.execute(
-                        "UPDATE runs SET heartbeat_at = now() WHERE run_id = ?", [run.run_id]))
-                    beating.set()
-                other.finish_run(run)
-        except BaseException as exc:
-            errors.append(exc)
-            beating.set()
-
-    racer, beats = threading.Thread(target=race), threading.Thread(target=beat)
-    racer.start()
-    beats.start()
-    try:
-        with Store.open(lake_db, command="prompts import") as store:
-            while not (racer_runs and beating.is_set()) and not errors:  # the race is on
-                stop.wait(0.05)
-            before = len(racer_runs)
-            first = import_prompts(store, big)
-            during = len(racer_runs) - before
-    finally:
-        stop.set()
-        racer.join()
-        beats.join()
-    assert not errors, errors
-    assert first.rows == N
-    with Store.open(lake_db, command="prompts import") as store:
+    with Store.open(lake_store_db, command="prompts import") as store, \
+            Store.open(lake_store_db, command="racer") as other:
+        racers = _race_every_insert(monkeypatch, other, tmp_path)
+        first = import_prompts(store, big)
+        monkeypatch.undo()
         with store.connection() as con:
             assert duplicate_ids(con) == {}
             assert con.execute("SELECT count(*), count(DISTINCT prompt_id) FROM prompts"
                                ).fetchone() == (N, N)
+            # The racer's rows of the shared ids were reconciled away: the import's run
+            # started first (smallest run_id), so its row of each id survives.
+            owners = dict(con.execute("SELECT run_id, count(*) FROM prompts GROUP BY ALL"
+                                      ).fetchall())
             statuses = con.execute("SELECT DISTINCT status FROM runs").fetchall()
         again = import_prompts(store, big)
+    assert len(racers) == 1  # one attempt: its commit was rebased, not re-run
+    assert owners == {first.run_id: N}
     assert statuses == [("ok",)]
     assert again.new_prompts == 0
-    assert during >= 1, "the racers committed nothing while the import ran: no race was run"
+
+
+def test_in_serial_mode_the_same_race_starves_the_import(lake_store_db, tmp_path, monkeypatch):
+    # Why imports append on a rebasing connection: the same import as one first-committer-
+    # wins transaction loses every attempt and gives up.
+    big = _write(tmp_path / "big.jsonl", 0, N)
+    monkeypatch.setitem(Lake.transact.__kwdefaults__, "policy",
+                        RetryPolicy(attempts=3, base=0.001, cap=0.01))
+    with Store.open(lake_store_db, command="prompts import") as store, \
+            Store.open(lake_store_db, command="racer") as other:
+        racers = _race_every_insert(monkeypatch, other, tmp_path)
+        serial = Store.transact
+        monkeypatch.setattr(Store, "transact", lambda self, fn, **_: serial(self, fn))
+        with pytest.raises(CommitConflict, match="gave up after 3 commit conflicts"):
+            import_prompts(store, big)
+    assert len(racers) == 3
