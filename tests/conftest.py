@@ -22,10 +22,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def db(request, tmp_path: Path) -> str:
     """Path of a fresh (not yet created) store file; parametrised with ``lake`` (see
-    ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake store on Postgres
-    instead (``lake_store_db``: it has the current schema, as after ``selfevo init``)."""
+    ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead."""
     if getattr(request, "param", "file") == "lake":
-        return request.getfixturevalue("lake_store_db")
+        return request.getfixturevalue("lake_db")
     return str(tmp_path / "test.duckdb")
 
 
@@ -140,33 +139,6 @@ def lake_db(postgres, tmp_path: Path) -> str:
 
     conninfo = postgres.create_database(f"lake_{secrets.token_hex(6)}")
     return f"ducklake:postgres:{conninfo} data_path={tmp_path / 'lake'}"
-
-
-@pytest.fixture(scope="session")
-def lake_template(postgres, tmp_path_factory) -> str:
-    """The name of a database holding a DuckLake store with the current schema (made once
-    by ``Store.open``, as ``selfevo init`` would), for ``lake_store_db`` to clone."""
-    from corpus import Store
-
-    conninfo = postgres.create_database("lake_template")
-    Store.open(f"ducklake:postgres:{conninfo} "
-               f"data_path={tmp_path_factory.mktemp('lake-template')}").close()
-    return "lake_template"
-
-
-@pytest.fixture
-def lake_store_db(postgres, lake_template: str, tmp_path: Path) -> str:
-    """A ``--db`` spec of a new DuckLake store, schema made: a clone of ``lake_template``
-    (≈ 0.2 s, where a new database and the lake's schema take 1.5–3 s) whose data path is
-    set to a Parquet folder under tmp_path (DuckLake keeps it in its catalog and refuses
-    another on ATTACH)."""
-    import secrets
-
-    name = f"lake_{secrets.token_hex(6)}"
-    data = tmp_path / "lake"
-    postgres.psql(f"CREATE DATABASE {name} TEMPLATE {lake_template};\n\\connect {name}\n"
-                  f"UPDATE ducklake_metadata SET value = '{data}/' WHERE key = 'data_path';\n")
-    return f"ducklake:postgres:{postgres.conninfo(name)} data_path={data}"
 
 
 # Property tests (Hypothesis): a quick pass in `make test`, a long one in `make test-all`

@@ -45,10 +45,10 @@ def _race_every_insert(monkeypatch, other: Store, tmp_path: Path) -> list[str]:
 
 
 def test_an_import_racing_committing_writers_completes_without_duplicates(
-        lake_store_db, tmp_path, monkeypatch):
+        lake_db, tmp_path, monkeypatch):
     big = _write(tmp_path / "big.jsonl", 0, N)
-    with Store.open(lake_store_db, command="prompts import") as store, \
-            Store.open(lake_store_db, command="racer") as other:
+    with Store.open(lake_db, command="prompts import") as store, \
+            Store.open(lake_db, command="racer") as other:
         racers = _race_every_insert(monkeypatch, other, tmp_path)
         first = import_prompts(store, big)
         monkeypatch.undo()
@@ -68,14 +68,14 @@ def test_an_import_racing_committing_writers_completes_without_duplicates(
     assert again.new_prompts == 0
 
 
-def test_in_serial_mode_the_same_race_starves_the_import(lake_store_db, tmp_path, monkeypatch):
+def test_in_serial_mode_the_same_race_starves_the_import(lake_db, tmp_path, monkeypatch):
     # Why imports append on a rebasing connection: the same import as one first-committer-
     # wins transaction loses every attempt and gives up.
     big = _write(tmp_path / "big.jsonl", 0, N)
     monkeypatch.setitem(Lake.transact.__kwdefaults__, "policy",
                         RetryPolicy(attempts=3, base=0.001, cap=0.01))
-    with Store.open(lake_store_db, command="prompts import") as store, \
-            Store.open(lake_store_db, command="racer") as other:
+    with Store.open(lake_db, command="prompts import") as store, \
+            Store.open(lake_db, command="racer") as other:
         racers = _race_every_insert(monkeypatch, other, tmp_path)
         serial = Store.transact
         monkeypatch.setattr(Store, "transact", lambda self, fn, **_: serial(self, fn))

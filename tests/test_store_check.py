@@ -81,7 +81,7 @@ def test_a_dead_run_is_reaped_by_fix_and_a_missing_prompt_stays_a_problem(cli, d
                                                     exit_code=1).output
 
 
-def test_duplicate_ids_on_a_lake_are_reconciled_by_fix(cli, lake_db, tmp_path):
+def test_duplicate_ids_on_a_lake_are_reconciled_by_fix(cli, lake_db):
     cli("init", "--db", lake_db)
     spec = StoreSpec.parse(lake_db)
     row = ("SELECT ?, 'What is 1 + 1?', '2', NULL, 'mine', 'train', '{}', ?, now() "
