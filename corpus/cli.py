@@ -178,15 +178,16 @@ def store_copy(src: str, dst: str) -> None:
 @db_option
 @click.option("--fix", is_flag=True,
               help="Repair what can be repaired: keep one row per duplicate id, give dead "
-                   "runs their final state.")
+                   "runs their final state, delete orphan files.")
 def store_check(db: str, fix: bool) -> None:
     """Check that the store can be trusted; exit 1 while problems remain.
 
     On a DuckLake: ids with more than one row (a lake has no keys), duplicate snapshot names,
-    ``running`` runs whose process is gone, records whose prompt is missing (and snapshot
-    members or decisions whose record is). On a DuckDB file the same, but its keys are
-    enforced by DuckDB. ``--fix`` reconciles duplicates (per id the row of the smallest
-    run_id survives) and reaps dead runs, printing what it did.
+    orphan Parquet files older than a day, ``running`` runs whose process is gone, records
+    whose prompt is missing (and snapshot members or decisions whose record is). On a DuckDB
+    file the same but keys and files (DuckDB enforces its keys). ``--fix`` reconciles
+    duplicates (per id the row of the smallest run_id survives), reaps dead runs and deletes
+    orphan files, printing what it did.
 
     \b
     Example:

@@ -13,6 +13,10 @@ writer reconciles, forever if that writer died in between. What is checked:
   store's job lock, else those with a dead PID on this host).
   ``--fix`` gives them their final state, as the next writer would (``killed``, their
   committed rows kept, their in-flight calls flagged ``possibly_billed``).
+* **orphan files** (lake only): Parquet files under the data path that no snapshot lists
+  and older than :data:`ORPHAN_AFTER` (a writer killed mid-commit leaves one; a younger one
+  may be a live writer's file not committed yet). ``--fix`` deletes them
+  (``ducklake_delete_orphaned_files``).
 * **missing references** (both): records whose prompt is missing, snapshot members and
   decisions whose record is missing. Reported only: the rows they need are not in the store
   (re-import them).
@@ -37,6 +41,10 @@ REFERENCES = (
      "snapshot members whose record is missing"),
     ("decisions", "record_id", "records", "record_id", "decisions whose record is missing"),
 )
+
+
+#: How old a Parquet file no snapshot lists must be to count as an orphan (SQL interval).
+ORPHAN_AFTER = "1 DAY"
 
 
 @dataclass(frozen=True)
@@ -151,6 +159,25 @@ def _missing_references(con: duckdb.DuckDBPyConnection) -> list[Finding]:
     return found
 
 
+def orphan_files(con: duckdb.DuckDBPyConnection, *, delete: bool = False) -> list[str]:
+    """The lake's orphan Parquet files (see :data:`ORPHAN_AFTER`); ``delete`` removes them.
+    DuckLake lists them only on a writable attachment, even as a dry run."""
+    from corpus.storespec import LAKE_ALIAS
+
+    return [r[0] for r in con.execute(
+        f"SELECT path FROM ducklake_delete_orphaned_files('{LAKE_ALIAS}', dry_run => ?, "
+        f"older_than => now() - INTERVAL {ORPHAN_AFTER}) ORDER BY 1", [not delete]).fetchall()]
+
+
+def _orphans(con: duckdb.DuckDBPyConnection) -> list[Finding]:
+    found = orphan_files(con)
+    if not found:
+        return []
+    return [Finding("orphan files", "data path", len(found),
+                    f"Parquet files older than {ORPHAN_AFTER.lower()} that no snapshot lists: "
+                    + _ids(found, 1), True)]
+
+
 def fix_duplicates(store: Store) -> list[str]:
     """Reconcile every id-keyed table that has duplicate ids, one serial transaction each;
     returns what was done, a line per table."""
@@ -177,6 +204,11 @@ def check_store(db: str, *, fix: bool = False,
         running = job_running(store)
         with store.connection() as con:
             report.findings = find_problems(con, lake=report.lake, job_running=running)
+        if report.lake:  # a writable attachment that writes nothing (a dry run)
+            from corpus.lake import Lake
+
+            with Lake(store.spec) as lake:
+                report.findings += _orphans(lake.cursor())
     if not report.lake:
         report.notes.append("duplicate ids are not checked: a DuckDB file enforces its keys")
     if not fix or not any(f.fixable for f in report.findings):
@@ -188,8 +220,13 @@ def check_store(db: str, *, fix: bool = False,
         with store.run("store check", {"fix": True}) as run:
             if report.lake:
                 report.fixed += fix_duplicates(store)
+                with store.connection() as con:
+                    report.fixed += [f"data path: deleted orphan file {p}"
+                                     for p in orphan_files(con, delete=True)]
             run.add("fixed", len(report.fixed))
         say("check again")
-        with store.connection() as con:  # we hold the job lock: no other job runs
+        with store.connection() as con:  # a file: we hold the job lock, no other job runs
             report.findings = find_problems(con, lake=report.lake, job_running=False)
+            if report.lake:
+                report.findings += _orphans(con)
     return report

@@ -6,9 +6,12 @@ import json
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 from backends import both_stores
 
 from corpus import Store
@@ -81,7 +84,7 @@ def test_a_dead_run_is_reaped_by_fix_and_a_missing_prompt_stays_a_problem(cli, d
                                                     exit_code=1).output
 
 
-def test_duplicate_ids_on_a_lake_are_reconciled_by_fix(cli, lake_db):
+def test_duplicates_and_orphan_files_on_a_lake_are_repaired_by_fix(cli, lake_db, tmp_path):
     cli("init", "--db", lake_db)
     spec = StoreSpec.parse(lake_db)
     row = ("SELECT ?, 'What is 1 + 1?', '2', NULL, 'mine', 'train', '{}', ?, now() "
@@ -100,11 +103,23 @@ def test_duplicate_ids_on_a_lake_are_reconciled_by_fix(cli, lake_db):
         a.transact(body)
         assert duplicate_ids(a.cursor()) == {"prompts": 1}
 
+    # A writer killed mid-commit leaves a Parquet file no snapshot lists; a live writer's
+    # file not committed yet looks the same but is young: it is left alone.
+    folder = tmp_path / "lake" / "main" / "prompts"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, age_s in (("orphan.parquet", 3 * 86400), ("in-flight.parquet", 0)):
+        pq.write_table(pa.table({"x": [1]}), folder / name)
+        os.utime(folder / name, (time.time() - age_s, time.time() - age_s))
+
     found = cli("store", "check", "--db", lake_db, exit_code=1).output
     assert ("problem: duplicate ids: prompts: 1 ids with more than one row (--fix repairs it)"
             in found)
+    assert "problem: orphan files: data path: 1 Parquet files older than 1 day" in found
+    assert "in-flight" not in found
     fixed = cli("store", "check", "--fix", "--db", lake_db).output
     assert "fixed: prompts: removed 1 duplicate rows" in fixed
+    assert f"fixed: data path: deleted orphan file {folder / 'orphan.parquet'}" in fixed
+    assert sorted(p.name for p in folder.iterdir()) == ["in-flight.parquet"]
     assert fixed.strip().splitlines()[-1].endswith("no problems found")
     with Store.open_readonly(lake_db) as store:
         assert store.query("SELECT prompt_id, run_id FROM prompts") == [("h1:p", "r1")]
