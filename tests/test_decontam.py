@@ -7,10 +7,10 @@ import random
 import re
 
 import pytest
-from backends import both_stores
+from backends import both_stores, store_records
 from conftest import shared_data
 
-from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.records import make_prompt, make_record
 from corpus.store import Store
 from curation.decontam import BenchmarkIndex, decontaminate, load_benchmark, normalise_tokens
 from curation.errors import CurationError
@@ -76,13 +76,7 @@ def make_store(db: str, texts: dict[str, str]) -> dict[str, str]:
         made[name] = (p, make_record(
             prompt_id=p["prompt_id"], kind="meta", response="r",
             refinement=f"We solve: {text}" if name == "in-refinement" else "x"))
-    with Store.open(db, command="test") as store, store.run("test", {}) as run:
-        def write(con) -> None:
-            for p, r in made.values():
-                insert_prompts(con, [p], run.run_id)
-                insert_records(con, [r], run.run_id)
-
-        store.transact(write)  # one transaction on both back ends
+    store_records(db, list(made.values()))
     return {name: r["record_id"] for name, (_, r) in made.items()}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from backends import both_stores
+from backends import both_stores, store_records
 
-from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.records import make_prompt, make_record
 from corpus.store import Store
 from curation.curate import run_filters
 from curation.filters import StepError, parse_step, registry
@@ -176,13 +176,7 @@ def make_store(db: str) -> dict[str, str]:
         made[name] = (p, make_record(prompt_id=p["prompt_id"], kind="self", round=1,
                                      response="r", feedback=f"f\nVerdict: {verdict or '?'}",
                                      verdict=verdict, refinement=refinement))
-    with Store.open(db, command="test") as store, store.run("test", {}) as run:
-        def write(con) -> None:
-            for p, r in made.values():
-                insert_prompts(con, [p], run.run_id)
-                insert_records(con, [r], run.run_id)
-
-        store.transact(write)  # one transaction on both back ends
+    store_records(db, list(made.values()))
     return {name: r["record_id"] for name, (_, r) in made.items()}
 
 
