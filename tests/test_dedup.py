@@ -72,7 +72,6 @@ def test_normalisation_policy():
     assert normalize_text("!!! ...") == ""
 
 
-@both_stores
 def test_planted_exact_and_near_duplicates(db, cli):
     rng = np.random.default_rng(0)
     distinct = [random_text(rng) for _ in range(30)]

@@ -255,7 +255,6 @@ def test_bad_where_and_snapshot_are_clear_errors(db):
 
 
 # -- CLI -------------------------------------------------------------------------------------
-@both_stores
 def test_cli_filter_prints_funnel_and_writes_rows(cli, db):
     make_store(db)
     out = cli("curate", "filter", "--db", db, "--step", "verdict:null=keep",

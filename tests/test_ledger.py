@@ -151,7 +151,6 @@ def test_pending_rows_of_a_dead_job_are_possibly_billed_and_resent(db):
                            "ORDER BY 2") == [("ok", False, 3), ("ok", True, 7)]
 
 
-@both_stores
 def test_budget_stop_leaves_no_pending_rows(db, server, tmp_path):
     prices = tmp_path / "p.json"
     prices.write_text('{"models": {"test-model": {"input": 1000, "output": 1000}}}')
@@ -226,7 +225,6 @@ def test_readers_get_in_while_a_collection_runs(db, server):
     assert waited < 20
 
 
-@both_stores
 def test_malformed_200s_are_never_stored_as_success(db, server):
     server.push(Behaviour("html"), Behaviour("wrong_shape"), Behaviour("malformed"),
                 Behaviour("empty"))
