@@ -24,6 +24,9 @@ from corpus.migrations import MIGRATIONS, migrate
 from corpus.store import Store
 from corpus.storespec import StoreSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_faults import check_invariants  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -187,7 +190,23 @@ def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tm
             assert duplicate_ids(con) == {}
 
 
-def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, server):
+def _reads_while(procs: list[subprocess.Popen], db: str) -> list[tuple[int, bool]]:
+    """``selfevo sql`` and ``selfevo stats`` on ``db``, one after the other, until every
+    process in ``procs`` ended; per read its exit code and whether a writer was still
+    running when it finished."""
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    reads = [[selfevo, "sql", "--db", db, "SELECT count(*) FROM records"],
+             [selfevo, "stats", "--db", db]]
+    done = []
+    while any(p.poll() is None for p in procs):
+        r = subprocess.run(reads[len(done) % 2], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        done.append((r.returncode, any(p.poll() is None for p in procs)))
+    return done
+
+
+def test_two_collects_a_curate_and_a_snapshot_write_at_once_while_readers_read(
+        lake_db, server, tmp_path):
     from corpus.records import insert_prompts, make_prompt
 
     rows = [make_prompt(f"Ann has {i} apples and gets {i + 1} more. How many?",
@@ -195,23 +214,46 @@ def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, 
             for i in range(16)]
     with Store.open(lake_db) as store, store.run("seed", {}) as run:
         store.transact(lambda con: insert_prompts(con, rows, run.run_id))
-    server.latency = 0.01
+    seeded = [{"prompt": f"What is {i} + {i}?", "response": f"The answer is {2 * i}.",
+               "kind": "qa", "gold_answer": str(2 * i)} for i in range(40)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seeded))
     selfevo = str(Path(sys.executable).parent / "selfevo")
+    env = {**os.environ, "SELFEVO_DB": lake_db, "OPENAI_API_KEY": "sk-test"}
+    subprocess.run([selfevo, "records", "import", str(tmp_path / "r.jsonl")], env=env,
+                   cwd=ROOT, check=True, capture_output=True)
+    server.latency = 0.01
     commands = [[selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
                  "--responder", f"openai:student@{server.base_url}", "--max-tokens", "64",
                  "--where", f"split = '{split}'"] for split in "ab"]
-    commands.append([selfevo, "snapshot", "create", "prompts-only", "--where", "true"])
-    codes, outs = _run_together(commands, lake_db)
-    # The snapshot may find no records yet (a one-line refusal) or some: both are fine.
-    assert codes[:2] == [0, 0], outs
+    commands += [[selfevo, "curate", "filter", "--step", "format", "--step", "gold-match"],
+                 [selfevo, "snapshot", "create", "qa", "--where", "kind = 'qa'"]]
+    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for c in commands]
+    try:
+        reads = _reads_while(procs, lake_db)
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0] * len(commands), outs
+    assert reads and all(code == 0 for code, _ in reads), reads
+    assert any(during for _, during in reads)  # a reader finished while writers wrote
+    counts = check_invariants(lake_db)  # snapshot hashes, orphans, counts of runs
+    assert counts["records"] == 40 + 16 and counts["calls"] == 48
     with Store.open_readonly(lake_db) as store:
-        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records") == [(16, 16)]
+        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records "
+                           "WHERE kind <> 'qa'") == [(16, 16)]
         assert store.query("SELECT count(*), count(DISTINCT call_id) FROM calls "
                            "WHERE status = 'ok'") == [(48, 48)]
-        assert store.query("SELECT status, count(*) FROM runs WHERE command = 'collect' "
-                           "GROUP BY ALL") == [("ok", 2)]
-        assert store.query("SELECT count(*) FROM runs WHERE status <> 'ok' "
-                           "AND command <> 'snapshot create prompts-only'") == [(0,)]
+        assert store.query("SELECT DISTINCT status FROM runs") == [("ok",)]
+        (selected, decided, distinct), = store.query(
+            "SELECT any_value(r.counts->>'selected')::INTEGER, count(*), "
+            "count(DISTINCT (d.record_id, d.step)) FROM runs r JOIN decisions d USING (run_id) "
+            "WHERE r.command = 'curate filter'")
+        assert 40 <= selected <= 56 and decided == distinct == 2 * selected
+        assert store.query("SELECT n FROM snapshots WHERE name = 'qa'") == [(40,)]
         with store.connection() as con:
             assert duplicate_ids(con) == {}
     assert len(server.chat_requests()) == 48  # nothing sent twice
