@@ -25,6 +25,7 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from corpus.joblock import lake_lease
 from corpus.records import make_record
 from corpus.sqlfragment import SqlCondition, first_line, read_only
 from corpus.store import Store
@@ -278,6 +280,7 @@ class Collector:
                 "an openai: --teacher or --responder (hf: models answer in process)")
         self.summary = CollectSummary()
         self.bars: StageBars | None = None
+        self.lease = contextlib.ExitStack()  # on a lake: the selected prompts, until close()
 
     def backends(self) -> list[Backend]:
         """The distinct backends in use."""
@@ -288,7 +291,8 @@ class Collector:
         return out
 
     def close(self) -> None:
-        """Release the backends."""
+        """Release the prompts' lease (after the ledger is written) and the backends."""
+        self.lease.close()
         for b in self.backends():
             b.close()
 
@@ -305,6 +309,11 @@ class Collector:
             raise GenerationError(
                 "no prompts match" + (f" --where {cfg.where!r}" if cfg.where else "")
                 + "; import some with 'selfevo prompts import FILE'")
+        # On a lake another machine may be collecting the same prompts: refuse rather than
+        # send their calls twice (a file store's job lock already keeps it out).
+        self.lease.enter_context(lake_lease(
+            self.store, [f"collect:{p['prompt_id']}" for p in prompts], self.run_id,
+            "selected prompts"))
         self.summary.prompts = len(prompts)
         if display is not None:
             expected = len(prompts) * (cfg.samples if self.responder else 1)

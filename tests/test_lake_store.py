@@ -17,7 +17,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import corpus.store as store_module
-from corpus.errors import CorpusError
+from corpus.errors import CorpusError, StoreBusy
+from corpus.joblock import take_lake_lease
 from corpus.lake import Lake
 from corpus.lakeschema import create_schema, duplicate_ids, lake_ddl
 from corpus.migrations import MIGRATIONS, migrate
@@ -257,6 +258,117 @@ def test_two_collects_a_curate_and_a_snapshot_write_at_once_while_readers_read(
         with store.connection() as con:
             assert duplicate_ids(con) == {}
     assert len(server.chat_requests()) == 48  # nothing sent twice
+
+
+# -- leases: one collect per prompt across machines ------------------------------------------
+def _holders(store: Store) -> dict[str, str]:
+    return dict(store.query("SELECT lock_key, held_by FROM job_locks"))
+
+
+def test_a_lease_has_one_live_holder_and_a_dead_one_is_taken_over(lake_db):
+    import threading
+
+    from corpus.joblock import lake_lease
+
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    with Store.open(lake_db) as store:
+        store.transact(lambda con: [
+            _run_row(con, "r-live-elsewhere", "other-machine", 1, 10),
+            _run_row(con, "r-silent-elsewhere", "other-machine", 1, 3600),
+            _run_row(con, "r-dead-here", socket.gethostname(), int(dead_pid), 10),
+            con.execute("INSERT INTO job_locks (lock_key, held_by) VALUES ('k1', "
+                        "'r-live-elsewhere'), ('k2', 'r-silent-elsewhere'), ('k3', 'r-dead-here')")])
+        with store.run("collect", {}) as run:
+            with lake_lease(store, ["k2", "k3", "k4"], run.run_id, "prompts"):
+                assert _holders(store) == {"k1": "r-live-elsewhere", "k2": run.run_id,
+                                           "k3": run.run_id, "k4": run.run_id}
+                assert dict(store.query("SELECT run_id, status FROM runs WHERE run_id IN "
+                                        "('r-silent-elsewhere', 'r-dead-here')")) == {
+                    "r-silent-elsewhere": "killed", "r-dead-here": "killed"}
+            assert _holders(store) == {"k1": "r-live-elsewhere"}  # released at the end
+            with pytest.raises(StoreBusy) as refused, \
+                    lake_lease(store, ["k1", "k5"], run.run_id, "prompts"):
+                pass
+            assert str(refused.value) == (
+                "1 of the prompts are in use by run r-live-elsewhere on other-machine (PID 1); "
+                "wait for it to finish or choose others")
+            assert _holders(store) == {"k1": "r-live-elsewhere"}  # nothing of it landed
+
+    # Two takers at once (two attached lakes, as two machines): exactly one wins.
+    stores = [Store.open(lake_db) for _ in range(2)]
+    try:
+        runs = [s.start_run("collect", {}) for s in stores]
+        keys = [f"p{i}" for i in range(50)]
+        barrier, outcome = threading.Barrier(2), {}
+
+        def take(i: int) -> None:
+            barrier.wait()
+            try:
+                stores[i].transact(lambda con: take_lake_lease(con, keys, runs[i].run_id, "p"))
+                outcome[i] = "won"
+            except StoreBusy as exc:
+                outcome[i] = str(exc)
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        winner = [i for i in range(2) if outcome[i] == "won"]
+        assert len(winner) == 1, outcome
+        assert f"50 of the p are in use by run {runs[winner[0]].run_id}" in outcome[1 - winner[0]]
+        holders = _holders(stores[0])
+        assert len(holders) == 51 and {holders[k] for k in keys} == {runs[winner[0]].run_id}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, server):
+    from openai_server import Behaviour
+
+    from corpus.records import insert_prompts, make_prompt
+
+    rows = [make_prompt(f"Bob has {i} pens. How many?", gold_answer=str(i), source="t")
+            for i in range(4)]
+    with Store.open(lake_db) as store, store.run("seed", {}) as run:
+        store.transact(lambda con: insert_prompts(con, rows, run.run_id))
+    server.handler = lambda body, n: Behaviour(kind="hang", hang=120)  # until released
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    collect = [selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
+               "--responder", f"openai:student@{server.base_url}", "--max-tokens", "16"]
+    env = {**os.environ, "SELFEVO_DB": lake_db, "OPENAI_API_KEY": "sk-test"}
+    first = subprocess.Popen(collect, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not server.chat_requests() and first.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)  # it holds the lease before it sends anything
+        second = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)
+        server.release()
+        out = first.communicate(timeout=300)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, out
+    with Store.open_readonly(lake_db) as store:
+        (holder,), = store.query("SELECT run_id FROM runs WHERE command = 'collect' "
+                                 "AND status = 'ok'")
+        assert store.query("SELECT count(*) FROM job_locks") == [(0,)]  # released
+    message = (second.stdout + second.stderr).strip().splitlines()
+    assert second.returncode != 0 and len(message) == 1, message
+    assert message[0] == (f"Error: 4 of the selected prompts are in use by run {holder} on "
+                          f"{socket.gethostname()} (PID {first.pid}); wait for it to finish "
+                          "or choose others")
+    assert len(server.chat_requests()) == 12  # the refused one sent nothing
+    again = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(server.chat_requests()) == 12  # all answered in the ledger: nothing re-sent
 
 
 # -- snapshots and time travel --------------------------------------------------------------
