@@ -369,6 +369,9 @@ def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, serv
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(server.chat_requests()) == 12  # all answered in the ledger: nothing re-sent
+    with Store.open_readonly(lake_db) as store:
+        assert [s for (s,) in store.query("SELECT status FROM runs WHERE command = 'collect' "
+                                          "ORDER BY run_id")] == ["ok", "failed", "ok"]
 
 
 # -- snapshots and time travel --------------------------------------------------------------
