@@ -233,13 +233,15 @@ def release_lake_lease(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
 @contextlib.contextmanager
 def lake_lease(store: Store, keys: list[str], run_id: str, what: str) -> Iterator[None]:
     """Hold a lease on ``keys`` for the block (a lake only: a file store's job lock already
-    keeps every other writer out). StoreBusy at once when a live run holds one of them."""
+    keeps every other writer out). StoreBusy at once when a live run holds one of them.
+
+    Released when the block ends normally. When it raises (an error, Ctrl-C) nothing more
+    is written here: the run's final status frees the lease, and the next taker deletes it.
+    """
     if not store.spec.is_lake:
         yield
         return
     store.transact(lambda con: take_lake_lease(con, keys, run_id, what))
-    try:
-        yield
-    finally:
-        with contextlib.suppress(Exception):  # not released: freed when the run ends
-            store.transact(lambda con: release_lake_lease(con, run_id))
+    yield
+    with contextlib.suppress(Exception):  # not released: freed when the run ends
+        store.transact(lambda con: release_lake_lease(con, run_id))

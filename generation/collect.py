@@ -25,7 +25,6 @@ Each stage's requests are built by :func:`stage_calls`, which ``--dry-run``
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import time
@@ -280,7 +279,6 @@ class Collector:
                 "an openai: --teacher or --responder (hf: models answer in process)")
         self.summary = CollectSummary()
         self.bars: StageBars | None = None
-        self.lease = contextlib.ExitStack()  # on a lake: the selected prompts, until close()
 
     def backends(self) -> list[Backend]:
         """The distinct backends in use."""
@@ -291,8 +289,7 @@ class Collector:
         return out
 
     def close(self) -> None:
-        """Release the prompts' lease (after the ledger is written) and the backends."""
-        self.lease.close()
+        """Release the backends."""
         for b in self.backends():
             b.close()
 
@@ -311,9 +308,16 @@ class Collector:
                 + "; import some with 'selfevo prompts import FILE'")
         # On a lake another machine may be collecting the same prompts: refuse rather than
         # send their calls twice (a file store's job lock already keeps it out).
-        self.lease.enter_context(lake_lease(
-            self.store, [f"collect:{p['prompt_id']}" for p in prompts], self.run_id,
-            "selected prompts"))
+        with lake_lease(self.store, [f"collect:{p['prompt_id']}" for p in prompts],
+                        self.run_id, "selected prompts"):
+            self._run(ledger, prompts, display, t0)
+            ledger.writer.flush()  # the answers are in the ledger before the prompts are free
+        return self.summary
+
+    def _run(self, ledger: Ledger, prompts: list[dict[str, Any]], display: Any,
+             t0: float) -> None:
+        """The selected prompts, chunk by chunk (under their lease on a lake)."""
+        cfg = self.config
         self.summary.prompts = len(prompts)
         if display is not None:
             expected = len(prompts) * (cfg.samples if self.responder else 1)
@@ -330,7 +334,6 @@ class Collector:
                 self.bars.finish()
             self.summary.elapsed = time.monotonic() - t0
             self._add_ledger_counts(ledger.counts)
-        return self.summary
 
     def _add_ledger_counts(self, c: LedgerCounts) -> None:
         self.summary.prompt_tokens = c.prompt_tokens
