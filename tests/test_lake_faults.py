@@ -114,15 +114,15 @@ def _rerun_collect(db: str, server) -> None:
 
 
 # -- at exact points of a commit ----------------------------------------------------------
-# The import lands in one transaction (the first after its run row). Collect's 7th (after
-# its lease and reads): the responses are answered and the feedback calls registered
-# ``pending`` (in flight); its 8th: the feedback answers', whose COMMIT is never sent.
+# The import lands in one transaction (the first after its run row). Collect: the second
+# transaction that puts calls in flight registers the feedback calls once responses are
+# answered; the second that answers calls answers feedback (its COMMIT is never sent).
 _POINTS = [("prompts import", "body:1"), ("prompts import", "commit:1"),
-           ("collect", "body:8"), ("collect", "commit:7")]
+           ("collect", "body:2:answers"), ("collect", "commit:2:pending")]
 
 
 @pytest.mark.parametrize("writer,point", [
-    pytest.param(w, p, marks=[] if (w, p) == ("collect", "commit:7") else pytest.mark.slow)
+    pytest.param(w, p, marks=[] if (w, p) == ("collect", "commit:2:pending") else pytest.mark.slow)
     for w, p in _POINTS])
 def test_a_writer_killed_at_a_commit_point_leaves_whole_transactions(
         writer, point, lake_db, server, tmp_path):

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -150,19 +151,22 @@ def test_a_run_on_a_lake_sends_heartbeats(lake_db, monkeypatch):
                            [run.run_id]) == [(True, socket.gethostname())]
 
 
-def _run_together(commands: list[list[str]], db: str) -> tuple[list[int], list[str]]:
-    """Start every command at once against store ``db``; their exit codes and outputs."""
-    env = {**os.environ, "SELFEVO_DB": db}
+def _run_together(commands: list[list[str]], db: str, meanwhile: Any = None
+                  ) -> tuple[list[int], list[str], Any]:
+    """Start every command at once against store ``db``; their exit codes and outputs, and
+    what ``meanwhile(processes)`` returned (it runs while they do)."""
+    env = {**os.environ, "SELFEVO_DB": db, "OPENAI_API_KEY": "sk-test"}
     procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for c in commands]
     try:
+        extra = meanwhile(procs) if meanwhile is not None else None
         outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [p.returncode for p in procs], outs
+    return [p.returncode for p in procs], outs, extra
 
 
 def _prompts_file(path: Path, ids: range, shared: int) -> Path:
@@ -181,7 +185,7 @@ def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tm
     commands = [[selfevo, "prompts", "import", str(f)]
                 for f in files for _ in range(2)]  # each file twice: four writers
     commands.append([selfevo, "prompts", "generate", "--n", "30"])
-    codes, outs = _run_together(commands, lake_db)
+    codes, outs, _ = _run_together(commands, lake_db)
     assert codes == [0] * len(commands), outs
     with Store.open_readonly(lake_db) as store:
         assert store.query("SELECT count(*) FROM prompts") == [(2 * 60 + 25 + 30,)]
@@ -228,17 +232,9 @@ def test_two_collects_a_curate_and_a_snapshot_write_at_once_while_readers_read(
                  "--where", f"split = '{split}'"] for split in "ab"]
     commands += [[selfevo, "curate", "filter", "--step", "format", "--step", "gold-match"],
                  [selfevo, "snapshot", "create", "qa", "--where", "kind = 'qa'"]]
-    procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for c in commands]
-    try:
-        reads = _reads_while(procs, lake_db)
-        outs = [p.communicate(timeout=600)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert [p.returncode for p in procs] == [0] * len(commands), outs
+    codes, outs, reads = _run_together(commands, lake_db,
+                                       meanwhile=lambda procs: _reads_while(procs, lake_db))
+    assert codes == [0] * len(commands), outs
     assert reads and all(code == 0 for code, _ in reads), reads
     assert any(during for _, during in reads)  # a reader finished while writers wrote
     counts = check_invariants(lake_db)  # snapshot hashes, orphans, counts of runs
