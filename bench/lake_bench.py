@@ -20,8 +20,9 @@ Parquet data under the same temp folder. Each table gives the ratio lake / file.
   in-process on an open read-only store; median of ``--repeat``; both back ends must give
   the same rows;
 * **writers**: K = 1, 2, 4 writer processes at once on one lake — each importing its own
-  disjoint part of N records (``import``), or each completing its own disjoint N/K calls
-  through the ledger (``ledger``). Total records (calls) per second from the first start to
+  disjoint part of ``--writers-n`` records (``import``), or each completing its own
+  disjoint share of ``--calls`` calls through the ledger (``ledger``), each writer a fresh
+  process (its start counts). Total records (calls) per second from the first start to
   the last exit; afterwards every ``runs`` row must be ``ok``, the counts exact, and
   ``corpus.lakeschema.duplicate_ids`` empty. The file store takes one writer at a time (a
   second ``records import`` is refused as busy), so its baseline is the same K jobs one
@@ -36,9 +37,9 @@ server are removed at the end, also on Ctrl-C or SIGTERM.
 Usage (idle machine; see docs/benchmarks.md):
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/lake_bench.py
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/lake_bench.py --sizes 3000000 \\
-      --skip ledger --skip sql --skip writers
-Smoke (seconds):
-  .venv/bin/python bench/lake_bench.py --sizes 20000 --calls 2000 --writers-n 20000 --repeat 1
+          --repeat 1 --skip ledger --skip sql --skip writers
+Smoke (about 3 minutes under load):
+  .venv/bin/python bench/lake_bench.py --sizes 20000 --calls 2000 --writers-n 20000 --repeat 2
 """
 
 from __future__ import annotations
