@@ -24,7 +24,10 @@ Parquet data under the same temp folder. Each table gives the ratio lake / file.
   disjoint share of ``--calls`` calls through the ledger (``ledger``), each writer a fresh
   process (its start counts). Total records (calls) per second from the first start to
   the last exit; afterwards every ``runs`` row must be ``ok``, the counts exact, and
-  ``corpus.lakeschema.duplicate_ids`` empty. The file store takes one writer at a time (a
+  ``corpus.lakeschema.duplicate_ids`` empty; "lost commits" counts the transactions rolled
+  back in the lake's catalog database meanwhile (``pg_stat_database.xact_rollback``: a
+  DuckLake commit that lost the race to another writer's, re-run by ``Store.transact``; 0
+  with one writer, normally). The file store takes one writer at a time (a
   second ``records import`` is refused as busy), so its baseline is the same K jobs one
   after another.
 
@@ -48,6 +51,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -183,6 +187,14 @@ class Server:
         self._n += 1
         conninfo = self.pg.create_database(f"lake_{self._n}_{name}")
         return f"ducklake:postgres:{conninfo} data_path={work / f'lake-{self._n}-{name}'}"
+
+    def rollbacks(self, spec: str) -> int:
+        """Transactions rolled back in a lake's catalog database so far: a DuckLake commit
+        that lost to another writer's is one (its snapshot insert hits a unique key)."""
+        db = re.search(r"dbname=(\w+)", spec).group(1)  # type: ignore[union-attr]
+        self.pg.psql("SELECT pg_stat_force_next_flush();")
+        return int(self.pg.psql("SELECT xact_rollback FROM pg_stat_database "
+                                f"WHERE datname = '{db}'").strip())
 
     def cpu(self) -> float:
         """CPU seconds the server used so far: postmaster, reaped and live backends."""
@@ -574,7 +586,7 @@ def measure_writers(lab: Lab, kind: str) -> list[list[str]]:
     n = lab.args.writers_n if kind == "import" else lab.args.calls
     unit = "records" if kind == "import" else "calls"
     rows = [["writers", "store", f"total {unit}/s", f"{unit}/CPU-s", "lake/file /s",
-             "lake/file /CPU-s", "runs", "duplicate ids", "all ok"]]
+             "lake/file /CPU-s", "lost commits", "runs", "duplicate ids", "all ok"]]
     for k in lab.args.writers:
         stats: dict[str, tuple[float, float]] = {}
         for backend in BACKENDS:
@@ -587,11 +599,15 @@ def measure_writers(lab: Lab, kind: str) -> list[list[str]]:
                 jobs = [phase_cmd("ledger", spec, n * w // k, n * (w + 1) // k - n * w // k,
                                   lab.args.concurrency) for w in range(k)]
             if backend == "lake":
+                assert lab.server is not None
+                lost = -lab.server.rollbacks(spec)
                 u = lab.run(backend, jobs, check=False)
+                lost += lab.server.rollbacks(spec)
             else:  # one writer at a time: the same jobs in sequence
                 us = [lab.run(backend, [j], check=False) for j in jobs]
                 u = Usage(sum(x.seconds for x in us), sum(x.cpu for x in us),
                           max(x.rss_mb for x in us), failed=[f for x in us for f in x.failed])
+                lost = None
             got = lab.check(spec)
             done = got["records"] if kind == "import" else got["calls_ok"]
             ok = (done == n and set(got["runs"]) == {"ok"} and not got["duplicates"]
@@ -602,7 +618,7 @@ def measure_writers(lab: Lab, kind: str) -> list[list[str]]:
             verdict = "yes" if ok else (f"NO: {done:,} of {n:,} {unit}; "
                                         + "; ".join(u.failed[:2]))
             rows.append([str(k), backend, f"{stats[backend][0]:,.0f}",
-                         f"{stats[backend][1]:,.0f}", *ratio,
+                         f"{stats[backend][1]:,.0f}", *ratio, "-" if lost is None else str(lost),
                          ", ".join(f"{v} {s}" for s, v in sorted(got["runs"].items())),
                          str(got["duplicates"] or "none"), verdict])
             _drop(spec)
