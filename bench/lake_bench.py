@@ -440,16 +440,26 @@ def import_cmd(file: Path, spec: str) -> list[str]:
 
 
 def measure_import(lab: Lab) -> list[list[str]]:
-    """records import at each size, both back ends interleaved; median rate, largest RSS."""
+    """records import at each size, both back ends interleaved; median rate, largest RSS.
+
+    A failed import (e.g. a long land transaction that keeps losing its commit) is a
+    result: its row says so, the other runs still count.
+    """
     rows = [["records", "store", "records/s", "records/CPU-s", "peak RSS MB",
              "lake/file records/s", "lake/file rec/CPU-s", "lake/file RSS"]]
     for n in lab.args.sizes:
         file = lab.inputs(n)
         runs: dict[str, list[Usage]] = {b: [] for b in BACKENDS}
+        failed: dict[str, list[str]] = {b: [] for b in BACKENDS}
         for _ in range(lab.args.repeat):
             for backend in BACKENDS:
                 spec = lab.store(backend, f"import{n}")
-                runs[backend].append(lab.run(backend, [import_cmd(file, spec)]))
+                u = lab.run(backend, [import_cmd(file, spec)], check=False)
+                if u.failed:
+                    failed[backend] += u.failed
+                    _drop(spec)
+                    continue
+                runs[backend].append(u)
                 if n == max(lab.args.sizes):  # kept for the sql measure (the latest one)
                     _drop(lab.big.get(backend, ""))
                     lab.big[backend] = spec
@@ -457,11 +467,18 @@ def measure_import(lab: Lab) -> list[list[str]]:
                     _drop(spec)
         stats = {b: (statistics.median(n / u.seconds for u in us),
                      statistics.median(n / u.cpu for u in us), max(u.rss_mb for u in us))
-                 for b, us in runs.items()}
-        for backend, (rate, per_cpu, rss) in stats.items():
-            base = stats["file"]
-            rows.append([f"{n:,}", backend, f"{rate:,.0f}", f"{per_cpu:,.0f}", f"{rss:,.0f}",
-                         *_ratios(backend, (rate, per_cpu, rss), base)])
+                 for b, us in runs.items() if us}
+        for backend in BACKENDS:
+            note = (f" ({len(failed[backend])} of {lab.args.repeat} FAILED: "
+                    f"{failed[backend][0]})" if failed[backend] else "")
+            if backend not in stats:
+                rows.append([f"{n:,}", backend + note, "-", "-", "-", "-", "-", "-"])
+                continue
+            rate, per_cpu, rss = stats[backend]
+            ratios = (_ratios(backend, stats[backend], stats["file"]) if "file" in stats
+                      else ["-"] * 3)
+            rows.append([f"{n:,}", backend + note, f"{rate:,.0f}", f"{per_cpu:,.0f}",
+                         f"{rss:,.0f}", *ratios])
         _progress(rows[-2:])
     return rows
 
