@@ -11,9 +11,9 @@ Parquet data under the same temp folder. Each table gives the ratio lake / file.
 * **ledger**: collect's write path — ``generation.ledger.Ledger.complete`` driven directly
   by an in-process backend that answers at once but announces its sends like the OpenAI
   backend (so pending rows are committed a window ahead of the sender, as in ``collect``),
-  with one record per answer queued through ``Ledger.add_records``. No HTTP server: with one
-  the client would cost more than the writes being measured (``bench/collect_bench.py``
-  measures the whole of collect). Timed from the ledger's start to its ``close()`` (every
+  with one record per answer queued through ``Ledger.add_records``. No HTTP server: its
+  request path costs about twice the CPU of the file store's ledger writes, on the same
+  cores (docs/benchmarks.md, "Collect"; ``bench/collect_bench.py`` measures all of collect). Timed from the ledger's start to its ``close()`` (every
   call ``ok`` and every record committed); one process per run;
 * **sql**: four audit queries from docs/store.md over the largest import plus as many
   ``decisions`` rows, as a ``selfevo sql`` subprocess (process start included) and
