@@ -178,6 +178,20 @@ def _orphans(con: duckdb.DuckDBPyConnection) -> list[Finding]:
                     + _ids(found, 1), True)]
 
 
+def _orphans_if_writable(store: Store, report: CheckReport) -> list[Finding]:
+    """:func:`_orphans` through a writable attachment of the lake; a note instead where this
+    user cannot attach it for writing (a read-only role)."""
+    from corpus.errors import CorpusError
+    from corpus.lake import Lake
+
+    try:
+        with Lake(store.spec) as lake:
+            return _orphans(lake.cursor())
+    except (CorpusError, duckdb.Error) as exc:
+        report.notes.append(f"orphan files are not checked: {str(exc).splitlines()[0]}")
+        return []
+
+
 def fix_duplicates(store: Store) -> list[str]:
     """Reconcile every id-keyed table that has duplicate ids, one serial transaction each;
     returns what was done, a line per table."""
@@ -205,10 +219,7 @@ def check_store(db: str, *, fix: bool = False,
         with store.connection() as con:
             report.findings = find_problems(con, lake=report.lake, job_running=running)
         if report.lake:  # a writable attachment that writes nothing (a dry run)
-            from corpus.lake import Lake
-
-            with Lake(store.spec) as lake:
-                report.findings += _orphans(lake.cursor())
+            report.findings += _orphans_if_writable(store, report)
     if not report.lake:
         report.notes.append("duplicate ids are not checked: a DuckDB file enforces its keys")
     if not fix or not any(f.fixable for f in report.findings):
