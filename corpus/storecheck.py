@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import duckdb
 
@@ -207,12 +205,9 @@ def fix_duplicates(store: Store) -> list[str]:
     return done
 
 
-def check_store(db: str, *, fix: bool = False,
-                progress: Callable[[str], Any] | None = None) -> CheckReport:
+def check_store(db: str, *, fix: bool = False) -> CheckReport:
     """Check the store ``db`` (a ``--db`` spec); with ``fix``, repair what can be repaired
-    (under a ``store check`` run) and check again. ``progress(step)`` is told each step."""
-    say = progress or (lambda _step: None)
-    say("check")
+    (under a ``store check`` run) and check again."""
     with Store.open_readonly(db) as store:  # refuses a missing store: nothing is created
         report = CheckReport(str(store.spec), store.spec.is_lake)
         running = job_running(store)
@@ -224,7 +219,6 @@ def check_store(db: str, *, fix: bool = False,
         report.notes.append("duplicate ids are not checked: a DuckDB file enforces its keys")
     if not fix or not any(f.fixable for f in report.findings):
         return report
-    say("fix")
     with Store.open(db, command="store check --fix") as store:  # reaps dead runs on opening
         report.fixed += [f"runs: gave dead run {r} its final state (killed; its committed "
                          "rows are kept)" for r in store.reaped]
@@ -235,7 +229,6 @@ def check_store(db: str, *, fix: bool = False,
                     report.fixed += [f"data path: deleted orphan file {p}"
                                      for p in orphan_files(con, delete=True)]
             run.add("fixed", len(report.fixed))
-        say("check again")
         with store.connection() as con:  # a file: we hold the job lock, no other job runs
             report.findings = find_problems(con, lake=report.lake, job_running=False)
             if report.lake:
