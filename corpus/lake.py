@@ -31,6 +31,8 @@ from corpus.extensions import DUCKLAKE, POSTGRES, load_extension, offline_config
 from corpus.storespec import LAKE_ALIAS, StoreSpec
 
 T = TypeVar("T")
+#: ATTACHes of a new lake that lost the race to create its catalog, before giving up.
+CREATE_RACE_ATTEMPTS = 5
 _CONFLICT_MARKS = ("Failed to commit DuckLake transaction", "Transaction conflict")
 
 
@@ -79,13 +81,26 @@ class Lake:
             secret = spec.secret_sql()
             if secret:
                 self._db.execute(secret)
-            self._db.execute(spec.attach_sql(read_only=read_only or version is not None,
-                                             version=version))
+            self._attach(read_only=read_only or version is not None, version=version)
             self._db.execute(f"SET ducklake_max_retry_count = {int(ducklake_retries)}")
         except duckdb.Error as exc:
             self._db.close()
             raise CorpusError(f"cannot open {spec}: {spec.redact(str(exc).splitlines()[0])}"
                               ) from None
+
+    def _attach(self, *, read_only: bool, version: int | None) -> None:
+        """ATTACH the lake; when two processes attach a new Postgres lake at once, both
+        create DuckLake's catalog tables and the loser's CREATE fails on Postgres' unique
+        index of type names: attach again (the catalog exists by then), a few times."""
+        sql = self.spec.attach_sql(read_only=read_only, version=version)
+        for attempt in range(CREATE_RACE_ATTEMPTS):
+            try:
+                self._db.execute(sql)
+                return
+            except duckdb.Error as exc:
+                if attempt + 1 == CREATE_RACE_ATTEMPTS or not _lost_creation_race(exc):
+                    raise
+            time.sleep(0.05 * (attempt + 1))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to the instance, with ``lake`` as the default database."""
@@ -166,6 +181,13 @@ def transact_appending(rebasing: Lake, serial: Lake,
     for table in sorted(dirty):
         rebasing.transact(lambda con, t=table: reconcile(con, t, run_id=run_id))
     return result
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether an ATTACH failed because another process was creating the same catalog."""
+    text = str(exc)
+    return "Failed to initialize DuckLake" in text and (
+        "duplicate key value violates unique constraint" in text or "already exists" in text)
 
 
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
