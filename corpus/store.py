@@ -193,8 +193,9 @@ class Store:
         self._warned = False
         self._migrated = False
         self._rebasing: Lake | None = None  # a lake's connection for long appends (transact)
-        self._open_runs: list[str] = []  # runs this Store has started and not finished
+        self._open_runs: list[Run] = []  # runs this Store has started and not finished
         self.reaped: list[str] = []  # the dead runs this writer gave a final state on opening
+        self.command = "selfevo"  # the command that opened it for writing (lake commit messages)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -207,6 +208,7 @@ class Store:
         On a DuckLake: attach it, create or migrate its schema, reap stale runs by liveness
         (other machines may be writing: no job lock)."""
         store = cls(path or default_db_path(), write=True, wait=wait)
+        store.command = command
         if store.spec.is_lake:
             store._open_lake()
             return store
@@ -450,6 +452,7 @@ class Store:
         if self.spec.is_lake:
             if not self.write:
                 raise CorpusError("this store was opened read-only")
+            fn = self._signed(fn)
             if appends and self.spec.catalog == "postgres":
                 if run_id is None:
                     raise CorpusError("internal: Store.transact(appends=…) needs the run_id")
@@ -463,10 +466,30 @@ class Store:
         with self.transaction() as con:
             return fn(con)
 
+    def _signed(self, fn: Callable[[duckdb.DuckDBPyConnection], T]
+                ) -> Callable[[duckdb.DuckDBPyConnection], T]:
+        """``fn``, then the lake commit's message: the command and run that made it, so
+        ``lake.snapshots()`` answers "which run wrote this version" without a join."""
+        from corpus.lake import set_commit_message
+
+        def signed(con: duckdb.DuckDBPyConnection) -> T:
+            result = fn(con)
+            run = self._open_runs[-1] if self._open_runs else None
+            run_id, command = (run.run_id, run.command) if run else (None, self.command)
+            host = socket.gethostname()
+            info = {"run_id": run_id, "command": command, "host": host, "pid": os.getpid()}
+            user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+            set_commit_message(con, f"{user}@{host}",
+                               " ".join(filter(None, (command, run_id))) or "selfevo",
+                               canonical_json(info))
+            return result
+
+        return signed
+
     @property
     def open_run_id(self) -> str | None:
         """The run this Store started last and has not finished (None outside a run)."""
-        return self._open_runs[-1] if self._open_runs else None
+        return self._open_runs[-1].run_id if self._open_runs else None
 
     def commit_version(self, con: duckdb.DuckDBPyConnection) -> int | None:
         """Inside a :meth:`transact` body on a lake: the DuckLake snapshot its commit will
@@ -520,13 +543,17 @@ class Store:
 
     def _insert_run(self, run: Run, parent_run_id: str | None) -> None:
         config = redact(canonical_json(run.config))
-        self.transact(lambda con: con.execute(
-            "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
-            " pid, parent_run_id, host, heartbeat_at) "
-            "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
-            [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
-             socket.gethostname()]))
-        self._open_runs.append(run.run_id)
+        self._open_runs.append(run)  # before the INSERT: a lake signs its commit with the run
+        try:
+            self.transact(lambda con: con.execute(
+                "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
+                " pid, parent_run_id, host, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
+                [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
+                 socket.gethostname()]))
+        except BaseException:
+            self._open_runs.remove(run)
+            raise
         if self.spec.is_lake:
             self._start_heartbeat(run.run_id)
 
@@ -548,14 +575,16 @@ class Store:
     def finish_run(self, run: Run, status: str = "ok", error: str | None = None) -> None:
         """Mark a run finished with its counts."""
         counts = json.dumps(run.counts, sort_keys=True)
-        if run.run_id in self._open_runs:
-            self._open_runs.remove(run.run_id)
         stop = self._heartbeats.pop(run.run_id, None)
         if stop is not None:
             stop.set()
-        self.transact(lambda con: con.execute(
-            "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
-            "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
+        try:
+            self.transact(lambda con: con.execute(
+                "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
+                "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
+        finally:  # after the UPDATE: a lake signs that commit with the run too
+            if run in self._open_runs:
+                self._open_runs.remove(run)
 
     @contextlib.contextmanager
     def run(

@@ -421,3 +421,25 @@ def test_a_closed_lake_store_never_falls_back_to_a_file(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="is closed"):
         store.query("SELECT 1")
     assert (tmp_path / "c.ducklake").read_bytes() == catalog
+
+
+def test_every_lake_commit_names_the_command_and_run_that_made_it(lake_db, cli):
+    Store.open(lake_db).close()
+    with Store.open(lake_db) as store, store.connection() as con:
+        before = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0]
+    cli("prompts", "generate", "--n", "5", "--seed", "3", "--db", lake_db)
+    with Store.open_readonly(lake_db) as store, store.connection() as con:
+        (run_id,) = con.execute("SELECT run_id FROM runs WHERE command = 'prompts generate'"
+                                ).fetchone()
+        made = con.execute(
+            "SELECT author, commit_message, commit_extra_info, changes FROM lake.snapshots() "
+            f"WHERE snapshot_id > {before} ORDER BY snapshot_id").fetchall()
+    assert made, "the command committed nothing"
+    for author, message, extra, _ in made:
+        info = json.loads(extra)
+        assert info["command"] == "prompts generate" and message.startswith("prompts generate")
+        assert info["host"] == socket.gethostname() and author.endswith("@" + info["host"])
+        assert info["pid"] == os.getpid()  # the cli fixture runs the command in this process
+    # From the runs row going in to its final UPDATE, every commit is signed with the run.
+    assert [json.loads(extra)["run_id"] for _, _, extra, _ in made] == [run_id] * len(made)
+    assert all(message == f"prompts generate {run_id}" for _, message, _, _ in made)
