@@ -143,7 +143,7 @@ def records_import(file: str, map_spec: str | None, source: str | None, fmt: str
 # -- store copy ---------------------------------------------------------------------------
 @click.group("store")
 def store() -> None:
-    """Move a whole store between a DuckDB file and a DuckLake.
+    """Move a whole store between a DuckDB file and a DuckLake; check it.
 
     \b
     Example:
@@ -172,6 +172,35 @@ def store_copy(src: str, dst: str) -> None:
     with progress("copy") as bar:
         result = copy_store(src, dst, progress=bar)
     click.echo(result.summary())
+
+
+@store.command("check")
+@db_option
+@click.option("--fix", is_flag=True,
+              help="Repair what can be repaired: keep one row per duplicate id, give dead "
+                   "runs their final state, delete orphan files.")
+def store_check(db: str, fix: bool) -> None:
+    """Check that the store can be trusted; exit 1 while problems remain.
+
+    On a DuckLake: ids with more than one row (a lake has no keys), duplicate snapshot names,
+    orphan Parquet files older than a day, ``running`` runs whose process is gone, records
+    whose prompt is missing (and snapshot members or decisions whose record is). On a DuckDB
+    file the same but keys and files (DuckDB enforces its keys). ``--fix`` reconciles
+    duplicates (per id the row of the smallest run_id survives), reaps dead runs and deletes
+    orphan files, printing what it did.
+
+    \b
+    Example:
+      selfevo store check --db "ducklake:postgres:dbname=corpus host=pg data_path=/mnt/lake/"
+      selfevo store check --fix
+    """
+    from corpus.storecheck import check_store
+
+    report = check_store(db, fix=fix)
+    for line in report.lines():
+        click.echo(line)
+    if not report.ok:
+        raise SystemExit(1)
 
 
 # -- audit: sql / stats / show -----------------------------------------------------------

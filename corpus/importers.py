@@ -700,7 +700,7 @@ class _Stage:
                         progress.advance(n)
             return new
 
-        return store.transact(write)
+        return store.transact(write, appends=tuple(self._parts), run_id=store.open_run_id)
 
 
 def _reading(progress: Tracker | None, label: str) -> None:

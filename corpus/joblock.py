@@ -1,4 +1,5 @@
-"""The job lock: one writing selfevo process per store FILE, whatever path names it.
+"""The job lock: one writing selfevo process per store FILE, whatever path names it; on a
+DuckLake, leases on the items of a job (:func:`lake_lease`).
 
 A lock keyed by the path string let a second writer in through a symlink, ``a/../store``, a
 hard link or a bind path; that writer then marked the live run ``killed``. The lock is now
@@ -30,9 +31,16 @@ import fcntl
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
 
 from corpus.errors import CorpusError, StoreBusy
+
+if TYPE_CHECKING:
+    from corpus.store import Store
 
 LOCK_DIR_ENV = "SELFEVO_LOCK_DIR"
 RESERVED = 4096  # bytes of each lock file: holder line + last words, padded with spaces
@@ -166,3 +174,74 @@ class JobLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
         self.fds = {}
+
+
+# -- leases on a DuckLake ----------------------------------------------------------------------
+# A lake has no lock file: machines share it. A job that must not run twice on the same items
+# (two `collect`s of one prompt would both send its calls) holds a lease per item in the
+# `job_locks` table (m012). The lease of an item is held while its holder's run is `running`;
+# liveness is the run's (heartbeat, or same host and PID alive: corpus.store.reap_stale_runs).
+
+
+def lake_holders(con: duckdb.DuckDBPyConnection, keys: list[str], run_id: str
+                 ) -> list[tuple[str, str | None, int | None, int]]:
+    """Live holders of any of ``keys`` other than ``run_id``: (run id, host, pid, how many of
+    the keys it holds), the largest share first. Reads the ``_lease_keys`` view."""
+    return con.execute(
+        "SELECT l.held_by, r.host, r.pid, count(*) FROM job_locks l "
+        "JOIN runs r ON r.run_id = l.held_by WHERE r.status = 'running' AND l.held_by <> ? "
+        "AND l.lock_key IN (SELECT lock_key FROM _lease_keys) "
+        "GROUP BY ALL ORDER BY 4 DESC, 1", [run_id]).fetchall()
+
+
+def take_lake_lease(con: duckdb.DuckDBPyConnection, keys: list[str], run_id: str,
+                    what: str) -> None:
+    """Inside one serial lake transaction: lease every key to ``run_id``, or raise StoreBusy
+    naming a live holder (``what`` says what the keys are, e.g. "selected prompts").
+
+    First the dead runs are reaped (stale heartbeat, or a dead PID on this host), so their
+    leases are free; a lease whose run is no longer ``running`` is taken over. Two takers
+    at once cannot both win: the transaction commits only if nothing else committed since
+    its first read, and the loser re-runs it and sees the winner's rows.
+    """
+    import pyarrow as pa
+
+    from corpus.store import reap_stale_runs  # corpus.store imports this module
+
+    reap_stale_runs(con)
+    con.register("_lease_keys", pa.table({"lock_key": pa.array(sorted(set(keys)), pa.string())}))
+    try:
+        holders = lake_holders(con, keys, run_id)
+        if holders:
+            held_by, host, pid, n = holders[0]
+            raise StoreBusy(
+                f"{n} of the {what} are in use by run {held_by} on {host or 'an unknown host'}"
+                f" (PID {pid}); wait for it to finish or choose others")
+        con.execute("DELETE FROM job_locks WHERE lock_key IN (SELECT lock_key FROM _lease_keys)"
+                    " OR held_by NOT IN (SELECT run_id FROM runs WHERE status = 'running')")
+        con.execute("INSERT INTO job_locks (lock_key, held_by, taken_at) "
+                    "SELECT lock_key, ?, now() FROM _lease_keys", [run_id])
+    finally:
+        con.unregister("_lease_keys")
+
+
+def release_lake_lease(con: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """Drop every lease ``run_id`` holds (its run ending frees them anyway)."""
+    con.execute("DELETE FROM job_locks WHERE held_by = ?", [run_id])
+
+
+@contextlib.contextmanager
+def lake_lease(store: Store, keys: list[str], run_id: str, what: str) -> Iterator[None]:
+    """Hold a lease on ``keys`` for the block (a lake only: a file store's job lock already
+    keeps every other writer out). StoreBusy at once when a live run holds one of them.
+
+    Released when the block ends normally. When it raises (an error, Ctrl-C) nothing more
+    is written here: the run's final status frees the lease, and the next taker deletes it.
+    """
+    if not store.spec.is_lake:
+        yield
+        return
+    store.transact(lambda con: take_lake_lease(con, keys, run_id, what))
+    yield
+    with contextlib.suppress(Exception):  # not released: freed when the run ends
+        store.transact(lambda con: release_lake_lease(con, run_id))

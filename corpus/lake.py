@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -28,9 +28,11 @@ import duckdb
 
 from corpus.errors import CorpusError
 from corpus.extensions import DUCKLAKE, POSTGRES, load_extension, offline_config
-from corpus.storespec import LAKE_ALIAS, StoreSpec
+from corpus.storespec import LAKE_ALIAS, StoreSpec, sql_literal
 
 T = TypeVar("T")
+#: ATTACHes of a new lake that lost the race to create its catalog, before giving up.
+CREATE_RACE_ATTEMPTS = 5
 _CONFLICT_MARKS = ("Failed to commit DuckLake transaction", "Transaction conflict")
 
 
@@ -79,13 +81,26 @@ class Lake:
             secret = spec.secret_sql()
             if secret:
                 self._db.execute(secret)
-            self._db.execute(spec.attach_sql(read_only=read_only or version is not None,
-                                             version=version))
+            self._attach(read_only=read_only or version is not None, version=version)
             self._db.execute(f"SET ducklake_max_retry_count = {int(ducklake_retries)}")
         except duckdb.Error as exc:
             self._db.close()
             raise CorpusError(f"cannot open {spec}: {spec.redact(str(exc).splitlines()[0])}"
                               ) from None
+
+    def _attach(self, *, read_only: bool, version: int | None) -> None:
+        """ATTACH the lake; when two processes attach a new Postgres lake at once, both
+        create DuckLake's catalog tables and the loser's CREATE fails on Postgres' unique
+        index of type names: attach again (the catalog exists by then), a few times."""
+        sql = self.spec.attach_sql(read_only=read_only, version=version)
+        for attempt in range(CREATE_RACE_ATTEMPTS):
+            try:
+                self._db.execute(sql)
+                return
+            except duckdb.Error as exc:
+                if attempt + 1 == CREATE_RACE_ATTEMPTS or not _lost_creation_race(exc):
+                    raise
+            time.sleep(0.05 * (attempt + 1))
 
     def cursor(self) -> duckdb.DuckDBPyConnection:
         """A new connection to the instance, with ``lake`` as the default database."""
@@ -133,11 +148,62 @@ class Lake:
             cur.close()
 
 
+def transact_appending(rebasing: Lake, serial: Lake,
+                       fn: Callable[[duckdb.DuckDBPyConnection], T], *,
+                       tables: Sequence[str], run_id: str) -> T:
+    """Run the long bulk append ``fn`` of run ``run_id`` on ``rebasing`` (a Lake with
+    DuckLake's own retries on), then reconcile the ids that run wrote to ``tables``; returns
+    what ``fn`` returned. ``serial`` (the store's first-committer-wins Lake) only reads.
+
+    In serial mode a transaction that takes a second never commits while another writer
+    commits every 0.1 s; rebased, it commits at once, but its anti-join inserts did not see
+    rows committed meanwhile, so an id may now have two rows. Then, per table: a plain read
+    (no transaction to lose) looks for duplicate ids, and only a table that has some is
+    reconciled (``corpus.lakeschema.reconcile``: per id the row of the smallest run_id, then
+    rowid, survives), on the rebasing Lake too: a serial reconcile, which scans the table,
+    starved as the append did against a writer committing every 50 ms. Rebased, it can miss a row that another run appended
+    meanwhile; that run reconciles its own ids after its append and sees ours, and the
+    survivor of an id is the same whoever reconciles (a total order), so once every writer
+    has returned no id has two rows. ``fn``'s counts may include rows that went to an
+    earlier run.
+    """
+    from corpus.lakeschema import duplicate_ids, identity_keys, reconcile
+
+    if rebasing.spec != serial.spec:
+        raise CorpusError("internal: the rebasing and the serial Lake must be one lake")
+    result = rebasing.transact(fn)
+    keys = identity_keys()
+    cur = serial.cursor()
+    try:
+        dirty = duplicate_ids(cur, {t: keys[t] for t in dict.fromkeys(tables)})
+    finally:
+        cur.close()
+    for table in sorted(dirty):
+        rebasing.transact(lambda con, t=table: reconcile(con, t, run_id=run_id))
+    return result
+
+
+def _lost_creation_race(exc: BaseException) -> bool:
+    """Whether an ATTACH failed because another process was creating the same catalog."""
+    text = str(exc)
+    return "Failed to initialize DuckLake" in text and (
+        "duplicate key value violates unique constraint" in text or "already exists" in text)
+
+
 def _rollback(cur: duckdb.DuckDBPyConnection) -> None:
     try:
         cur.execute("ROLLBACK")
     except duckdb.TransactionException:
         pass  # a failed COMMIT has ended the transaction already
+
+
+def set_commit_message(con: duckdb.DuckDBPyConnection, author: str, message: str,
+                       extra_info: str) -> None:
+    """Inside a lake transaction: what its DuckLake snapshot says made it
+    (``lake.snapshots()``: ``author``, ``commit_message``, ``commit_extra_info``)."""
+    # Literals, not bound parameters: binding one imports pandas (0.3-0.8 s) in DuckDB 1.5.
+    con.execute(f"CALL {LAKE_ALIAS}.set_commit_message({sql_literal(author)}, "
+                f"{sql_literal(message)}, extra_info => {sql_literal(extra_info)})")
 
 
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int:

@@ -389,10 +389,28 @@ def m011_snapshot_lake_version(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE snapshots ADD COLUMN lake_version BIGINT")
 
 
+def m012_job_locks(con: duckdb.DuckDBPyConnection) -> None:
+    """Leases of a job's items on a DuckLake (``corpus.joblock.lake_lease``), e.g. the
+    prompts a ``collect`` is working on, so a second collect of them on another machine is
+    refused instead of sending their calls again. A file store leaves it empty (its job lock
+    already admits one writer). A lake has no key: the serial transaction that takes a lease
+    inserts only when no live holder exists, so one row per ``lock_key`` remains.
+    """
+    con.execute(
+        """
+        CREATE TABLE job_locks (
+            lock_key  VARCHAR PRIMARY KEY,  -- what is held, e.g. 'collect:' + prompt_id
+            held_by   VARCHAR NOT NULL,     -- the run holding it, while that run is 'running'
+            taken_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+        )
+        """
+    )
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
     m006_model_identity, m007_batches, m009_refined_verdict, m010_run_liveness,
-    m011_snapshot_lake_version,
+    m011_snapshot_lake_version, m012_job_locks,
 ]
 
 

@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -81,6 +81,8 @@ DB_ENV = "SELFEVO_DB"
 STALE_AFTER_S = 300.0
 #: How often a run on a lake says it is alive (``runs.heartbeat_at``).
 HEARTBEAT_S = 60.0
+#: DuckLake's own commit retries on the connection of long appends (``Store.transact``).
+REBASE_RETRIES = 100
 
 
 def default_db_path() -> str:
@@ -190,6 +192,10 @@ class Store:
         self._lock: JobLock | None = None
         self._warned = False
         self._migrated = False
+        self._rebasing: Lake | None = None  # a lake's connection for long appends (transact)
+        self._open_runs: list[Run] = []  # runs this Store has started and not finished
+        self.reaped: list[str] = []  # the dead runs this writer gave a final state on opening
+        self.command = "selfevo"  # the command that opened it for writing (lake commit messages)
 
     # -- opening -------------------------------------------------------------------------
     @classmethod
@@ -202,6 +208,7 @@ class Store:
         On a DuckLake: attach it, create or migrate its schema, reap stale runs by liveness
         (other machines may be writing: no job lock)."""
         store = cls(path or default_db_path(), write=True, wait=wait)
+        store.command = command
         if store.spec.is_lake:
             store._open_lake()
             return store
@@ -215,7 +222,7 @@ class Store:
                 pass  # the file is checked and migrated on connect
             store._lock.acquire_identity()  # a new store exists only now
             with store.transaction() as con:
-                reap_dead_runs(con, store._lock.last_words)
+                store.reaped = reap_dead_runs(con, store._lock.last_words)
         return store
 
     @contextlib.contextmanager
@@ -268,7 +275,7 @@ class Store:
         with self._closed_on_failure():
             if self.write:
                 prepare_lake(self.transact, lambda con: check_writable_store(con, self.spec))
-                self.transact(reap_stale_runs)
+                self.reaped = self.transact(reap_stale_runs)
             else:
                 with self.connection() as con:
                     self._check_readable(con, current=version is None)
@@ -289,6 +296,9 @@ class Store:
         for stop in self._heartbeats.values():
             stop.set()
         self._heartbeats.clear()
+        if self._rebasing is not None:
+            self._rebasing.close()
+            self._rebasing = None
         if self.lake is not None:
             self.lake.close()
             self.lake = None
@@ -424,20 +434,62 @@ class Store:
                 raise
             con.execute("COMMIT")
 
-    def transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+    def transact(self, fn: Callable[[duckdb.DuckDBPyConnection], T], *,
+                 appends: Sequence[str] = (), run_id: str | None = None) -> T:
         """Run ``fn(con)`` as one write transaction and return its result.
 
         The callable form of :meth:`transaction`, for a store on a DuckLake where a commit that
         lost to another writer is re-run: ``fn`` must do database work only (no ``run.add``,
         no progress, no files), so running it again is harmless. On a file store it runs once.
         On a lake conflicts are re-run with backoff and jitter (``corpus.lake.Lake.transact``).
+
+        ``appends``: ``fn`` is a long bulk append (an import) of run ``run_id``'s rows to these
+        id-keyed tables. On a Postgres lake it then commits on a rebasing connection, which
+        busy writers cannot starve, and the ids it wrote are reconciled right after
+        (``corpus.lake.transact_appending``). Elsewhere it is an ordinary
+        transaction (a file store or a DuckDB-file catalog has one writer).
         """
         if self.spec.is_lake:
             if not self.write:
                 raise CorpusError("this store was opened read-only")
+            fn = self._signed(fn)
+            if appends and self.spec.catalog == "postgres":
+                if run_id is None:
+                    raise CorpusError("internal: Store.transact(appends=…) needs the run_id")
+                from corpus.lake import Lake, transact_appending
+
+                if self._rebasing is None:
+                    self._rebasing = Lake(self.spec, ducklake_retries=REBASE_RETRIES)
+                return transact_appending(self._rebasing, self._attached(), fn,
+                                          tables=appends, run_id=run_id)
             return self._attached().transact(fn)
         with self.transaction() as con:
             return fn(con)
+
+    def _signed(self, fn: Callable[[duckdb.DuckDBPyConnection], T]
+                ) -> Callable[[duckdb.DuckDBPyConnection], T]:
+        """``fn``, then the lake commit's message: the command and run that made it, so
+        ``lake.snapshots()`` answers "which run wrote this version" without a join."""
+        from corpus.lake import set_commit_message
+
+        def signed(con: duckdb.DuckDBPyConnection) -> T:
+            result = fn(con)
+            run = self._open_runs[-1] if self._open_runs else None
+            run_id, command = (run.run_id, run.command) if run else (None, self.command)
+            host = socket.gethostname()
+            info = {"run_id": run_id, "command": command, "host": host, "pid": os.getpid()}
+            user = os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown"
+            set_commit_message(con, f"{user}@{host}",
+                               " ".join(filter(None, (command, run_id))) or "selfevo",
+                               canonical_json(info))
+            return result
+
+        return signed
+
+    @property
+    def open_run_id(self) -> str | None:
+        """The run this Store started last and has not finished (None outside a run)."""
+        return self._open_runs[-1].run_id if self._open_runs else None
 
     def commit_version(self, con: duckdb.DuckDBPyConnection) -> int | None:
         """Inside a :meth:`transact` body on a lake: the DuckLake snapshot its commit will
@@ -491,12 +543,17 @@ class Store:
 
     def _insert_run(self, run: Run, parent_run_id: str | None) -> None:
         config = redact(canonical_json(run.config))
-        self.transact(lambda con: con.execute(
-            "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
-            " pid, parent_run_id, host, heartbeat_at) "
-            "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
-            [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
-             socket.gethostname()]))
+        self._open_runs.append(run)  # before the INSERT: a lake signs its commit with the run
+        try:
+            self.transact(lambda con: con.execute(
+                "INSERT INTO runs (run_id, command, config, code_version, started_at, status,"
+                " pid, parent_run_id, host, heartbeat_at) "
+                "VALUES (?, ?, ?, ?, now(), 'running', ?, ?, ?, now())",
+                [run.run_id, run.command, config, code_version(), os.getpid(), parent_run_id,
+                 socket.gethostname()]))
+        except BaseException:
+            self._open_runs.remove(run)
+            raise
         if self.spec.is_lake:
             self._start_heartbeat(run.run_id)
 
@@ -521,9 +578,13 @@ class Store:
         stop = self._heartbeats.pop(run.run_id, None)
         if stop is not None:
             stop.set()
-        self.transact(lambda con: con.execute(
-            "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
-            "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
+        try:
+            self.transact(lambda con: con.execute(
+                "UPDATE runs SET status = ?, finished_at = now(), counts = ?, error = ? "
+                "WHERE run_id = ?", [status, counts, redact_optional(error), run.run_id]))
+        finally:  # after the UPDATE: a lake signs that commit with the run too
+            if run in self._open_runs:
+                self._open_runs.remove(run)
 
     @contextlib.contextmanager
     def run(
@@ -705,31 +766,46 @@ def reap_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
     """On a lake, give a final state to the ``running`` runs that are dead: their heartbeat
     is older than :data:`STALE_AFTER_S`, or they ran on this host under a PID that is gone.
 
-    Other machines' live runs are left alone (a PID means nothing across hosts), and only
-    the ``pending`` calls of a reaped run are flagged ``possibly_billed``. Runs in one
-    transaction (re-runnable); returns the reaped run ids.
+    Other machines' live runs are left alone (a PID means nothing across hosts). The
+    ``pending`` calls of runs that are no longer running (reaped now, or ended ``failed`` /
+    ``interrupted`` by an exception while calls were in flight) are flagged
+    ``possibly_billed``, as the file store's next writer flags every pending call. Runs in
+    one transaction (re-runnable); returns the reaped run ids.
+
+    ``calls.run_id`` is the run that first registered the call: a call a live run is
+    re-sending for a finished one gets the flag too (a conservative flag; exact needs the
+    ledger to record which run set ``pending``).
     """
+    dead = stale_runs(con)
+    if dead:
+        counts = _committed_counts(con, dead)
+        for rid in dead:
+            con.execute(
+                "UPDATE runs SET status = 'killed', finished_at = now(), error = ?, counts = ? "
+                "WHERE run_id = ?",
+                ["process stopped sending heartbeats (or ended) without finishing the run; "
+                 "its committed rows are kept (counts)",
+                 json.dumps(counts[rid], sort_keys=True), rid])
+    con.execute(
+        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND NOT "
+        "coalesce(possibly_billed, false) AND run_id IN (SELECT run_id FROM runs WHERE "
+        "status <> 'running') AND "
+        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')")
+    return dead
+
+
+def stale_runs(con: duckdb.DuckDBPyConnection, *, heartbeats: bool = True) -> list[str]:
+    """The ``running`` runs that are dead: their heartbeat is older than
+    :data:`STALE_AFTER_S` (``heartbeats``: a lake's runs beat; a file store's do not), or they
+    ran on this host under a PID that is gone. Reads only."""
     host = socket.gethostname()
     rows = con.execute(
         "SELECT run_id, host, pid, coalesce(heartbeat_at, started_at) < now() - "
         f"INTERVAL {int(STALE_AFTER_S)} SECOND FROM runs WHERE status = 'running'"
         " ORDER BY run_id").fetchall()
-    dead = [rid for rid, h, pid, stale in rows
-            if stale or (h == host and pid is not None and not _pid_alive(int(pid)))]
-    if not dead:
-        return []
-    counts = _committed_counts(con, dead)
-    for rid in dead:
-        con.execute(
-            "UPDATE runs SET status = 'killed', finished_at = now(), error = ?, counts = ? "
-            "WHERE run_id = ?",
-            ["process stopped sending heartbeats (or ended) without finishing the run; its "
-             "committed rows are kept (counts)", json.dumps(counts[rid], sort_keys=True), rid])
-    con.execute(
-        "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND "
-        "run_id IN (SELECT unnest(?)) AND "
-        "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')", [dead])
-    return dead
+    return [rid for rid, h, pid, stale in rows
+            if (stale and heartbeats)
+            or (h == host and pid is not None and not _pid_alive(int(pid)))]
 
 
 def _pid_alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 
+from corpus.joblock import lake_lease
 from corpus.records import make_record
 from corpus.sqlfragment import SqlCondition, first_line, read_only
 from corpus.store import Store
@@ -305,6 +306,18 @@ class Collector:
             raise GenerationError(
                 "no prompts match" + (f" --where {cfg.where!r}" if cfg.where else "")
                 + "; import some with 'selfevo prompts import FILE'")
+        # On a lake another machine may be collecting the same prompts: refuse rather than
+        # send their calls twice (a file store's job lock already keeps it out).
+        with lake_lease(self.store, [f"collect:{p['prompt_id']}" for p in prompts],
+                        self.run_id, "selected prompts"):
+            self._run(ledger, prompts, display, t0)
+            ledger.writer.flush()  # the answers are in the ledger before the prompts are free
+        return self.summary
+
+    def _run(self, ledger: Ledger, prompts: list[dict[str, Any]], display: Any,
+             t0: float) -> None:
+        """The selected prompts, chunk by chunk (under their lease on a lake)."""
+        cfg = self.config
         self.summary.prompts = len(prompts)
         if display is not None:
             expected = len(prompts) * (cfg.samples if self.responder else 1)
@@ -321,7 +334,6 @@ class Collector:
                 self.bars.finish()
             self.summary.elapsed = time.monotonic() - t0
             self._add_ledger_counts(ledger.counts)
-        return self.summary
 
     def _add_ledger_counts(self, c: LedgerCounts) -> None:
         self.summary.prompt_tokens = c.prompt_tokens

@@ -11,3 +11,19 @@ from __future__ import annotations
 import pytest
 
 both_stores = pytest.mark.parametrize("db", ["file", "lake"], indirect=True)
+
+
+def store_records(db: str, pairs: list[tuple[dict, dict]], command: str = "test") -> None:
+    """Write hand-made (prompt, record) pairs (``corpus.records.make_prompt`` /
+    ``make_record``) to the store ``db`` under one run, in one transaction on either back
+    end (a lake writes through ``Store.transact`` only)."""
+    from corpus.records import insert_prompts, insert_records
+    from corpus.store import Store
+
+    with Store.open(db, command=command) as store, store.run(command, {}) as run:
+        def write(con) -> None:
+            for p, r in pairs:
+                insert_prompts(con, [p], run.run_id)
+                insert_records(con, [r], run.run_id)
+
+        store.transact(write)

@@ -7,9 +7,10 @@ import random
 import re
 
 import pytest
+from backends import both_stores, store_records
 from conftest import shared_data
 
-from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.records import make_prompt, make_record
 from corpus.store import Store
 from curation.decontam import BenchmarkIndex, decontaminate, load_benchmark, normalise_tokens
 from curation.errors import CurationError
@@ -69,17 +70,14 @@ def test_ordinary_training_questions_are_not_flagged(index):
 
 
 def make_store(db: str, texts: dict[str, str]) -> dict[str, str]:
-    ids = {}
-    with Store.open(db, command="test") as store, store.run("test", {}) as run, \
-            store.transaction() as con:
-        for name, text in texts.items():
-            p = make_prompt(text)
-            r = make_record(prompt_id=p["prompt_id"], kind="meta", response="r",
-                            refinement=f"We solve: {text}" if name == "in-refinement" else "x")
-            insert_prompts(con, [p], run.run_id)
-            insert_records(con, [r], run.run_id)
-            ids[name] = r["record_id"]
-    return ids
+    made = {}
+    for name, text in texts.items():
+        p = make_prompt(text)
+        made[name] = (p, make_record(
+            prompt_id=p["prompt_id"], kind="meta", response="r",
+            refinement=f"We solve: {text}" if name == "in-refinement" else "x"))
+    store_records(db, list(made.values()))
+    return {name: r["record_id"] for name, (_, r) in made.items()}
 
 
 def test_decontam_draws_records_checked_on_a_terminal(db, tmp_path, tty):
@@ -100,6 +98,7 @@ def test_decontam_draws_records_checked_on_a_terminal(db, tmp_path, tty):
     assert "2/2" in drawn and "1 flagged" in drawn
 
 
+@both_stores
 def test_cli_decontam_writes_decisions_with_item_and_ngram(cli, db, gsm8k_test):
     _, items = gsm8k_test
     item_id, q = items[7]

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from backends import both_stores
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -47,10 +48,9 @@ def make_store(db: str, responses: list[str], verdicts: list[str | None] | None 
     recs = [make_record(prompt_id=p["prompt_id"], kind="self", round=1, response=r,
                         verdict=(verdicts[i] if verdicts else None))
             for i, r in enumerate(responses)]
-    with Store.open(db) as store, store.run("test setup", {}) as run, \
-            store.transaction() as con:
-        insert_prompts(con, [p], run.run_id)
-        insert_records(con, recs, run.run_id)
+    with Store.open(db) as store, store.run("test setup", {}) as run:
+        store.transact(lambda con: (insert_prompts(con, [p], run.run_id),
+                                    insert_records(con, recs, run.run_id)))
     return [r["record_id"] for r in recs]
 
 
@@ -104,6 +104,7 @@ def test_planted_exact_and_near_duplicates(db, cli):
         assert near[r]["reason"] == "singleton"
 
 
+@both_stores
 def test_decisions_carry_run_and_parameters(db, cli):
     rng = np.random.default_rng(1)
     base = random_text(rng)
@@ -176,6 +177,7 @@ def test_keep_rule_through_the_store(db, cli):
     assert all(near[r]["detail"]["keeper"] == ids[2] for r in ids)
 
 
+@both_stores
 def test_rerun_is_deterministic(db, cli):
     rng = np.random.default_rng(4)
     base = [random_text(rng) for _ in range(20)]

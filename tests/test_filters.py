@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from backends import both_stores, store_records
 
-from corpus.records import insert_prompts, insert_records, make_prompt, make_record
+from corpus.records import make_prompt, make_record
 from corpus.store import Store
 from curation.curate import run_filters
 from curation.filters import StepError, parse_step, registry
@@ -169,20 +170,17 @@ def make_store(db: str) -> dict[str, str]:
         "unparsed": ("4+4?", "8", "#### 8", None),
         "long": ("5+5?", "10", "#### 10 " + "x" * 100, "correct"),
     }
-    ids = {}
-    with Store.open(db, command="test") as store, store.run("test", {}) as run, \
-            store.transaction() as con:
-        for name, (q, gold, refinement, verdict) in spec.items():
-            p = make_prompt(q, gold_answer=gold)
-            r = make_record(prompt_id=p["prompt_id"], kind="self", round=1, response="r",
-                            feedback=f"f\nVerdict: {verdict or '?'}", verdict=verdict,
-                            refinement=refinement)
-            insert_prompts(con, [p], run.run_id)
-            insert_records(con, [r], run.run_id)
-            ids[name] = r["record_id"]
-    return ids
+    made = {}
+    for name, (q, gold, refinement, verdict) in spec.items():
+        p = make_prompt(q, gold_answer=gold)
+        made[name] = (p, make_record(prompt_id=p["prompt_id"], kind="self", round=1,
+                                     response="r", feedback=f"f\nVerdict: {verdict or '?'}",
+                                     verdict=verdict, refinement=refinement))
+    store_records(db, list(made.values()))
+    return {name: r["record_id"] for name, (_, r) in made.items()}
 
 
+@both_stores
 def test_every_step_judges_every_record_and_funnel_is_cumulative(db):
     ids = make_store(db)
     steps = [parse_step(s) for s in ("verdict", "gold-match", "length:max_chars=50")]
@@ -211,6 +209,7 @@ def test_every_step_judges_every_record_and_funnel_is_cumulative(db):
     assert all(r.seconds is not None for r in funnel.rows)
 
 
+@both_stores
 def test_selection_and_decision_views(db):
     ids = make_store(db)
     with Store.open(db) as store:
@@ -289,6 +288,7 @@ def test_cli_errors_and_steps_listing(cli, db):
         assert name in out
 
 
+@both_stores
 def test_stats_shows_funnel_of_latest_curation_runs(cli, db):
     make_store(db)
     cli("curate", "filter", "--db", db, "--step", "verdict", "--step", "gold-match")

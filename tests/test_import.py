@@ -200,6 +200,7 @@ def test_records_import_creates_prompts_and_is_idempotent(cli, db, tmp_path):
     assert store.query("SELECT count(*) FROM runs WHERE command = 'records import'") == [(2,)]
 
 
+@both_stores
 def test_records_import_from_parquet(db, tmp_path):
     pq.write_table(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "meta"}
                                          for r in RECORDS[:2]]), tmp_path / "r.parquet")
@@ -322,6 +323,7 @@ def test_sigkill_mid_import_leaves_store_openable_and_empty(db, tmp_path):
         assert store.query("SELECT command, status FROM runs") == [("prompts import", "killed")]
 
 
+@both_stores
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_an_export_imports_back_with_the_same_record_ids(db, tmp_path, fmt):
     from corpus.export import export_snapshot

@@ -42,9 +42,11 @@ import sys, time
 import corpus.errors
 corpus.errors.STOP_GRACE_S = 1.0
 corpus.errors.mark_interrupts()
-print("ready", flush=True)
 while True:  # a hang that survives Ctrl-C (a stuck thread, a swallowed KeyboardInterrupt)
     try:
+        # "ready" inside the try: a Ctrl-C sent the moment it is read lands where it is
+        # swallowed, not between the print and the try (uncaught, Python dies of SIGINT).
+        print("ready", flush=True)
         time.sleep(100)
     except KeyboardInterrupt:
         pass

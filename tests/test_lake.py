@@ -246,3 +246,29 @@ def test_a_lake_that_cannot_open_says_so_in_one_line_without_the_password(
     assert "cannot open ducklake:postgres:dbname=no_such_db" in str(err.value)
     assert 'database "no_such_db" does not exist' in str(err.value)
     assert "S3cret-pw" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_writers_opening_a_new_lake_at_the_same_moment_all_get_in(lake_db: str) -> None:
+    # Each one's ATTACH creates DuckLake's catalog tables in Postgres; the losers of that
+    # race saw "duplicate key value violates unique constraint" and failed to open.
+    import threading
+
+    from corpus import Store
+
+    start, errors, opened = threading.Barrier(3), [], []
+
+    def open_store() -> None:
+        try:
+            start.wait()
+            with Store.open(lake_db, command="init") as store:
+                opened.append(store.query("SELECT count(*) FROM _migrations")[0][0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(opened) == 3 and len(set(opened)) == 1

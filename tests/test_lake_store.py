@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pytest
@@ -17,12 +18,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import corpus.store as store_module
-from corpus.errors import CorpusError
+from corpus.errors import CorpusError, StoreBusy
+from corpus.joblock import take_lake_lease
 from corpus.lake import Lake
 from corpus.lakeschema import create_schema, duplicate_ids, lake_ddl
 from corpus.migrations import MIGRATIONS, migrate
 from corpus.store import Store
 from corpus.storespec import StoreSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_faults import check_invariants  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,19 +151,22 @@ def test_a_run_on_a_lake_sends_heartbeats(lake_db, monkeypatch):
                            [run.run_id]) == [(True, socket.gethostname())]
 
 
-def _run_together(commands: list[list[str]], db: str) -> tuple[list[int], list[str]]:
-    """Start every command at once against store ``db``; their exit codes and outputs."""
-    env = {**os.environ, "SELFEVO_DB": db}
+def _run_together(commands: list[list[str]], db: str, meanwhile: Any = None
+                  ) -> tuple[list[int], list[str], Any]:
+    """Start every command at once against store ``db``; their exit codes and outputs, and
+    what ``meanwhile(processes)`` returned (it runs while they do)."""
+    env = {**os.environ, "SELFEVO_DB": db, "OPENAI_API_KEY": "sk-test"}
     procs = [subprocess.Popen(c, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for c in commands]
     try:
+        extra = meanwhile(procs) if meanwhile is not None else None
         outs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    return [p.returncode for p in procs], outs
+    return [p.returncode for p in procs], outs, extra
 
 
 def _prompts_file(path: Path, ids: range, shared: int) -> Path:
@@ -177,7 +185,7 @@ def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tm
     commands = [[selfevo, "prompts", "import", str(f)]
                 for f in files for _ in range(2)]  # each file twice: four writers
     commands.append([selfevo, "prompts", "generate", "--n", "30"])
-    codes, outs = _run_together(commands, lake_db)
+    codes, outs, _ = _run_together(commands, lake_db)
     assert codes == [0] * len(commands), outs
     with Store.open_readonly(lake_db) as store:
         assert store.query("SELECT count(*) FROM prompts") == [(2 * 60 + 25 + 30,)]
@@ -187,7 +195,23 @@ def test_two_writer_processes_on_one_lake_lose_and_duplicate_nothing(lake_db, tm
             assert duplicate_ids(con) == {}
 
 
-def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, server):
+def _reads_while(procs: list[subprocess.Popen], db: str) -> list[tuple[int, bool]]:
+    """``selfevo sql`` and ``selfevo stats`` on ``db``, one after the other, until every
+    process in ``procs`` ended; per read its exit code and whether a writer was still
+    running when it finished."""
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    reads = [[selfevo, "sql", "--db", db, "SELECT count(*) FROM records"],
+             [selfevo, "stats", "--db", db]]
+    done = []
+    while any(p.poll() is None for p in procs):
+        r = subprocess.run(reads[len(done) % 2], cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+        done.append((r.returncode, any(p.poll() is None for p in procs)))
+    return done
+
+
+def test_two_collects_a_curate_and_a_snapshot_write_at_once_while_readers_read(
+        lake_db, server, tmp_path):
     from corpus.records import insert_prompts, make_prompt
 
     rows = [make_prompt(f"Ann has {i} apples and gets {i + 1} more. How many?",
@@ -195,26 +219,155 @@ def test_two_collects_on_disjoint_prompts_and_a_snapshot_write_at_once(lake_db, 
             for i in range(16)]
     with Store.open(lake_db) as store, store.run("seed", {}) as run:
         store.transact(lambda con: insert_prompts(con, rows, run.run_id))
-    server.latency = 0.01
+    seeded = [{"prompt": f"What is {i} + {i}?", "response": f"The answer is {2 * i}.",
+               "kind": "qa", "gold_answer": str(2 * i)} for i in range(40)]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in seeded))
     selfevo = str(Path(sys.executable).parent / "selfevo")
+    env = {**os.environ, "SELFEVO_DB": lake_db, "OPENAI_API_KEY": "sk-test"}
+    subprocess.run([selfevo, "records", "import", str(tmp_path / "r.jsonl")], env=env,
+                   cwd=ROOT, check=True, capture_output=True)
+    server.latency = 0.01
     commands = [[selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
                  "--responder", f"openai:student@{server.base_url}", "--max-tokens", "64",
                  "--where", f"split = '{split}'"] for split in "ab"]
-    commands.append([selfevo, "snapshot", "create", "prompts-only", "--where", "true"])
-    codes, outs = _run_together(commands, lake_db)
-    # The snapshot may find no records yet (a one-line refusal) or some: both are fine.
-    assert codes[:2] == [0, 0], outs
+    commands += [[selfevo, "curate", "filter", "--step", "format", "--step", "gold-match"],
+                 [selfevo, "snapshot", "create", "qa", "--where", "kind = 'qa'"]]
+    codes, outs, reads = _run_together(commands, lake_db,
+                                       meanwhile=lambda procs: _reads_while(procs, lake_db))
+    assert codes == [0] * len(commands), outs
+    assert reads and all(code == 0 for code, _ in reads), reads
+    assert any(during for _, during in reads)  # a reader finished while writers wrote
+    counts = check_invariants(lake_db)  # snapshot hashes, orphans, counts of runs
+    assert counts["records"] == 40 + 16 and counts["calls"] == 48
     with Store.open_readonly(lake_db) as store:
-        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records") == [(16, 16)]
+        assert store.query("SELECT count(*), count(DISTINCT prompt_id) FROM records "
+                           "WHERE kind <> 'qa'") == [(16, 16)]
         assert store.query("SELECT count(*), count(DISTINCT call_id) FROM calls "
                            "WHERE status = 'ok'") == [(48, 48)]
-        assert store.query("SELECT status, count(*) FROM runs WHERE command = 'collect' "
-                           "GROUP BY ALL") == [("ok", 2)]
-        assert store.query("SELECT count(*) FROM runs WHERE status <> 'ok' "
-                           "AND command <> 'snapshot create prompts-only'") == [(0,)]
+        assert store.query("SELECT DISTINCT status FROM runs") == [("ok",)]
+        (selected, decided, distinct), = store.query(
+            "SELECT any_value(r.counts->>'selected')::INTEGER, count(*), "
+            "count(DISTINCT (d.record_id, d.step)) FROM runs r JOIN decisions d USING (run_id) "
+            "WHERE r.command = 'curate filter'")
+        assert 40 <= selected <= 56 and decided == distinct == 2 * selected
+        assert store.query("SELECT n FROM snapshots WHERE name = 'qa'") == [(40,)]
         with store.connection() as con:
             assert duplicate_ids(con) == {}
     assert len(server.chat_requests()) == 48  # nothing sent twice
+
+
+# -- leases: one collect per prompt across machines ------------------------------------------
+def _holders(store: Store) -> dict[str, str]:
+    return dict(store.query("SELECT lock_key, held_by FROM job_locks"))
+
+
+def test_a_lease_has_one_live_holder_and_a_dead_one_is_taken_over(lake_db):
+    import threading
+
+    from corpus.joblock import lake_lease
+
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    with Store.open(lake_db) as store:
+        store.transact(lambda con: [
+            _run_row(con, "r-live-elsewhere", "other-machine", 1, 10),
+            _run_row(con, "r-silent-elsewhere", "other-machine", 1, 3600),
+            _run_row(con, "r-dead-here", socket.gethostname(), int(dead_pid), 10),
+            con.execute("INSERT INTO job_locks (lock_key, held_by) VALUES ('k1', "
+                        "'r-live-elsewhere'), ('k2', 'r-silent-elsewhere'), ('k3', 'r-dead-here')")])
+        with store.run("collect", {}) as run:
+            with lake_lease(store, ["k2", "k3", "k4"], run.run_id, "prompts"):
+                assert _holders(store) == {"k1": "r-live-elsewhere", "k2": run.run_id,
+                                           "k3": run.run_id, "k4": run.run_id}
+                assert dict(store.query("SELECT run_id, status FROM runs WHERE run_id IN "
+                                        "('r-silent-elsewhere', 'r-dead-here')")) == {
+                    "r-silent-elsewhere": "killed", "r-dead-here": "killed"}
+            assert _holders(store) == {"k1": "r-live-elsewhere"}  # released at the end
+            with pytest.raises(StoreBusy) as refused, \
+                    lake_lease(store, ["k1", "k5"], run.run_id, "prompts"):
+                pass
+            assert str(refused.value) == (
+                "1 of the prompts are in use by run r-live-elsewhere on other-machine (PID 1); "
+                "wait for it to finish or choose others")
+            assert _holders(store) == {"k1": "r-live-elsewhere"}  # nothing of it landed
+
+    # Two takers at once (two attached lakes, as two machines): exactly one wins.
+    stores = [Store.open(lake_db) for _ in range(2)]
+    try:
+        runs = [s.start_run("collect", {}) for s in stores]
+        keys = [f"p{i}" for i in range(50)]
+        barrier, outcome = threading.Barrier(2), {}
+
+        def take(i: int) -> None:
+            barrier.wait()
+            try:
+                stores[i].transact(lambda con: take_lake_lease(con, keys, runs[i].run_id, "p"))
+                outcome[i] = "won"
+            except StoreBusy as exc:
+                outcome[i] = str(exc)
+
+        threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        winner = [i for i in range(2) if outcome[i] == "won"]
+        assert len(winner) == 1, outcome
+        assert f"50 of the p are in use by run {runs[winner[0]].run_id}" in outcome[1 - winner[0]]
+        holders = _holders(stores[0])
+        assert len(holders) == 51 and {holders[k] for k in keys} == {runs[winner[0]].run_id}
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, server):
+    from openai_server import Behaviour
+
+    from corpus.records import insert_prompts, make_prompt
+
+    rows = [make_prompt(f"Bob has {i} pens. How many?", gold_answer=str(i), source="t")
+            for i in range(4)]
+    with Store.open(lake_db) as store, store.run("seed", {}) as run:
+        store.transact(lambda con: insert_prompts(con, rows, run.run_id))
+    server.handler = lambda body, n: Behaviour(kind="hang", hang=120)  # until released
+    selfevo = str(Path(sys.executable).parent / "selfevo")
+    collect = [selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
+               "--responder", f"openai:student@{server.base_url}", "--max-tokens", "16"]
+    env = {**os.environ, "SELFEVO_DB": lake_db, "OPENAI_API_KEY": "sk-test"}
+    first = subprocess.Popen(collect, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not server.chat_requests() and first.poll() is None \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)  # it holds the lease before it sends anything
+        second = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+                                timeout=300)
+        server.release()
+        out = first.communicate(timeout=300)[0]
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert first.returncode == 0, out
+    with Store.open_readonly(lake_db) as store:
+        (holder,), = store.query("SELECT run_id FROM runs WHERE command = 'collect' "
+                                 "AND status = 'ok'")
+        assert store.query("SELECT count(*) FROM job_locks") == [(0,)]  # released
+    message = (second.stdout + second.stderr).strip().splitlines()
+    assert second.returncode != 0 and len(message) == 1, message
+    assert message[0] == (f"Error: 4 of the selected prompts are in use by run {holder} on "
+                          f"{socket.gethostname()} (PID {first.pid}); wait for it to finish "
+                          "or choose others")
+    assert len(server.chat_requests()) == 12  # the refused one sent nothing
+    again = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(server.chat_requests()) == 12  # all answered in the ledger: nothing re-sent
+    with Store.open_readonly(lake_db) as store:
+        assert [s for (s,) in store.query("SELECT status FROM runs WHERE command = 'collect' "
+                                          "ORDER BY run_id")] == ["ok", "failed", "ok"]
 
 
 # -- snapshots and time travel --------------------------------------------------------------
@@ -268,3 +421,25 @@ def test_a_closed_lake_store_never_falls_back_to_a_file(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match="is closed"):
         store.query("SELECT 1")
     assert (tmp_path / "c.ducklake").read_bytes() == catalog
+
+
+def test_every_lake_commit_names_the_command_and_run_that_made_it(lake_db, cli):
+    Store.open(lake_db).close()
+    with Store.open(lake_db) as store, store.connection() as con:
+        before = con.execute("SELECT id FROM lake.current_snapshot()").fetchone()[0]
+    cli("prompts", "generate", "--n", "5", "--seed", "3", "--db", lake_db)
+    with Store.open_readonly(lake_db) as store, store.connection() as con:
+        (run_id,) = con.execute("SELECT run_id FROM runs WHERE command = 'prompts generate'"
+                                ).fetchone()
+        made = con.execute(
+            "SELECT author, commit_message, commit_extra_info, changes FROM lake.snapshots() "
+            f"WHERE snapshot_id > {before} ORDER BY snapshot_id").fetchall()
+    assert made, "the command committed nothing"
+    for author, message, extra, _ in made:
+        info = json.loads(extra)
+        assert info["command"] == "prompts generate" and message.startswith("prompts generate")
+        assert info["host"] == socket.gethostname() and author.endswith("@" + info["host"])
+        assert info["pid"] == os.getpid()  # the cli fixture runs the command in this process
+    # From the runs row going in to its final UPDATE, every commit is signed with the run.
+    assert [json.loads(extra)["run_id"] for _, _, extra, _ in made] == [run_id] * len(made)
+    assert all(message == f"prompts generate {run_id}" for _, message, _, _ in made)

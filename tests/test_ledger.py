@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backends import both_stores  # noqa: E402
 from openai_server import Behaviour  # noqa: E402
 
 from corpus.store import Store  # noqa: E402
@@ -51,6 +52,7 @@ def run_ledger(db: str, backend: Backend, cs: Sequence[Call]):
         return out, ledger.counts
 
 
+@both_stores
 def test_completed_calls_are_stored_and_cached(db, server):
     b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts())
     out, counts = run_ledger(db, b, calls(20, temperature=0.0, max_tokens=64))
@@ -89,6 +91,7 @@ def test_duplicate_requests_in_a_batch_are_sent_once(db, server):
     assert len(server.chat_requests()) == 1 and len({o.call_id for o in out}) == 1 and len(out) == 5
 
 
+@both_stores
 def test_failed_calls_are_retried_next_run_and_attempts_accumulate(db, server):
     server.push(*[Behaviour.error(500)] * 3)
     b = OpenAIBackend.from_spec(f"openai:test-model@{server.base_url}", opts(concurrency=1))
@@ -130,6 +133,7 @@ class DyingBackend(Backend):
         return out
 
 
+@both_stores
 def test_pending_rows_of_a_dead_job_are_possibly_billed_and_resent(db):
     with pytest.raises(SystemExit):
         run_ledger(db, DyingBackend(survive=3), calls(10))
@@ -291,6 +295,7 @@ def statuses(ledger: Ledger) -> dict[str, str]:
     return dict(ledger.query("SELECT call_id, status FROM calls"))
 
 
+@both_stores
 def test_look_up_answers_ok_calls_from_the_store_and_plan_sends_each_missing_id_once(ledger):
     ledger.complete(EchoBackend(fail=["question 1"]), calls(3))  # 0, 2 ok; 1 failed
     backend = EchoBackend()
@@ -336,6 +341,7 @@ def test_window_size_follows_the_declared_concurrency(db):
             assert Completion(led, EchoBackend(), calls(1)).window == 512
 
 
+@both_stores
 def test_every_request_is_committed_pending_before_it_is_sent(ledger):
     backend = EchoBackend(announces=True)
     c = Completion(ledger, backend, calls(20))
@@ -353,6 +359,7 @@ def test_every_request_is_committed_pending_before_it_is_sent(ledger):
     assert set(statuses(ledger).values()) == {"ok"}
 
 
+@both_stores
 def test_on_result_records_answers_for_every_duplicate(ledger):
     c = Completion(ledger, EchoBackend(), calls(1) * 3)
     c.look_up()
@@ -370,6 +377,7 @@ def test_on_result_records_answers_for_every_duplicate(ledger):
     assert ledger.query("SELECT status, response, n_attempts FROM calls") == [("ok", "hi", 2)]
 
 
+@both_stores
 def test_on_result_of_an_unsent_call_removes_or_restores_its_row(ledger):
     ledger.complete(EchoBackend(fail=["question 1"]), calls(2))  # 0 ok, 1 failed
     c = Completion(ledger, EchoBackend(), calls(3))
@@ -391,6 +399,7 @@ def test_backends_that_do_not_announce_sends_are_not_handed_before_send(ledger):
 
 
 # -- ledger_generate: the ledger as a plain generate function -----------------------------
+@both_stores
 def test_ledger_generate_caches_and_reports_progress(db):
     events: list[tuple[str, int, int]] = []
     backend = EchoBackend()
