@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from itertools import chain
+from json.encoder import encode_basestring as _json_text  # as ids spell texts
 from operator import itemgetter, methodcaller
 from typing import Any
 
@@ -25,12 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from corpus.records import PROMPT_COLUMNS, RECORD_COLUMNS
-from schemas.identity import (
-    SCHEME,
-    _json_text,  # json's own string encoder, as ids spell texts
-    canonical_json_tree,
-    prompt_ids,
-)
+from schemas.identity import SCHEME, canonical_json_tree, prompt_ids
 from schemas.numbers import canonical_answer
 from schemas.records import MAX_DEPTH, MAX_ROUND, PromptIn, RecordIn, check_json_value
 
@@ -473,7 +469,8 @@ def fast_record_arrow(batch: pa.RecordBatch, *, source: str | None, default_sour
     prompt = _text_column(batch, "prompt", required=True)
     kind = _text_column(batch, "kind", required=True)
     verdict = _text_column(batch, "verdict")
-    _all_in(kind, KINDS), _all_in(verdict, VERDICTS)
+    _all_in(kind, KINDS)
+    _all_in(verdict, VERDICTS)
     texts = {c: _text_column(batch, c) for c in (
         "response", "feedback", "refinement", "responder", "teacher", "parent_record_id")}
     rounds = _arrow_rounds(batch)

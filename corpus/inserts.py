@@ -38,8 +38,7 @@ def insert_absent(con: Any, table: str, key: str | Sequence[str], rows: pa.Table
         keys = rows.column(key)
         if not _distinct(keys):
             rows = rows.take(pc.index_in(pc.unique(keys), value_set=keys))  # each key's first
-        return insert_absent_from(con, table, key, con.from_arrow(rows), rows.column_names,
-                                  dedup=False)
+        return _insert_relation(con, table, key, con.from_arrow(rows), rows.column_names)
     name = f"_absent_{table}"
     con.register(name, rows)
     try:
@@ -53,27 +52,19 @@ def _distinct(keys: pa.ChunkedArray) -> bool:
     return keys.null_count == 0 and pc.count_distinct(keys).as_py() == len(keys)
 
 
-def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: Any,
-                       columns: Sequence[str], *, first_by: str | None = None,
-                       dedup: bool = True) -> int:
+def insert_absent_from(con: Any, table: str, key: str | Sequence[str], source: str,
+                       columns: Sequence[str], *, first_by: str | None = None) -> int:
     """:func:`insert_absent` of the rows of ``source``, a relation in SQL (a registered
     table, ``read_parquet('…')``); returns how many rows were added.
 
     ``first_by``: a column of ``source`` that orders its rows; of several rows with one key
     the one with the least value is inserted (deterministic, where ``DISTINCT ON`` keeps an
-    arbitrary one), through an aggregate of the keys only, not of whole rows. ``dedup=False``:
-    the caller knows no key repeats in ``source``, which may then also be a DuckDB relation
-    (:func:`_insert_relation`).
+    arbitrary one), through an aggregate of the keys only, not of whole rows.
     """
-    if not isinstance(source, str):
-        assert not dedup and isinstance(key, str)
-        return _insert_relation(con, table, key, source, columns)
     keys = [key] if isinstance(key, str) else list(key)
     cols = ", ".join(columns)
     on = ", ".join(keys)
-    if not dedup:
-        select = f"SELECT {cols} FROM {source}"
-    elif first_by is None:
+    if first_by is None:
         select = f"SELECT DISTINCT ON ({on}) {cols} FROM {source}"
     else:
         select = (f"SELECT {cols} FROM {source} SEMI JOIN (SELECT {on}, min({first_by}) AS "

@@ -183,10 +183,10 @@ class JobLock:
 # liveness is the run's (heartbeat, or same host and PID alive: corpus.store.reap_stale_runs).
 
 
-def lake_holders(con: duckdb.DuckDBPyConnection, keys: list[str], run_id: str
+def lake_holders(con: duckdb.DuckDBPyConnection, run_id: str
                  ) -> list[tuple[str, str | None, int | None, int]]:
-    """Live holders of any of ``keys`` other than ``run_id``: (run id, host, pid, how many of
-    the keys it holds), the largest share first. Reads the ``_lease_keys`` view."""
+    """Live holders, other than ``run_id``, of any key in the ``_lease_keys`` view: (run id,
+    host, pid, how many of the keys it holds), the largest share first."""
     return con.execute(
         "SELECT l.held_by, r.host, r.pid, count(*) FROM job_locks l "
         "JOIN runs r ON r.run_id = l.held_by WHERE r.status = 'running' AND l.held_by <> ? "
@@ -211,7 +211,7 @@ def take_lake_lease(con: duckdb.DuckDBPyConnection, keys: list[str], run_id: str
     reap_stale_runs(con)
     con.register("_lease_keys", pa.table({"lock_key": pa.array(sorted(set(keys)), pa.string())}))
     try:
-        holders = lake_holders(con, keys, run_id)
+        holders = lake_holders(con, run_id)
         if holders:
             held_by, host, pid, n = holders[0]
             raise StoreBusy(

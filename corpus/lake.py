@@ -161,11 +161,11 @@ def transact_appending(rebasing: Lake, serial: Lake,
     (no transaction to lose) looks for duplicate ids, and only a table that has some is
     reconciled (``corpus.lakeschema.reconcile``: per id the row of the smallest run_id, then
     rowid, survives), on the rebasing Lake too: a serial reconcile, which scans the table,
-    starved as the append did against a writer committing every 50 ms. Rebased, it can miss a row that another run appended
-    meanwhile; that run reconciles its own ids after its append and sees ours, and the
-    survivor of an id is the same whoever reconciles (a total order), so once every writer
-    has returned no id has two rows. ``fn``'s counts may include rows that went to an
-    earlier run.
+    starved as the append did against a writer committing every 50 ms. Rebased, it can miss
+    a row that another run appended meanwhile; that run reconciles its own ids after its
+    append and sees ours, and the survivor of an id is the same whoever reconciles (a total
+    order), so once every writer has returned no id has two rows. ``fn``'s counts may
+    include rows that went to an earlier run.
     """
     from corpus.lakeschema import duplicate_ids, identity_keys, reconcile
 

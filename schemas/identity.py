@@ -134,28 +134,3 @@ def prompt_ids(texts: list[str]) -> list[str]:
     return [ids[t] for t in texts]
 
 
-def _json_opt(values: list[str | None]) -> list[str]:
-    """Each value as a JSON string literal (``null`` for None), as ``json.dumps`` writes it."""
-    jt = _json_text
-    return [("null" if v is None else jt(v)) for v in values]
-
-
-def record_ids(prompt_ids: list[str], kinds: list[str], rounds: list[int],
-               responses: list[str | None], feedbacks: list[str | None],
-               verdicts: list[str | None], refinements: list[str | None],
-               parents: list[str | None]) -> list[str]:
-    """:func:`record_id` of many records given as columns, with the canonical JSON written
-    directly (keys in sorted order, texts encoded by json's own string encoder) instead of
-    through ``json.dumps`` of a dict; a test checks both agree on generated records. Values
-    that repeat (prompt ids, kinds, verdicts) are encoded once."""
-    # repeated values: one dict per column, looked up by subscript (no call per row)
-    pj, kj, vj = ({v: _json_opt([v])[0] for v in set(col)}
-                  for col in (prompt_ids, kinds, verdicts))
-    r, f, rf, pa = (_json_opt(col) for col in (responses, feedbacks, refinements, parents))
-    return _hex_ids([
-        f'{{"feedback":{f_},"kind":{kj[k]},"parent_record_id":{pa_},'
-        f'"prompt_id":{pj[p]},"refinement":{rf_},"response":{r_},'
-        f'"round":{int(n)},"verdict":{vj[v]}}}'
-        for p, k, n, r_, f_, v, rf_, pa_ in zip(prompt_ids, kinds, rounds, r, f, verdicts, rf,
-                                                 pa, strict=True)
-    ])

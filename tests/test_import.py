@@ -293,7 +293,7 @@ import os, signal, sys
 from corpus import inserts
 from selfevo.cli import main
 
-real_insert = inserts.insert_absent_from
+real_insert = inserts.insert_absent
 
 def insert_then_die(*args, **kwargs):
     # The kill lands after the rows are inserted and before the transaction commits: the
@@ -301,7 +301,7 @@ def insert_then_die(*args, **kwargs):
     real_insert(*args, **kwargs)
     os.kill(os.getpid(), signal.SIGKILL)
 
-inserts.insert_absent_from = insert_then_die
+inserts.insert_absent = insert_then_die
 sys.argv = ["selfevo", "prompts", "import", sys.argv[1], "--db", sys.argv[2]]
 main()
 """

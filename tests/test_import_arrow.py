@@ -9,6 +9,8 @@ byte for byte with ``schemas.identity`` (the reference id functions), meta with
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring as _json_text
+
 import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
@@ -25,7 +27,7 @@ from corpus.importbatch import (
     fast_record_arrow,
     json_quoted,
 )
-from schemas.identity import _json_text, canonical_json, prompt_id, record_id
+from schemas.identity import canonical_json, prompt_id, record_id
 
 # Texts that need every kind of JSON escape, as well as plain ones.
 _ESCAPY = st.sampled_from(['"', "\\", "\n", "\r", "\t", "\b", "\f", "\x00", "\x1f", "\x7f",

@@ -32,6 +32,8 @@ from corpus.importbatch import (
     _canonical,
     _encodable,
     arrow_columns,
+    arrow_prompt_ids,
+    arrow_record_ids,
     fast_prompt_columns,
     fast_prompts,
     fast_record_columns,
@@ -46,7 +48,6 @@ from schemas.identity import (
     prompt_id,
     prompt_ids,
     record_id,
-    record_ids,
 )
 from schemas.records import check_json_value
 
@@ -192,9 +193,13 @@ def test_bulk_ids_equal_the_canonical_json_ids(text, rows):
         return  # a lone surrogate never reaches hashing (refused on the way in)
     assert prompt_ids([text, text]) == [prompt_id(text)] * 2
     clean = [r for r in rows if all(x is None or _utf8(x) for x in (r[0], r[3]))]
-    got = record_ids([prompt_id(text)] * len(clean), [r[1] for r in clean], [r[2] for r in clean],
-                     [r[0] for r in clean], [r[3] for r in clean], [None] * len(clean),
-                     [r[3] for r in clean], [r[0] for r in clean])
+    def col(values, type_=pa.string()):
+        return pa.array(values, type_)
+
+    got = arrow_record_ids(col([prompt_id(text)] * len(clean)), col([r[1] for r in clean]),
+                           col([r[2] for r in clean], pa.int32()), col([r[0] for r in clean]),
+                           col([r[3] for r in clean]), col([None] * len(clean)),
+                           col([r[3] for r in clean]), col([r[0] for r in clean])).to_pylist()
     assert got == [record_id(prompt_id=prompt_id(text), kind=k, round=n, response=r,
                              feedback=f, verdict=None, refinement=f, parent_record_id=r)
                    for r, k, n, f in clean]
@@ -284,13 +289,13 @@ import os, signal, sys
 from corpus import importers, inserts
 from corpus.store import Store
 importers.BATCH_ROWS = 2
-real, calls = inserts.insert_absent_from, []
-def insert_absent_from(con, table, *args, **kw):
+real, calls = inserts.insert_absent, []
+def insert_absent(con, table, *args, **kw):
     calls.append(table)
-    if len(calls) == 2:  # inside the final transaction, after the prompts went in
+    if len(calls) == 2:  # inside the import's transaction, after the prompts went in
         os.kill(os.getpid(), signal.SIGKILL)
     return real(con, table, *args, **kw)
-inserts.insert_absent_from = insert_absent_from
+inserts.insert_absent = insert_absent
 with Store.open(sys.argv[1]) as store:
     importers.import_records(store, sys.argv[2])
 """
@@ -438,10 +443,11 @@ utf8_text = any_text.filter(_utf8)
     st.integers(0, 2**31 - 1), *[st.none() | utf8_text] * 3,
     st.sampled_from(["correct", "incorrect", None]), st.none() | utf8_text), max_size=8))
 def test_bulk_record_ids_are_byte_identical_to_record_id(rows):
-    pids = prompt_ids([r[0] for r in rows])
-    cols = list(zip(*rows, strict=True)) if rows else [[]] * 8
-    got = record_ids(pids, list(cols[1]), list(cols[2]), list(cols[3]), list(cols[4]),
-                     list(cols[6]), list(cols[5]), list(cols[7]))
+    pids = arrow_prompt_ids(pa.array([r[0] for r in rows], pa.string()))
+    cols = [pa.array([r[i] for r in rows], pa.int32() if i == 2 else pa.string())
+            for i in range(1, 8)]
+    got = arrow_record_ids(pids, cols[0], cols[1], cols[2], cols[3], cols[5], cols[4],
+                           cols[6]).to_pylist()
     assert got == [record_id(prompt_id=prompt_id(p), kind=k, round=n, response=r, feedback=f,
                              verdict=v, refinement=rf, parent_record_id=pa)
                    for p, k, n, r, f, rf, v, pa in rows]
