@@ -682,13 +682,13 @@ class _Stage:
                 progress.update(info="rows written")
             new = {"prompts": 0, "records": 0}
             if self._queue is not None:
+                writers = {t: inserts.RowGroupInserter(con, t, _KEYS[t]) for t in new}
                 for batch in self._live_batches():
                     for table in ("prompts", "records"):  # records point at prompts
                         if table in batch:
-                            new[table] += inserts.insert_absent(
-                                con, table, _KEYS[table], batch[table], first_wins=True)
+                            writers[table].add(batch[table])
                             self.written += batch[table].num_rows
-                return new
+                return {t: w.close() for t, w in writers.items()}
             for table in ("prompts", "records"):
                 for path, n in self._parts[table]:
                     source = "read_parquet('{}', file_row_number=true)".format(
