@@ -29,7 +29,7 @@ import json
 import queue
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +49,7 @@ from corpus.importbatch import (
     fast_record_columns,
     row_columns,
 )
+from corpus.jsonlarrow import arrow_batch, plain_line
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
 from schemas.identity import file_sha256
@@ -68,8 +69,11 @@ PASSTHROUGH_COLUMNS = {"responder", "teacher", "templates", "parent_record_id"}
 _KEYS = {"prompts": "prompt_id", "records": "record_id"}
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 BATCH_ROWS = 10_000  # rows per validated batch and per staged Arrow table
+BATCH_BYTES = 16 << 20  # about the most data in one Parquet or JSONL batch (long rows)
 PART_BATCHES = 10  # batches per staged part file and per INSERT of the final transaction
 QUEUE_GROUPS = 1  # groups of PART_BATCHES batches waiting for the live writer
+IMPORT_MEMORY_LIMIT = "512MB"  # DuckDB's cache while a file store imports (_memory_limit)
+GROUP_BYTES = 64 << 20  # a live group is handed over at PART_BATCHES batches or this many bytes
 # Ctrl-C is the store's to handle (runs end 'interrupted'); pyarrow's own SIGINT handlers,
 # installed around its reads and writes, left a later DuckDB connect hanging after a Ctrl-C.
 pa.enable_signal_handlers(False)
@@ -143,21 +147,28 @@ def _loads(path: Path, text: str, where: str) -> Any:
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[len(codecs.BOM_UTF8):]  # a BOM is accepted as in CSV and JSON
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8").rstrip("\r\n")  # error columns stay on this line
-            except UnicodeDecodeError as exc:
-                raise _utf8_error(path, exc, raw, lineno - 1) from None
-            obj = _loads(path, line, f"line {lineno}")
-            if not isinstance(obj, dict):
-                raise ImportInputError(
-                    f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
-                )
-            yield f"line {lineno}", obj
+        yield from _jsonl_rows(path, f, 1)
+
+
+def _jsonl_rows(path: Path, lines: Iterable[bytes], first: int,
+                ) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The reference reading of JSONL ``lines`` (raw, with their line ends), the first of
+    them line ``first`` of ``path``: one ``json.loads`` per line."""
+    for lineno, raw in enumerate(lines, start=first):
+        if lineno == 1 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8):]  # a BOM is accepted as in CSV and JSON
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")  # error columns stay on this line
+        except UnicodeDecodeError as exc:
+            raise _utf8_error(path, exc, raw, lineno - 1) from None
+        obj = _loads(path, line, f"line {lineno}")
+        if not isinstance(obj, dict):
+            raise ImportInputError(
+                f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}"
+            )
+        yield f"line {lineno}", obj
 
 
 def _decode_all(path: Path) -> str:
@@ -217,9 +228,19 @@ def _parquet_file(path: Path) -> pq.ParquetFile:
         raise ImportInputError(f"{path}: not a readable Parquet file ({exc})") from None
 
 
+def _parquet_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """A Parquet file's record batches of at most BATCH_ROWS rows and, by the file's own
+    size per row, about BATCH_BYTES of data (long texts make small batches)."""
+    f = _parquet_file(path)
+    meta = f.metadata
+    size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    per_row = size / meta.num_rows if meta.num_rows else 1
+    yield from f.iter_batches(batch_size=max(1, min(BATCH_ROWS, int(BATCH_BYTES / per_row))))
+
+
 def _read_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     n = 0
-    for batch in _parquet_file(path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in _parquet_batches(path):
         for row in batch.to_pylist():
             n += 1
             yield f"row {n}", row
@@ -467,12 +488,17 @@ class Chunk:
     reference must read it."""
 
     def __init__(self, rows: list[tuple[str, dict[str, Any]]] | None = None, *,
-                 batch: pa.RecordBatch | None = None, first: int = 1) -> None:
+                 batch: pa.RecordBatch | None = None, first: int = 1,
+                 reference: Callable[[], list[tuple[str, dict[str, Any]]]] | None = None,
+                 ) -> None:
         self._rows, self._batch, self._first = rows, batch, first
+        self._reference = reference  # the rows as the reference reads them (JSONL)
         self.n = batch.num_rows if batch is not None else len(rows or [])
 
     def rows(self) -> list[tuple[str, dict[str, Any]]]:
         """The rows with their locations (``row 3``, ``line 3`` …)."""
+        if self._rows is None and self._reference is not None:
+            self._rows = self._reference()
         if self._rows is None:
             assert self._batch is not None
             self._rows = [(f"row {i}", r) for i, r in
@@ -512,16 +538,72 @@ def _chunks(rows: Iterator[tuple[str, dict[str, Any]]]) -> Iterator[tuple[Chunk,
 def _parquet_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None]]:
     """A Parquet file's record batches as they are read: no row dicts unless needed."""
     first = 1
-    for batch in _parquet_file(path).iter_batches(batch_size=BATCH_ROWS):
+    for batch in _parquet_batches(path):
         yield Chunk(batch=batch, first=first), None
         first += batch.num_rows
 
 
+def _jsonl_lines(f: Iterable[bytes]) -> Iterator[tuple[list[bytes], bool]]:
+    """Raw lines in batches of BATCH_ROWS lines or about BATCH_BYTES, each with whether
+    every line is a plain object line (``corpus.jsonlarrow.plain_line``)."""
+    lines: list[bytes] = []
+    size, plain = 0, True
+    for raw in f:
+        lines.append(raw)
+        size += len(raw)
+        plain = plain and plain_line(raw)
+        if len(lines) >= BATCH_ROWS or size >= BATCH_BYTES:
+            yield lines, plain
+            lines, size, plain = [], 0, True
+    if lines:
+        yield lines, plain
+
+
+def _jsonl_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None]]:
+    """A JSONL file in batches: parsed by pyarrow where ``corpus.jsonlarrow`` vouches that
+    this gives exactly the reference's rows, else line by line by the reference (whose
+    first error comes with the rows read before it, as in :func:`_chunks`)."""
+    first = 1
+    with open(path, "rb") as f:
+        for lines, plain in _jsonl_lines(f):
+            batch = arrow_batch(b"".join(lines), len(lines)) if plain else None
+            if batch is not None:
+                yield Chunk(batch=batch, first=first, reference=lambda lines=lines, first=first:
+                            list(_jsonl_rows(path, lines, first))), None
+            else:
+                rows: list[tuple[str, dict[str, Any]]] = []
+                try:
+                    rows.extend(_jsonl_rows(path, lines, first))
+                except ImportInputError as exc:
+                    yield Chunk(rows), exc
+                    return
+                yield Chunk(rows), None
+            first += len(lines)
+
+
 def read_chunks(path: Path, fmt: str | None) -> Iterator[tuple[Chunk, ImportInputError | None]]:
     """The rows of a file in batches (:func:`read_rows`' checks and errors)."""
-    if path.exists() and (fmt or detect_format(path)) == "parquet":
+    kind = (fmt or detect_format(path)) if path.exists() else fmt
+    if kind == "parquet":
         return _parquet_chunks(path)
+    if kind == "jsonl" and path.is_file():
+        return _jsonl_chunks(path)
     return _chunks(read_rows(path, fmt))
+
+
+@contextlib.contextmanager
+def _memory_limit(con: Any, limit: str) -> Iterator[None]:
+    """DuckDB's memory limit lowered to ``limit`` for the block, then back to its default
+    (selfevo sets no other).
+
+    DuckDB keeps the blocks an import writes in its buffer cache, up to its limit (80% of
+    RAM by default), so without this an import's memory grew with the file (0.4 GB of cache
+    at 3M records); a lower limit only makes it drop them sooner (same speed, measured)."""
+    con.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        con.execute("RESET memory_limit")
 
 
 class _Aborted(Exception):
@@ -558,7 +640,7 @@ class _Stage:
         self._queue: queue.Queue[Any] | None = queue.Queue(QUEUE_GROUPS) if live else None
         self._thread: threading.Thread | None = None
         self._pending: dict[str, list[pa.Table]] = {}  # live: batches not handed over yet
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
         self._outcome: dict[str, Any] = {}
         self.written = 0  # rows the live writer has inserted (display only)
 
@@ -594,7 +676,9 @@ class _Stage:
             for table, rows in tables.items():
                 self._pending.setdefault(table, []).append(rows)
             self._pending_rows += max(rows.num_rows for rows in tables.values())
-            if self._pending_rows >= PART_BATCHES * BATCH_ROWS:
+            self._pending_bytes += sum(rows.nbytes for rows in tables.values())
+            if (self._pending_rows >= PART_BATCHES * BATCH_ROWS
+                    or self._pending_bytes >= GROUP_BYTES):
                 self._hand_over_pending()
             return
         for table, rows in tables.items():
@@ -606,7 +690,7 @@ class _Stage:
         per PART_BATCHES batches (each INSERT's anti-join reads the table's ids once)."""
         group = {t: pa.concat_tables(rows, promote_options="permissive")
                  for t, rows in self._pending.items()}
-        self._pending, self._pending_rows = {}, 0
+        self._pending, self._pending_rows, self._pending_bytes = {}, 0, 0
         if group:
             self._hand_over(group)
 
@@ -682,13 +766,14 @@ class _Stage:
                 progress.update(info="rows written")
             new = {"prompts": 0, "records": 0}
             if self._queue is not None:
-                writers = {t: inserts.RowGroupInserter(con, t, _KEYS[t]) for t in new}
-                for batch in self._live_batches():
-                    for table in ("prompts", "records"):  # records point at prompts
-                        if table in batch:
-                            writers[table].add(batch[table])
-                            self.written += batch[table].num_rows
-                return {t: w.close() for t, w in writers.items()}
+                with _memory_limit(con, IMPORT_MEMORY_LIMIT):
+                    writers = {t: inserts.RowGroupInserter(con, t, _KEYS[t]) for t in new}
+                    for batch in self._live_batches():
+                        for table in ("prompts", "records"):  # records point at prompts
+                            if table in batch:
+                                writers[table].add(batch[table])
+                                self.written += batch[table].num_rows
+                    return {t: w.close() for t, w in writers.items()}
             for table in ("prompts", "records"):
                 for path, n in self._parts[table]:
                     source = "read_parquet('{}', file_row_number=true)".format(

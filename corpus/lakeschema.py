@@ -20,7 +20,13 @@ import duckdb
 
 from corpus.errors import CorpusError
 from corpus.extensions import offline_config
-from corpus.migrations import MIGRATIONS, Migration, applied_migrations, migrate
+from corpus.migrations import (
+    MIGRATIONS,
+    UNKEYED_IDENTITY,
+    Migration,
+    applied_migrations,
+    migrate,
+)
 from corpus.storespec import sql_literal
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -62,8 +68,9 @@ def schema_statements(upto: int | None = None) -> list[str]:
 
 
 def identity_keys() -> dict[str, tuple[str, ...]]:
-    """Each table's identity (its PRIMARY KEY on the file store), e.g. prompts → (prompt_id,)."""
-    return dict(_identity_keys())
+    """Each table's identity, e.g. prompts → (prompt_id,): its PRIMARY KEY on the file store,
+    or, for the bulk tables no constraint keys on either back end, ``UNKEYED_IDENTITY``."""
+    return dict(_identity_keys()) | UNKEYED_IDENTITY
 
 
 @functools.cache

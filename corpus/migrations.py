@@ -407,10 +407,42 @@ def m012_job_locks(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+# Tables whose identity no constraint enforces on either back end (m013): the bulk tables.
+UNKEYED_IDENTITY = {"prompts": ("prompt_id",), "records": ("record_id",)}
+
+
+def m013_bulk_tables_without_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """``prompts`` and ``records`` lose their PRIMARY KEY on a file store (a lake never had
+    one); the key column stays NOT NULL.
+
+    Why: DuckDB keeps a PRIMARY KEY as an in-memory ART index that every insert updates and
+    every commit merges and writes out. For the two tables an import fills by the million
+    that doubled the insert's cost, added seconds to each COMMIT and grew memory with every
+    id (measured in docs/benchmarks.md "Import"). Their identity is kept as on a lake: every
+    insert by id goes through ``corpus.inserts`` (anti-join, first wins) under the file's
+    one-writer lock, and ``selfevo store check`` finds duplicates on both back ends. Other
+    tables keep their keys: they are small, or written a row at a time.
+
+    The table is rebuilt from its own DDL with the key dropped (DuckDB cannot drop a
+    constraint); views and macros name tables, so they read the new one unchanged.
+    """
+    for table in UNKEYED_IDENTITY:
+        row = con.execute(
+            "SELECT sql FROM duckdb_tables() WHERE table_name = ? AND database_name = "
+            "current_database() AND schema_name = current_schema()", [table]).fetchone()
+        if row is None or "PRIMARY KEY" not in row[0]:
+            continue  # a lake: no key to drop
+        ddl = row[0].replace(f"CREATE TABLE {table}(", f"CREATE TABLE {table}_m013(", 1)
+        con.execute(ddl.replace(" PRIMARY KEY", " NOT NULL"))
+        con.execute(f"INSERT INTO {table}_m013 SELECT * FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(f"ALTER TABLE {table}_m013 RENAME TO {table}")
+
+
 MIGRATIONS: list[Migration] = [
     m001_initial, m002_views, m003_decision_views, m004_audit_views, m005_evolve_prompts,
     m006_model_identity, m007_batches, m009_refined_verdict, m010_run_liveness,
-    m011_snapshot_lake_version, m012_job_locks,
+    m011_snapshot_lake_version, m012_job_locks, m013_bulk_tables_without_keys,
 ]
 
 

@@ -1,10 +1,12 @@
 """Whether a store can be trusted, and repairing what can be repaired: ``selfevo store check``.
 
-A DuckDB file enforces its keys (PRIMARY KEY, UNIQUE); a DuckLake enforces none, and a
-rebased bulk append (``Store.transact(appends=…)``) can leave an id with two rows until its
-writer reconciles, forever if that writer died in between. What is checked:
+A DuckDB file enforces its keys (PRIMARY KEY, UNIQUE) except on the bulk tables ``prompts``
+and ``records`` (``corpus.migrations.UNKEYED_IDENTITY``, kept by ``corpus.inserts`` under the
+file's one-writer lock); a DuckLake enforces none, and a rebased bulk append
+(``Store.transact(appends=…)``) can leave an id with two rows until its writer reconciles,
+forever if that writer died in between. What is checked:
 
-* **duplicate ids** (lake only) per id-keyed table (``corpus.lakeschema.duplicate_ids``);
+* **duplicate ids** per id-keyed table (on a file: the bulk tables only) (``corpus.lakeschema.duplicate_ids``);
   ``--fix`` keeps one row per id (``reconcile``: the smallest run_id, then the first
   committed). **duplicate snapshot names** (lake only) are reported; which to rename is the
   team's call.
@@ -93,9 +95,7 @@ def find_problems(con: duckdb.DuckDBPyConnection, *, lake: bool,
 
     ``job_running``: on a file store, whether a job holds its job lock; while none does,
     every ``running`` run is dead (the next writer reaps them all)."""
-    found: list[Finding] = []
-    if lake:
-        found += _duplicates(con)
+    found: list[Finding] = _duplicates(con, lake)
     if lake or job_running:
         dead = stale_runs(con, heartbeats=lake)
     else:
@@ -133,11 +133,21 @@ def _ids(ids: list[str], shown: int = 3) -> str:
     return ", ".join(ids[:shown]) + more
 
 
-def _duplicates(con: duckdb.DuckDBPyConnection) -> list[Finding]:
+def _unenforced_keys(lake: bool) -> dict[str, tuple[str, ...]]:
+    """The identities no constraint enforces: all of them on a lake, the bulk tables' on a file."""
+    from corpus.lakeschema import identity_keys
+    from corpus.migrations import UNKEYED_IDENTITY
+
+    return identity_keys() if lake else UNKEYED_IDENTITY
+
+
+def _duplicates(con: duckdb.DuckDBPyConnection, lake: bool) -> list[Finding]:
     from corpus.lakeschema import duplicate_ids
 
     found = [Finding("duplicate ids", table, n, "ids with more than one row", True)
-             for table, n in sorted(duplicate_ids(con).items())]
+             for table, n in sorted(duplicate_ids(con, _unenforced_keys(lake)).items())]
+    if not lake:
+        return found  # snapshot names are UNIQUE on a file
     names = [r[0] for r in con.execute(
         "SELECT name FROM snapshots GROUP BY name HAVING count(*) > 1 ORDER BY 1").fetchall()]
     if names:
@@ -196,7 +206,7 @@ def fix_duplicates(store: Store) -> list[str]:
     from corpus.lakeschema import duplicate_ids, reconcile
 
     with store.connection() as con:
-        tables = sorted(duplicate_ids(con))
+        tables = sorted(duplicate_ids(con, _unenforced_keys(store.spec.is_lake)))
     done = []
     for table in tables:
         removed = store.transact(lambda con, t=table: reconcile(con, t))
@@ -216,15 +226,16 @@ def check_store(db: str, *, fix: bool = False) -> CheckReport:
         if report.lake:  # a writable attachment that writes nothing (a dry run)
             report.findings += _orphans_if_writable(store, report)
     if not report.lake:
-        report.notes.append("duplicate ids are not checked: a DuckDB file enforces its keys")
+        report.notes.append("duplicate ids are checked in prompts and records only: a DuckDB "
+                            "file enforces the other tables' keys")
     if not fix or not any(f.fixable for f in report.findings):
         return report
     with Store.open(db, command="store check --fix") as store:  # reaps dead runs on opening
         report.fixed += [f"runs: gave dead run {r} its final state (killed; its committed "
                          "rows are kept)" for r in store.reaped]
         with store.run("store check", {"fix": True}) as run:
+            report.fixed += fix_duplicates(store)
             if report.lake:
-                report.fixed += fix_duplicates(store)
                 with store.connection() as con:
                     report.fixed += [f"data path: deleted orphan file {p}"
                                      for p in orphan_files(con, delete=True)]

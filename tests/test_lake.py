@@ -59,9 +59,11 @@ def test_the_lake_schema_matches_the_file_store(spec: StoreSpec, tmp_path: Path)
             lake.transact(create_schema)
 
 
-def test_identity_keys_are_the_file_stores_primary_keys() -> None:
+def test_identity_keys_are_the_file_stores_primary_keys_and_the_bulk_tables_ids() -> None:
     keys = identity_keys()
     assert keys["prompts"] == ("prompt_id",)
+    assert keys["records"] == ("record_id",)
+    assert keys["calls"] == ("call_id",)
     assert keys["snapshot_records"] == ("snapshot_id", "record_id")
     assert keys["evolve_prompts"] == ("evolve", "round", "prompt_id")
     assert not any("PRIMARY KEY" in s or "UNIQUE" in s for s in schema_statements())

@@ -42,7 +42,8 @@ def test_a_healthy_store_has_no_problems_and_says_what_it_did_not_check(cli, db,
     _import(cli, db, tmp_path)
     out = cli("store", "check", "--db", db).output
     assert out.strip().splitlines()[-1].endswith("no problems found")
-    keys_note = "duplicate ids are not checked: a DuckDB file enforces its keys"
+    keys_note = ("duplicate ids are checked in prompts and records only: a DuckDB file "
+                 "enforces the other tables' keys")
     assert (keys_note in out) == (not StoreSpec.parse(db).is_lake)
     assert "problem:" not in out
 
@@ -82,6 +83,25 @@ def test_a_dead_run_is_reaped_by_fix_and_a_missing_prompt_stays_a_problem(cli, d
     # The problem left is said again, and the exit stays non-zero until someone re-imports.
     assert "records whose prompt is missing" in cli("store", "check", "--db", db,
                                                     exit_code=1).output
+
+
+def test_a_duplicate_record_on_a_file_store_is_found_and_repaired_by_fix(cli, db, tmp_path):
+    """prompts and records carry no PRIMARY KEY on a file either (m013): a row that got in
+    around corpus.inserts (a bug, a hand-written INSERT) is found, and --fix keeps the
+    earliest run's row."""
+    _import(cli, db, tmp_path)
+    with Store.open(db) as store:
+        store.transact(lambda con: con.execute(
+            "INSERT INTO records SELECT * REPLACE ('r99991231T000000000-later0' AS run_id) "
+            "FROM records WHERE kind = 'qa'"))
+    found = cli("store", "check", "--db", db, exit_code=1).output
+    assert ("problem: duplicate ids: records: 1 ids with more than one row (--fix repairs it)"
+            in found)
+    fixed = cli("store", "check", "--fix", "--db", db).output
+    assert "fixed: records: removed 1 duplicate rows" in fixed
+    with Store.open_readonly(db) as store:
+        assert store.query("SELECT count(*), count(DISTINCT record_id), "
+                           "count(*) FILTER (run_id LIKE '%later0') FROM records") == [(2, 2, 0)]
 
 
 def test_duplicates_and_orphan_files_on_a_lake_are_repaired_by_fix(cli, lake_db, tmp_path):
