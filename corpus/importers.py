@@ -32,8 +32,9 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
@@ -49,7 +50,7 @@ from corpus.importbatch import (
     fast_record_columns,
     row_columns,
 )
-from corpus.jsonlarrow import arrow_batch, plain_line
+from corpus.jsonlarrow import arrow_batch, lines_of
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
 from schemas.identity import file_sha256
@@ -543,20 +544,20 @@ def _parquet_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None
         first += batch.num_rows
 
 
-def _jsonl_lines(f: Iterable[bytes]) -> Iterator[tuple[list[bytes], bool]]:
-    """Raw lines in batches of BATCH_ROWS lines or about BATCH_BYTES, each with whether
-    every line is a plain object line (``corpus.jsonlarrow.plain_line``)."""
-    lines: list[bytes] = []
-    size, plain = 0, True
-    for raw in f:
-        lines.append(raw)
-        size += len(raw)
-        plain = plain and plain_line(raw)
-        if len(lines) >= BATCH_ROWS or size >= BATCH_BYTES:
-            yield lines, plain
-            lines, size, plain = [], 0, True
-    if lines:
-        yield lines, plain
+def _jsonl_blocks(f: BinaryIO) -> Iterator[bytes]:
+    """A JSONL file in blocks of whole lines: at most BATCH_ROWS lines, about BATCH_BYTES
+    (a longer line is a block of its own)."""
+    held = b""
+    while True:
+        if len(held) < BATCH_BYTES:
+            more = f.read(BATCH_BYTES)
+            held += more + f.readline() if more else b""  # a read ends at a line end
+        if not held:
+            return
+        ends = np.flatnonzero(np.frombuffer(held, np.uint8) == ord("\n"))
+        cut = int(ends[BATCH_ROWS - 1]) + 1 if len(ends) >= BATCH_ROWS else len(held)
+        block, held = held[:cut], held[cut:]
+        yield block
 
 
 def _jsonl_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None]]:
@@ -565,20 +566,20 @@ def _jsonl_chunks(path: Path) -> Iterator[tuple[Chunk, ImportInputError | None]]
     first error comes with the rows read before it, as in :func:`_chunks`)."""
     first = 1
     with open(path, "rb") as f:
-        for lines, plain in _jsonl_lines(f):
-            batch = arrow_batch(b"".join(lines), len(lines)) if plain else None
+        for block in _jsonl_blocks(f):
+            batch = arrow_batch(block)
             if batch is not None:
-                yield Chunk(batch=batch, first=first, reference=lambda lines=lines, first=first:
-                            list(_jsonl_rows(path, lines, first))), None
+                yield Chunk(batch=batch, first=first, reference=lambda block=block, first=first:
+                            list(_jsonl_rows(path, lines_of(block), first))), None
             else:
                 rows: list[tuple[str, dict[str, Any]]] = []
                 try:
-                    rows.extend(_jsonl_rows(path, lines, first))
+                    rows.extend(_jsonl_rows(path, lines_of(block), first))
                 except ImportInputError as exc:
                     yield Chunk(rows), exc
                     return
                 yield Chunk(rows), None
-            first += len(lines)
+            first += block.count(b"\n") + (not block.endswith(b"\n"))
 
 
 def read_chunks(path: Path, fmt: str | None) -> Iterator[tuple[Chunk, ImportInputError | None]]:
@@ -617,9 +618,10 @@ class _Stage:
     """Validated batches on their way into the store, all in ONE transaction.
 
     Live (a file store): a writer thread opens the transaction at once and inserts each
-    group of PART_BATCHES batches as the reader hands it over (a queue of QUEUE_GROUPS), so
-    DuckDB inserts one group (GIL released) while Python validates the next; memory holds
-    a few groups. A
+    group of batches as the reader hands it over (a queue of QUEUE_GROUPS), so DuckDB
+    inserts one group (GIL released) while Python validates the next; memory holds a few
+    groups. Groups grow from 1 batch to PART_BATCHES (or GROUP_BYTES), so that the writer
+    starts early and then pays DuckDB's per-statement cost once per 100,000 rows. A
     reading error or an interrupt hands over an abort, which rolls the transaction back.
 
     Spilled (a lake, whose commit may lose to another writer and is then re-run from the
@@ -641,6 +643,7 @@ class _Stage:
         self._thread: threading.Thread | None = None
         self._pending: dict[str, list[pa.Table]] = {}  # live: batches not handed over yet
         self._pending_rows = self._pending_bytes = 0
+        self._groups = 0  # handed over so far: the first groups are smaller, to start sooner
         self._outcome: dict[str, Any] = {}
         self.written = 0  # rows the live writer has inserted (display only)
 
@@ -677,7 +680,7 @@ class _Stage:
                 self._pending.setdefault(table, []).append(rows)
             self._pending_rows += max(rows.num_rows for rows in tables.values())
             self._pending_bytes += sum(rows.nbytes for rows in tables.values())
-            if (self._pending_rows >= PART_BATCHES * BATCH_ROWS
+            if (self._pending_rows >= min(self._groups + 1, PART_BATCHES) * BATCH_ROWS
                     or self._pending_bytes >= GROUP_BYTES):
                 self._hand_over_pending()
             return
@@ -691,6 +694,7 @@ class _Stage:
         group = {t: pa.concat_tables(rows, promote_options="permissive")
                  for t, rows in self._pending.items()}
         self._pending, self._pending_rows, self._pending_bytes = {}, 0, 0
+        self._groups += 1
         if group:
             self._hand_over(group)
 

@@ -36,26 +36,30 @@ _FLAT = (pa.types.is_string, pa.types.is_int64, pa.types.is_boolean)
 MAX_OPENERS = 64  # '{' and '[' a line may hold; deeper nesting crashed pyarrow's parser
 
 
-def plain_line(raw: bytes) -> bool:
-    """Whether a line (with its line end) is one JSON object and nothing around it."""
-    return raw[:1] == b"{" and raw.rstrip(b"\r\n")[-1:] == b"}"
+def lines_of(block: bytes) -> list[bytes]:
+    """The lines of a block, each with its ``\\n`` (the last one may lack it), as iterating
+    over the file gives them."""
+    parts = block.split(b"\n")
+    return [p + b"\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
-def _only_line_ends(raw: np.ndarray, block: bytes) -> bool:
-    """No control byte but ``\\n`` and the ``\\r`` of a ``\\r\\n``."""
-    controls = int(np.count_nonzero(raw < 0x20))
-    crlf = block.count(b"\r\n")
-    return controls == block.count(b"\n") + crlf and block.count(b"\r") == crlf
-
-
-def _shallow(raw: np.ndarray) -> bool:
-    """No line opens more than MAX_OPENERS objects or arrays (in strings too: a bound on
-    how deep it can nest)."""
-    opened = np.cumsum((raw == ord("{")) | (raw == ord("[")), dtype=np.int64)
+def _plain(raw: np.ndarray, block: bytes) -> bool:
+    """Every line is one object and nothing around it (``{`` … ``}``), holds no control byte
+    but its line end, and opens at most MAX_OPENERS objects or arrays."""
     ends = np.flatnonzero(raw == ord("\n"))
     if not len(ends) or ends[-1] != len(raw) - 1:
-        ends = np.append(ends, len(raw) - 1)
-    return int(np.diff(opened[ends], prepend=0).max()) <= MAX_OPENERS
+        ends = np.append(ends, len(raw))  # the last line has no line end
+    crlf = block.count(b"\r\n") if b"\r" in block else 0
+    if crlf != block.count(b"\r") or int(np.count_nonzero(raw < 0x20)) != (
+            int(np.count_nonzero(raw == ord("\n"))) + crlf):
+        return False
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    last = ends - 1 - (raw[np.maximum(ends - 1, 0)] == ord("\r"))
+    if (np.any(ends <= starts) or np.any(raw[starts] != ord("{"))
+            or np.any(raw[np.maximum(last, 0)] != ord("}"))):
+        return False
+    openers = np.flatnonzero((raw == ord("{")) | (raw == ord("[")))
+    return int(np.bincount(np.searchsorted(ends, openers)).max()) <= MAX_OPENERS
 
 
 def _vouched(batch: pa.RecordBatch) -> bool:
@@ -74,19 +78,18 @@ def _vouched(batch: pa.RecordBatch) -> bool:
     return True
 
 
-def arrow_batch(block: bytes, lines: int) -> pa.RecordBatch | None:
-    """The ``lines`` JSONL lines of ``block`` as one record batch, or None where the batch
-    must go through the reference (see the module docstring). The caller has checked every
-    line with :func:`plain_line`."""
+def arrow_batch(block: bytes) -> pa.RecordBatch | None:
+    """The JSONL lines of ``block`` (whole lines) as one record batch, or None where the
+    batch must go through the reference (see the module docstring)."""
     raw = np.frombuffer(block, np.uint8)
-    if not len(raw) or not _only_line_ends(raw, block) or not _shallow(raw):
+    if not len(raw) or not _plain(raw, block):
         return None
     try:
         table = pj.read_json(io.BytesIO(block), read_options=pj.ReadOptions(
             block_size=len(block) + 1, use_threads=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
-    if table.num_rows != lines:
+    if table.num_rows != block.count(b"\n") + (not block.endswith(b"\n")):
         return None
     batch = table.combine_chunks().to_batches()[0] if table.num_rows else None
     if batch is None or not _vouched(batch):

@@ -772,9 +772,9 @@ def reap_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
     ``possibly_billed``, as the file store's next writer flags every pending call. Runs in
     one transaction (re-runnable); returns the reaped run ids.
 
-    ``calls.run_id`` is the run that first registered the call: a call a live run is
-    re-sending for a finished one gets the flag too (a conservative flag; exact needs the
-    ledger to record which run set ``pending``).
+    A call's sender is ``calls.sent_by`` (the run that last set it pending), else the run
+    that registered it (``run_id``): a call a live run is re-sending for a finished one is
+    the live run's, and is not flagged.
     """
     dead = stale_runs(con)
     if dead:
@@ -788,8 +788,8 @@ def reap_stale_runs(con: duckdb.DuckDBPyConnection) -> list[str]:
                  json.dumps(counts[rid], sort_keys=True), rid])
     con.execute(
         "UPDATE calls SET possibly_billed = true WHERE status = 'pending' AND NOT "
-        "coalesce(possibly_billed, false) AND run_id IN (SELECT run_id FROM runs WHERE "
-        "status <> 'running') AND "
+        "coalesce(possibly_billed, false) AND coalesce(sent_by, run_id) IN "
+        "(SELECT run_id FROM runs WHERE status <> 'running') AND "
         "call_id NOT IN (SELECT call_id FROM batch_calls WHERE status = 'pending')")
     return dead
 

@@ -364,7 +364,7 @@ class Writer:
         if b.new_calls:
             insert_pending(con, b.new_calls)
         if b.resend:
-            mark_resend(con, b.resend)
+            mark_resend(con, b.resend, self.run_id)
         if b.done:
             con.register("_done", _table(b.done, _DONE_ROW))
             con.execute(
@@ -401,12 +401,14 @@ def insert_pending(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -
     insert_absent(con, "calls", "call_id", _table(rows, _CALL_ROW))
 
 
-def mark_resend(con: duckdb.DuckDBPyConnection, ids: list[str]) -> None:
-    """Set known calls (failed, or pending from a dead job) back to ``pending``; never an ok one."""
+def mark_resend(con: duckdb.DuckDBPyConnection, ids: list[str], run_id: str) -> None:
+    """Set known calls (failed, or pending from a dead job) back to ``pending`` as run
+    ``run_id``'s (``sent_by``); never an ok one."""
     con.register("_resend", pa.table({"call_id": pa.array(ids, pa.string())}))
     try:
-        con.execute("UPDATE calls SET status = 'pending', completed_at = NULL "
-                    "WHERE call_id IN (SELECT call_id FROM _resend) AND status <> 'ok'")
+        con.execute("UPDATE calls SET status = 'pending', completed_at = NULL, sent_by = ? "
+                    "WHERE call_id IN (SELECT call_id FROM _resend) AND status <> 'ok'",
+                    [run_id])
     finally:
         con.unregister("_resend")
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from corpus import Store
 from corpus.importers import ImportInputError, import_records
-from corpus.jsonlarrow import arrow_batch, plain_line
+from corpus.jsonlarrow import arrow_batch, lines_of
 
 TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12) | \
     st.sampled_from(["2020-01-01", "2020-01-01T00:00:00", "\t", "a\u2028b", "😀", "\x00"])
@@ -45,12 +45,11 @@ def _strict(value):
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
-@given(lines=st.lists(LINE, min_size=1, max_size=8))
+@given(lines=st.lists(LINE | st.sampled_from(["\r", "{}\r"]), min_size=1, max_size=8))
 def test_a_vouched_batch_holds_exactly_the_rows_json_loads_reads(lines):
-    raw = [(line + "\n").encode("utf-8", "surrogatepass") for line in lines]
-    if not all(plain_line(r) for r in raw):
-        return  # the importer sends such a batch to the reference without asking pyarrow
-    batch = arrow_batch(b"".join(raw), len(raw))
+    block = "".join(line + "\n" for line in lines).encode("utf-8", "surrogatepass")
+    raw = lines_of(block)
+    batch = arrow_batch(block)
     if batch is None:
         return
     for got, line in zip(batch.to_pylist(), raw, strict=True):
@@ -66,7 +65,7 @@ def test_the_plain_records_of_a_corpus_are_vouched_for():
     rows = [{"prompt": f"q{i}", "response": "r\u00e9 \"quoted\" \\ 😀", "kind": "meta",
              "round": i, "meta": {"i": i, "template": "t", "ok": True}} for i in range(5)]
     block = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    batch = arrow_batch(block, 5)
+    batch = arrow_batch(block)
     assert batch is not None and batch.to_pylist() == rows
 
 
@@ -103,3 +102,24 @@ def test_an_import_stores_the_same_through_pyarrow_as_through_the_reference(rows
         fast = _import(str(Path(tmp) / "fast.duckdb"), path, fast=True)
         reference = _import(str(Path(tmp) / "ref.duckdb"), path, fast=False)
     assert fast == reference
+
+
+@given(lines=st.lists(st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")), max_size=40),
+       last_newline=st.booleans(), rows=st.integers(1, 5), size=st.integers(1, 64))
+def test_jsonl_blocks_cut_the_file_into_whole_lines_of_at_most_batch_rows(
+        lines, last_newline, rows, size):
+    import io as _io
+
+    from corpus import importers
+
+    data = b"\n".join(lines) + (b"\n" if last_newline and lines else b"")
+    saved = importers.BATCH_ROWS, importers.BATCH_BYTES
+    importers.BATCH_ROWS, importers.BATCH_BYTES = rows, size
+    try:
+        blocks = list(importers._jsonl_blocks(_io.BytesIO(data)))
+    finally:
+        importers.BATCH_ROWS, importers.BATCH_BYTES = saved
+    assert b"".join(blocks) == data
+    assert all(b for b in blocks)
+    assert all(b.endswith(b"\n") for b in blocks[:-1])
+    assert all(len(lines_of(b)) <= rows for b in blocks)

@@ -139,6 +139,29 @@ def test_reaping_on_a_lake_goes_by_liveness_not_by_pid(lake_db):
                       "r-dead-here": True, "r-live-here": False}
 
 
+def test_a_call_resent_by_a_live_run_is_its_own_and_not_flagged_when_its_first_run_died(
+        lake_db):
+    """possibly_billed goes by the run that last set a call pending (``sent_by``, m014)."""
+    from generation.ledger import mark_resend
+
+    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    here = socket.gethostname()
+    with Store.open(lake_db) as store:
+        store.transact(lambda con: [
+            _run_row(con, "r-first", here, int(dead_pid), 10),  # registered both, then died
+            _run_row(con, "r-resender", here, os.getpid(), 10),  # alive, re-sends one
+            _run_row(con, "r-dies-resending", here, int(dead_pid), 10),
+            con.execute("INSERT INTO calls (call_id, model, messages, params, status, run_id) "
+                        "VALUES ('call-2', 'm', '[]', '{}', 'failed', 'r-resender')"),
+            mark_resend(con, ["call-r-first"], "r-resender"),
+            mark_resend(con, ["call-2"], "r-dies-resending")])
+    with Store.open(lake_db) as store:  # a second writer arrives and reaps
+        billed = dict(store.query("SELECT call_id, possibly_billed FROM calls"))
+    assert billed == {"call-r-first": False, "call-r-resender": False,
+                      "call-r-dies-resending": True, "call-2": True}
+
+
 def test_a_run_on_a_lake_sends_heartbeats(lake_db, monkeypatch):
     monkeypatch.setattr(store_module, "HEARTBEAT_S", 0.05)
     with Store.open(lake_db) as store, store.run("collect", {}) as run:

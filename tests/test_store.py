@@ -79,6 +79,24 @@ def test_a_first_release_store_migrates_on_open_and_keeps_its_rows(tmp_path):
         assert store.query("SELECT count(*) FROM record_latest_passed WHERE passed_all") == [(8,)]
 
 
+def test_m013_drops_only_the_bulk_tables_keys_and_keeps_their_checks_and_defaults(tmp_path):
+    db = v1_store(tmp_path)
+    Store.open(db).close()
+    con = duckdb.connect(db, read_only=True)
+    keys = dict(con.execute("SELECT table_name, list_sort(list(constraint_type)) FROM "
+                            "duckdb_constraints() GROUP BY 1").fetchall())
+    ddl = dict(con.execute("SELECT table_name, sql FROM duckdb_tables()").fetchall())
+    con.close()
+    assert "PRIMARY KEY" not in keys["prompts"] and "PRIMARY KEY" not in keys["records"]
+    assert keys["records"].count("CHECK") == 2 and "NOT NULL" in keys["records"]
+    assert "PRIMARY KEY" in keys["calls"] and "PRIMARY KEY" in keys["snapshot_records"]
+    assert "record_id VARCHAR NOT NULL" in ddl["records"]
+    assert "DEFAULT(now())" in ddl["prompts"]
+    with Store.open(db) as store, pytest.raises(duckdb.ConstraintException):
+        store.transact(lambda con: con.execute(
+            "INSERT INTO records (record_id, prompt_id, kind, run_id) VALUES ('r', 'p', 'x', 'r')"))
+
+
 def test_todays_commands_work_on_a_first_release_store(cli, tmp_path):
     from corpus.export import verify_export
 

@@ -113,7 +113,7 @@ class BatchCompletion(Completion):
             if new:
                 insert_pending(con, new)
             if resend:
-                mark_resend(con, resend)
+                mark_resend(con, resend, self.ledger.run_id)
         backend: Any = self.backend
         first = self.calls[self.misses[shard.positions[0]]]
         tables.insert_batch(con, {
