@@ -246,12 +246,16 @@ def canonical_answer_ok(value: str) -> bool:
 
 
 @_PROPS
-@given(rows=st.lists(st.fixed_dictionaries({"text": plain_text, "gold_answer": plain_text}),
-                     min_size=2, max_size=6),
+@given(quoted=plain_text.map(lambda t: t + ', "said"'),
+       rows=st.lists(st.fixed_dictionaries({"text": plain_text, "gold_answer": plain_text}),
+                     min_size=1, max_size=5),
        cut=st.integers(min_value=0))
-def test_a_csv_with_one_quote_removed_never_lands_silently_merged(scratch, rows, cut):
+def test_a_csv_with_one_quote_removed_never_lands_silently_merged(scratch, quoted, rows, cut):
     """Delete one quote character of a quoted file: it imports (with as many rows as it has
-    lines of records) or is refused at a line — it never merges the rest into one cell."""
+    lines of records) or is refused at a line — it never merges the rest into one cell.
+    (The first row has a comma and quotes, so the file always has quoted cells: filtering
+    unquoted files out made Hypothesis give up now and then.)"""
+    rows = [{"text": quoted, "gold_answer": "1"}, *rows]
     text = _serialise(rows, "csv")
     quotes = [i for i, c in enumerate(text) if c == '"']
     assume(quotes)
