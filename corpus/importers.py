@@ -772,12 +772,16 @@ class _Stage:
             if self._queue is not None:
                 with _memory_limit(con, IMPORT_MEMORY_LIMIT):
                     writers = {t: inserts.RowGroupInserter(con, t, _KEYS[t]) for t in new}
-                    for batch in self._live_batches():
-                        for table in ("prompts", "records"):  # records point at prompts
-                            if table in batch:
-                                writers[table].add(batch[table])
-                                self.written += batch[table].num_rows
-                    return {t: w.close() for t, w in writers.items()}
+                    try:
+                        for batch in self._live_batches():
+                            for table in ("prompts", "records"):  # records point at prompts
+                                if table in batch:
+                                    writers[table].add(batch[table])
+                                    self.written += batch[table].num_rows
+                        return {t: w.close() for t, w in writers.items()}
+                    finally:
+                        for w in writers.values():
+                            w.release()
             for table in ("prompts", "records"):
                 for path, n in self._parts[table]:
                     source = "read_parquet('{}', file_row_number=true)".format(

@@ -144,8 +144,13 @@ class RowGroupInserter:
         """Insert the rows still waiting; returns how many rows were added in all."""
         if self._pending_rows:
             self._insert(self._pending_rows)
-        self._side.close()
+        self.release()
         return self.added
+
+    def release(self) -> None:
+        """Close the second cursor (and its table of hashes); :meth:`close` does it too, and
+        a failed import must, so that no connection of it outlives its transaction."""
+        self._side.close()
 
     def _known(self, keys: pa.ChunkedArray) -> pa.Array:
         """The keys of ``keys`` (distinct) already in the table: committed, or inserted here."""
