@@ -689,8 +689,8 @@ class _Stage:
                 self._spill(table, rows)
 
     def _hand_over_pending(self) -> None:
-        """Hand the batches gathered so far to the writer as one group: one INSERT per table
-        per PART_BATCHES batches (each INSERT's anti-join reads the table's ids once)."""
+        """Hand the batches gathered so far to the writer as one group (the writer asks
+        which ids are new once per group and table: DuckDB's per-statement cost)."""
         group = {t: pa.concat_tables(rows, promote_options="permissive")
                  for t, rows in self._pending.items()}
         self._pending, self._pending_rows, self._pending_bytes = {}, 0, 0

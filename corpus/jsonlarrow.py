@@ -7,7 +7,7 @@ turned away here, and the batch then goes through the reference (still correct, 
 
 * **what a line is**: pyarrow reads a stream of values, not lines: two objects on one line
   are two rows, a blank line is none, and a bare ``null`` line crashed the process (pyarrow
-  19). Every line must start with ``{`` and end with ``}``, with as many rows as lines.
+  26). Every line must start with ``{`` and end with ``}``, with as many rows as lines.
 * **depth**: a line nested a few hundred levels deep crashed pyarrow's parser (its stack),
   so a line with more than MAX_OPENERS ``{`` and ``[`` (strings included) is turned away.
 * **raw control characters** (a tab, a lone CR) inside a string are refused by

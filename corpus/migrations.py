@@ -407,19 +407,6 @@ def m012_job_locks(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def m014_call_sender(con: duckdb.DuckDBPyConnection) -> None:
-    """The run that last set a call ``pending`` (NULL: the run that registered it, ``run_id``).
-
-    A run that dies leaves its in-flight calls ``pending``; they are flagged
-    ``possibly_billed``. A file store flags every pending call (its next writer holds the
-    one job lock, so every pending call is a dead job's). A lake has live writers on other
-    machines, so it flags the pending calls of the runs that ended, and needs to know which
-    run is sending each: a call registered by a finished run and re-sent by a live one is
-    that live run's. ALTER TABLE ADD COLUMN only.
-    """
-    con.execute("ALTER TABLE calls ADD COLUMN sent_by VARCHAR")
-
-
 # Tables whose identity no constraint enforces on either back end (m013): the bulk tables.
 UNKEYED_IDENTITY = {"prompts": ("prompt_id",), "records": ("record_id",)}
 
@@ -450,6 +437,19 @@ def m013_bulk_tables_without_keys(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"INSERT INTO {table}_m013 SELECT * FROM {table}")
         con.execute(f"DROP TABLE {table}")
         con.execute(f"ALTER TABLE {table}_m013 RENAME TO {table}")
+
+
+def m014_call_sender(con: duckdb.DuckDBPyConnection) -> None:
+    """The run that last set a call ``pending`` (NULL: the run that registered it, ``run_id``).
+
+    A run that dies leaves its in-flight calls ``pending``; they are flagged
+    ``possibly_billed``. A file store flags every pending call (its next writer holds the
+    one job lock, so every pending call is a dead job's). A lake has live writers on other
+    machines, so it flags the pending calls of the runs that ended, and needs to know which
+    run is sending each: a call registered by a finished run and re-sent by a live one is
+    that live run's. ALTER TABLE ADD COLUMN only.
+    """
+    con.execute("ALTER TABLE calls ADD COLUMN sent_by VARCHAR")
 
 
 MIGRATIONS: list[Migration] = [

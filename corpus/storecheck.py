@@ -6,7 +6,8 @@ file's one-writer lock); a DuckLake enforces none, and a rebased bulk append
 (``Store.transact(appends=…)``) can leave an id with two rows until its writer reconciles,
 forever if that writer died in between. What is checked:
 
-* **duplicate ids** per id-keyed table (on a file: the bulk tables only) (``corpus.lakeschema.duplicate_ids``);
+* **duplicate ids** per id-keyed table, on a file the bulk tables only
+  (``corpus.lakeschema.duplicate_ids``);
   ``--fix`` keeps one row per id (``reconcile``: the smallest run_id, then the first
   committed). **duplicate snapshot names** (lake only) are reported; which to rename is the
   team's call.
