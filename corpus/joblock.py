@@ -214,9 +214,11 @@ def take_lake_lease(con: duckdb.DuckDBPyConnection, keys: list[str], run_id: str
         holders = lake_holders(con, run_id)
         if holders:
             held_by, host, pid, n = holders[0]
+            which = what if len(set(keys)) == 1 else f"{n} of the {what}"
             raise StoreBusy(
-                f"{n} of the {what} are in use by run {held_by} on {host or 'an unknown host'}"
-                f" (PID {pid}); wait for it to finish or choose others")
+                f"{which} {'is' if which == what else 'are'} in use by run {held_by} on "
+                f"{host or 'an unknown host'} (PID {pid}); wait for it to finish or choose "
+                "others")
         con.execute("DELETE FROM job_locks WHERE lock_key IN (SELECT lock_key FROM _lease_keys)"
                     " OR held_by NOT IN (SELECT run_id FROM runs WHERE status = 'running')")
         con.execute("INSERT INTO job_locks (lock_key, held_by, taken_at) "

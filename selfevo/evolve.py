@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from corpus.inserts import insert_absent
+from corpus.joblock import lake_lease
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.snapshots import sql_literal
 from corpus.store import Run, Store
@@ -301,12 +302,16 @@ class Evolution:
         with self.store.run("evolve", resolved) as run:
             self.run_id = run.run_id
             try:
-                student = cfg.student
-                results.append(self.round_zero(student))
-                for t in range(1, cfg.rounds + 1):
-                    result = self.one_round(t, student)
-                    results.append(result)
-                    student = result.student or student
+                # On a lake: one live evolve per name (its stages resume from the store, so
+                # two at once would each redo the other's); a file store's job lock does this.
+                with lake_lease(self.store, [f"evolve:{self.name}"], run.run_id,
+                                f"evolve {self.name!r}"):
+                    student = cfg.student
+                    results.append(self.round_zero(student))
+                    for t in range(1, cfg.rounds + 1):
+                        result = self.one_round(t, student)
+                        results.append(result)
+                        student = result.student or student
                 run.add("rounds", cfg.rounds)
             finally:
                 self.close()

@@ -22,6 +22,7 @@ sends nothing already answered. The command and its display live in
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -167,16 +168,40 @@ def self_refine(
     idx = list(sample_indices) if sample_indices is not None else [0] * len(questions)
     results = [RefineResult(question=q, answer=None, sample_index=i) for q, i in zip(
         questions, idx, strict=True)]
-    stages.answer(results, answers)
-    for _ in range(steps):
-        active = [r for r in results if r.stopped == "steps"]
-        if not active:
-            break
-        stages.refine(stages.feedback(active, stop_on_correct))
-    if judge:
-        stages.judge([r for r in results if r.stopped == "steps" and r.steps
-                      and r.steps[-1].refinement is not None])
+    with _answer_lease(backend, questions, store, run_id if generate is None else None):
+        stages.answer(results, answers)
+        for _ in range(steps):
+            active = [r for r in results if r.stopped == "steps"]
+            if not active:
+                break
+            stages.refine(stages.feedback(active, stop_on_correct))
+        if judge:
+            stages.judge([r for r in results if r.stopped == "steps" and r.steps
+                          and r.steps[-1].refinement is not None])
     return results
+
+
+def _answer_lease(backend: Backend, questions: Sequence[str], store: Store | None,
+                  run_id: str | None) -> contextlib.AbstractContextManager[None]:
+    """While the ledger of run ``run_id`` sends ``backend`` these questions: on a lake,
+    another machine may be asking this model the same ones (an eval, a refine, an evolve
+    round), so refuse (StoreBusy) rather than send those calls twice. A file store's job
+    lock already keeps every other writer out; without a store nothing is shared."""
+    if store is None or run_id is None:
+        return contextlib.nullcontext()
+    from corpus.joblock import lake_lease
+
+    return lake_lease(store, answer_keys(backend, questions), run_id,
+                      f"questions asked of {backend.spec}")
+
+
+def answer_keys(backend: Backend, questions: Sequence[str]) -> list[str]:
+    """Lease keys of ``backend`` answering ``questions``: one per distinct question, with
+    the model and endpoint as the ledger keeps them (two servers' models are two)."""
+    from schemas.identity import content_id
+
+    model = content_id({"model": backend.spec, "endpoint": backend.endpoint})
+    return sorted({f"answer:{model}:{content_id(q)}" for q in questions})
 
 
 @dataclass

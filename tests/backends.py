@@ -8,6 +8,9 @@ every command takes either spec as ``--db``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 both_stores = pytest.mark.parametrize("db", ["file", "lake"], indirect=True)
@@ -27,3 +30,23 @@ def store_records(db: str, pairs: list[tuple[dict, dict]], command: str = "test"
                 insert_records(con, [r], run.run_id)
 
         store.transact(write)
+
+
+@contextlib.contextmanager
+def writing(store) -> Iterator:
+    """``with writing(store) as con:`` a write transaction for a test's hand-made rows, on
+    either back end. A file store's :meth:`Store.transaction`; on a lake, where production
+    code writes only through ``Store.transact(fn)`` (a commit that loses is re-run), one try
+    of BEGIN … COMMIT on the store's cursor: a fixture has no other writer to lose to."""
+    if not store.spec.is_lake:
+        with store.transaction() as con:
+            yield con
+        return
+    with store.connection() as cur:
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        cur.execute("COMMIT")

@@ -22,8 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def db(request, tmp_path: Path) -> str:
     """Path of a fresh (not yet created) store file; parametrised with ``lake`` (see
-    ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead."""
-    if getattr(request, "param", "file") == "lake":
+    ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead.
+    ``SELFEVO_TEST_STORE=lake`` makes the lake the default for every test that takes ``db``
+    (``make test-lake``: the whole suite's store-level tests on DuckLake)."""
+    if getattr(request, "param", os.environ.get("SELFEVO_TEST_STORE", "file")) == "lake":
         return request.getfixturevalue("lake_db")
     return str(tmp_path / "test.duckdb")
 

@@ -9,6 +9,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from backends import writing
+
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
 from corpus.store import Store
 
@@ -23,7 +25,7 @@ def build_store(db: str, n: int = 12) -> list[str]:
     kinds = ("meta", "self", "qa")
     ids = []
     with Store.open(db, command="test") as store:
-        with store.run("test", {}) as run, store.transaction() as con:
+        with store.run("test", {}) as run, writing(store) as con:
             for i in range(n):
                 p = make_prompt(f"Ann has {i} apples and gets {i + 1} more. How many? é{i}",
                                 gold_answer=str(2 * i + 1), source="test",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import both_stores  # noqa: E402
+from backends import both_stores, writing  # noqa: E402
 from children import child, reap, spawn  # noqa: E402
 from openai_server import Behaviour, OpenAIServer, request_key  # noqa: E402
 
@@ -122,7 +122,7 @@ def test_existing_responses_without_responder(db, server, cli):
 
     ids = seed(db, 3)
     with Store.open(db, command="test") as store, store.run("test", {}) as run:
-        with store.transaction() as con:
+        with writing(store) as con:
             insert_records(con, [make_record(prompt_id=ids[0], kind="self", response="It is 2."),
                                  make_record(prompt_id=ids[1], kind="qa", response="gold")], run.run_id)
     result = cli("collect", "--db", db, "--teacher", f"openai:teacher@{server.base_url}")

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from backends import both_stores
+from backends import both_stores, writing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -214,7 +214,7 @@ def test_selection_and_prompt_field(db, cli):
     prompts = [make_prompt(q), make_prompt(q + "?"), make_prompt(random_text(rng, 40))]
     recs = [make_record(prompt_id=p["prompt_id"], kind=k, response="r")
             for p, k in zip(prompts, ["self", "self", "qa"], strict=True)]
-    with Store.open(db) as store, store.run("setup", {}) as run, store.transaction() as con:
+    with Store.open(db) as store, store.run("setup", {}) as run, writing(store) as con:
         insert_prompts(con, prompts, run.run_id)
         insert_records(con, recs, run.run_id)
     out = cli("curate", "dedup", "--db", db, "--exact", "--kind", "self").output

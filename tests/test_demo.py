@@ -7,6 +7,7 @@ import json
 import re
 
 import pyarrow.parquet as pq
+from backends import writing
 
 from corpus import Store
 from corpus.export import verify_export
@@ -134,7 +135,7 @@ def test_correct_meta_adds_the_correct_side_and_survives_dedup(tmp_path):
                                     response="The answer is -1.", feedback=c.feedback,
                                     verdict=c.verdict, refinement=c.refinement,
                                     teacher="reference"))
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             insert_records(con, rows, run.run_id)
     p.add_qa_records()
     p.curate()

@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 
 import pytest
+from backends import writing
 
 from corpus.records import insert_prompts, make_prompt
 from corpus.store import Store
@@ -216,7 +217,7 @@ def test_an_empty_answer_is_the_models_answer_and_is_scored(store):
 def test_links_registered_model_and_compare(store, tmp_path):
     adapter = tmp_path / "ckpt-r1"
     adapter.mkdir()
-    with store.transaction() as con:
+    with writing(store) as con:
         con.execute(
             "INSERT INTO models (model_id, base, path, adapter, snapshot_hash, run_id) "
             "VALUES ('h1:model', 'tiny', ?, true, 'h1:snap', 'r0')", [str(adapter)])
@@ -243,7 +244,7 @@ def test_load_items_from_file_store_and_presets(store, tmp_path):
     name, got = load_items(str(f), limit=4)
     assert name == "mini.jsonl" and len(got) == 4
     assert got[1] == BenchItem("mini-1", FIXTURE["q2"][0], "6")
-    with store.transaction() as con:
+    with writing(store) as con:
         insert_prompts(con, [make_prompt("held out 1", gold_answer="3", split="test"),
                              make_prompt("held out 2", gold_answer="4", split="test"),
                              make_prompt("train one", gold_answer="5", split="train"),
@@ -346,7 +347,7 @@ def test_eval_run_cli_hand_count_and_cache(cli, db, tmp_path, monkeypatch):
 def test_eval_run_cli_on_store_prompts(cli, db, monkeypatch):
     _needs_backends()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")
-    with Store.open(db) as s, s.transaction() as con:
+    with Store.open(db) as s, writing(s) as con:
         insert_prompts(con, [make_prompt(v[0], gold_answer=v[1], split="test")
                              for v in FIXTURE.values()]
                        + [make_prompt("not held out", gold_answer="1", split="train")], "r0")
@@ -370,7 +371,7 @@ def test_eval_run_with_a_tiny_hf_model_links_the_checkpoint(cli, db, tiny_model_
     f = tmp_path / "three.jsonl"
     f.write_text("\n".join(json.dumps({"question": q, "answer": g})
                            for q, g, *_ in list(FIXTURE.values())[:3]) + "\n")
-    with Store.open(db) as s, s.transaction() as con:
+    with Store.open(db) as s, writing(s) as con:
         con.execute("INSERT INTO models (model_id, base, path, adapter, snapshot_hash, run_id)"
                     " VALUES ('h1:tiny', 'tiny', ?, false, 'h1:snap', 'r0')",
                     [str(tiny_model_dir)])

@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from backends import writing
 
 from corpus.importers import import_generated
 from corpus.records import insert_records, make_record
 from corpus.snapshots import create_snapshot, snapshot_record_ids
 from corpus.store import Store
+from corpus.storespec import StoreSpec
 from generation.backends.hf import identity_spec
 from generation.teachers.reference import ReferenceTeacher
 
@@ -43,7 +46,7 @@ def make_store(db: str) -> None:
             rows.append(make_record(prompt_id=p["prompt_id"], kind="meta", response=response,
                                     feedback=c.feedback, verdict=c.verdict,
                                     refinement=c.refinement, teacher="reference"))
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             insert_records(con, rows, run.run_id)
         create_snapshot(store, "meta", "kind = 'meta'")
 
@@ -220,10 +223,9 @@ def test_a_round_that_keeps_nothing_says_so_with_a_query_that_works(cli, db, tin
     out = cli(*args, "--train", "max_len=1024").output  # the meta records alone must fit
     line = next(ln for ln in out.splitlines() if "kept none" in ln)
     assert "kept none of 3 self records" in line and "replay only" in line
-    query = line.split("selfevo sql --db ", 1)[1]
-    path, sql = query.split(" ", 1)
-    assert path == db
-    why = cli("sql", "--db", path, sql.strip().strip('"'), "--format", "json").output
+    command = shlex.split(line.split("selfevo ", 1)[1])  # as a shell would read it
+    assert command[:2] == ["sql", "--db"] and StoreSpec.parse(command[2]) == StoreSpec.parse(db)
+    why = cli(*command, "--format", "json").output
     assert json.loads(why) == [{"step": "verdict", "reason": "verdict on r̂ is NULL (null=drop)",
                                 "count_star()": 3}]
     snaps = dict(Store.open_readonly(db).query("SELECT name, content_hash FROM snapshots"))
@@ -242,7 +244,7 @@ def test_round_selection_finds_records_named_before_and_after_readable_names(db,
     student = f"hf:{folder}"
     prompt = make_prompt("Ann has 2 apples and buys 3. How many?")
     with Store.open(db) as store:
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             insert_prompts(con, [prompt], run.run_id)
             insert_records(con, [make_record(prompt_id=prompt["prompt_id"], kind="self", round=1,
                                              response=f"answer {i}", responder=who)
@@ -366,3 +368,26 @@ def test_serve_refuses_what_a_served_adapter_cannot_be(cli, db, tmp_path):
         loads = [r for r in server.requests if r.path.endswith("/load_lora_adapter")]
         assert len(loads) == 1 and loads[0].body == {"lora_name": "a",
                                                      "lora_path": str(adapter.resolve())}
+
+
+def test_an_evolve_of_a_name_live_on_another_machine_is_refused_on_a_lake(cli, lake_db, tiny,
+                                                                          tmp_path):
+    """Its stages resume from the store, so two of one name at once would redo each other's:
+    the second is refused before any stage runs (a file store's job lock does the same)."""
+    make_store(lake_db)
+    with Store.open(lake_db) as store:
+        store.transact(lambda con: [con.execute(
+            "INSERT INTO runs (run_id, command, config, code_version, started_at, status, pid,"
+            " host, heartbeat_at) VALUES ('r-elsewhere', 'evolve', '{}', 'v', now(), 'running',"
+            " 1, 'other-machine', now())"), con.execute(
+            "INSERT INTO job_locks (lock_key, held_by) VALUES ('evolve:t-restart', 'r-elsewhere')")])
+    result = cli(*evolve_args(lake_db, tiny, tmp_path / "out", "restart", rounds=1),
+                 exit_code=None)
+    out = result.output
+    assert result.exit_code != 0 and out.strip().splitlines()[-1] == (
+        "Error: evolve 't-restart' is in use by run r-elsewhere on other-machine (PID 1); "
+        "wait for it to finish or choose others")
+    with Store.open_readonly(lake_db) as store:
+        assert store.query("SELECT status FROM runs WHERE command = 'evolve' AND run_id <> "
+                           "'r-elsewhere'") == [("failed",)]
+        assert store.query("SELECT count(*) FROM runs WHERE parent_run_id IS NOT NULL") == [(0,)]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from backends import both_stores
+from backends import both_stores, writing
 from test_snapshots import build_store
 
 from corpus import CorpusError, Store
@@ -111,7 +111,7 @@ def grown_db(tmp_path_factory: pytest.TempPathFactory) -> str:
     db = str(tmp_path_factory.mktemp("grown") / "grown.duckdb")
     build_store(db)
     with Store.open(db) as store:
-        with store.transaction() as con:
+        with writing(store) as con:
             con.execute(
                 "INSERT INTO records SELECT r.* REPLACE ("
                 " record_id || '-' || i AS record_id,"
@@ -258,7 +258,7 @@ def test_messages_match_record_messages_for_every_pattern_of_present_texts(db, t
         for r, f, rr in itertools.product((True, False), repeat=3)
     ]
     with Store.open(db) as store:
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             insert_prompts(con, [prompt], run.run_id)
             assert insert_records(con, records, run.run_id) == 24
         create_snapshot(store, "patterns", "true")
@@ -295,7 +295,7 @@ def test_self_records_in_the_answer_layout_train_p_to_the_refinement(db, tmp_pat
                       response="2 * 3 = 6. The answer is 6.", feedback="No.\nVerdict: incorrect",
                       verdict="incorrect", refinement="2 + 3 = 5. The answer is 5.")
     with Store.open(db) as store:
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             insert_prompts(con, [prompt], run.run_id)
             insert_records(con, [rec], run.run_id)
         create_snapshot(store, "self", "true")

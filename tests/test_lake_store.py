@@ -344,7 +344,22 @@ def test_a_lease_has_one_live_holder_and_a_dead_one_is_taken_over(lake_db):
             s.close()
 
 
-def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, server):
+SECOND_JOBS = {
+    # what a second machine runs meanwhile: its arguments, the items of its lease, and the
+    # requests one whole job sends (4 questions)
+    "collect": (["collect", "--teacher", "openai:teacher@{url}", "--responder",
+                 "openai:student@{url}", "--max-tokens", "16"], "selected prompts", 12),
+    "eval run": (["eval", "run", "--model", "openai:student@{url}", "--bench", "{bench}",
+                  "--mode", "both", "--max-tokens", "16"],
+                 "questions asked of openai:student", 12),
+}
+
+
+@pytest.mark.parametrize("command", sorted(SECOND_JOBS))
+def test_a_second_job_asking_the_same_questions_on_a_lake_is_refused(lake_db, server, tmp_path,
+                                                                      command):
+    """collect leases its prompts; eval, refine and evolve rounds lease (model, question):
+    a second machine asking the same is refused at once and sends nothing."""
     from openai_server import Behaviour
 
     from corpus.records import insert_prompts, make_prompt
@@ -353,19 +368,23 @@ def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, serv
             for i in range(4)]
     with Store.open(lake_db) as store, store.run("seed", {}) as run:
         store.transact(lambda con: insert_prompts(con, rows, run.run_id))
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"question": r["text"], "answer": r["gold_answer"]})
+                             + "\n" for r in rows))
     server.handler = lambda body, n: Behaviour(kind="hang", hang=120)  # until released
-    selfevo = str(Path(sys.executable).parent / "selfevo")
-    collect = [selfevo, "collect", "--teacher", f"openai:teacher@{server.base_url}",
-               "--responder", f"openai:student@{server.base_url}", "--max-tokens", "16"]
+    args, what, requests = SECOND_JOBS[command]
+    url = server.base_url
+    job = [str(Path(sys.executable).parent / "selfevo")] + [
+        a.format(url=url, bench=bench) for a in args]
     env = {**os.environ, "SELFEVO_DB": lake_db, "OPENAI_API_KEY": "sk-test"}
-    first = subprocess.Popen(collect, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+    first = subprocess.Popen(job, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
         while not server.chat_requests() and first.poll() is None \
                 and time.monotonic() < deadline:
             time.sleep(0.05)  # it holds the lease before it sends anything
-        second = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+        second = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True,
                                 timeout=300)
         server.release()
         out = first.communicate(timeout=300)[0]
@@ -375,22 +394,22 @@ def test_a_second_collect_of_the_same_prompts_on_a_lake_is_refused(lake_db, serv
             first.wait()
     assert first.returncode == 0, out
     with Store.open_readonly(lake_db) as store:
-        (holder,), = store.query("SELECT run_id FROM runs WHERE command = 'collect' "
-                                 "AND status = 'ok'")
+        (holder,), = store.query("SELECT run_id FROM runs WHERE command = ? AND status = 'ok'",
+                                 [command])
         assert store.query("SELECT count(*) FROM job_locks") == [(0,)]  # released
     message = (second.stdout + second.stderr).strip().splitlines()
     assert second.returncode != 0 and len(message) == 1, message
-    assert message[0] == (f"Error: 4 of the selected prompts are in use by run {holder} on "
-                          f"{socket.gethostname()} (PID {first.pid}); wait for it to finish "
+    assert message[0] == (f"Error: 4 of the {what} are in use by run {holder} "
+                          f"on {socket.gethostname()} (PID {first.pid}); wait for it to finish "
                           "or choose others")
-    assert len(server.chat_requests()) == 12  # the refused one sent nothing
-    again = subprocess.run(collect, env=env, cwd=ROOT, capture_output=True, text=True,
+    assert len(server.chat_requests()) == requests  # the refused one sent nothing
+    again = subprocess.run(job, env=env, cwd=ROOT, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert len(server.chat_requests()) == 12  # all answered in the ledger: nothing re-sent
+    assert len(server.chat_requests()) == requests  # all answered in the ledger: nothing re-sent
     with Store.open_readonly(lake_db) as store:
-        assert [s for (s,) in store.query("SELECT status FROM runs WHERE command = 'collect' "
-                                          "ORDER BY run_id")] == ["ok", "failed", "ok"]
+        assert [s for (s,) in store.query("SELECT status FROM runs WHERE command = ? "
+                                          "ORDER BY run_id", [command])] == ["ok", "failed", "ok"]
 
 
 # -- snapshots and time travel --------------------------------------------------------------

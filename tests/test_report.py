@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from backends import writing
 
 from corpus.decisions import insert_decisions
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
@@ -58,19 +59,19 @@ def build_fixture_store(db: str) -> dict[str, str]:
     r = [x["record_id"] for x in recs]
     with Store.open(db) as store:
         with store.run("import", {}) as run:
-            with store.transaction() as con:
+            with writing(store) as con:
                 insert_prompts(con, prompts, run.run_id)
                 insert_records(con, recs, run.run_id)
         with store.run("curate filter", {"steps": [{"step": "verdict"}, {"step": "length"}]}
                        ) as run:
-            with store.transaction() as con:
+            with writing(store) as con:
                 insert_decisions(con, [{"record_id": x, "passed": x not in (r[1], r[4])}
                                        for x in r[:5]], run_id=run.run_id, step="verdict")
                 insert_decisions(con, [{"record_id": x, "passed": x != r[0],
                                         "reason": f"too long {EVIL}"} for x in r[:5]],
                                  run_id=run.run_id, step="length")
         with store.run("curate dedup", {}) as run:
-            with store.transaction() as con:
+            with writing(store) as con:
                 insert_decisions(con, [
                     {"record_id": r[0], "passed": True, "detail": {"cluster_id": 0,
                                                                    "cluster_size": 3}},
@@ -82,13 +83,13 @@ def build_fixture_store(db: str) -> dict[str, str]:
                                                                    "cluster_size": 1}},
                 ], run_id=run.run_id, step="dedup-exact")
         with store.run("curate decontam", {}) as run:
-            with store.transaction() as con:
+            with writing(store) as con:
                 insert_decisions(con, [
                     {"record_id": r[3], "passed": False, "reason": "13-gram overlap",
                      "detail": {"benchmark": "gsm8k-test", "ngram": "janet s ducks lay"}},
                     {"record_id": r[0], "passed": True, "detail": {"benchmark": "gsm8k-test"}},
                 ], run_id=run.run_id, step="decontam")
-        with store.transaction() as con:
+        with writing(store) as con:
             con.execute(
                 "INSERT INTO models (model_id, base, path, adapter, snapshot_hash, run_id) "
                 "VALUES ('h1:m1', 'tiny', '/ckpt/r1', true, 'h1:snaphash', 'r0')")
@@ -213,7 +214,7 @@ def build_hostile_store(db: str, texts: list[str]) -> dict[str, str]:
                       teacher=put["teacher"],
                       source=put["record_source"])
     with Store.open(db) as store:
-        with store.run(put["command"], {}) as run, store.transaction() as con:
+        with store.run(put["command"], {}) as run, writing(store) as con:
             insert_prompts(con, [prompt], run.run_id)
             insert_records(con, [rec], run.run_id)
             insert_decisions(con, [{"record_id": rec["record_id"], "passed": False,
@@ -260,7 +261,7 @@ def test_hostile_store_text_is_escaped_everywhere(tmp_path, seed):
 def test_a_failing_section_is_reported_in_the_page_or_raised_with_debug(db, tmp_path, cli,
                                                                           monkeypatch):
     build_fixture_store(db)
-    with Store.open(db) as store, store.transaction() as con:
+    with Store.open(db) as store, writing(store) as con:
         con.execute("DROP VIEW records_full")  # the agreement section reads it
     monkeypatch.setenv("SELFEVO_DEBUG", "1")  # the library reads no environment for this
     text = write_report(db, tmp_path / "r.html").read_text()
@@ -291,7 +292,7 @@ def test_empty_store_report(db, tmp_path, cli):
 
 def test_cost_tells_same_named_checkpoints_apart_by_weights(db, tmp_path):
     """Two rounds' adapters are both called 'final': their calls are two rows, by weights."""
-    with Store.open(db) as store, store.transaction() as con:
+    with Store.open(db) as store, writing(store) as con:
         for i, (model, endpoint, tokens) in enumerate([
                 ("hf:base+final", "weights:aaaa1111" + "0" * 24, 10),
                 ("hf:base+final", "weights:bbbb2222" + "0" * 24, 30),
@@ -442,7 +443,7 @@ def test_paired_section_counts_by_hand(db, tmp_path):
     b_direct = [True, True, True, False, True]
     verdicts = ["correct", "incorrect", "incorrect", "correct", "incorrect"]
     with Store.open(db) as store:
-        with store.transaction() as con:
+        with writing(store) as con:
             for i, ok in enumerate(a_direct):
                 con.execute("INSERT INTO calls (call_id, model, messages, params, status, "
                             "response, run_id) VALUES (?, 'hf:a', '[]', '{}', 'ok', ?, 'r0')",
@@ -450,7 +451,7 @@ def test_paired_section_counts_by_hand(db, tmp_path):
         for eval_id, model, mode, run, right in [("ea1", "hf:a", "direct", "run-a", a_direct),
                                                  ("ea2", "hf:a", "refine", "run-a", a_refine),
                                                  ("eb1", "hf:b", "direct", "run-b", b_direct)]:
-            with store.transaction() as con:  # one evaluation after the other, as runs do
+            with writing(store) as con:  # one evaluation after the other, as runs do
                 add_eval(con, eval_id, model, mode, run, gold, right, verdicts)
     page = section(write_report(db, tmp_path / "report.html").read_text(), "paired")
     cells = re.findall(r"<td[^>]*>(.*?)</td>", page)

@@ -17,6 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backends import writing
 from openai_server import Behaviour, OpenAIServer  # noqa: E402
 from test_collect import collect_args, query, seed  # noqa: E402
 
@@ -80,7 +81,7 @@ def test_echoed_key_never_reaches_eval_items(db, cli, monkeypatch, tmp_path):
     from corpus.store import Store
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    with Store.open(db) as s, s.transaction() as con:
+    with Store.open(db) as s, writing(s) as con:
         insert_prompts(con, [make_prompt(f"{i} + 1?", gold_answer=str(i + 1), split="test")
                              for i in range(4)], "r0")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from backends import both_stores
+from backends import both_stores, writing
 
 from corpus import CorpusError, Store, StoreBusy
 from corpus.migrations import MIGRATIONS
@@ -156,7 +156,7 @@ def test_m009_the_verdict_on_the_refinement_is_columns_outside_the_identity(tmp_
         second = make_record(**texts, refined_feedback="no", refined_verdict=None,
                              refined_verdict_error="no verdict line")
         assert first["record_id"] == second["record_id"]
-        with store.run("fixture", {}) as run, store.transaction() as con:
+        with store.run("fixture", {}) as run, writing(store) as con:
             assert insert_records(con, [first], run.run_id) == 1
             assert insert_records(con, [second], run.run_id) == 0
         got = store.query("SELECT verdict, refined_verdict, refined_feedback_call_id "

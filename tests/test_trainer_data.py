@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from backends import writing
 
 from trainer.data import load_export
 from trainer.errors import TrainerError
@@ -108,7 +109,7 @@ def test_real_store_export_verifies_and_builds(tmp_path, db, fmt, tiny_model_dir
 
     recs = synthetic_records(6, seed=2, kinds=("meta", "qa", "self"))
     with Store.open(db, command="test") as store:
-        with store.run("test", {}) as run, store.transaction() as con:
+        with store.run("test", {}) as run, writing(store) as con:
             prompts = [make_prompt(r["prompt"]) for r in recs]
             insert_prompts(con, prompts, run.run_id)
             rows = [make_record(prompt_id=p["prompt_id"], kind=r["kind"], round=r.get("round", 0),
