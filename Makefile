@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SELFEVO := $(VENV)/bin/selfevo
 
-.PHONY: demo test test-all test-vllm lint bench experiment schemas clean
+.PHONY: demo test test-all test-lake test-vllm lint bench experiment schemas clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -m ''
+
+# The store-level tests (every test that takes the `db` fixture, slow ones included) on a
+# DuckLake instead of a file: a Postgres catalog the tests start, Parquet in each tmp dir.
+test-lake: $(STAMP)
+	SELFEVO_TEST_STORE=lake $(PY) -m pytest -m ''
 
 # selfevo against a real vLLM server (CPU). vLLM lives in its own venv (docs/backends.md, "vLLM").
 SELFEVO_VLLM_PYTHON ?= /work/vllm-venv/bin/python

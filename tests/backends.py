@@ -16,6 +16,14 @@ import pytest
 both_stores = pytest.mark.parametrize("db", ["file", "lake"], indirect=True)
 
 
+def file_store(why: str) -> pytest.MarkDecorator:
+    """Mark a test of the DuckDB file itself (``why``: its lock, its bytes, DuckDB's own
+    refusal): its ``db`` is a file even under ``make test-lake`` (which leaves it out), as
+    a lake has no such file; its lake counterpart, where there is one, is in
+    ``tests/test_lake_*.py``."""
+    return pytest.mark.file_store(why)
+
+
 def store_records(db: str, pairs: list[tuple[dict, dict]], command: str = "test") -> None:
     """Write hand-made (prompt, record) pairs (``corpus.records.make_prompt`` /
     ``make_record``) to the store ``db`` under one run, in one transaction on either back

@@ -24,10 +24,32 @@ def db(request, tmp_path: Path) -> str:
     """Path of a fresh (not yet created) store file; parametrised with ``lake`` (see
     ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead.
     ``SELFEVO_TEST_STORE=lake`` makes the lake the default for every test that takes ``db``
-    (``make test-lake``: the whole suite's store-level tests on DuckLake)."""
-    if getattr(request, "param", os.environ.get("SELFEVO_TEST_STORE", "file")) == "lake":
+    (``make test-lake``: the whole suite's store-level tests on DuckLake), except in tests
+    marked ``file_store`` (see :data:`backends.file_store`)."""
+    backend = os.environ.get("SELFEVO_TEST_STORE", "file")
+    if request.node.get_closest_marker("file_store") is not None:
+        backend = "file"
+    if getattr(request, "param", backend) == "lake":
         return request.getfixturevalue("lake_db")
     return str(tmp_path / "test.duckdb")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``SELFEVO_TEST_STORE=lake`` (``make test-lake``) only the store-level tests run:
+    those that take ``db``, each on a new lake; the rest do not depend on the back end, a
+    ``both_stores`` test's file variant runs in ``make test``, and a ``file_store`` test is
+    about the file itself."""
+    if os.environ.get("SELFEVO_TEST_STORE", "file") != "lake":
+        return
+    keep, drop = [], []
+    for item in items:
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("db")
+        on_lake = ("db" in getattr(item, "fixturenames", ()) and param in (None, "lake")
+                   and item.get_closest_marker("file_store") is None)
+        (keep if on_lake else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture

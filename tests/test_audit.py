@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from backends import both_stores
+from backends import both_stores, file_store
 
 from corpus import Store
 from corpus.audit import ReadOnlyViolation, check_read_only
@@ -213,6 +213,7 @@ LONG_JOB = textwrap.dedent(
 )
 
 
+@file_store("readers while a job holds the file's writer lock (a lake's readers: test_lake_store)")
 def test_sql_and_stats_work_while_another_process_runs_a_long_job(cli, db, tmp_path):
     Store.open(db).close()
     stop = tmp_path / "stop"

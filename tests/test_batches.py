@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backends import file_store  # noqa: E402
 from openai_batches import BatchPlan  # noqa: E402
 from openai_server import completion_data, default_answer, request_key  # noqa: E402
 from test_collect import query, seed  # noqa: E402
@@ -465,6 +466,7 @@ def test_settling_100k_lines_holds_one_chunk_in_memory(db, tmp_path, monkeypatch
     test_settling_is_one_transaction_per_chunk_and_memory_stays_flat(db, tmp_path)
 
 
+@file_store("builds an old store file with DuckDB directly (old lakes: test_lake_store)")
 def test_a_store_from_before_batches_migrates_and_keeps_flagging_dead_online_calls(db):
     import duckdb
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import both_stores, writing  # noqa: E402
+from backends import both_stores, file_store, writing  # noqa: E402
 from children import child, reap, spawn  # noqa: E402
 from openai_server import Behaviour, OpenAIServer, request_key  # noqa: E402
 
@@ -247,6 +247,7 @@ def test_budget_stops_before_exceeding(db, server, cli, tmp_path):
     assert query(db, "SELECT status FROM runs WHERE command = 'collect'")[0][0] == "failed"
 
 
+@file_store("reads the store file's bytes")
 def test_api_key_never_stored_or_printed(db, server, cli, monkeypatch):
     seed(db, 4)
     monkeypatch.setenv("SELFEVO_TEST_KEY", KEY)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 
 import pytest
-from backends import writing
+from backends import both_stores, writing
 
 from corpus.records import insert_prompts, make_prompt
 from corpus.store import Store
@@ -314,6 +314,7 @@ def fixture_server():
     return OpenAIServer(handler=handler)
 
 
+@both_stores
 def test_eval_run_cli_hand_count_and_cache(cli, db, tmp_path, monkeypatch):
     _needs_backends()
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-a-secret")

@@ -62,7 +62,8 @@ def evolve_args(db: str, tiny: str, out: Path, strategy: str, rounds: int = 2) -
     return args
 
 
-@pytest.mark.parametrize("strategy", ["restart", "continual"])
+@pytest.mark.parametrize(("strategy", "db"), [("restart", "file"), ("continual", "file"),
+                                             ("restart", "lake")], indirect=["db"])
 def test_two_rounds_link_up(cli, db, tiny, tmp_path, strategy):
     """restart runs the paper's round (the defaults); continual the ablations, one flag each."""
     make_store(db)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from backends import both_stores
+from backends import both_stores, file_store
 from children import child
 from conftest import shared_data
 
@@ -307,6 +307,7 @@ main()
 """
 
 
+@file_store("kill -9 of a file writer (of a lake writer: test_lake_faults)")
 def test_sigkill_mid_import_leaves_store_openable_and_empty(db, tmp_path):
     big = tmp_path / "big.jsonl"
     with open(big, "w", encoding="utf-8") as fh:

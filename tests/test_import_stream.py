@@ -22,6 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from backends import file_store
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -302,6 +303,7 @@ with Store.open(sys.argv[1]) as store:
 """
 
 
+@file_store("kill -9 of a file writer (of a lake writer: test_lake_faults)")
 def test_sigkill_in_the_final_insert_leaves_nothing(db, tmp_path):
     f = tmp_path / "r.jsonl"
     f.write_text("".join(json.dumps({"prompt": f"q{i}", "kind": "qa", "response": str(i)}) + "\n"

@@ -437,7 +437,8 @@ def test_an_old_snapshot_exports_the_same_bytes_after_later_writes(lake_db, cli,
         assert just_before.cursor().execute(count).fetchone() == (0,)
 
 
-def test_sql_at_reads_the_lake_as_it_was(lake_db, cli, db):
+def test_sql_at_reads_the_lake_as_it_was(lake_db, cli, tmp_path):
+    db = str(tmp_path / "file.duckdb")  # a file store keeps no history
     cli("prompts", "generate", "--n", "5", "--seed", "1", "--db", lake_db)
     with Store.open(lake_db) as store:
         with store.connection() as con:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from backends import writing
+from backends import both_stores, writing
 
 from corpus.decisions import insert_decisions
 from corpus.records import insert_prompts, insert_records, make_prompt, make_record
@@ -122,6 +122,7 @@ def section(html_text: str, sid: str) -> str:
     return m.group(1)
 
 
+@both_stores
 def test_report_sections_and_values(db, tmp_path):
     ids = build_fixture_store(db)
     out = write_report(db, tmp_path / "r" / "report.html")

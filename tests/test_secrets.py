@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from backends import writing
+from backends import file_store, writing
 from openai_server import Behaviour, OpenAIServer  # noqa: E402
 from test_collect import collect_args, query, seed  # noqa: E402
 
@@ -63,6 +63,7 @@ def test_redact_removes_registered_secrets_url_credentials_and_auth_headers():
 
 
 # -- defect 4: a 200 whose body echoes the Authorization header --------------------------------
+@file_store("reads the store file's bytes")
 def test_echoed_authorization_header_is_stored_nowhere(db, cli, monkeypatch):
     seed(db, 2)
     monkeypatch.setenv("SQLSAFE_KEY", KEY)
@@ -76,6 +77,7 @@ def test_echoed_authorization_header_is_stored_nowhere(db, cli, monkeypatch):
     assert_nowhere(db, KEY, texts=(out,))
 
 
+@file_store("reads the store file's bytes")
 def test_echoed_key_never_reaches_eval_items(db, cli, monkeypatch, tmp_path):
     from corpus.records import insert_prompts, make_prompt
     from corpus.store import Store
@@ -97,6 +99,7 @@ def test_echoed_key_never_reaches_eval_items(db, cli, monkeypatch, tmp_path):
 
 
 # -- defect 5: credentials in a base URL ---------------------------------------------------------
+@file_store("reads the store file's bytes")
 def test_url_credentials_are_sent_as_basic_auth_and_stored_nowhere(db, cli, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     seed(db, 2)
@@ -119,6 +122,7 @@ def test_url_credentials_are_sent_as_basic_auth_and_stored_nowhere(db, cli, monk
     (f"http://me:{PASSWORD}@[::1/v1", "Invalid IPv6 URL"),
     (f"http://me:{PASSWORD}@/v1", "expected http(s)://HOST"),
 ])
+@file_store("reads the store file's bytes")
 def test_a_malformed_base_url_is_one_line_without_the_password(db, cli, url, message):
     seed(db, 1)
     out = cli(*["collect", "--db", db, "--teacher", f"openai:t@{url}", "--responder",

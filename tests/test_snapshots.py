@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from backends import both_stores
+from backends import both_stores, file_store
 
 from corpus import CorpusError, Store
 from corpus.decisions import insert_decisions
@@ -192,6 +192,7 @@ def test_list_and_diff(db, cli):
     assert "no snapshot named 'zzz'" in result.output and "recent: " in result.output
 
 
+@file_store("the file's writer lock")
 def test_create_needs_a_store_writer_lock(db):
     build_store(db)
     with Store.open(db, command="long job"), pytest.raises(CorpusError, match="in use by"):

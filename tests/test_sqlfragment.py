@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from backends import file_store  # noqa: E402
 from sqlstore import build_store, recording_server, store_rows  # noqa: E402
 
 from corpus.sqlfragment import SqlCondition, SqlFragmentError, read_only  # noqa: E402
@@ -179,6 +180,7 @@ def recorder():
         yield server
 
 
+@file_store("the file connection's settings (a lake's extensions: test_extensions)")
 def test_store_connections_never_download_an_extension(db, tmp_path, recorder):
     url, hits = recorder
     build_store(db)

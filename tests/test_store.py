@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
-from backends import both_stores, writing
+from backends import both_stores, file_store, writing
 
 from corpus import CorpusError, Store, StoreBusy
 from corpus.migrations import MIGRATIONS
@@ -224,6 +224,7 @@ HOLDER = textwrap.dedent(
 )
 
 
+@file_store("the file's writer lock")
 def test_second_writer_is_refused_and_readers_work_during_a_long_job(db):
     Store.open(db).close()
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, db], stdout=subprocess.PIPE, text=True)
@@ -299,6 +300,7 @@ def test_wrong_sql_is_reported_as_wrong_sql_not_as_a_busy_store(cli, db, sql):
     assert "busy" not in out and "in use" not in out
 
 
+@file_store("DuckDB's own lock on the file")
 def test_a_real_lock_conflict_says_busy_and_wrong_sql_still_says_wrong(cli, locked_db):
     from corpus.audit import run_query
 
@@ -311,6 +313,7 @@ def test_a_real_lock_conflict_says_busy_and_wrong_sql_still_says_wrong(cli, lock
             assert "SQL does not parse" in out and "busy" not in out, (sql, out)
 
 
+@file_store("DuckDB's own lock on the file")
 def test_only_duckdbs_lock_refusal_counts_as_a_lock_conflict(locked_db):
     from corpus.store import is_lock_conflict
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
-from backends import both_stores
+from backends import both_stores, file_store
 
 from corpus import Store
 from corpus.lake import Lake
@@ -146,6 +146,7 @@ def test_duplicates_and_orphan_files_on_a_lake_are_repaired_by_fix(cli, lake_db,
     assert "no problems found" in cli("store", "check", "--db", lake_db).output
 
 
+@file_store("the file's writer lock")
 def test_on_a_file_a_job_holding_the_lock_keeps_its_live_runs_and_fix_waits_for_it(
         cli, db, tmp_path):
     from corpus.joblock import JobLock

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from backends import file_store
 from children import child, reap, spawn
 
 from corpus import Store
@@ -58,6 +59,7 @@ def _aliases(db: str, tmp_path: Path) -> dict[str, str]:
             "relative": os.path.relpath(real)}
 
 
+@file_store("the file's writer lock")
 def test_no_alias_of_the_file_lets_a_second_writer_in(db, tmp_path):
     """Defect 8: through a symlink a second writer got in, marked the live run killed and
     flagged its in-flight calls possibly billed."""
@@ -81,6 +83,7 @@ def test_no_alias_of_the_file_lets_a_second_writer_in(db, tmp_path):
         assert store.query("SELECT status, possibly_billed FROM calls") == [("ok", False)]
 
 
+@file_store("the file's writer lock")
 def test_a_bind_mount_of_the_directory_is_the_same_store(db, tmp_path):
     Store.open(db).close()
     view = tmp_path / "view"
@@ -121,6 +124,7 @@ RACER = textwrap.dedent(
 )
 
 
+@file_store("the file's writer lock")
 def test_concurrent_writers_through_different_names_never_overlap(db, tmp_path):
     """Processes opening one store by five names take turns: their held intervals never
     overlap, and no live run was ever reaped as killed."""
@@ -196,6 +200,7 @@ def test_a_foreign_duckdb_file_is_refused_before_anything_is_written(cli, tmp_pa
     assert "not a selfevo store" in out
 
 
+@file_store("writes the file's schema version directly (newer lakes: test_lake_store)")
 def test_a_store_of_a_newer_schema_is_refused_for_writing(cli, db):
     """Defect 11: an older selfevo wrote to a newer store without complaint."""
     Store.open(db).close()
@@ -232,6 +237,7 @@ COMMIT_THEN_DIE = textwrap.dedent(
 )
 
 
+@file_store("reaping under the file's job lock (on a lake: test_lake_faults)")
 def test_a_killed_runs_counts_are_the_rows_it_committed(db):
     """Defect 11: work committed just before a kill stays owned by a run marked killed. The
     run stays 'killed' (it did not finish) and its counts say what of it is in the store."""
@@ -244,6 +250,7 @@ def test_a_killed_runs_counts_are_the_rows_it_committed(db):
         assert store.query("SELECT count(*) FROM prompts") == [(7,)]
 
 
+@file_store("the file's lock file")
 def test_last_words_in_the_lock_file_mark_a_run_failed_not_killed(db):
     """When the store refuses even the final UPDATE (a full disk), the run's state goes to the
     lock file and the next writer applies it."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from backends import both_stores
 from torchrun import torchrun
 
 from trainer.config import TrainConfig
@@ -124,6 +125,7 @@ def test_ddp_two_cpu_processes_match_single_process(tmp_path, tiny_model_dir, ex
     assert meta["world_size"] == 2
 
 
+@both_stores
 def test_cli_trains_registers_and_shows_masks(cli, db, tmp_path, tiny_model_dir, export_dir):
     out = tmp_path / "run"
     r = cli("train", "--data", str(export_dir), "--base", str(tiny_model_dir), "--out", str(out),
