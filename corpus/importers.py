@@ -28,7 +28,6 @@ import io
 import json
 import queue
 import tempfile
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from corpus.importbatch import (
 from corpus.jsonlarrow import arrow_batch, lines_of
 from corpus.presets import Preset, get_preset
 from corpus.store import Store
+from corpus.worker import Worker
 from schemas.identity import file_sha256
 from schemas.records import MAX_DEPTH, PromptIn, RecordIn, check_json_value
 
@@ -640,7 +640,7 @@ class _Stage:
         self._parts: dict[str, list[tuple[str, int]]] = {"prompts": [], "records": []}
         self.rows: dict[str, int] = {"prompts": 0, "records": 0}
         self._queue: queue.Queue[Any] | None = queue.Queue(QUEUE_GROUPS) if live else None
-        self._thread: threading.Thread | None = None
+        self._worker: Worker | None = None  # live: the writer (corpus.worker: why not a Thread)
         self._pending: dict[str, list[pa.Table]] = {}  # live: batches not handed over yet
         self._pending_rows = self._pending_bytes = 0
         self._groups = 0  # handed over so far: the first groups are smaller, to start sooner
@@ -651,9 +651,9 @@ class _Stage:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self._worker is not None and self._worker.running:
             self._hand_over(_ABORT)  # the reader failed or was interrupted
-            self._thread.join()
+            self._worker.wait_through_interrupts()
         for w in self._writers.values():
             w.close()
         if self._dir is not None:
@@ -667,8 +667,8 @@ class _Stage:
             except BaseException as exc:  # noqa: BLE001 (re-raised in the reader's thread)
                 self._outcome["error"] = exc
 
-        self._thread = threading.Thread(target=write, name="selfevo-import-writer", daemon=True)
-        self._thread.start()
+        self._worker = Worker(write, "selfevo-import-writer")
+        self._worker.start()
 
     def add(self, tables: dict[str, pa.Table]) -> None:
         """Hand over (live) or stage (spilled) one validated batch: per table its rows
@@ -701,9 +701,9 @@ class _Stage:
     def _hand_over(self, item: Any) -> None:
         """Put ``item`` on the writer's queue, waiting while it is full; a writer that failed
         (or finished) takes nothing more: its error is raised here."""
-        assert self._queue is not None and self._thread is not None
+        assert self._queue is not None and self._worker is not None
         while True:
-            if not self._thread.is_alive():
+            if not self._worker.running:
                 if item is _ABORT:
                     return
                 raise self._outcome.get("error") or CorpusError(
@@ -728,15 +728,14 @@ class _Stage:
 
     def finish(self, progress: Tracker | None, label: str) -> dict[str, int]:
         """Live: tell the writer the file is read, wait for its commit; the new counts."""
-        assert self._thread is not None
+        assert self._worker is not None
         self._hand_over_pending()
         self._hand_over(_END)
         total = sum(self.rows.values())
         if progress is not None:
             progress.restart(f"write {label}", total)
             progress.update(info="rows written")
-        while self._thread.is_alive():
-            self._thread.join(0.1)
+        while not self._worker.wait(0.1):
             if progress is not None:
                 progress.update(completed=self.written)
         if "error" in self._outcome:

@@ -45,6 +45,7 @@ from corpus.inserts import insert_absent
 from corpus.records import insert_records
 from corpus.redaction import redact_optional
 from corpus.store import Store
+from corpus.worker import Worker
 from generation.backends.base import Backend, ChatRequest, ChatResult
 from generation.errors import GenerationError
 from generation.failures import UNSENT_KINDS  # results that mean "never sent" (re-exported)
@@ -199,9 +200,8 @@ class Writer:
         self._stopping = False
         self.error: BaseException | None = None
         self.flushes = 0
-        self._thread = threading.Thread(target=self._loop, name="selfevo-ledger-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._worker = Worker(self._loop, "selfevo-ledger-writer")  # corpus.worker: why
+        self._worker.start()
 
     # -- producers (any thread) ----------------------------------------------------------
     def _add(self, urgent: bool, **parts: list[Any]) -> int:
@@ -283,7 +283,7 @@ class Writer:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join()
+        self._worker.wait_through_interrupts()
         if self.error is not None:
             raise self.error
 

@@ -165,3 +165,34 @@ def test_a_final_status_the_store_does_not_take_in_time_goes_to_the_lock_file(tm
     with Store.open(db) as store:
         assert store.query("SELECT status, error FROM runs") == [
             ("interrupted", "interrupted by the user (Ctrl-C)")]
+
+
+def test_a_ctrl_c_while_waiting_for_a_worker_is_raised_only_once_it_has_finished(monkeypatch):
+    """Thread.join interrupted by Ctrl-C marked the import's writer stopped while it still
+    ran (CPython 3.11), and the run was finished on its connection meanwhile: a deadlock or
+    a segfault. A Worker is waited for through the interrupt, which is raised after."""
+    import threading
+
+    from corpus.worker import Worker
+
+    release, finished_at = threading.Event(), []
+    worker = Worker(lambda: (release.wait(), finished_at.append(time.monotonic())), "test")
+    worker.start()
+    real_wait, interrupts = worker.done.wait, []
+
+    def ctrl_c_in_the_first_wait(timeout=None):  # what the SIGINT handler raises there
+        if not interrupts:
+            interrupts.append(time.monotonic())
+            raise KeyboardInterrupt
+        return real_wait(timeout)
+
+    monkeypatch.setattr(worker.done, "wait", ctrl_c_in_the_first_wait)
+    let_go = threading.Timer(0.2, release.set)
+    let_go.start()
+    assert worker.running
+    with pytest.raises(KeyboardInterrupt):
+        worker.wait_through_interrupts()
+    raised_at = time.monotonic()
+    assert interrupts and finished_at and interrupts[0] < finished_at[0] <= raised_at
+    assert worker.done.is_set() and not worker.running
+    let_go.join()
