@@ -25,7 +25,7 @@ def db(request, tmp_path: Path) -> str:
     ``tests/backends.py``, ``both_stores``) the spec of a new DuckLake on Postgres instead.
     ``SELFEVO_TEST_STORE=lake`` makes the lake the default for every test that takes ``db``
     (``make test-lake``: the whole suite's store-level tests on DuckLake), except in tests
-    marked ``file_store`` (see :data:`backends.file_store`)."""
+    marked ``file_store`` (see ``backends.file_store``)."""
     backend = os.environ.get("SELFEVO_TEST_STORE", "file")
     if request.node.get_closest_marker("file_store") is not None:
         backend = "file"
@@ -39,7 +39,10 @@ def pytest_collection_modifyitems(config, items):
     those that take ``db``, each on a new lake; the rest do not depend on the back end, a
     ``both_stores`` test's file variant runs in ``make test``, and a ``file_store`` test is
     about the file itself."""
-    if os.environ.get("SELFEVO_TEST_STORE", "file") != "lake":
+    backend = os.environ.get("SELFEVO_TEST_STORE", "file")
+    if backend not in ("file", "lake"):
+        raise pytest.UsageError(f"SELFEVO_TEST_STORE={backend!r}: use file or lake")
+    if backend == "file":
         return
     keep, drop = [], []
     for item in items:
