@@ -62,6 +62,7 @@ from corpus.migrations import (
 from corpus.redaction import redact, redact_optional
 from corpus.storespec import StoreSpec
 from corpus.version import code_version
+from corpus.worker import Worker
 from schemas.errors import UserError, Waiting
 from schemas.identity import canonical_json
 
@@ -646,12 +647,12 @@ class Store:
                     self._discard_connection()
 
         with _deferred_sigint(redeliver=False):  # the interrupt or failure is already raised
-            worker = threading.Thread(target=attempt, name="selfevo-finish-run", daemon=True)
+            worker = Worker(attempt, "selfevo-finish-run")
             worker.start()
-            worker.join(FINISH_TIMEOUT_S)
+            worker.wait(FINISH_TIMEOUT_S)
             if recorded.is_set():
                 return
-            if worker.is_alive():
+            if worker.running:
                 mark_store_stuck()
             if self._lock is None or not self._lock.leave_last_word(run.run_id, status, error):
                 print(f"warning: could not record run {run.run_id} as {status}", file=sys.stderr)

@@ -8,7 +8,9 @@ says False while it still runs. The import's writer then kept inserting while th
 being finished on the same DuckDB connection: a deadlock (each thread holding what the
 other needs: the GIL and DuckDB's connection lock) or a segfault (the finishing thread
 closed the connection under it). A :class:`Worker`'s end is an Event it sets itself, and
-waiting on an Event is safe to interrupt.
+waiting on an Event is safe to interrupt. Every thread of selfevo that uses the store and
+is waited for is one: the import's writer, the ledger's writer, the thread that records a
+run's final state (a lake's heartbeat thread is never waited for: an Event stops it).
 """
 
 from __future__ import annotations

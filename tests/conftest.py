@@ -26,7 +26,7 @@ def db(request, tmp_path: Path) -> str:
     ``SELFEVO_TEST_STORE=lake`` makes the lake the default for every test that takes ``db``
     (``make test-lake``: the whole suite's store-level tests on DuckLake), except in tests
     marked ``file_store`` (see ``backends.file_store``)."""
-    backend = os.environ.get("SELFEVO_TEST_STORE", "file")
+    backend = _test_store()
     if request.node.get_closest_marker("file_store") is not None:
         backend = "file"
     if getattr(request, "param", backend) == "lake":
@@ -34,15 +34,20 @@ def db(request, tmp_path: Path) -> str:
     return str(tmp_path / "test.duckdb")
 
 
+def _test_store() -> str:
+    """The back end of the ``db`` fixture by default: ``$SELFEVO_TEST_STORE``, file or lake."""
+    backend = os.environ.get("SELFEVO_TEST_STORE", "file")
+    if backend not in ("file", "lake"):
+        raise pytest.UsageError(f"SELFEVO_TEST_STORE={backend!r}: use file or lake")
+    return backend
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``SELFEVO_TEST_STORE=lake`` (``make test-lake``) only the store-level tests run:
     those that take ``db``, each on a new lake; the rest do not depend on the back end, a
     ``both_stores`` test's file variant runs in ``make test``, and a ``file_store`` test is
     about the file itself."""
-    backend = os.environ.get("SELFEVO_TEST_STORE", "file")
-    if backend not in ("file", "lake"):
-        raise pytest.UsageError(f"SELFEVO_TEST_STORE={backend!r}: use file or lake")
-    if backend == "file":
+    if _test_store() == "file":
         return
     keep, drop = [], []
     for item in items:
