@@ -26,6 +26,7 @@ Usage:
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 100000 --repeat 3
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 1000000 --skip stream
   flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 3000000 --skip before --skip stream --skip rows
+  flock /tmp/selfevo-bench.lock .venv/bin/python bench/import_bench.py --n 6000000 --skip before --skip stream --skip rows --skip prev
 """
 
 from __future__ import annotations
