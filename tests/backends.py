@@ -16,6 +16,15 @@ import pytest
 both_stores = pytest.mark.parametrize("db", ["file", "lake"], indirect=True)
 
 
+def store_examples() -> int:
+    """Examples for a property test whose every example creates stores and imports into
+    them (about 0.3 s each): half the active Hypothesis profile's (20 in `make test`, 500 in
+    `make test-all`)."""
+    from hypothesis import settings
+
+    return max(10, settings.default.max_examples // 2)
+
+
 def file_store(why: str) -> pytest.MarkDecorator:
     """Mark a test of the DuckDB file itself (``why``: its lock, its bytes, DuckDB's own
     refusal): its ``db`` is a file even under ``make test-lake`` (which leaves it out), as

@@ -22,7 +22,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from backends import file_store
+from backends import file_store, store_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -232,7 +232,7 @@ def _outcome(tmp: Path, name: str, path: Path, fast: bool) -> object:
         return _stored(store)
 
 
-@_PROPS
+@settings(_PROPS, max_examples=store_examples())
 @given(rows=_record_rows(), fmt=st.sampled_from(["jsonl", "parquet"]),
        garbage_at=st.one_of(st.none(), st.integers(0, 6)))
 def test_both_paths_store_the_same_rows_or_refuse_with_the_same_line(monkeypatch, rows, fmt,

@@ -13,6 +13,7 @@ import json
 import tempfile
 from pathlib import Path
 
+from backends import store_examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,7 +94,8 @@ def _import(db: str, path: Path, fast: bool) -> tuple[str, tuple[list, list]]:
     return error, _store_rows(db)
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          max_examples=store_examples())
 @given(rows=st.lists(st.one_of(RECORD.map(json.dumps), ODD), min_size=1, max_size=6))
 def test_an_import_stores_the_same_through_pyarrow_as_through_the_reference(rows):
     with tempfile.TemporaryDirectory() as tmp:
