@@ -15,12 +15,12 @@ import csv
 import io
 import json
 import math
-import os
 import tempfile
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from backends import store_examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -62,6 +62,18 @@ def test_non_finite_gold_answers_are_refused(cli, db, tmp_path, literal):
                  f'{{"text": "How many?", "gold_answer": {literal}}}\n')
     _one_line(cli("prompts", "import", str(f), "--db", db, exit_code=1).output,
               "n.jsonl: line 2", "gold_answer", "not a finite number")
+    _nothing_landed(db)
+
+
+@pytest.mark.parametrize("field", ["responder", "teacher", "parent_record_id"])
+@pytest.mark.parametrize("value", ["0", "1.5", "true", '["m"]', '{"a": 1}'])
+def test_a_provenance_text_that_is_not_text_is_refused(cli, db, tmp_path, field, value):
+    """`"responder": 0` went past validation and crashed the import with pyarrow's traceback
+    (found by test_both_paths_store_the_same_rows_or_refuse_with_the_same_line)."""
+    f = tmp_path / "r.jsonl"
+    f.write_text(f'{{"prompt": "p", "kind": "qa", "{field}": {value}}}\n')
+    _one_line(cli("records", "import", str(f), "--db", db, exit_code=1).output,
+              "line 1", f"field '{field}'", "Input should be a valid string")
     _nothing_landed(db)
 
 
@@ -164,13 +176,9 @@ def scratch():
     s.store.close()
 
 
-# Each example writes a file and imports it into a store (about 0.3 s): in the fast profile
-# (`make test`) a quarter of its examples, in the thorough one (`make test-all`) all of them.
 _PROPS = settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
                                          HealthCheck.too_slow], deadline=None,
-                  max_examples=max(10, settings.default.max_examples // 4)
-                  if os.environ.get("HYPOTHESIS_PROFILE", "fast") == "fast"
-                  else settings.default.max_examples)
+                  max_examples=store_examples())
 
 # Text as files really carry it, surrogates and control characters included.
 any_text = st.text(st.characters(codec=None, categories=None), max_size=40)
