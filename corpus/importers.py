@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from corpus import inserts
 from corpus.errors import CorpusError
@@ -454,6 +454,15 @@ def read_preset_rows(path: Path, preset: Preset) -> Iterator[dict[str, Any]]:
         yield fields
 
 
+class _ProvenanceText(BaseModel):
+    """The text provenance columns an export carries (PASSTHROUGH_COLUMNS but templates)."""
+
+    model_config = ConfigDict(strict=True)
+    responder: str | None = None
+    teacher: str | None = None
+    parent_record_id: str | None = None
+
+
 def _record_fields(path: Path, where: str, raw: dict[str, Any],
                    mapping: dict[str, str], source: str | None) -> dict[str, Any]:
     row = _apply_map(raw, mapping)
@@ -469,10 +478,11 @@ def _record_fields(path: Path, where: str, raw: dict[str, Any],
     except ValidationError as exc:
         raise _validation_error(path, where, exc, row) from None
     passthrough["templates"] = _json_object(passthrough.get("templates"))
+    try:  # the text ones are typed like every other field (`"responder": 0` crashed)
+        _ProvenanceText(**{k: v for k, v in passthrough.items() if k != "templates"})
+    except ValidationError as exc:
+        raise _validation_error(path, where, exc, row) from None
     for k, v in passthrough.items():  # provenance passes the same choke point as the rest
-        if k != "templates" and v is not None and not isinstance(v, str):  # text columns
-            raise ImportInputError(f"{path}: {where}: field '{k}': Input should be a valid "
-                                   f"string (got {type(v).__name__})")
         try:
             check_json_value(v, k)
         except ValueError as exc:

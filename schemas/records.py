@@ -60,7 +60,10 @@ def check_json_value(value: Any, path: str) -> None:
                     raise ValueError(f"{where}: object key {k!r} is not a string")
                 if isinstance(k, str):
                     _check_text(k, where)
-                stack.append((item, f"{where}.{k}" if isinstance(v, dict) else f"{where}[{k}]",
+                # a key that is not printable (a line break, a lone surrogate) is quoted,
+                # so that the error naming it stays one line
+                key = k if not isinstance(k, str) or k.isprintable() else repr(k)
+                stack.append((item, f"{where}.{key}" if isinstance(v, dict) else f"{where}[{k}]",
                               depth + 1))
         elif isinstance(v, str):
             _check_text(v, where)
